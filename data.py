@@ -1,0 +1,433 @@
+"""Synthetic long- and short-context data, the short-sample packer, and retrieval probes.
+
+Paper idea: the student of "Short Data, Long Context" (arXiv 2604.06070) never sees a
+long document; it sees *short documents packed end to end into a long window*, while its
+teacher has learned long-range retrieval on long documents. No data set can be
+downloaded here, so this file generates both from a seed:
+
+- A small synthetic language with disjoint token classes: the separator (SEP, which
+  starts every document), 64 keys, 64 values and 64 filler tokens. Filler follows a
+  sparse Markov chain (each filler token has 4 possible successors), so there is
+  something to model besides retrieval. A document holds key-value *records* "k v" and,
+  D tokens later, a *query* "k v": predicting v after the second k is retrieval at
+  distance D (multi-query associative recall, ../shared/RECIPE.md).
+- Long documents (teacher): one fills the window; distances are log-uniform up to it;
+  keys are unique within the document.
+- Short documents (student): at most `max_doc_len` tokens (default 1/8 of the window),
+  every query refers to a record in the same document. They draw keys from the same
+  pool, so in a packed window a key recurs across documents. That recurrence is the
+  long-range signal a long-context teacher's logits carry (it predicts the value the key
+  had in an earlier document); its rate is set by `key_pool` and the pair density, and
+  `python data.py` prints it.
+- `pack_documents`: documents -> windows of exactly L tokens with position ids
+  (continuous, or reset per document) and document ids (for the optional mask).
+- Probes (fixed seeds): key-value retrieval at exact distance D and depth, repeated-span
+  copy at distance D, and the packed repeated-token window of finding 2.
+- Real files: UTF-8 text read as bytes, or nanoGPT `.bin` token files (uint16), split
+  into documents and fed to the same packer.
+
+Run `python data.py` to print samples.
+"""
+import argparse
+import functools
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+SEP = 0  # document separator; the only special token
+
+
+@dataclass
+class TaskSpec:
+    """The synthetic language: token classes and how densely records are placed."""
+    n_keys: int = 64
+    n_values: int = 64
+    n_filler: int = 64
+    branching: int = 4  # successors per filler token in the Markov chain (0 = uniform filler)
+    pair_every: int = 10  # one record/query pair per this many tokens of document
+    key_pool: int = 0  # short documents draw keys from the first key_pool keys (0 = all)
+    chain_seed: int = 1234  # the Markov chain is part of the language, fixed across runs
+
+    @property
+    def vocab_size(self) -> int:
+        return 1 + self.n_keys + self.n_values + self.n_filler
+
+    def keys(self):
+        return np.arange(1, 1 + self.n_keys)
+
+    def values(self):
+        return np.arange(1 + self.n_keys, 1 + self.n_keys + self.n_values)
+
+    def filler_ids(self):
+        return np.arange(1 + self.n_keys + self.n_values, self.vocab_size)
+
+    def successors(self):
+        """(n_filler, branching) table: filler token f may be followed by successors[f]."""
+        return markov_successors(self.n_filler, self.branching, self.chain_seed)
+
+
+@functools.lru_cache(maxsize=8)
+def markov_successors(n_filler, branching, seed):
+    rng = np.random.default_rng(seed)
+    table = np.stack([rng.choice(n_filler, branching, replace=False) for _ in range(n_filler)])
+    table.flags.writeable = False
+    return table
+
+
+# ----------------------------------------------------------------------------- documents
+
+
+def make_filler(spec: TaskSpec, rng: np.random.Generator, n_rows: int, length: int) -> np.ndarray:
+    """(n_rows, length) filler tokens: a Markov chain over the filler class (uniform if branching 0)."""
+    if spec.branching == 0 or length == 0:
+        return spec.filler_ids()[rng.integers(0, spec.n_filler, (n_rows, length))]
+    succ, choice = spec.successors(), rng.integers(0, spec.branching, (n_rows, length))
+    state = np.empty((n_rows, length), dtype=np.int64)
+    state[:, 0] = rng.integers(0, spec.n_filler, n_rows)
+    for t in range(1, length):
+        state[:, t] = succ[state[:, t - 1], choice[:, t]]
+    return spec.filler_ids()[state]
+
+
+def place_pairs(tokens, answers, rng, keys, distances, query_lo=0, query_hi=None):
+    """Write the keys of "k v ... k v" into one document in place, record and query D apart.
+
+    tokens (T,) int64; answers (T,) bool marks the query values (the retrieval targets).
+    The query key goes to a position q in [query_lo, query_hi], its record key to q - D.
+    Returns [(key, record_pos, query_pos)]; a pair that finds no free slot after 20 tries
+    is dropped (rare at the densities used here).
+    """
+    T = len(tokens)
+    query_hi = T - 2 if query_hi is None else min(query_hi, T - 2)
+    free = np.ones(T, dtype=bool)
+    placed = []
+    for key, dist in zip(keys, distances):
+        lo = max(query_lo, int(dist))
+        if lo > query_hi:
+            continue
+        for q in rng.integers(lo, query_hi + 1, 20):
+            p = q - dist
+            if free[p] and free[p + 1] and free[q] and free[q + 1]:
+                free[[p, p + 1, q, q + 1]] = False
+                tokens[p] = tokens[q] = key
+                answers[q + 1] = True
+                placed.append((key, int(p), int(q)))
+                break
+    return placed
+
+
+def kv_document(spec, rng, length, n_pairs, distances, query_lo=0, query_hi=None, key_pool=0, filler=None):
+    """One document body (no SEP) of `length` tokens with n_pairs records at the given distances.
+
+    Keys are unique within the document. `filler` (length,) may be given (made in bulk).
+    Returns (tokens, answers) as (length,) arrays.
+    """
+    tokens = make_filler(spec, rng, 1, length)[0] if filler is None else filler.copy()
+    answers = np.zeros(length, dtype=bool)
+    pool = spec.keys()[: key_pool or spec.n_keys]
+    keys = rng.choice(pool, min(n_pairs, len(pool)), replace=False)
+    placed = place_pairs(tokens, answers, rng, keys, distances[: len(keys)], query_lo, query_hi)
+    values = rng.choice(spec.values(), len(placed))
+    for (key, p, q), v in zip(placed, values):
+        tokens[p + 1] = tokens[q + 1] = v
+    return tokens, answers
+
+
+def log_uniform(rng, lo, hi, n):
+    """n integers log-uniform in [lo, hi]."""
+    return np.exp(rng.uniform(np.log(lo), np.log(hi + 1), n)).astype(np.int64).clip(lo, hi)
+
+
+def long_document(spec, rng, length, n_pairs=None, filler=None):
+    """Teacher data: one document of `length` body tokens, distances log-uniform in 2..length-3."""
+    n_pairs = n_pairs or max(2, length // spec.pair_every)
+    return kv_document(spec, rng, length, n_pairs, log_uniform(rng, 2, max(2, length - 3), n_pairs), filler=filler)
+
+
+def short_document(spec, rng, length, filler=None):
+    """Student data: a short document; every query's record lies in it (distances 2..length-3)."""
+    if length < 6:  # too short for a pair: filler only
+        filler = make_filler(spec, rng, 1, length)[0] if filler is None else filler
+        return filler, np.zeros(length, dtype=bool)
+    n_pairs = max(1, length // spec.pair_every)
+    distances = rng.integers(2, length - 2, n_pairs)
+    return kv_document(spec, rng, length, n_pairs, distances, key_pool=spec.key_pool, filler=filler)
+
+
+# ----------------------------------------------------------------------------- packing
+
+
+def pack_documents(docs, window, sep=SEP, reset_positions=False, answers=None):
+    """Concatenate documents, each behind a separator, and cut the stream into windows of L tokens.
+
+    docs: list of 1-D int arrays (document bodies, without separator); answers: optional
+    parallel list of bool arrays (retrieval targets), carried along. No token is lost or
+    duplicated except the final partial window (< L tokens), which is dropped.
+    Returns a dict of (N, L) arrays: tokens, positions (0..L-1, or reset at each
+    separator), doc_ids (a counter that steps exactly at each separator), answers.
+    """
+    stream = np.concatenate([np.concatenate([[sep], d]) for d in docs]).astype(np.int64)
+    n = len(stream) // window
+    tokens = stream[: n * window].reshape(n, window)
+    is_sep = tokens == sep
+    doc_ids = np.cumsum(is_sep, axis=1)  # (N, L)
+    if reset_positions:  # distance from the last separator (or the window start)
+        idx = np.broadcast_to(np.arange(window), tokens.shape)
+        start = np.maximum.accumulate(np.where(is_sep, idx, 0), axis=1)
+        positions = idx - start
+    else:
+        positions = np.broadcast_to(np.arange(window), tokens.shape).copy()
+    out = {"tokens": tokens, "positions": positions, "doc_ids": doc_ids}
+    if answers is not None:
+        flat = np.concatenate([np.concatenate([[False], a]) for a in answers])
+        out["answers"] = flat[: n * window].reshape(n, window)
+    return out
+
+
+def short_doc_lengths(rng, total, min_len, max_len):
+    """Split `total` tokens into document lengths (separator included) in [min_len, max_len];
+    the last one takes what is left, so a window holds whole documents only."""
+    lengths = []
+    while total > 0:
+        n = int(min(rng.integers(min_len, max_len + 1), total))
+        lengths.append(n)
+        total -= n
+    return lengths
+
+
+def synthetic_batch(spec, rng, kind, batch_size, window, max_doc_len=128, min_doc_len=32, n_pairs=None,
+                    reset_positions=False):
+    """A batch of windows of `window + 1` tokens (input and shifted target), as numpy arrays.
+
+    kind "long": one long document per window (teacher data, keys unique in the window);
+    kind "packed": short documents of min_doc_len..max_doc_len tokens packed end to end.
+    """
+    if kind not in ("long", "packed"):
+        raise ValueError(f"unknown data kind {kind!r} (long or packed)")
+    filler = make_filler(spec, rng, batch_size, window + 1)  # in bulk: one chain per window
+    docs, answers = [], []
+    for row in filler:
+        if kind == "long":
+            parts = [long_document(spec, rng, window, n_pairs, row[1:])]
+        else:
+            bounds = np.cumsum([0] + short_doc_lengths(rng, window + 1, min_doc_len, max_doc_len))
+            parts = [short_document(spec, rng, b - a - 1, row[a + 1:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+        docs += [p[0] for p in parts]
+        answers += [p[1] for p in parts]
+    return pack_documents(docs, window + 1, reset_positions=reset_positions, answers=answers)
+
+
+def to_device(batch, device):
+    """numpy windows of L+1 tokens -> torch x, y, positions, doc_ids, answer mask, each (B, L)."""
+    def move(a):
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
+    tok = move(batch["tokens"])
+    x, y = tok[:, :-1], tok[:, 1:]
+    pos = move(batch["positions"][:, :-1])
+    doc = move(batch["doc_ids"][:, :-1])
+    ans = move(batch["answers"][:, 1:]) if "answers" in batch else torch.zeros_like(y, dtype=torch.bool)
+    return x, y, pos, doc, ans
+
+
+class DataSource:
+    """Batches as a pure function of (seed, step): resuming at step s replays the same stream.
+
+    From synthetic data (kind long/packed) or from pre-packed windows of a real file.
+    """
+
+    def __init__(self, spec, kind, window, batch_size, seed, max_doc_len=128, min_doc_len=32, n_pairs=None,
+                 reset_positions=False, windows=None):
+        self.spec, self.kind, self.window, self.batch_size, self.seed = spec, kind, window, batch_size, seed
+        self.max_doc_len, self.min_doc_len, self.n_pairs = max_doc_len, min_doc_len, n_pairs
+        self.reset_positions, self.windows = reset_positions, windows
+
+    def batch(self, step: int):
+        rng = np.random.default_rng([self.seed, step])
+        if self.windows is not None:  # a real corpus, packed once into windows of L+1
+            idx = rng.integers(0, len(self.windows["tokens"]), self.batch_size)
+            return {k: v[idx] for k, v in self.windows.items()}
+        return synthetic_batch(self.spec, rng, self.kind, self.batch_size, self.window, self.max_doc_len,
+                               self.min_doc_len, self.n_pairs, self.reset_positions)
+
+
+# ----------------------------------------------------------------------------- probes
+
+
+def kv_probe(spec, window, distance, n_windows=16, n_pairs=16, depth=None, seed=0):
+    """Key-value retrieval with every record exactly `distance` tokens before its query.
+
+    depth in [0, 1] puts the queries in a band of window/8 tokens at that relative depth
+    among the positions where a query at this distance can stand; None spreads them.
+    Returns a batch (windows of L+1) whose `answers` mark the value after each query key.
+    """
+    rng = np.random.default_rng([seed, distance, 1001 if depth is None else int(depth * 1000)])
+    body = window  # SEP + body = L + 1 tokens
+    n_fit = max(1, (body - distance - 1) // 2 - 1)
+    lo, hi = distance, body - 2
+    if depth is not None:
+        band = max(4 * n_pairs, body // 8)
+        lo = distance + int(depth * max(0, hi - distance - band))
+        hi = min(hi, lo + band)
+    docs, answers = [], []
+    for _ in range(n_windows):
+        k = min(n_pairs, n_fit)
+        tok, ans = kv_document(spec, rng, body, k, np.full(k, distance), lo, hi)
+        docs.append(tok)
+        answers.append(ans)
+    return pack_documents(docs, window + 1, answers=answers)
+
+
+def copy_probe(spec, window, distance, span=16, n_windows=32, seed=0):
+    """Repeated-span copy: a random span of filler at p and again at p + D.
+
+    `answers` marks tokens 2..span of the second copy (the first is unpredictable).
+    """
+    rng = np.random.default_rng([seed, distance, 7])
+    docs, answers = [], []
+    for _ in range(n_windows):
+        tok = make_filler(spec, rng, 1, window)[0]
+        ans = np.zeros(window, dtype=bool)
+        p = int(rng.integers(0, window - distance - span + 1))
+        seq = spec.filler_ids()[rng.integers(0, spec.n_filler, span)]
+        tok[p:p + span] = seq
+        tok[p + distance:p + distance + span] = seq
+        ans[p + distance + 1:p + distance + span] = True
+        docs.append(tok)
+        answers.append(ans)
+    return pack_documents(docs, window + 1, answers=answers)
+
+
+def repeated_tokens_window(spec, window, period=64, n_windows=4, seed=0):
+    """Finding 2's input: a random token sequence repeated back to back until the window is full."""
+    rng = np.random.default_rng([seed, period, 3])
+    seqs = rng.integers(1, spec.vocab_size, (n_windows, period))
+    reps = -(-(window + 1) // period)
+    tokens = np.tile(seqs, (1, reps))[:, : window + 1]
+    return {"tokens": tokens, "positions": np.broadcast_to(np.arange(window + 1), tokens.shape).copy(),
+            "doc_ids": np.zeros_like(tokens)}
+
+
+def packed_probe(spec, window, max_doc_len, min_doc_len=None, n_windows=16, seed=0):
+    """In-document accuracy: held-out packed windows of short documents, like the student's data."""
+    min_doc_len = min_doc_len or max(2, max_doc_len // 4)
+    return synthetic_batch(spec, np.random.default_rng([seed, 11]), "packed", n_windows, window, max_doc_len,
+                           min_doc_len)
+
+
+# ----------------------------------------------------------------------------- real files
+
+
+class DataError(ValueError):
+    """A data file that cannot be used (missing, empty, unreadable, malformed)."""
+
+
+def read_text_documents(path, min_len=1):
+    """UTF-8 text as bytes (token = byte + 1; 0 is SEP; vocabulary 257).
+
+    A folder gives one document per file (sorted by name); a file gives one document per
+    paragraph (split at blank lines).
+    """
+    if not os.path.exists(path):
+        raise DataError(f"data path not found: {path}")
+    files = sorted(os.path.join(path, f) for f in os.listdir(path)) if os.path.isdir(path) else [path]
+    files = [f for f in files if os.path.isfile(f)]
+    docs = []
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                raw = fh.read()
+            text = raw.decode("utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"cannot read {f} as UTF-8 text: {e}") from None
+        parts = [text] if os.path.isdir(path) else text.split("\n\n")
+        docs += [np.frombuffer(p.encode("utf-8"), dtype=np.uint8).astype(np.int64) + 1 for p in parts
+                 if len(p.strip()) >= min_len]
+    if not docs:
+        raise DataError(f"no text found in {path}")
+    return docs
+
+
+def read_bin_documents(path, eot_id, vocab_size):
+    """nanoGPT `.bin` (flat uint16 ids), memory-mapped, split into documents at eot_id."""
+    if not os.path.isfile(path):
+        raise DataError(f"data file not found: {path}")
+    size = os.path.getsize(path)
+    if size == 0 or size % 2:
+        raise DataError(f"{path}: {size} bytes is not a whole number of uint16 tokens" if size else
+                        f"{path} is empty")
+    ids = np.memmap(path, dtype=np.uint16, mode="r")
+    if int(ids.max()) >= vocab_size:
+        raise DataError(f"{path}: token id {int(ids.max())} is outside the vocabulary of {vocab_size}")
+    cuts = np.flatnonzero(ids == eot_id)
+    docs = [np.asarray(d, dtype=np.int64) for d in np.split(ids, cuts) if len(d)]
+    docs = [d[1:] if d[0] == eot_id else d for d in docs]  # the packer adds the separator
+    return [d for d in docs if len(d)]
+
+
+def file_windows(docs, window, max_doc_len, sep):
+    """Cut documents to at most max_doc_len tokens (separator included) and pack into windows of L+1."""
+    body = max_doc_len - 1
+    chunks = [d[i:i + body] for d in docs for i in range(0, len(d), body)]
+    packed = pack_documents(chunks, window + 1, sep=sep)
+    if len(packed["tokens"]) == 0:
+        raise DataError(f"the data holds fewer than {window + 1} tokens: not one window")
+    return packed
+
+
+# ----------------------------------------------------------------------------- demo
+
+
+def render(tokens, spec, answers=None, width=24):
+    """Readable tokens: | for SEP, K12 / V3 / f for key, value, filler; [V3] marks an answer."""
+    out = []
+    for i, t in enumerate(tokens[:width]):
+        t = int(t)
+        s = "|" if t == SEP else f"K{t - 1}" if t <= spec.n_keys else (
+            f"V{t - 1 - spec.n_keys}" if t <= spec.n_keys + spec.n_values else ".")
+        out.append(f"[{s}]" if answers is not None and answers[i] else s)
+    return " ".join(out)
+
+
+def key_recurrence(spec, batch):
+    """Fraction of records whose key already appeared in an earlier document of the same window."""
+    hits = total = 0
+    for tok, doc in zip(batch["tokens"], batch["doc_ids"]):
+        is_key = (tok >= 1) & (tok <= spec.n_keys)
+        for d in np.unique(doc):
+            keys_here = set(tok[(doc == d) & is_key].tolist())
+            before = set(tok[(doc < d) & is_key].tolist())
+            hits += len(keys_here & before)
+            total += len(keys_here)
+    return hits / max(total, 1)
+
+
+def main():
+    p = argparse.ArgumentParser(description="Print samples of the synthetic data, the packer and the probes.")
+    p.add_argument("--window", type=int, default=1024, help="long window L")
+    p.add_argument("--max-doc-len", type=int, default=128, help="longest short document (separator included)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    args = p.parse_args()
+    spec, rng = TaskSpec(), np.random.default_rng(args.seed)
+    print(f"vocabulary {spec.vocab_size}: SEP=0 '|', keys K0..K{spec.n_keys - 1}, values V0..V{spec.n_values - 1}, "
+          f"filler '.' (Markov, {spec.branching} successors)\n")
+    long = synthetic_batch(spec, rng, "long", 1, args.window)
+    print("A long document (teacher data), first 48 tokens, answers in [ ]:")
+    print(" ", render(long["tokens"][0], spec, long["answers"][0], 48))
+    packed = synthetic_batch(spec, rng, "packed", 8, args.window, args.max_doc_len)
+    starts = np.flatnonzero(packed["tokens"][0] == SEP)
+    print(f"\nA packed window of short documents: {len(starts)} documents start at {starts.tolist()}")
+    print("  the first 48 tokens:", render(packed["tokens"][0], spec, packed["answers"][0], 48))
+    print(f"  records whose key already appeared in an earlier document of the window: "
+          f"{key_recurrence(spec, packed):.0%}")
+    probe = kv_probe(spec, args.window, 256, n_windows=1, n_pairs=4)
+    q = np.flatnonzero(probe["answers"][0])
+    print(f"\nA retrieval probe at D=256: answers at positions {q.tolist()}; around the first:")
+    print("  record:", render(probe["tokens"][0][q[0] - 257:], spec, width=3),
+          "  query:", render(probe["tokens"][0][q[0] - 1:], spec, probe["answers"][0][q[0] - 1:], 3))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""Long-range retrieval evaluation: how far back can a model find what it needs?
+
+Paper idea: the claim of "Short Data, Long Context" (arXiv 2604.06070) is measured as
+retrieval accuracy against distance: a KD student trained only on short documents should
+retrieve at distances far beyond its longest document, a CE-only student should not.
+This file scores any model on data.py's fixed, seeded probes:
+
+- key-value retrieval with the record exactly D tokens before the query (argmax of the
+  value token; one token, so exact match = per-token accuracy), optionally at a depth;
+- repeated-span copy at distance D (per-token accuracy on the second copy);
+- in-document accuracy on held-out packed windows of short documents.
+
+Used by train.py (end-of-phase tables) and analyze.py (plots).
+"""
+import time
+
+import torch
+
+from data import copy_probe, kv_probe, packed_probe, to_device
+
+
+@torch.no_grad()
+def probe_accuracy(model, batch, device, autocast, chunk=4) -> float:
+    """Argmax accuracy at the probe's answer positions, over windows in chunks of `chunk`."""
+    was_training = model.training
+    model.eval()
+    hits = total = 0
+    n = len(batch["tokens"])
+    for i in range(0, n, chunk):
+        part = {k: v[i:i + chunk] for k, v in batch.items()}
+        x, y, pos, _, ans = to_device(part, device)
+        with autocast:
+            logits = model(x, pos)
+        hits += (logits.argmax(-1)[ans] == y[ans]).sum().item()
+        total += ans.sum().item()
+    model.train(was_training)
+    return hits / max(total, 1)
+
+
+def evaluate(model, spec, window, distances, max_doc_len, device, autocast, n_windows=16, copy=True,
+             seed=0) -> dict:
+    """{"kv": {D: acc}, "copy": {D: acc}, "in_doc": acc} on windows of `window` tokens."""
+    out = {"kv": {}, "copy": {}}
+    for d in distances:
+        out["kv"][d] = probe_accuracy(model, kv_probe(spec, window, d, n_windows, seed=seed), device, autocast)
+        if copy:
+            out["copy"][d] = probe_accuracy(model, copy_probe(spec, window, d, n_windows=n_windows, seed=seed),
+                                            device, autocast)
+    out["in_doc"] = probe_accuracy(model, packed_probe(spec, window, max_doc_len, n_windows=n_windows, seed=seed),
+                                   device, autocast)
+    return out
+
+
+def depth_sweep(model, spec, window, distances, depths, device, autocast, n_windows=8, seed=0):
+    """{depth: {D: acc}}: key-value retrieval with the queries at a relative depth of the window."""
+    return {depth: {d: probe_accuracy(model, kv_probe(spec, window, d, n_windows, depth=depth, seed=seed),
+                                      device, autocast) for d in distances} for depth in depths}
+
+
+def format_table(rows: dict, max_doc_len: int) -> str:
+    """Markdown table: one row per model, key-value accuracy per distance, then in-document accuracy."""
+    dists = sorted({int(d) for r in rows.values() for d in r["kv"]})
+    head = "| model | " + " | ".join(f"D={d}" + ("*" if d > max_doc_len else "") for d in dists) + " | in-doc |"
+    lines = [head, "|" + " --- |" * (len(dists) + 2)]
+    for name, r in rows.items():
+        kv = {int(k): v for k, v in r["kv"].items()}
+        lines.append(f"| {name} | " + " | ".join(f"{kv[d]:.2f}" if d in kv else "-" for d in dists)
+                     + f" | {r['in_doc']:.2f} |")
+    lines.append(f"(key-value retrieval accuracy at distance D; * = beyond the longest short document, "
+                 f"{max_doc_len} tokens)")
+    return "\n".join(lines)
+
+
+def matmul_peak_flops(device, dtype=None, n=None, seconds=1.0) -> float:
+    """Measured FLOP/s of a square matmul on `device` (the 'peak' for MFU): 2 n^3 per product."""
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    n = n or (8192 if device.type == "cuda" else 1024)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    a @ b
+    sync()
+    reps, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        reps += 1
+        if device.type == "cuda" and reps % 10:
+            continue
+        sync()
+    sync()
+    return 2 * n**3 * reps / (time.perf_counter() - t0)

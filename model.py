@@ -1,0 +1,310 @@
+"""A small Llama-style GPT with explicit RoPE: the teacher and the student of the paper.
+
+Paper idea: "Short Data, Long Context" (arXiv 2604.06070) distills a long-context
+teacher into a student through its logits; both are decoder-only transformers whose
+only notion of position is RoPE applied to queries and keys. This file is that model:
+pre-norm blocks (RMSNorm -> attention with RoPE -> residual; RMSNorm -> SwiGLU MLP ->
+residual), grouped-query attention, optional attention-only blocks (d_ff = 0),
+tied or untied LM head, no biases, and it loads Hugging Face Llama weights.
+
+It can also be looked inside (analyze.py needs this for findings 2 and 3): pass an
+`Inspect` object to `forward` to record residual streams and pre/post-RoPE queries and
+keys, or to override the positions that RoPE applies to the queries and/or keys of
+chosen layers. Without it, nothing extra runs.
+
+Run `python model.py` for the parameter count and FLOPs/token of the default config.
+"""
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from rope import apply_rope, rope_cos_sin, rope_frequencies
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 256
+    n_layer: int = 2
+    n_head: int = 4
+    n_kv_head: int = 4  # < n_head gives grouped-query attention
+    d_model: int = 128
+    d_ff: int = 0  # hidden size of the SwiGLU MLP; 0 = attention-only blocks
+    rope_base: float = 10000.0
+    rope_scaling: dict | None = None  # Hugging Face `rope_scaling` format (rope.py)
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    max_seq_len: int = 1024  # the window this model is trained for (dynamic NTK reads it)
+
+    def __post_init__(self):
+        if self.d_model % self.n_head or self.n_head % self.n_kv_head:
+            raise ValueError(f"d_model {self.d_model} must divide by n_head {self.n_head}, "
+                             f"and n_head by n_kv_head {self.n_kv_head}")
+        if (self.d_model // self.n_head) % 2:
+            raise ValueError(f"head_dim {self.d_model // self.n_head} must be even for RoPE")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+
+@dataclass
+class Inspect:
+    """Optional probe for `GPT.forward`: what to record and which RoPE positions to override.
+
+    q_positions / k_positions: {layer: position ids (B, T)} used by RoPE for that layer's
+    queries / keys instead of the model's positions (finding 2's perturbation).
+    After the forward pass, `residuals[l]` is the residual stream after block l (index 0 is
+    the embedding), and q_pre/q_post/k_pre/k_post[l] are the (B, H, T, hd) queries and keys
+    of block l before and after RoPE (only if `record` is True).
+    """
+    record: bool = True
+    q_positions: dict = field(default_factory=dict)
+    k_positions: dict = field(default_factory=dict)
+    residuals: list = field(default_factory=list)
+    q_pre: list = field(default_factory=list)
+    q_post: list = field(default_factory=list)
+    k_pre: list = field(default_factory=list)
+    k_post: list = field(default_factory=list)
+
+
+class Attention(nn.Module):
+    """Multi-head (or grouped-query) causal self-attention with RoPE on q and k."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        self.wq = nn.Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=False)
+
+    def forward(self, x, rope_q, rope_k, attn_mask=None, inspect=None):
+        B, T, _ = x.shape
+        q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
+        k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
+        v = self.wv(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
+        q_rot, k_rot = apply_rope(q, *rope_q), apply_rope(k, *rope_k)
+        if inspect is not None and inspect.record:
+            inspect.q_pre.append(q.detach()); inspect.q_post.append(q_rot.detach())
+            inspect.k_pre.append(k.detach()); inspect.k_post.append(k_rot.detach())
+        # attn_mask None -> is_causal=True, the path that flash attention takes on CUDA
+        y = F.scaled_dot_product_attention(q_rot, k_rot, v, attn_mask=attn_mask, is_causal=attn_mask is None,
+                                           enable_gqa=self.n_kv_head != self.n_head)  # (B, H, T, hd)
+        return self.wo(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+
+
+class SwiGLU(nn.Module):
+    """MLP of Llama: down(silu(gate(x)) * up(x)) (Shazeer 2020)."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.w_gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.w_up = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
+        self.w_down = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+
+    def forward(self, x):
+        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; attention-only when d_ff == 0."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps) if cfg.d_ff else None
+        self.mlp = SwiGLU(cfg) if cfg.d_ff else None
+
+    def forward(self, x, rope_q, rope_k, attn_mask=None, inspect=None):
+        x = x + self.attn(self.attn_norm(x), rope_q, rope_k, attn_mask, inspect)
+        if self.mlp is not None:
+            x = x + self.mlp(self.mlp_norm(x))
+        return x
+
+
+def document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
+    """Block-diagonal causal mask (B, 1, T, T): token t sees token s iff s <= t and same document."""
+    T = doc_ids.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
+    same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]  # (B, T, T)
+    return (same_doc & causal).unsqueeze(1)
+
+
+class GPT(nn.Module):
+    """Token embedding -> n_layer pre-norm blocks -> RMSNorm -> LM head."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.config = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        inv_freq, self.attention_factor = rope_frequencies(cfg.head_dim, cfg.rope_base, cfg.rope_scaling,
+                                                           cfg.max_seq_len)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2 scaled init of residual projections
+            if name.endswith(("wo.weight", "w_down.weight")):
+                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def forward(self, idx, position_ids=None, doc_ids=None, inspect: Inspect | None = None):
+        """idx (B, T) -> logits (B, T, vocab). doc_ids (B, T) switches to block-diagonal attention."""
+        B, T = idx.shape
+        if position_ids is None:
+            position_ids = torch.arange(T, device=idx.device).expand(B, T)
+        x = self.tok_emb(idx)  # (B, T, C)
+        rope = rope_cos_sin(position_ids, self.inv_freq, self.attention_factor, x.dtype)  # 2 x (B, T, hd)
+        attn_mask = document_mask(doc_ids) if doc_ids is not None else None
+        if inspect is not None and inspect.record:
+            inspect.residuals.append(x.detach())
+        for layer, block in enumerate(self.blocks):
+            rope_q = rope_k = rope
+            if inspect is not None:  # finding 2: RoPE sees other positions for q and/or k here
+                if layer in inspect.q_positions:
+                    rope_q = rope_cos_sin(inspect.q_positions[layer], self.inv_freq, self.attention_factor, x.dtype)
+                if layer in inspect.k_positions:
+                    rope_k = rope_cos_sin(inspect.k_positions[layer], self.inv_freq, self.attention_factor, x.dtype)
+            x = block(x, rope_q, rope_k, attn_mask, inspect)
+            if inspect is not None and inspect.record:
+                inspect.residuals.append(x.detach())
+        return self.lm_head(self.norm(x))
+
+    # ------------------------------------------------------------------ accounting
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # tied weights are counted once
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token, as nanoGPT's estimate_mfu: 6N + 12 * L * H * Q * T.
+
+        N counts the weights that take part in matmuls: all parameters except the input
+        embedding table (which is a lookup) unless it is tied to the LM head.
+        """
+        cfg = self.config
+        n = self.num_params()
+        if not cfg.tie_embeddings:
+            n -= self.tok_emb.weight.numel()
+        n -= sum(p.numel() for name, p in self.named_parameters() if "norm" in name)
+        return 6 * n + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
+
+    # ------------------------------------------------------------------ Llama weights
+
+    def llama_key_map(self) -> dict:
+        """{Hugging Face LlamaForCausalLM parameter name: this model's parameter name}."""
+        m = {"model.embed_tokens.weight": "tok_emb.weight", "model.norm.weight": "norm.weight"}
+        if not self.config.tie_embeddings:
+            m["lm_head.weight"] = "lm_head.weight"
+        for i, block in enumerate(self.blocks):
+            hf, me = f"model.layers.{i}.", f"blocks.{i}."
+            m[hf + "input_layernorm.weight"] = me + "attn_norm.weight"
+            for proj in "qkvo":
+                m[hf + f"self_attn.{proj}_proj.weight"] = me + f"attn.w{proj}.weight"
+            if block.mlp is not None:
+                m[hf + "post_attention_layernorm.weight"] = me + "mlp_norm.weight"
+                for proj in ("gate", "up", "down"):
+                    m[hf + f"mlp.{proj}_proj.weight"] = me + f"mlp.w_{proj}.weight"
+        return m
+
+    def llama_state_dict(self) -> dict:
+        """This model's weights under Hugging Face Llama names (HF uses rotate-half RoPE too)."""
+        own = self.state_dict()
+        return {hf: own[me] for hf, me in self.llama_key_map().items()}
+
+    @torch.no_grad()
+    def load_llama_state_dict(self, state_dict: dict):
+        """Load Hugging Face `LlamaForCausalLM` weights; any unknown/missing key or bad shape is an error."""
+        key_map = self.llama_key_map()
+        state_dict = dict(state_dict)
+        if self.config.tie_embeddings:  # HF may store the tied head too; it must equal the embedding
+            head = state_dict.pop("lm_head.weight", None)
+            if head is not None and not torch.equal(head, state_dict.get("model.embed_tokens.weight")):
+                raise ValueError("lm_head.weight differs from model.embed_tokens.weight but the config ties them")
+        state_dict = {k: v for k, v in state_dict.items() if not k.endswith("rotary_emb.inv_freq")}
+        unknown = sorted(set(state_dict) - set(key_map))
+        missing = sorted(set(key_map) - set(state_dict))
+        if unknown or missing:
+            raise ValueError(f"Llama state dict mismatch: unknown keys {unknown[:3]}, missing keys {missing[:3]}")
+        params = dict(self.named_parameters())
+        for hf, me in key_map.items():
+            if state_dict[hf].shape != params[me].shape:
+                raise ValueError(f"shape mismatch for {hf}: got {tuple(state_dict[hf].shape)}, "
+                                 f"expected {tuple(params[me].shape)}")
+            params[me].copy_(state_dict[hf])
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, truncated, hostile or of the wrong kind."""
+
+
+CHECKPOINT_KEYS = ("model", "config", "step")
+
+
+def save_checkpoint(obj: dict, path: str):
+    """Atomic save: write a temp file in the same folder, flush + fsync, then rename over `path`.
+
+    A kill at any moment leaves either the old or the new file, never a truncated one.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    """torch.load with weights_only=True (loading never runs code), then check what came back."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, hostile pickle, not a checkpoint at all
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"cannot load checkpoint {path}: {first[:200]}") from None
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
+        raise CheckpointError(f"{path} is not a checkpoint of this project (needs keys {CHECKPOINT_KEYS})")
+    return ckpt
+
+
+def load_model(path: str, device="cpu"):
+    """(GPT with the checkpoint's weights on `device`, checkpoint dict)."""
+    ckpt = load_checkpoint(path)
+    try:
+        model = GPT(GPTConfig(**ckpt["config"]))
+        model.load_state_dict(ckpt["model"])
+    except (TypeError, ValueError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"{path} does not hold a model of this project: {first[:200]}") from None
+    return model.to(device), ckpt
+
+
+if __name__ == "__main__":
+    cfg = GPTConfig()
+    model = GPT(cfg)
+    print(cfg)
+    print(f"parameters: {model.num_params():,}; training FLOPs/token at window {cfg.max_seq_len}: "
+          f"{model.flops_per_token(cfg.max_seq_len):,.0f}")
