@@ -171,12 +171,11 @@ def pack_documents(docs, window, sep=SEP, reset_positions=False, answers=None):
     stream = np.concatenate([np.concatenate([[sep], d]) for d in docs]).astype(np.int64)
     n = len(stream) // window
     tokens = stream[: n * window].reshape(n, window)
-    is_sep = tokens == sep
-    doc_ids = np.cumsum(is_sep, axis=1)  # (N, L)
-    if reset_positions:  # distance from the last separator (or the window start)
-        idx = np.broadcast_to(np.arange(window), tokens.shape)
-        start = np.maximum.accumulate(np.where(is_sep, idx, 0), axis=1)
-        positions = idx - start
+    doc_ids = np.cumsum(tokens == sep, axis=1)  # (N, L)
+    if reset_positions:  # distance from the document's separator, also across a window cut
+        idx = np.arange(n * window)
+        start = np.maximum.accumulate(np.where(stream[: n * window] == sep, idx, 0))
+        positions = (idx - start).reshape(n, window)
     else:
         positions = np.broadcast_to(np.arange(window), tokens.shape).copy()
     out = {"tokens": tokens, "positions": positions, "doc_ids": doc_ids}

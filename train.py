@@ -51,7 +51,7 @@ PRESETS = {
                  steps={"teacher": 4, "1": 4, "2": 4}, eval_windows=2, eval_distances=[4, 12, 40]),
     "cpu": dict(d_model=128, n_layer=2, n_head=4, n_kv_head=4, d_ff=0, long_window=1024, short_window=256,
                 max_doc_len=128, min_doc_len=32, long_pairs=48, batch_size=4, lr=2e-3, warmup=20,
-                curriculum_window=32, curriculum_pairs=6, curriculum_batch=128, curriculum_steps=3000,
+                curriculum_window=16, curriculum_pairs=3, curriculum_batch=256, curriculum_steps=3000,
                 steps={"teacher": 600, "1": 200, "2": 1500}, eval_windows=16,
                 eval_distances=[16, 32, 64, 128, 256, 512, 768, 900]),
     "gpu": dict(d_model=512, n_layer=8, n_head=8, n_kv_head=8, d_ff=1408, long_window=4096, short_window=1024,

@@ -1,0 +1,119 @@
+"""Data: the packer, the synthetic generator, the probes, and real files."""
+import numpy as np
+import pytest
+
+from data import (SEP, DataError, DataSource, TaskSpec, copy_probe, file_windows, kv_probe, pack_documents,
+                  read_bin_documents, read_text_documents, repeated_tokens_window, synthetic_batch)
+
+SPEC = TaskSpec()
+
+
+def test_packer_loses_and_duplicates_nothing():
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(1, 100, n) for n in rng.integers(1, 30, 40)]
+    out = pack_documents(docs, 32)
+    stream = np.concatenate([np.concatenate([[SEP], d]) for d in docs])
+    n = len(stream) // 32
+    assert out["tokens"].shape == (n, 32)
+    assert np.array_equal(out["tokens"].ravel(), stream[: n * 32])
+    assert len(stream) - n * 32 < 32
+
+
+def test_positions_continuous_or_reset_and_doc_ids_step_at_separators():
+    docs = [np.arange(1, 6), np.arange(1, 4), np.arange(1, 9)]
+    cont = pack_documents(docs, 8)
+    assert (cont["positions"] == np.arange(8)).all()
+    reset = pack_documents(docs, 8, reset_positions=True)
+    assert reset["positions"][0].tolist() == [0, 1, 2, 3, 4, 5, 0, 1]
+    assert reset["positions"][1].tolist() == [2, 3, 0, 1, 2, 3, 4, 5]
+    for tok, doc in zip(cont["tokens"], cont["doc_ids"]):
+        steps = np.flatnonzero(np.diff(doc)) + 1
+        assert set(steps) == set(np.flatnonzero(tok == SEP)) - {0}
+
+
+def test_short_documents_never_exceed_their_bound():
+    batch = synthetic_batch(SPEC, np.random.default_rng(1), "packed", 8, 1024, max_doc_len=128, min_doc_len=32)
+    for tok in batch["tokens"]:
+        starts = np.flatnonzero(tok == SEP).tolist() + [len(tok)]
+        assert starts[0] == 0
+        assert max(np.diff(starts)) <= 128
+
+
+def answers_are_retrievable(batch, same_doc=True):
+    """Each answer is the value after an earlier occurrence of the same key in the same document."""
+    for tok, doc, ans in zip(batch["tokens"], batch["doc_ids"], batch["answers"]):
+        for a in np.flatnonzero(ans):
+            key, value = tok[a - 1], tok[a]
+            assert 1 <= key <= SPEC.n_keys and value in SPEC.values()
+            earlier = [p for p in np.flatnonzero(tok[: a - 1] == key) if not same_doc or doc[p] == doc[a]]
+            assert len(earlier) == 1 and tok[earlier[0] + 1] == value
+
+
+@pytest.mark.parametrize("kind", ["long", "packed"])
+def test_generator_answers_and_unique_keys(kind):
+    batch = synthetic_batch(SPEC, np.random.default_rng(2), kind, 4, 512, max_doc_len=128, min_doc_len=32)
+    assert batch["answers"].sum() > 20
+    answers_are_retrievable(batch)
+    for tok, doc in zip(batch["tokens"], batch["doc_ids"]):
+        for d in np.unique(doc):
+            keys = tok[(doc == d) & (tok >= 1) & (tok <= SPEC.n_keys)]
+            assert all(c == 2 for c in np.unique(keys, return_counts=True)[1])  # each key: record + query
+
+
+def test_seeds_reproduce_and_differ():
+    a = DataSource(SPEC, "packed", 256, 2, seed=5).batch(3)
+    b = DataSource(SPEC, "packed", 256, 2, seed=5).batch(3)
+    c = DataSource(SPEC, "packed", 256, 2, seed=6).batch(3)
+    assert np.array_equal(a["tokens"], b["tokens"]) and not np.array_equal(a["tokens"], c["tokens"])
+
+
+@pytest.mark.parametrize("distance", [5, 100, 900])
+def test_kv_probe_record_exactly_d_before_query(distance):
+    probe = kv_probe(SPEC, 1024, distance, n_windows=3, n_pairs=8)
+    for tok, ans in zip(probe["tokens"], probe["answers"]):
+        assert ans.sum() >= 1
+        for a in np.flatnonzero(ans):
+            q = a - 1
+            assert tok[q - distance] == tok[q] and tok[q - distance + 1] == tok[a]
+    answers_are_retrievable(probe)
+
+
+def test_kv_probe_depth_moves_the_queries():
+    shallow = np.flatnonzero(kv_probe(SPEC, 1024, 64, 2, depth=0.0)["answers"]).mean()
+    deep = np.flatnonzero(kv_probe(SPEC, 1024, 64, 2, depth=1.0)["answers"]).mean()
+    assert deep > shallow + 300
+
+
+def test_copy_probe_and_repeated_tokens():
+    probe = copy_probe(SPEC, 256, 100, span=8, n_windows=2)
+    for tok, ans in zip(probe["tokens"], probe["answers"]):
+        idx = np.flatnonzero(ans)
+        assert len(idx) == 7 and (tok[idx] == tok[idx - 100]).all()
+    rep = repeated_tokens_window(SPEC, 100, period=16, n_windows=2)
+    assert rep["tokens"].shape == (2, 101) and (rep["tokens"][:, 16:] == rep["tokens"][:, :-16]).all()
+
+
+def test_text_and_bin_files_round_trip(tmp_path):
+    (tmp_path / "a.txt").write_text("héllo world\n\nsecond paragraph")
+    docs = read_text_documents(str(tmp_path / "a.txt"))
+    assert [bytes((d - 1).astype(np.uint8)).decode() for d in docs] == ["héllo world", "second paragraph"]
+    ids = np.array([5, 6, 7, 99, 8, 9, 99, 10], dtype=np.uint16)
+    ids.tofile(tmp_path / "t.bin")
+    docs = read_bin_documents(str(tmp_path / "t.bin"), eot_id=99, vocab_size=100)
+    assert [d.tolist() for d in docs] == [[5, 6, 7], [8, 9], [10]]
+    win = file_windows(docs, 4, max_doc_len=3, sep=99)
+    assert win["tokens"].shape[1] == 5 and (win["tokens"][:, 0] == 99).all()
+
+
+def test_bad_files_are_clear_errors(tmp_path):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "bad.txt").write_bytes(b"\xff\xfe\xfa")
+    (tmp_path / "odd.bin").write_bytes(b"\x01\x00\x02")
+    np.array([1, 500], dtype=np.uint16).tofile(tmp_path / "oov.bin")
+    for call, match in [(lambda: read_text_documents(str(tmp_path / "missing")), "not found"),
+                        (lambda: read_text_documents(str(tmp_path / "empty.txt")), "no text"),
+                        (lambda: read_text_documents(str(tmp_path / "bad.txt")), "UTF-8"),
+                        (lambda: read_bin_documents(str(tmp_path / "odd.bin"), 0, 100), "uint16"),
+                        (lambda: read_bin_documents(str(tmp_path / "oov.bin"), 0, 100), "outside the vocabulary")]:
+        with pytest.raises(DataError, match=match):
+            call()

@@ -1,0 +1,105 @@
+"""KD loss: zero iff equal, chunking, temperature, masking, JSD endpoints, gradients; teacher loading."""
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distill import kd_loss, load_teacher, teacher_logits
+from model import GPT, GPTConfig, save_checkpoint
+
+
+def logits(seed, shape=(2, 7, 33)):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g) * 3
+
+
+def test_kl_is_zero_for_equal_logits_and_positive_otherwise():
+    s = logits(0)
+    for kind in ("forward", "reverse", "jsd"):
+        loss, div = kd_loss(s, s.clone(), kind=kind)
+        assert abs(loss.item()) < 1e-6 and abs(div.item()) < 1e-6
+        assert kd_loss(s, logits(1), kind=kind)[0].item() > 0.01
+    # a constant shift of the logits is the same distribution
+    assert abs(kd_loss(s, s + 5.0)[0].item()) < 1e-5
+
+
+@pytest.mark.parametrize("kind", ["forward", "reverse", "jsd"])
+def test_chunked_equals_unchunked_values_and_gradients(kind):
+    t = logits(1)
+    mask = torch.rand(2, 7, generator=torch.Generator().manual_seed(3)) > 0.3
+    grads = []
+    for chunk in (0, 3):
+        s = logits(0).requires_grad_()
+        loss, _ = kd_loss(s, t, mask, temperature=2.0, kind=kind, chunk_size=chunk)
+        loss.backward()
+        grads.append((loss.detach(), s.grad))
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-6)
+    assert torch.allclose(grads[0][1], grads[1][1], atol=1e-7)
+
+
+def reference_forward_kl(s, t, mask, T):
+    """float64, plain autograd: T^2 * mean over unmasked tokens of KL(softmax(t/T) || softmax(s/T))."""
+    lps, lpt = F.log_softmax(s / T, -1), F.log_softmax(t / T, -1)
+    kl = (lpt.exp() * (lpt - lps)).sum(-1)
+    return T**2 * kl[mask].mean()
+
+
+@pytest.mark.parametrize("T", [1.0, 0.5, 4.0])
+def test_gradient_matches_float64_autograd_reference(T):
+    t = logits(1)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    mask[1, 4:] = False
+    s32 = logits(0).requires_grad_()
+    loss, div = kd_loss(s32, t, mask, temperature=T, chunk_size=4)
+    loss.backward()
+    s64 = logits(0).double().requires_grad_()
+    ref = reference_forward_kl(s64, t.double(), mask, T)
+    ref.backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert div.item() == pytest.approx(ref.item() / T**2, rel=1e-5)  # the logged KL is unscaled
+    assert torch.allclose(s32.grad.double(), s64.grad, atol=1e-6)
+
+
+def test_masking_ignores_masked_tokens():
+    s, t = logits(0), logits(1)
+    mask = torch.zeros(2, 7, dtype=torch.bool)
+    mask[0, :3] = True
+    t2 = t.clone()
+    t2[1] = 0.0  # change only masked-out tokens
+    assert kd_loss(s, t, mask)[0].item() == pytest.approx(kd_loss(s, t2, mask)[0].item())
+    assert kd_loss(s, t, mask)[0].item() == pytest.approx(kd_loss(s[0, :3], t[0, :3])[0].item(), rel=1e-6)
+
+
+def test_jsd_endpoints_approach_forward_and_reverse_kl():
+    s, t = logits(0) / 3, logits(1) / 3  # moderate logits: the O(beta^2) term stays small
+    fwd, rev = kd_loss(s, t, kind="forward")[0], kd_loss(s, t, kind="reverse")[0]
+    eps = 1e-4
+    assert (kd_loss(s, t, kind="jsd", beta=eps)[0] / eps).item() == pytest.approx(fwd.item(), rel=2e-3)
+    assert (kd_loss(s, t, kind="jsd", beta=1 - eps)[0] / eps).item() == pytest.approx(rev.item(), rel=2e-3)
+
+
+def test_temperature_softens_and_scales():
+    s, t = logits(0), logits(1)
+    d1 = kd_loss(s, t, temperature=1.0)[1]
+    d4 = kd_loss(s, t, temperature=4.0)[1]
+    assert d4 < d1  # softer distributions are closer
+    assert kd_loss(s, t, temperature=4.0)[0].item() == pytest.approx(16 * d4.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="temperature"):
+        kd_loss(s, t, temperature=0.0)
+    with pytest.raises(ValueError, match="vocabulary"):
+        kd_loss(s, logits(1, (2, 7, 34)))
+
+
+def test_teacher_is_frozen_and_vocab_checked(tmp_path):
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=40, d_model=16, n_head=2, n_kv_head=2, n_layer=1, max_seq_len=16))
+    path = str(tmp_path / "t.pt")
+    save_checkpoint({"model": m.state_dict(), "config": dataclasses.asdict(m.config), "step": 1}, path)
+    teacher = load_teacher(path, torch.device("cpu"), vocab_size=40)
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    x = torch.randint(0, 40, (1, 8))
+    out = teacher_logits(teacher, x)
+    assert not out.requires_grad and not out.is_inference() and torch.allclose(out, m(x))
+    with pytest.raises(ValueError, match="vocabulary 40 .* 41"):
+        load_teacher(path, torch.device("cpu"), vocab_size=41)
