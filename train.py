@@ -136,6 +136,7 @@ def resolve(args):
     """Fill preset defaults and check every value; returns args (namespace) completed."""
     pre = PRESETS[args.preset]
     phase = args.phase
+    args.explicit = {k: getattr(args, k) for k in ("d_model", "n_layer", "n_head", "n_kv_head", "d_ff")}
     for k in ("d_model", "n_layer", "n_head", "n_kv_head", "d_ff", "max_doc_len", "min_doc_len", "batch_size",
               "warmup"):
         if getattr(args, k) is None:
@@ -255,17 +256,16 @@ def lr_at(step, steps, args):
     return args.lr
 
 
-def make_stages(args, spec):
-    """[(name, DataSource, steps, stop_at_accuracy)] for this phase."""
+def make_stages(args, spec, corpus=None):
+    """[(name, DataSource, steps, stop_at_accuracy)] for this phase; `corpus`: packed windows of a real file."""
     pre = PRESETS[args.preset]
     stages = []
     if args.curriculum_steps:
         src = DataSource(spec, "long", pre["curriculum_window"], pre["curriculum_batch"], args.seed * 100 + 1,
                          n_pairs=pre["curriculum_pairs"])
         stages.append(("curriculum", src, args.curriculum_steps, args.curriculum_target))
-    if args.data:
-        windows = load_corpus(args)
-        src = DataSource(spec, "file", args.window, args.batch_size, args.seed * 100 + 2, windows=windows)
+    if corpus is not None:
+        src = DataSource(spec, "file", args.window, args.batch_size, args.seed * 100 + 2, windows=corpus)
     elif args.phase == "teacher":
         src = DataSource(spec, "long", args.window, args.batch_size, args.seed * 100 + 2, n_pairs=pre["long_pairs"])
     else:
@@ -328,6 +328,10 @@ def build_student(args, spec, device):
             fail(str(e))
         if not ckpt.get("done", True) or ckpt.get("phase") not in ("1", None):
             fail(f"--init {init} is not a finished phase-1 checkpoint")
+        for name in ("d_model", "n_layer", "n_head", "n_kv_head", "d_ff"):
+            if args.explicit.get(name) is not None and args.explicit[name] != getattr(model.config, name):
+                fail(f"--init {init} has {name} {getattr(model.config, name)}, not the {args.explicit[name]} "
+                     f"asked for: phase 2 keeps phase 1's architecture")
         cfg = dataclasses.replace(model.config, rope_base=args.rope_base, rope_scaling=args.scaling,
                                   max_seq_len=args.window)
         if cfg.vocab_size != spec.vocab_size and not args.data:
@@ -357,6 +361,7 @@ def run_phase(args):
     ckpt_path = os.path.join(args.out_dir, args.run_name + ".pt")
     results_path = os.path.join(args.out_dir, args.run_name + ".json")
     log_path = os.path.join(args.out_dir, args.run_name + ".jsonl")
+    corpus = load_corpus(args) if args.data else None  # a bad data file fails before anything else
     previous = None
     if os.path.exists(ckpt_path):
         try:
@@ -392,6 +397,7 @@ def run_phase(args):
             fail(f"--resume: {ckpt_path} does not match this run's model: {str(e).splitlines()[0][:200]}")
         state = {k: previous[k] for k in state}
         torch.set_rng_state(previous["rng"])
+        truncate_log(log_path, state["step"])
         print(f"resuming {ckpt_path} at step {state['step']}")
     elif os.path.exists(log_path):
         os.remove(log_path)  # --overwrite (or a fresh run): the old log goes with the old run
@@ -400,17 +406,16 @@ def run_phase(args):
           f"loss {'CE' if args.kd_weight == 0 else f'{1 - args.kd_weight:g} CE + {args.kd_weight:g} KD({args.kd_loss}, T={args.temperature:g})'} | {device}")
     print("  " + format_spectrum(spectrum_summary(cfg.head_dim, cfg.rope_base, args.window)))
     step_model = torch.compile(model) if args.compile else model
-    trained_tokens, t_train = train_loop(step_model, model, teacher, opt, args, spec, state, autocast, device,
-                                         ckpt_path, log_path)
+    trained_tokens, t_train = train_loop(step_model, model, teacher, opt, args, make_stages(args, spec, corpus),
+                                         state, autocast, device, ckpt_path, log_path, spec)
     save_checkpoint(checkpoint_dict(model, opt, args, state, done=True), ckpt_path)
     speed = report_speed(model, args, device, trained_tokens, t_train)
     return report(args, teacher, device, autocast, spec, results_path, speed, model)
 
 
-def train_loop(step_model, model, teacher, opt, args, spec, state, autocast, device, ckpt_path, log_path):
+def train_loop(step_model, model, teacher, opt, args, stages, state, autocast, device, ckpt_path, log_path, spec):
     """All stages of the phase, resumable from `state`; returns (tokens trained, seconds)."""
     tokens, seconds = 0, 0.0
-    stages = make_stages(args, spec)
     os.makedirs(args.out_dir, exist_ok=True)
     with open(log_path, "a") as log:
         while state["stage"] < len(stages):
@@ -462,6 +467,15 @@ def train_loop(step_model, model, teacher, opt, args, spec, state, autocast, dev
             state["stage"] += 1
             state["stage_start"] = state["step"]
     return tokens, seconds
+
+
+def truncate_log(log_path, step):
+    """Drop log records past the checkpoint's step (written before a crash), so a resumed log is exact."""
+    if os.path.exists(log_path):
+        with open(log_path) as f:
+            keep = [line for line in f if json.loads(line)["step"] <= step]
+        with open(log_path, "w") as f:
+            f.writelines(keep)
 
 
 def quick_distances(args):

@@ -1,0 +1,534 @@
+"""Figures and numbers for the claim and the three findings of "Short Data, Long Context".
+
+Paper idea (arXiv 2604.06070): a student trained only on short documents packed into a long
+window inherits a long-context teacher's long-range retrieval through logit distillation.
+Each subcommand shows one part of that on this project's own checkpoints:
+
+- retrieval  (the claim) key-value retrieval accuracy against distance, one line per model,
+             the student's longest document marked; depth x distance heatmaps.
+- spectrum   (finding 1) rotations per RoPE frequency pair for each (base, window), critical
+             dimension, spectrum utilization, Men et al. lower bound; phase 1 vs phase 2.
+- perturb    (finding 2) on packed repeated-token windows, move the positions RoPE applies to
+             the queries and/or keys of one layer; trace the relative change of every residual
+             stream and the KL at the logits. A nonzero KL is positional signal in the logits.
+- qupdate    (finding 3) per layer, head and frequency pair, the relative update of W_q / W_k
+             and of the query norms on a fixed probe, phase-1 -> phase-2 checkpoint.
+- all        every analysis that the checkpoints in a training folder allow.
+
+Only the model's `Inspect` hooks and data.py's probes are used, never a copy of the forward
+pass. Each subcommand writes PNGs and a JSON of its numbers into --out (default figures/).
+
+  python analyze.py all --dir out
+  python analyze.py retrieval --ckpt out/teacher.pt out/phase2-kd-b10000-b500000.pt
+  python analyze.py spectrum --head-dim 32 --bases 10000 500000 --windows 256 1024
+  python analyze.py perturb --ckpt out/teacher.pt --target q --layers 0 1 --shift 1 4 16
+  python analyze.py qupdate --before out/phase1-b10000.pt --after out/phase2-kd-b10000-b500000.pt
+"""
+import argparse
+import glob
+import json
+import os
+import re
+from contextlib import nullcontext
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from data import TaskSpec, kv_probe, repeated_tokens_window, to_device  # noqa: E402
+from distill import forward_kl  # noqa: E402
+from evaluate import depth_sweep, evaluate  # noqa: E402
+from model import CheckpointError, Inspect, load_checkpoint, load_model  # noqa: E402
+from rope import critical_dimension, default_inv_freq, men_lower_bound, rotations, spectrum_summary  # noqa: E402
+from train import fail  # noqa: E402
+
+REACHES_LOGITS_KL = 1e-6  # nats; our choice: a mean KL above this is a real change, not float rounding
+
+# ----------------------------------------------------------------------------- shared helpers
+
+
+def load(path, device):
+    """(model in eval mode, checkpoint dict), or one error line and exit 2."""
+    try:
+        model, ckpt = load_model(path, device)
+    except CheckpointError as e:
+        fail(str(e))
+    return model.eval(), ckpt
+
+
+def load_all(paths, labels, device):
+    """{label: model} in the given order; labels default to the file names."""
+    if labels and len(labels) != len(paths):
+        fail(f"--labels gives {len(labels)} names for {len(paths)} checkpoints")
+    labels = labels or [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    return {label: load(p, device)[0] for label, p in zip(labels, paths)}
+
+
+def save(fig, out, name):
+    path = os.path.join(out, name)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_json(out, name, obj):
+    path = os.path.join(out, name)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1)
+    return path
+
+
+def critical_pair(head_dim, base, window):
+    """Pair index d_extra/2 (Liu et al. 2023): pairs from here on never turn once in the window."""
+    return int(min(max(critical_dimension(head_dim, base, window) // 2, 0), head_dim // 2))
+
+
+def mark_critical(ax, pairs: dict):
+    """Vertical lines at the critical pairs {label: pair index} of a pair-indexed heatmap."""
+    for (label, pair), style in zip(pairs.items(), ["--", ":", "-."]):
+        ax.axvline(pair - 0.5, color="k", ls=style, lw=1.5, label=label)
+
+
+# ----------------------------------------------------------------------------- retrieval
+
+
+def default_distances(window):
+    """Powers of two from 16, then 3/4 and 9/10 of the window: the same probes for every model."""
+    ds = [2**k for k in range(4, 40) if 2**k < window] + [int(0.75 * window), int(0.9 * window)]
+    return sorted({d for d in ds if 2 <= d < window - 2})
+
+
+def retrieval_results(models, window, distances, depths, max_doc_len, device, n_windows=8, seed=0):
+    """{label: {"kv": {D: acc}, "in_doc": acc, "depth": {depth: {D: acc}}}} on the same probes."""
+    spec, autocast, out = TaskSpec(), nullcontext(), {}
+    for label, model in models.items():
+        r = evaluate(model, spec, window, distances, max_doc_len, device, autocast, n_windows, copy=False, seed=seed)
+        out[label] = {"kv": r["kv"], "in_doc": r["in_doc"], "max_seq_len": model.config.max_seq_len,
+                      "rope_base": model.config.rope_base,
+                      "depth": depth_sweep(model, spec, window, distances, depths, device, autocast,
+                                           max(1, n_windows // 2), seed)}
+    return out
+
+
+def plot_retrieval(res, window, distances, depths, max_doc_len, out, name):
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
+    for label, r in res.items():
+        line, = ax.plot(distances, [r["kv"][d] for d in distances], marker="o",
+                        label=f"{label} (base {r['rope_base']:g}, in-doc acc {r['in_doc']:.2f})")
+        if r["max_seq_len"] < window:  # dotted: the window this model was trained on
+            ax.axvline(r["max_seq_len"], color=line.get_color(), ls=":", lw=1)
+    ax.axvline(max_doc_len, color="k", ls="--", label=f"longest student document ({max_doc_len} tokens)")
+    ax.set(xscale="log", ylim=(-0.03, 1.03), xlabel="distance D from record to query (tokens, log scale)",
+           ylabel="key-value retrieval accuracy (fraction)",
+           title=f"Long-range retrieval on {window}-token windows (dotted: a model's training window)")
+    ax.legend(fontsize=8)
+    paths = [save(fig, out, f"{name}.png")]
+    fig, axes = plt.subplots(1, len(res), figsize=(3.4 * len(res) + 1.2, 3.8), squeeze=False, layout="constrained")
+    n_short = sum(d <= max_doc_len for d in distances)
+    for ax, (label, r) in zip(axes[0], res.items()):
+        grid = np.array([[r["depth"][dp][d] for d in distances] for dp in depths])  # (depths, distances)
+        im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
+        if 0 < n_short < len(distances):
+            ax.axvline(n_short - 0.5, color="w", ls="--", label="longest student document")
+        ax.set_xticks(range(len(distances)), [str(d) for d in distances], rotation=60)
+        ax.set_yticks(range(len(depths)), [f"{dp:g}" for dp in depths])
+        ax.set(title=label, xlabel="distance D (tokens)", ylabel="query depth (fraction of window)")
+    fig.colorbar(im, ax=axes[0].tolist(), label="retrieval accuracy (fraction)")
+    fig.suptitle("Key-value retrieval: depth x distance")
+    return paths + [save(fig, out, f"{name}_depth.png")]
+
+
+def run_retrieval(args):
+    models = load_all(args.ckpt, args.labels, args.device)
+    window = args.window or max(m.config.max_seq_len for m in models.values())
+    distances = sorted(args.distances or default_distances(window))
+    if distances[0] < 2 or distances[-1] >= window - 2:
+        fail(f"--distances must lie in [2, {window - 3}] for a {window}-token window, got {distances}")
+    res = retrieval_results(models, window, distances, args.depths, args.max_doc_len, args.device, args.n_windows,
+                            args.seed)
+    paths = plot_retrieval(res, window, distances, args.depths, args.max_doc_len, args.out, args.name)
+    paths.append(write_json(args.out, f"{args.name}.json", {
+        "window": window, "max_doc_len": args.max_doc_len, "distances": distances, "depths": args.depths,
+        "n_windows": args.n_windows, "ckpts": dict(zip(res, args.ckpt)), "models": res}))
+    for label, r in res.items():
+        far = [r["kv"][d] for d in distances if d > args.max_doc_len]
+        print(f"{label}: retrieval {np.mean(list(r['kv'].values())):.2f} over all distances, "
+              f"{np.mean(far) if far else float('nan'):.2f} beyond {args.max_doc_len} tokens; in-doc {r['in_doc']:.2f}")
+    return paths
+
+
+# ----------------------------------------------------------------------------- spectrum
+
+
+def spectrum_results(head_dim, bases, windows):
+    """Every (base, window): critical dim and pair, utilization, Men bound, rotations per pair."""
+    bounds = {w: men_lower_bound(head_dim, w) for w in windows}  # Men et al. 2024
+    settings = []
+    for w in windows:
+        for b in bases:
+            s = spectrum_summary(head_dim, b, w)
+            s.update(critical_pair=critical_pair(head_dim, b, w), men_lower_bound=bounds[w],
+                     above_men_bound=b >= bounds[w], rotations=rotations(default_inv_freq(head_dim, b), w).tolist())
+            settings.append(s)
+    schedule = {"phase 1": {"window": min(windows), "base": min(bases)},
+                "phase 2": {"window": max(windows), "base": max(bases)}}
+    return {"head_dim": head_dim, "men_lower_bound": {str(w): v for w, v in bounds.items()}, "settings": settings,
+            "schedule": schedule}
+
+
+def plot_spectrum(res, out, name):
+    d, pairs = res["head_dim"], np.arange(res["head_dim"] // 2)
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.8), width_ratios=[1.3, 1], layout="constrained")
+    colors = {b: f"C{i}" for i, b in enumerate(sorted({s["base"] for s in res["settings"]}))}
+    styles = {w: ls for w, ls in zip(sorted({s["window"] for s in res["settings"]}), ["-", "--", "-.", ":"] * 4)}
+    for s in res["settings"]:
+        c, ls = colors[s["base"]], styles[s["window"]]
+        ax.plot(pairs, s["rotations"], color=c, ls=ls, label=f"base {s['base']:g}, L={s['window']}: crit dim "
+                f"{s['critical_dim']}, util {s['utilization']:.2f}{'' if s['above_men_bound'] else ' (< Men bound)'}")
+        ax.axvline(s["critical_pair"] - 0.5, color=c, ls=ls, lw=0.8)
+    ax.axhline(1, color="k", lw=0.8)
+    ax.set(yscale="log", xlabel="frequency pair i (dims i and i + d/2)", ylabel="full rotations within the window",
+           title=f"RoPE spectrum, head_dim {d} (vertical: critical pair; Men bound: " + ", ".join(
+               f"L={w}: {v:.3g}" for w, v in res["men_lower_bound"].items()) + ")")
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=7)
+    rows = [(k, v["window"], v["base"]) for k, v in res["schedule"].items()]
+    grid = np.log10(np.stack([rotations(default_inv_freq(d, b), w).numpy() for _, w, b in rows]))
+    im = ax2.imshow(grid, cmap="RdBu", norm=matplotlib.colors.CenteredNorm(0), aspect="auto")
+    for r, (_, w, b) in enumerate(rows):
+        ax2.plot(critical_pair(d, b, w) - 0.5, r, "k|", ms=30, mew=3)
+    ax2.set_yticks(range(len(rows)), [f"{k}\nL={w}, base {b:g}" for k, w, b in rows])
+    ax2.set(xlabel="frequency pair i", title="phase-wise schedule (|: critical pair; blue: turns >= once)")
+    fig.colorbar(im, ax=ax2, label="log10 rotations within the window")
+    return [save(fig, out, f"{name}.png")]
+
+
+def run_spectrum(args):
+    res = spectrum_results(args.head_dim, args.bases, args.windows)
+    paths = plot_spectrum(res, args.out, args.name) + [write_json(args.out, f"{args.name}.json", res)]
+    for s in res["settings"]:
+        print(f"base {s['base']:g}, window {s['window']}: critical dim {s['critical_dim']} (pair "
+              f"{s['critical_pair']}), utilization {s['utilization']:.2f}, Men lower bound {s['men_lower_bound']:.3g}")
+    return paths
+
+
+# ----------------------------------------------------------------------------- perturbation (finding 2)
+
+
+def perturbed_positions(pos, kind, size, seed=0):
+    """Position ids + a constant shift, or + Gaussian noise of std `size` (same draw for every layer)."""
+    if kind == "shift":
+        return pos.float() + size
+    noise = torch.randn(pos.shape, generator=torch.Generator().manual_seed(seed))
+    return pos.float() + size * noise.to(pos.device)
+
+
+def relative_change(h_pert, h_clean):
+    """||h_pert - h_clean|| / ||h_clean|| over the model dimension: (B, T)."""
+    return (h_pert - h_clean).float().norm(dim=-1) / h_clean.float().norm(dim=-1).clamp_min(1e-12)
+
+
+@torch.no_grad()
+def perturbation_propagation(model, batch, layers, perturbations, target="q", device="cpu", seed=0):
+    """For each layer l and (kind, size): relative change of residual streams 0..n_layer and KL at the logits.
+
+    residuals[0] is the embedding, residuals[j] the stream after block j-1, so moving block l's
+    RoPE positions leaves residuals[0..l] unchanged. Shifting q and k by the same constant is a
+    no-op up to rounding (RoPE depends only on relative positions); noise is not.
+    """
+    x, _, pos, _, _ = to_device(batch, device)
+    clean = Inspect()
+    logits = model(x, pos, inspect=clean)
+    runs = []
+    for layer in layers:
+        for kind, size in perturbations:
+            new = perturbed_positions(pos, kind, size, seed)
+            probe = Inspect(q_positions={layer: new} if "q" in target else {},
+                            k_positions={layer: new} if "k" in target else {})
+            pert = model(x, pos, inspect=probe)
+            change = torch.stack([relative_change(p, c).mean(0) for p, c in zip(probe.residuals, clean.residuals)])
+            kl = forward_kl(pert.float(), logits.float()).clamp_min(0).mean(0)  # KL(clean || perturbed), (T,)
+            runs.append({"layer": layer, "kind": kind, "size": size, "rel_change": change.mean(1).tolist(),
+                         "rel_change_per_position": change.tolist(), "kl_mean": kl.mean().item(),
+                         "kl_per_position": kl.tolist(), "reaches_logits": kl.mean().item() > REACHES_LOGITS_KL})
+    return runs
+
+
+def plot_perturb(res, period, target, out, name):
+    n = len(res)
+    figs = [plt.subplots(1, n, figsize=(5.5 * n, 4.2), squeeze=False, layout="constrained") for _ in range(2)]
+    (fig, axes), (fig2, axes2) = figs
+    for ax, ax2, (label, r) in zip(axes[0], axes2[0], res.items()):
+        for run in r["runs"]:
+            run_label = f"layer {run['layer']}, {run['kind']} {run['size']:g}"
+            ax.plot(range(len(run["rel_change"])), run["rel_change"], marker="o", label=run_label)
+            ax2.plot(run["kl_per_position"], lw=0.7, label=f"{run_label} (mean {run['kl_mean']:.2g})")
+        for a, values in ((ax, [v for run in r["runs"] for v in run["rel_change"]]),
+                          (ax2, [v for run in r["runs"] for v in run["kl_per_position"]])):
+            if max(values, default=0) > 0:
+                a.set_yscale("log")
+            a.legend(fontsize=7)
+        ax.set_xticks(range(len(r["runs"][0]["rel_change"])))
+        ax.set(title=f"{label}: {target} positions moved", xlabel="residual stream (0 = embedding, j = after block j-1)",
+               ylabel="relative L2 change ||h' - h|| / ||h||")
+        ax2.axvline(period, color="k", ls="--", lw=1, label="first repeat")
+        ax2.set(title=f"{label}: next-token KL(clean || perturbed)", xlabel="position in window (tokens)",
+                ylabel="KL (nats)")
+    fig.suptitle("Finding 2: a RoPE position perturbation propagates through the residual stream")
+    fig2.suptitle("Finding 2: the perturbation at the logits, per position")
+    return [save(fig, out, f"{name}.png"), save(fig2, out, f"{name}_kl.png")]
+
+
+def run_perturb(args):
+    models = load_all(args.ckpt, args.labels, args.device)
+    window = args.window or max(m.config.max_seq_len for m in models.values())
+    spec = TaskSpec()
+    batch = repeated_tokens_window(spec, window, args.period, args.n_windows, args.seed)
+    perturbations = [("shift", float(s)) for s in args.shift] + [("noise", float(s)) for s in args.noise]
+    if not perturbations:
+        fail("give at least one --shift or --noise size")
+    res = {}
+    for (label, model), path in zip(models.items(), args.ckpt):
+        cfg = model.config
+        layers = list(range(cfg.n_layer)) if args.layers is None else args.layers
+        bad = [l for l in layers if not 0 <= l < cfg.n_layer]
+        if bad or cfg.vocab_size < spec.vocab_size:
+            fail(f"{path}: layers {bad} out of range 0..{cfg.n_layer - 1}" if bad else
+                 f"{path}: vocabulary {cfg.vocab_size} is smaller than the probe's {spec.vocab_size}")
+        runs = perturbation_propagation(model, batch, layers, perturbations, args.target, args.device, args.seed)
+        res[label] = {"ckpt": path, "n_layer": cfg.n_layer, "runs": runs}
+        for run in runs:
+            print(f"{label}: layer {run['layer']} {args.target} {run['kind']} {run['size']:g}: relative change at "
+                  f"the last residual {run['rel_change'][-1]:.3g}, mean logit KL {run['kl_mean']:.3g} nats -> "
+                  f"{'reaches' if run['reaches_logits'] else 'does not reach'} the logits")
+    paths = plot_perturb(res, args.period, args.target, args.out, args.name)
+    return paths + [write_json(args.out, f"{args.name}.json", {
+        "window": window, "period": args.period, "target": args.target, "n_windows": args.n_windows,
+        "seed": args.seed, "reaches_logits_kl": REACHES_LOGITS_KL, "models": res})]
+
+
+# ----------------------------------------------------------------------------- query updates (finding 3)
+
+
+def pair_update(w_before, w_after, n_heads):
+    """Relative update ||W_after - W_before|| / ||W_before|| per head and RoPE pair: (H, hd/2).
+
+    W is a q or k projection (n_heads * hd, d_model); pair i of a head is its rows i and
+    i + hd/2 (rotate-half layout), so (H, 2, hd/2, d_model) groups them.
+    """
+    b = w_before.detach().float().reshape(n_heads, 2, -1, w_before.shape[1])
+    a = w_after.detach().float().reshape(n_heads, 2, -1, w_after.shape[1])
+    return (a - b).norm(dim=(1, 3)) / b.norm(dim=(1, 3)).clamp_min(1e-12)
+
+
+@torch.no_grad()
+def query_pair_norms(model, batch, device):
+    """Mean over windows and positions of ||q_pair|| (pre-RoPE), per layer, head and pair: (L, H, hd/2)."""
+    x, _, pos, _, _ = to_device(batch, device)
+    probe = Inspect()
+    model(x, pos, inspect=probe)
+    return torch.stack([q.float().unflatten(-1, (2, -1)).norm(dim=-2).mean(dim=(0, 2)) for q in probe.q_pre])
+
+
+def above_percentile_spans(values, q=75):
+    """Contiguous index ranges where `values` exceeds its q-th percentile, largest mean first."""
+    values = np.asarray(values, dtype=float)
+    hot = np.concatenate([values > np.percentile(values, q), [False]])
+    spans, start = [], None
+    for i, h in enumerate(hot):
+        if h and start is None:
+            start = i
+        elif not h and start is not None:
+            spans.append({"pairs": [start, i - 1], "mean": float(values[start:i].mean())})
+            start = None
+    return sorted(spans, key=lambda s: -s["mean"])
+
+
+def qupdate_results(before, after, batch, device):
+    """Per (layer, head, pair): W_q / W_k relative updates and the relative change of query norms."""
+    cfg = before.config
+    wq = torch.stack([pair_update(b.attn.wq.weight, a.attn.wq.weight, cfg.n_head)
+                      for b, a in zip(before.blocks, after.blocks)])  # (L, H, hd/2)
+    wk = torch.stack([pair_update(b.attn.wk.weight, a.attn.wk.weight, cfg.n_kv_head)
+                      for b, a in zip(before.blocks, after.blocks)])  # (L, Hkv, hd/2)
+    nb, na = query_pair_norms(before, batch, device), query_pair_norms(after, batch, device)
+    qn = (na - nb) / nb.clamp_min(1e-12)  # signed relative change of the mean per-pair query norm
+    layer, head, pair = (int(i) for i in np.unravel_index(int(wq.argmax()), wq.shape))
+    critical = {f"{k} (base {m.config.rope_base:g}, L={m.config.max_seq_len})":
+                critical_pair(cfg.head_dim, m.config.rope_base, m.config.max_seq_len)
+                for k, m in (("before", before), ("after", after))}
+    spans = {key: {str(l): above_percentile_spans(v[l].abs().mean(0).numpy()) for l in range(cfg.n_layer)}
+             for key, v in (("wq", wq), ("wk", wk), ("q_norm_change", qn))}
+    return {"wq": wq.tolist(), "wk": wk.tolist(), "q_norm_change": qn.tolist(), "q_norm_before": nb.tolist(),
+            "q_norm_after": na.tolist(), "critical_pairs": critical, "spans_above_p75": spans,
+            "wq_max": {"layer": layer, "head": head, "pair": pair, "value": wq[layer, head, pair].item()}}
+
+
+def plot_qupdate(res, title, out, name):
+    panels = [("wq", "W_q relative update", "magma"), ("wk", "W_k relative update", "magma"),
+              ("q_norm_change", "query norm change (after/before - 1)", "RdBu_r")]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6), layout="constrained")
+    for ax, (key, what, cmap) in zip(axes, panels):
+        grid = np.array(res[key]).mean(1)  # (L, hd/2), averaged over heads
+        norm = matplotlib.colors.CenteredNorm(0) if key == "q_norm_change" else None
+        im = ax.imshow(grid, aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
+        mark_critical(ax, res["critical_pairs"])
+        ax.set_yticks(range(len(grid)))
+        ax.set(title=f"{what}, mean over heads", xlabel="RoPE frequency pair i (high -> low frequency)",
+               ylabel="layer")
+        fig.colorbar(im, ax=ax, label="relative change (fraction)")
+    axes[0].legend(fontsize=7, title="critical pair")
+    fig.suptitle(f"Finding 3: {title}")
+    paths = [save(fig, out, f"{name}.png")]
+    wq = np.array(res["wq"])  # (L, H, hd/2)
+    fig, axes = plt.subplots(len(wq), 1, figsize=(7, 1.2 + 0.45 * wq.shape[1] * len(wq)), squeeze=False,
+                             layout="constrained")
+    for layer, ax in enumerate(axes[:, 0]):
+        im = ax.imshow(wq[layer], aspect="auto", cmap="magma", interpolation="nearest")
+        mark_critical(ax, res["critical_pairs"])
+        ax.set_yticks(range(wq.shape[1]))
+        ax.set(title=f"layer {layer}: W_q relative update per head", xlabel="RoPE frequency pair i", ylabel="head")
+        fig.colorbar(im, ax=ax, label="relative update")
+    axes[0, 0].legend(fontsize=7)
+    return paths + [save(fig, out, f"{name}_heads.png")]
+
+
+def run_qupdate(args):
+    before, ckpt_b = load(args.before, args.device)
+    after, _ = load(args.after, args.device)
+    keys = ("vocab_size", "n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "tie_embeddings")
+    diff = [f"{k} {getattr(before.config, k)} vs {getattr(after.config, k)}" for k in keys
+            if getattr(before.config, k) != getattr(after.config, k)]
+    if diff:
+        fail(f"architectures differ ({args.before} vs {args.after}): {', '.join(diff)}")
+    window = args.probe_window or after.config.max_seq_len
+    distance = args.probe_distance or window // 2
+    batch = kv_probe(TaskSpec(), window, distance, args.n_windows, seed=args.seed)
+    res = qupdate_results(before, after, batch, args.device)
+    res.update(before=args.before, after=args.after, probe={"window": window, "distance": distance,
+                                                            "n_windows": args.n_windows, "seed": args.seed})
+    title = f"{os.path.basename(args.before)} -> {os.path.basename(args.after)}"
+    paths = plot_qupdate(res, title, args.out, args.name) + [write_json(args.out, f"{args.name}.json", res)]
+    m = res["wq_max"]
+    print(f"{title}: largest W_q update {m['value']:.3g} at layer {m['layer']}, head {m['head']}, pair {m['pair']}; "
+          f"critical pairs {res['critical_pairs']}")
+    for layer, spans in res["spans_above_p75"]["wq"].items():
+        print(f"  layer {layer}: W_q pair spans above the 75th percentile: "
+              + (", ".join(f"{s['pairs'][0]}-{s['pairs'][1]} ({s['mean']:.3g})" for s in spans) or "none"))
+    return paths
+
+
+# ----------------------------------------------------------------------------- all
+
+
+def run_all(args):
+    """Every analysis the checkpoints in --dir allow, through the subcommands above."""
+    if not os.path.isdir(args.dir):
+        fail(f"--dir {args.dir} is not a folder")
+    teacher = [p for p in [os.path.join(args.dir, "teacher.pt")] if os.path.isfile(p)]
+    phase1 = sorted(glob.glob(os.path.join(args.dir, "phase1-b*.pt")))
+    phase2 = sorted(glob.glob(os.path.join(args.dir, "phase2-*-b*-b*.pt")))
+    ckpts = {p: load_checkpoint(p) for p in teacher + phase1 + phase2}
+    for p, c in ckpts.items():
+        if not c.get("done", True):
+            print(f"note: {p} is an unfinished run (step {c['step']})")
+    common = ["--out", args.out, "--device", str(args.device)]
+    students = [c for p, c in ckpts.items() if p in phase1 + phase2]
+    cfgs = [c["config"] for c in students] or [c["config"] for c in ckpts.values()]
+    spectrum = ["spectrum"] + common
+    if cfgs:
+        spectrum += ["--head-dim", str(cfgs[0]["d_model"] // cfgs[0]["n_head"]),
+                     "--bases", *sorted({f"{c['rope_base']:g}" for c in cfgs}, key=float),
+                     "--windows", *sorted({str(c["max_seq_len"]) for c in cfgs}, key=int)]
+    paths = main(spectrum)
+    if not ckpts:
+        print(f"no checkpoints in {args.dir}: only the spectrum")
+        return paths
+    max_doc_len = next((c.get("args", {}).get("max_doc_len") for c in students if c.get("args")), None) or 128
+    paths += main(["retrieval", "--ckpt", *ckpts, "--max-doc-len", str(max_doc_len), "--n-windows",
+                   str(args.n_windows)] + common)
+    if teacher + phase2:
+        paths += main(["perturb", "--ckpt", *(teacher + phase2)] + common)
+    for p2 in phase2:
+        base1 = re.match(r"phase2-\w+?-b(.+?)-b", os.path.basename(p2)).group(1)
+        p1 = os.path.join(args.dir, f"phase1-b{base1}.pt")
+        if p1 in ckpts:
+            name = "qupdate-" + os.path.splitext(os.path.basename(p2))[0]
+            paths += main(["qupdate", "--before", p1, "--after", p2, "--name", name] + common)
+    return paths
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def command(name, help):
+        s = sub.add_parser(name, help=help, description=help)
+        s.add_argument("--out", default="figures", help="folder for the PNGs and the JSON (default figures/)")
+        s.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+        if name != "all":
+            s.add_argument("--name", default=name, help="file name prefix of the outputs (default: the subcommand)")
+        return s
+
+    s = command("retrieval", "retrieval accuracy vs distance (and depth) for checkpoints on the same probes")
+    s.add_argument("--ckpt", nargs="+", required=True, help="checkpoints to compare")
+    s.add_argument("--labels", nargs="+", help="one legend name per checkpoint (default: file names)")
+    s.add_argument("--distances", type=int, nargs="+", help="record-query distances (default: 16, 32, ... of window)")
+    s.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0], help="query depths 0..1")
+    s.add_argument("--window", type=int, help="probe window (default: largest max_seq_len of the checkpoints)")
+    s.add_argument("--max-doc-len", type=int, default=128, help="the student's longest document, marked on the plot")
+    s.add_argument("--n-windows", type=int, default=8, help="probe windows per distance (half that per depth)")
+    s.add_argument("--seed", type=int, default=0, help="probe seed")
+    s = command("spectrum", "RoPE rotations per frequency pair for bases and windows (finding 1)")
+    s.add_argument("--head-dim", type=int, default=32, help="attention head dimension d (even)")
+    s.add_argument("--bases", type=float, nargs="+", default=[1e4, 5e5], help="RoPE bases")
+    s.add_argument("--windows", type=int, nargs="+", default=[256, 1024], help="context windows L (tokens)")
+    s = command("perturb", "propagation of a RoPE position perturbation to the logits (finding 2)")
+    s.add_argument("--ckpt", nargs="+", required=True, help="checkpoints (teacher, phase-2 students)")
+    s.add_argument("--labels", nargs="+", help="one name per checkpoint (default: file names)")
+    s.add_argument("--target", choices=["q", "k", "qk"], default="q", help="move the positions of q, k or both")
+    s.add_argument("--layers", type=int, nargs="+", help="layers to perturb, one at a time (default: all)")
+    s.add_argument("--shift", type=float, nargs="*", default=[1, 4, 16], help="constant position shifts (tokens)")
+    s.add_argument("--noise", type=float, nargs="*", default=[], help="std of Gaussian position noise (tokens)")
+    s.add_argument("--period", type=int, default=64, help="length of the repeated token sequence")
+    s.add_argument("--window", type=int, help="window (default: largest max_seq_len of the checkpoints)")
+    s.add_argument("--n-windows", type=int, default=2, help="probe windows")
+    s.add_argument("--seed", type=int, default=0, help="seed of the tokens and of the noise")
+    s = command("qupdate", "per RoPE pair updates of W_q / W_k and query norms, phase 1 -> 2 (finding 3)")
+    s.add_argument("--before", required=True, help="phase-1 checkpoint")
+    s.add_argument("--after", required=True, help="phase-2 checkpoint of the same architecture")
+    s.add_argument("--probe-window", type=int, help="window of the fixed kv probe (default: --after's max_seq_len)")
+    s.add_argument("--probe-distance", type=int, help="record-query distance of the probe (default: window/2)")
+    s.add_argument("--n-windows", type=int, default=4, help="probe windows")
+    s.add_argument("--seed", type=int, default=0, help="probe seed")
+    s = command("all", "every analysis that the checkpoints in a training folder allow")
+    s.add_argument("--dir", default="out", help="train.py's output folder")
+    s.add_argument("--n-windows", type=int, default=8, help="retrieval probe windows per distance")
+    return p
+
+
+COMMANDS = {"retrieval": run_retrieval, "spectrum": run_spectrum, "perturb": run_perturb, "qupdate": run_qupdate,
+            "all": run_all}
+
+
+def main(argv=None):
+    """Run one subcommand; returns the paths written. Bad input: one `error:` line, exit 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.device = torch.device(args.device)
+        if args.device.type == "cuda" and not torch.cuda.is_available():
+            fail(f"--device {args.device}: no CUDA device available")
+        os.makedirs(args.out, exist_ok=True)
+        return COMMANDS[args.command](args)
+    except (ValueError, RuntimeError, OSError) as e:  # CheckpointError is a ValueError
+        fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""analyze.py on tiny random checkpoints (d_model 32, 2 heads, 3 layers, window 64) written here.
+
+Each subcommand must write non-empty PNGs and a JSON whose numbers have the properties the
+findings rest on: a zero perturbation changes nothing, a perturbation at layer l leaves the
+residual streams 0..l alone, and a W_q edit of one pair is found exactly where it was made.
+"""
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import analyze
+from data import TaskSpec
+from model import GPT, GPTConfig, save_checkpoint
+from rope import critical_dimension
+
+torch.set_num_threads(1)
+HEAD_DIM, N_LAYER = 16, 3
+
+
+def write_ckpt(path, base=10000.0, max_seq_len=64, phase="1", seed=0, edit=None, **cfg_kw):
+    """A random model saved with train.checkpoint_dict's layout (the keys analyze.py reads)."""
+    torch.manual_seed(seed)
+    cfg = GPTConfig(**{"vocab_size": TaskSpec().vocab_size, "d_model": 32, "n_head": 2, "n_kv_head": 2,
+                       "n_layer": N_LAYER, "rope_base": base, "max_seq_len": max_seq_len, **cfg_kw})
+    model = GPT(cfg)
+    with torch.no_grad():  # sharper attention than the 0.02 init, so that positions matter
+        for block in model.blocks:
+            block.attn.wq.weight.mul_(10)
+            block.attn.wk.weight.mul_(10)
+        if edit is not None:
+            edit(model)
+    save_checkpoint({"model": model.state_dict(), "config": dataclasses.asdict(cfg), "step": 1, "phase": phase,
+                     "done": True}, str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A train.py-like output folder: teacher, phase 1 (short window), KD and CE phase-2 students."""
+    d = tmp_path_factory.mktemp("out")
+    write_ckpt(d / "teacher.pt", phase="teacher", seed=0)
+    write_ckpt(d / "phase1-b10000.pt", max_seq_len=32, seed=1)
+    write_ckpt(d / "phase2-kd-b10000-b500000.pt", base=5e5, phase="2", seed=2)
+    write_ckpt(d / "phase2-ce-b10000-b500000.pt", base=5e5, phase="2", seed=3)
+    return d
+
+
+def outputs(out, name):
+    """The JSON of a run, after checking that every PNG named `name*.png` exists and is non-empty."""
+    pngs = [f for f in os.listdir(out) if f.startswith(name) and f.endswith(".png")]
+    assert pngs and all(os.path.getsize(os.path.join(out, f)) > 1000 for f in pngs)
+    with open(os.path.join(out, name + ".json")) as f:
+        return json.load(f)
+
+
+def perturb(run_dir, out, *flags):
+    analyze.main(["perturb", "--ckpt", str(run_dir / "teacher.pt"), "--out", str(out), "--n-windows", "1",
+                  "--period", "16", *flags])
+    return outputs(out, "perturb")["models"]["teacher"]["runs"]
+
+
+def test_spectrum_critical_pair_is_first_pair_without_a_full_turn(tmp_path):
+    analyze.main(["spectrum", "--head-dim", str(HEAD_DIM), "--bases", "10000", "500000", "--windows", "64", "256",
+                  "--out", str(tmp_path)])
+    res = outputs(tmp_path, "spectrum")
+    assert len(res["settings"]) == 4 and res["schedule"]["phase 2"] == {"window": 256, "base": 500000.0}
+    for s in res["settings"]:
+        turns, crit = np.array(s["rotations"]), s["critical_pair"]
+        assert crit == critical_dimension(HEAD_DIM, s["base"], s["window"]) // 2
+        assert (turns[:crit] >= 1).all() and (turns[crit:] < 1).all()
+        assert s["utilization"] == pytest.approx((turns >= 1).mean())
+
+
+def test_retrieval_same_probes_for_every_checkpoint(run_dir, tmp_path):
+    ckpts = [str(run_dir / n) for n in ("teacher.pt", "phase1-b10000.pt", "phase2-kd-b10000-b500000.pt")]
+    analyze.main(["retrieval", "--ckpt", *ckpts, "--labels", "T", "P1", "KD", "--distances", "4", "40",
+                  "--depths", "0", "1", "--n-windows", "2", "--max-doc-len", "16", "--out", str(tmp_path)])
+    res = outputs(tmp_path, "retrieval")
+    assert res["window"] == 64  # the largest max_seq_len, although phase 1 trained on 32
+    assert list(res["models"]) == ["T", "P1", "KD"]
+    for r in res["models"].values():
+        assert set(r["kv"]) == {"4", "40"} and set(r["depth"]) == {"0.0", "1.0"}
+        assert all(0 <= a <= 1 for a in r["kv"].values())
+
+
+def test_zero_perturbation_changes_nothing(run_dir, tmp_path):
+    runs = perturb(run_dir, tmp_path, "--target", "qk", "--shift", "0", "--noise", "0")
+    assert len(runs) == 2 * N_LAYER
+    for run in runs:
+        assert run["rel_change"] == [0.0] * (N_LAYER + 1)
+        assert np.all(np.array(run["rel_change_per_position"]) == 0)
+        assert run["kl_mean"] == 0 and not any(run["kl_per_position"]) and not run["reaches_logits"]
+
+
+@pytest.mark.parametrize("layer", [0, 1, 2])
+def test_perturbation_at_layer_l_leaves_residuals_up_to_l_alone(run_dir, tmp_path, layer):
+    (run,) = perturb(run_dir, tmp_path, "--target", "q", "--layers", str(layer), "--shift", "4")
+    change = np.array(run["rel_change"])
+    assert np.all(change[: layer + 1] == 0)  # residuals[0..l]: embedding and blocks before l
+    assert np.all(change[layer + 1:] > 1e-4)
+    assert np.all(np.array(run["rel_change_per_position"])[: layer + 1] == 0)
+    assert run["kl_mean"] > analyze.REACHES_LOGITS_KL and run["reaches_logits"]
+
+
+def test_shifting_queries_and_keys_together_is_invisible(run_dir, tmp_path):
+    """RoPE scores depend only on relative positions: the same shift on q and k is rounding only."""
+    (qk,) = perturb(run_dir, tmp_path, "--target", "qk", "--layers", "0", "--shift", "16")
+    (q,) = perturb(run_dir, tmp_path, "--target", "q", "--layers", "0", "--shift", "16")
+    assert qk["rel_change"][-1] < 1e-4 < q["rel_change"][-1]
+
+
+def test_qupdate_of_a_checkpoint_against_itself_is_zero(run_dir, tmp_path):
+    p1 = str(run_dir / "phase1-b10000.pt")
+    analyze.main(["qupdate", "--before", p1, "--after", p1, "--n-windows", "1", "--out", str(tmp_path)])
+    res = outputs(tmp_path, "qupdate")
+    for key in ("wq", "wk", "q_norm_change"):
+        assert np.all(np.array(res[key]) == 0), key
+        assert all(spans == [] for spans in res["spans_above_p75"][key].values())
+
+
+def test_qupdate_finds_the_one_edited_pair(run_dir, tmp_path):
+    layer, head, pair = 1, 1, 3
+    rows = [head * HEAD_DIM + pair, head * HEAD_DIM + pair + HEAD_DIM // 2]  # pair i = rows i, i + d/2
+
+    def edit(model):
+        model.blocks[layer].attn.wq.weight[rows] += 0.5
+
+    before = str(run_dir / "phase1-b10000.pt")
+    after = write_ckpt(tmp_path / "edited.pt", max_seq_len=32, seed=1, edit=edit)
+    analyze.main(["qupdate", "--before", before, "--after", after, "--n-windows", "1", "--out", str(tmp_path)])
+    res = outputs(tmp_path, "qupdate")
+    assert {k: res["wq_max"][k] for k in ("layer", "head", "pair")} == {"layer": layer, "head": head, "pair": pair}
+    wq = np.array(res["wq"])
+    assert (wq > 0).sum() == 1 and np.all(np.array(res["wk"]) == 0)
+    assert res["spans_above_p75"]["wq"][str(layer)][0]["pairs"] == [pair, pair]
+
+
+@pytest.mark.parametrize("case", ["missing", "garbage", "architecture"])
+def test_bad_input_is_one_error_line_and_exit_2(run_dir, tmp_path, capsys, case):
+    good = str(run_dir / "teacher.pt")
+    if case == "missing":
+        argv = ["perturb", "--ckpt", str(tmp_path / "nope.pt")]
+    elif case == "garbage":
+        (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+        argv = ["retrieval", "--ckpt", good, str(tmp_path / "bad.pt")]
+    else:
+        other = write_ckpt(tmp_path / "wide.pt", n_kv_head=1)
+        argv = ["qupdate", "--before", good, "--after", other]
+    with pytest.raises(SystemExit) as e:
+        analyze.main(argv + ["--out", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.startswith("error:") and len(err.splitlines()) == 1
+    if case == "architecture":
+        assert "architectures differ" in err
+
+
+def test_all_renders_every_figure_the_folder_allows(run_dir, tmp_path):
+    analyze.main(["all", "--dir", str(run_dir), "--n-windows", "1", "--out", str(tmp_path)])
+    spectrum = outputs(tmp_path, "spectrum")
+    assert {s["base"] for s in spectrum["settings"]} == {10000.0, 500000.0}
+    assert {s["window"] for s in spectrum["settings"]} == {32, 64}
+    assert set(outputs(tmp_path, "retrieval")["models"]) == {
+        "teacher", "phase1-b10000", "phase2-kd-b10000-b500000", "phase2-ce-b10000-b500000"}
+    assert set(outputs(tmp_path, "perturb")["models"]) == {
+        "teacher", "phase2-kd-b10000-b500000", "phase2-ce-b10000-b500000"}
+    for student in ("kd", "ce"):
+        res = outputs(tmp_path, f"qupdate-phase2-{student}-b10000-b500000")
+        assert res["before"].endswith("phase1-b10000.pt")

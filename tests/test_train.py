@@ -1,0 +1,113 @@
+"""train.py end to end on the tiny preset: three phases, outputs, exact resume, faults, bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import train
+from model import load_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--preset", "tiny", "--threads", "1", "--device", "cpu"]
+
+
+def run(argv, capsys=None):
+    train.main(argv + TINY)
+
+
+def losses(path):
+    return [(r["step"], r["loss"]) for r in map(json.loads, open(path)) if "loss" in r]
+
+
+def test_three_phases_end_to_end_with_side_by_side_baseline(tmp_path):
+    out = str(tmp_path)
+    run(["--phase", "2", "--out-dir", out])  # trains teacher and phase 1 first, then KD + CE twins
+    for name in ("teacher", "phase1-b10000", "phase2-kd-b10000-b500000", "phase2-ce-b10000-b500000"):
+        ckpt = load_checkpoint(os.path.join(out, name + ".pt"))
+        assert ckpt["done"] and ckpt["step"] > 0
+        res = json.load(open(os.path.join(out, name + ".json")))
+        assert set(res["results"][name]) == {"kv", "copy", "in_doc"}
+        assert len(losses(os.path.join(out, name + ".jsonl"))) == ckpt["step"]
+    kd = load_checkpoint(os.path.join(out, "phase2-kd-b10000-b500000.pt"))
+    assert kd["config"]["rope_base"] == 500000.0 and kd["config"]["max_seq_len"] == 64
+    assert load_checkpoint(os.path.join(out, "phase1-b10000.pt"))["config"]["rope_base"] == 10000.0
+    ce_log = list(map(json.loads, open(os.path.join(out, "phase2-ce-b10000-b500000.jsonl"))))
+    assert all(r["kl"] != r["kl"] for r in ce_log if "kl" in r)  # CE-only: no teacher, KL is NaN
+    kd_log = [r for r in map(json.loads, open(os.path.join(out, "phase2-kd-b10000-b500000.jsonl"))) if "kl" in r]
+    assert all(r["kl"] >= 0 for r in kd_log)
+
+
+def test_no_auto_refuses_missing_prerequisites(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(train, "SHIPPED", str(tmp_path / "none"))
+    with pytest.raises(SystemExit) as e:
+        run(["--phase", "2", "--out-dir", str(tmp_path), "--no-auto", "--no-baseline"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no teacher checkpoint" in err[0]
+    assert os.listdir(tmp_path) == []
+
+
+def test_killed_run_resumes_to_identical_losses(tmp_path):
+    common = ["--phase", "teacher", "--curriculum-steps", "0", "--steps", "300", "--save-interval", "2",
+              "--eval-interval", "0"] + TINY
+    full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+    subprocess.run([sys.executable, "train.py", "--out-dir", full] + common, cwd=ROOT, check=True,
+                   capture_output=True)
+    proc = subprocess.Popen([sys.executable, "train.py", "--out-dir", cut] + common, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = os.path.join(cut, "teacher.pt")
+    while not os.path.exists(ckpt) and proc.poll() is None:
+        time.sleep(0.005)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = load_checkpoint(ckpt)["step"]
+    assert 0 < killed_at < 300
+    subprocess.run([sys.executable, "train.py", "--out-dir", cut, "--resume"] + common, cwd=ROOT, check=True,
+                   capture_output=True)
+    a, b = losses(os.path.join(full, "teacher.jsonl")), losses(os.path.join(cut, "teacher.jsonl"))
+    assert len(a) == len(b) == 300 and a == b  # bit-exact on CPU
+    assert torch.equal(load_checkpoint(ckpt)["model"]["tok_emb.weight"],
+                       load_checkpoint(os.path.join(full, "teacher.pt"))["model"]["tok_emb.weight"])
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, monkeypatch):
+    real, calls = train.train_step, []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        loss, ce, kl, acc = real(*a, **k)
+        return (float("nan") if len(calls) == 7 else loss), ce, kl, acc
+
+    monkeypatch.setattr(train, "train_step", flaky)
+    with pytest.raises(SystemExit):
+        run(["--phase", "teacher", "--out-dir", str(tmp_path), "--curriculum-steps", "0", "--steps", "20",
+             "--save-interval", "4"])
+    assert "at step 6" in capsys.readouterr().err
+    ckpt = load_checkpoint(str(tmp_path / "teacher.pt"))
+    assert ckpt["step"] == 4 and not ckpt["done"]
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path, monkeypatch):
+    real, calls = train.train_step, []
+
+    def interrupted(*a, **k):
+        calls.append(1)
+        if len(calls) == 6:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(train, "train_step", interrupted)
+    argv = ["--phase", "teacher", "--out-dir", str(tmp_path), "--curriculum-steps", "0", "--steps", "10"]
+    with pytest.raises(SystemExit) as e:
+        run(argv)
+    assert e.value.code == 130 and load_checkpoint(str(tmp_path / "teacher.pt"))["step"] == 5
+    monkeypatch.setattr(train, "train_step", real)
+    run(argv + ["--resume"])
+    assert load_checkpoint(str(tmp_path / "teacher.pt"))["done"]
