@@ -56,6 +56,8 @@ def load(path, device):
         model, ckpt = load_model(path, device)
     except CheckpointError as e:
         fail(str(e))
+    if model.config.vocab_size < TaskSpec().vocab_size:
+        fail(f"{path}: vocabulary {model.config.vocab_size} is smaller than the probes' {TaskSpec().vocab_size}")
     return model.eval(), ckpt
 
 
@@ -88,8 +90,8 @@ def critical_pair(head_dim, base, window):
 
 def mark_critical(ax, pairs: dict):
     """Vertical lines at the critical pairs {label: pair index} of a pair-indexed heatmap."""
-    for (label, pair), style in zip(pairs.items(), ["--", ":", "-."]):
-        ax.axvline(pair - 0.5, color="k", ls=style, lw=1.5, label=label)
+    for (label, pair), style in zip(pairs.items(), ["--", ":"]):
+        ax.axvline(pair - 0.5, color="tab:cyan", ls=style, lw=2, label=label)
 
 
 # ----------------------------------------------------------------------------- retrieval
@@ -147,6 +149,8 @@ def run_retrieval(args):
     distances = sorted(args.distances or default_distances(window))
     if distances[0] < 2 or distances[-1] >= window - 2:
         fail(f"--distances must lie in [2, {window - 3}] for a {window}-token window, got {distances}")
+    if not all(0 <= d <= 1 for d in args.depths):
+        fail(f"--depths must lie in [0, 1], got {args.depths}")
     res = retrieval_results(models, window, distances, args.depths, args.max_doc_len, args.device, args.n_windows,
                             args.seed)
     paths = plot_retrieval(res, window, distances, args.depths, args.max_doc_len, args.out, args.name)
@@ -239,7 +243,7 @@ def perturbation_propagation(model, batch, layers, perturbations, target="q", de
     RoPE positions leaves residuals[0..l] unchanged. Shifting q and k by the same constant is a
     no-op up to rounding (RoPE depends only on relative positions); noise is not.
     """
-    x, _, pos, _, _ = to_device(batch, device)
+    x, _, pos, _, _ = to_device(batch, torch.device(device))
     clean = Inspect()
     logits = model(x, pos, inspect=clean)
     runs = []
@@ -257,36 +261,36 @@ def perturbation_propagation(model, batch, layers, perturbations, target="q", de
     return runs
 
 
-def plot_perturb(res, period, target, out, name):
+def plot_perturb(res, period, target, out, name, smooth=16):
     n = len(res)
-    figs = [plt.subplots(1, n, figsize=(5.5 * n, 4.2), squeeze=False, layout="constrained") for _ in range(2)]
-    (fig, axes), (fig2, axes2) = figs
+    (fig, axes), (fig2, axes2) = [plt.subplots(1, n, figsize=(5.5 * n, 4.2), squeeze=False, layout="constrained")
+                                  for _ in range(2)]
     for ax, ax2, (label, r) in zip(axes[0], axes2[0], res.items()):
         for run in r["runs"]:
             run_label = f"layer {run['layer']}, {run['kind']} {run['size']:g}"
             ax.plot(range(len(run["rel_change"])), run["rel_change"], marker="o", label=run_label)
-            ax2.plot(run["kl_per_position"], lw=0.7, label=f"{run_label} (mean {run['kl_mean']:.2g})")
-        for a, values in ((ax, [v for run in r["runs"] for v in run["rel_change"]]),
-                          (ax2, [v for run in r["runs"] for v in run["kl_per_position"]])):
-            if max(values, default=0) > 0:
-                a.set_yscale("log")
-            a.legend(fontsize=7)
+            kl = np.convolve(run["kl_per_position"], np.ones(smooth) / smooth, mode="valid")  # running mean
+            ax2.plot(np.arange(len(kl)) + smooth - 1, kl, lw=0.8, label=f"{run_label} (mean {run['kl_mean']:.2g})")
+        ax.set_yscale("symlog", linthresh=1e-3)  # log above 1e-3, linear through the exact zeros
         ax.set_xticks(range(len(r["runs"][0]["rel_change"])))
-        ax.set(title=f"{label}: {target} positions moved", xlabel="residual stream (0 = embedding, j = after block j-1)",
-               ylabel="relative L2 change ||h' - h|| / ||h||")
-        ax2.axvline(period, color="k", ls="--", lw=1, label="first repeat")
+        ax.set(title=f"{label}: {target} positions of one layer moved", ylabel="relative L2 change ||h' - h|| / ||h||",
+               xlabel="residual stream (0 = embedding, j = after block j-1)")
+        ax2.axvline(period, color="k", ls="--", lw=1, label=f"first repeat (period {period})")
+        if max((v for run in r["runs"] for v in run["kl_per_position"]), default=0) > 0:
+            ax2.set_yscale("log")
         ax2.set(title=f"{label}: next-token KL(clean || perturbed)", xlabel="position in window (tokens)",
-                ylabel="KL (nats)")
-    fig.suptitle("Finding 2: a RoPE position perturbation propagates through the residual stream")
-    fig2.suptitle("Finding 2: the perturbation at the logits, per position")
+                ylabel=f"KL (nats, running mean over {smooth} positions)")
+        ax.legend(fontsize=7)
+        ax2.legend(fontsize=7)
+    fig.suptitle("Finding 2: propagation of a RoPE position perturbation")
+    fig2.suptitle("Finding 2: the perturbation at the logits")
     return [save(fig, out, f"{name}.png"), save(fig2, out, f"{name}_kl.png")]
 
 
 def run_perturb(args):
     models = load_all(args.ckpt, args.labels, args.device)
     window = args.window or max(m.config.max_seq_len for m in models.values())
-    spec = TaskSpec()
-    batch = repeated_tokens_window(spec, window, args.period, args.n_windows, args.seed)
+    batch = repeated_tokens_window(TaskSpec(), window, args.period, args.n_windows, args.seed)
     perturbations = [("shift", float(s)) for s in args.shift] + [("noise", float(s)) for s in args.noise]
     if not perturbations:
         fail("give at least one --shift or --noise size")
@@ -295,15 +299,16 @@ def run_perturb(args):
         cfg = model.config
         layers = list(range(cfg.n_layer)) if args.layers is None else args.layers
         bad = [l for l in layers if not 0 <= l < cfg.n_layer]
-        if bad or cfg.vocab_size < spec.vocab_size:
-            fail(f"{path}: layers {bad} out of range 0..{cfg.n_layer - 1}" if bad else
-                 f"{path}: vocabulary {cfg.vocab_size} is smaller than the probe's {spec.vocab_size}")
+        if bad:
+            fail(f"{path}: --layers {bad} out of range 0..{cfg.n_layer - 1}")
         runs = perturbation_propagation(model, batch, layers, perturbations, args.target, args.device, args.seed)
         res[label] = {"ckpt": path, "n_layer": cfg.n_layer, "runs": runs}
         for run in runs:
             print(f"{label}: layer {run['layer']} {args.target} {run['kind']} {run['size']:g}: relative change at "
                   f"the last residual {run['rel_change'][-1]:.3g}, mean logit KL {run['kl_mean']:.3g} nats -> "
                   f"{'reaches' if run['reaches_logits'] else 'does not reach'} the logits")
+        print(f"{label}: the perturbation reaches the logits (mean KL > {REACHES_LOGITS_KL:g} nats) in "
+              f"{sum(run['reaches_logits'] for run in runs)} of {len(runs)} runs")
     paths = plot_perturb(res, args.period, args.target, args.out, args.name)
     return paths + [write_json(args.out, f"{args.name}.json", {
         "window": window, "period": args.period, "target": args.target, "n_windows": args.n_windows,
@@ -327,7 +332,7 @@ def pair_update(w_before, w_after, n_heads):
 @torch.no_grad()
 def query_pair_norms(model, batch, device):
     """Mean over windows and positions of ||q_pair|| (pre-RoPE), per layer, head and pair: (L, H, hd/2)."""
-    x, _, pos, _, _ = to_device(batch, device)
+    x, _, pos, _, _ = to_device(batch, torch.device(device))
     probe = Inspect()
     model(x, pos, inspect=probe)
     return torch.stack([q.float().unflatten(-1, (2, -1)).norm(dim=-2).mean(dim=(0, 2)) for q in probe.q_pre])
@@ -368,36 +373,38 @@ def qupdate_results(before, after, batch, device):
 
 
 def plot_qupdate(res, title, out, name):
-    panels = [("wq", "W_q relative update", "magma"), ("wk", "W_k relative update", "magma"),
-              ("q_norm_change", "query norm change (after/before - 1)", "RdBu_r")]
+    panels = [("wq", "W_q relative update"), ("wk", "W_k relative update"),
+              ("q_norm_change", "query norm change (after/before - 1)")]
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.6), layout="constrained")
-    for ax, (key, what, cmap) in zip(axes, panels):
+    for ax, (key, what) in zip(axes, panels):
         grid = np.array(res[key]).mean(1)  # (L, hd/2), averaged over heads
-        norm = matplotlib.colors.CenteredNorm(0) if key == "q_norm_change" else None
-        im = ax.imshow(grid, aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
+        style = (dict(cmap="RdBu_r", norm=matplotlib.colors.CenteredNorm(0)) if key == "q_norm_change" else
+                 dict(cmap="magma", vmin=0, vmax=max(grid.max(), 1e-12)))
+        im = ax.imshow(grid, aspect="auto", interpolation="nearest", **style)
         mark_critical(ax, res["critical_pairs"])
         ax.set_yticks(range(len(grid)))
         ax.set(title=f"{what}, mean over heads", xlabel="RoPE frequency pair i (high -> low frequency)",
                ylabel="layer")
         fig.colorbar(im, ax=ax, label="relative change (fraction)")
-    axes[0].legend(fontsize=7, title="critical pair")
+    axes[0].legend(fontsize=7, title="critical pair", title_fontsize=7)
     fig.suptitle(f"Finding 3: {title}")
-    paths = [save(fig, out, f"{name}.png")]
     wq = np.array(res["wq"])  # (L, H, hd/2)
-    fig, axes = plt.subplots(len(wq), 1, figsize=(7, 1.2 + 0.45 * wq.shape[1] * len(wq)), squeeze=False,
-                             layout="constrained")
-    for layer, ax in enumerate(axes[:, 0]):
-        im = ax.imshow(wq[layer], aspect="auto", cmap="magma", interpolation="nearest")
+    fig2, axes2 = plt.subplots(len(wq), 1, figsize=(7, 1.5 + 0.5 * wq.shape[1] * len(wq)), squeeze=False,
+                               layout="constrained")
+    for layer, ax in enumerate(axes2[:, 0]):
+        im = ax.imshow(wq[layer], aspect="auto", cmap="magma", vmin=0, vmax=max(wq.max(), 1e-12),
+                       interpolation="nearest")
         mark_critical(ax, res["critical_pairs"])
         ax.set_yticks(range(wq.shape[1]))
-        ax.set(title=f"layer {layer}: W_q relative update per head", xlabel="RoPE frequency pair i", ylabel="head")
-        fig.colorbar(im, ax=ax, label="relative update")
-    axes[0, 0].legend(fontsize=7)
-    return paths + [save(fig, out, f"{name}_heads.png")]
+        ax.set(title=f"layer {layer}", xlabel="RoPE frequency pair i", ylabel="head")
+    axes2[0, 0].legend(fontsize=7)
+    fig2.colorbar(im, ax=axes2[:, 0].tolist(), label="relative update (fraction)")
+    fig2.suptitle(f"W_q relative update per head: {title}")
+    return [save(fig, out, f"{name}.png"), save(fig2, out, f"{name}_heads.png")]
 
 
 def run_qupdate(args):
-    before, ckpt_b = load(args.before, args.device)
+    before, _ = load(args.before, args.device)
     after, _ = load(args.after, args.device)
     keys = ("vocab_size", "n_layer", "n_head", "n_kv_head", "d_model", "d_ff", "tie_embeddings")
     diff = [f"{k} {getattr(before.config, k)} vs {getattr(after.config, k)}" for k in keys
@@ -436,25 +443,27 @@ def run_all(args):
         if not c.get("done", True):
             print(f"note: {p} is an unfinished run (step {c['step']})")
     common = ["--out", args.out, "--device", str(args.device)]
-    students = [c for p, c in ckpts.items() if p in phase1 + phase2]
-    cfgs = [c["config"] for c in students] or [c["config"] for c in ckpts.values()]
+    students = [ckpts[p] for p in phase1 + phase2]
     spectrum = ["spectrum"] + common
-    if cfgs:
-        spectrum += ["--head-dim", str(cfgs[0]["d_model"] // cfgs[0]["n_head"]),
-                     "--bases", *sorted({f"{c['rope_base']:g}" for c in cfgs}, key=float),
-                     "--windows", *sorted({str(c["max_seq_len"]) for c in cfgs}, key=int)]
+    if ckpts:  # the students' bases and windows (default ones if only a teacher is there)
+        cfg = next(iter(ckpts.values()))["config"]
+        spectrum += ["--head-dim", str(cfg["d_model"] // cfg["n_head"])]
+    if students:
+        spectrum += ["--bases", *sorted({f"{c['config']['rope_base']:g}" for c in students}, key=float),
+                     "--windows", *sorted({str(c["config"]["max_seq_len"]) for c in students}, key=int)]
     paths = main(spectrum)
     if not ckpts:
         print(f"no checkpoints in {args.dir}: only the spectrum")
         return paths
-    max_doc_len = next((c.get("args", {}).get("max_doc_len") for c in students if c.get("args")), None) or 128
+    common += ["--seed", str(args.seed)]
+    max_doc_len = next((c["args"]["max_doc_len"] for c in students if "max_doc_len" in c.get("args", {})), 128)
     paths += main(["retrieval", "--ckpt", *ckpts, "--max-doc-len", str(max_doc_len), "--n-windows",
                    str(args.n_windows)] + common)
     if teacher + phase2:
         paths += main(["perturb", "--ckpt", *(teacher + phase2)] + common)
     for p2 in phase2:
-        base1 = re.match(r"phase2-\w+?-b(.+?)-b", os.path.basename(p2)).group(1)
-        p1 = os.path.join(args.dir, f"phase1-b{base1}.pt")
+        m = re.match(r"phase2-\w+?-b(.+?)-b", os.path.basename(p2))
+        p1 = os.path.join(args.dir, f"phase1-b{m.group(1)}.pt") if m else None
         if p1 in ckpts:
             name = "qupdate-" + os.path.splitext(os.path.basename(p2))[0]
             paths += main(["qupdate", "--before", p1, "--after", p2, "--name", name] + common)
@@ -468,48 +477,45 @@ def build_parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
-    def command(name, help):
-        s = sub.add_parser(name, help=help, description=help)
-        s.add_argument("--out", default="figures", help="folder for the PNGs and the JSON (default figures/)")
-        s.add_argument("--device", default="cpu", help="torch device (cpu, cuda)")
+    def command(name, help, n_windows, ckpts=None):
+        """A subcommand with the flags every one has (and the checkpoint / probe flags some share)."""
+        a = sub.add_parser(name, help=help, description=help).add_argument
+        a("--out", default="figures", help="folder for the PNGs and the JSON; default figures/")
+        a("--device", default="cpu", help="torch device (cpu, cuda); default cpu")
         if name != "all":
-            s.add_argument("--name", default=name, help="file name prefix of the outputs (default: the subcommand)")
-        return s
+            a("--name", default=name, help="file name prefix of the outputs; default: the subcommand's name")
+        if ckpts:
+            a("--ckpt", nargs="+", required=True, help=ckpts)
+            a("--labels", nargs="+", help="one legend name per checkpoint; default: the file names")
+            a("--window", type=int, help="probe window (tokens); default: the largest max_seq_len of the checkpoints")
+        if n_windows:
+            a("--n-windows", type=int, default=n_windows, help="probe windows (per distance); default %(default)s")
+            a("--seed", type=int, default=0, help="seed of the probes and of the position noise; default 0")
+        return a
 
-    s = command("retrieval", "retrieval accuracy vs distance (and depth) for checkpoints on the same probes")
-    s.add_argument("--ckpt", nargs="+", required=True, help="checkpoints to compare")
-    s.add_argument("--labels", nargs="+", help="one legend name per checkpoint (default: file names)")
-    s.add_argument("--distances", type=int, nargs="+", help="record-query distances (default: 16, 32, ... of window)")
-    s.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0], help="query depths 0..1")
-    s.add_argument("--window", type=int, help="probe window (default: largest max_seq_len of the checkpoints)")
-    s.add_argument("--max-doc-len", type=int, default=128, help="the student's longest document, marked on the plot")
-    s.add_argument("--n-windows", type=int, default=8, help="probe windows per distance (half that per depth)")
-    s.add_argument("--seed", type=int, default=0, help="probe seed")
-    s = command("spectrum", "RoPE rotations per frequency pair for bases and windows (finding 1)")
-    s.add_argument("--head-dim", type=int, default=32, help="attention head dimension d (even)")
-    s.add_argument("--bases", type=float, nargs="+", default=[1e4, 5e5], help="RoPE bases")
-    s.add_argument("--windows", type=int, nargs="+", default=[256, 1024], help="context windows L (tokens)")
-    s = command("perturb", "propagation of a RoPE position perturbation to the logits (finding 2)")
-    s.add_argument("--ckpt", nargs="+", required=True, help="checkpoints (teacher, phase-2 students)")
-    s.add_argument("--labels", nargs="+", help="one name per checkpoint (default: file names)")
-    s.add_argument("--target", choices=["q", "k", "qk"], default="q", help="move the positions of q, k or both")
-    s.add_argument("--layers", type=int, nargs="+", help="layers to perturb, one at a time (default: all)")
-    s.add_argument("--shift", type=float, nargs="*", default=[1, 4, 16], help="constant position shifts (tokens)")
-    s.add_argument("--noise", type=float, nargs="*", default=[], help="std of Gaussian position noise (tokens)")
-    s.add_argument("--period", type=int, default=64, help="length of the repeated token sequence")
-    s.add_argument("--window", type=int, help="window (default: largest max_seq_len of the checkpoints)")
-    s.add_argument("--n-windows", type=int, default=2, help="probe windows")
-    s.add_argument("--seed", type=int, default=0, help="seed of the tokens and of the noise")
-    s = command("qupdate", "per RoPE pair updates of W_q / W_k and query norms, phase 1 -> 2 (finding 3)")
-    s.add_argument("--before", required=True, help="phase-1 checkpoint")
-    s.add_argument("--after", required=True, help="phase-2 checkpoint of the same architecture")
-    s.add_argument("--probe-window", type=int, help="window of the fixed kv probe (default: --after's max_seq_len)")
-    s.add_argument("--probe-distance", type=int, help="record-query distance of the probe (default: window/2)")
-    s.add_argument("--n-windows", type=int, default=4, help="probe windows")
-    s.add_argument("--seed", type=int, default=0, help="probe seed")
-    s = command("all", "every analysis that the checkpoints in a training folder allow")
-    s.add_argument("--dir", default="out", help="train.py's output folder")
-    s.add_argument("--n-windows", type=int, default=8, help="retrieval probe windows per distance")
+    a = command("retrieval", "retrieval accuracy vs distance (and depth) of checkpoints on the same probes", 8,
+                "checkpoints to compare")
+    a("--distances", type=int, nargs="+", help="record-query distances (tokens); default 16, 32, ... of the window")
+    a("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0], help="query depths in [0, 1]")
+    a("--max-doc-len", type=int, default=128, help="the student's longest document (tokens), marked; default 128")
+    a = command("spectrum", "RoPE rotations per frequency pair for bases and windows (finding 1)", None)
+    a("--head-dim", type=int, default=32, help="attention head dimension d (even); default 32")
+    a("--bases", type=float, nargs="+", default=[1e4, 5e5], help="RoPE bases; default 10000 500000")
+    a("--windows", type=int, nargs="+", default=[256, 1024], help="context windows L (tokens); default 256 1024")
+    a = command("perturb", "propagation of a RoPE position perturbation to the logits (finding 2)", 2,
+                "checkpoints (teacher, phase-2 students)")
+    a("--target", choices=["q", "k", "qk"], default="q", help="move the positions of q, k or both; default q")
+    a("--layers", type=int, nargs="+", help="layers to perturb, one at a time; default all")
+    a("--shift", type=float, nargs="*", default=[1, 4, 16], help="constant position shifts (tokens); default 1 4 16")
+    a("--noise", type=float, nargs="*", default=[], help="stds of Gaussian position noise (tokens); default none")
+    a("--period", type=int, default=64, help="length of the repeated token sequence (tokens); default 64")
+    a = command("qupdate", "per RoPE pair updates of W_q / W_k and query norms, phase 1 -> 2 (finding 3)", 4)
+    a("--before", required=True, help="phase-1 checkpoint")
+    a("--after", required=True, help="phase-2 checkpoint of the same architecture")
+    a("--probe-window", type=int, help="window of the fixed kv probe (tokens); default: --after's max_seq_len")
+    a("--probe-distance", type=int, help="record-query distance of the probe (tokens); default window/2")
+    a = command("all", "every analysis that the checkpoints in a training folder allow", 8)  # 8: retrieval's
+    a("--dir", default="out", help="train.py's output folder; default out")
     return p
 
 
