@@ -43,7 +43,7 @@ from distill import forward_kl  # noqa: E402
 from evaluate import depth_sweep, evaluate  # noqa: E402
 from model import CheckpointError, Inspect, load_checkpoint, load_model  # noqa: E402
 from rope import critical_dimension, default_inv_freq, men_lower_bound, rotations, spectrum_summary  # noqa: E402
-from train import fail  # noqa: E402
+from config import fail  # noqa: E402
 
 REACHES_LOGITS_KL = 1e-6  # nats; our choice: a mean KL above this is a real change, not float rounding
 

@@ -126,6 +126,11 @@ def load_teacher(path, device, vocab_size=None):
     if vocab_size is not None and teacher.config.vocab_size != vocab_size:
         raise ValueError(f"teacher {path} has vocabulary {teacher.config.vocab_size} but the student has "
                          f"{vocab_size}: teacher and student must share the vocabulary")
+    return freeze_teacher(teacher, device)
+
+
+def freeze_teacher(teacher, device):
+    """eval(), no gradients, and bf16 weights on CUDA: the teacher only ever runs forward."""
     teacher.eval().requires_grad_(False)
     if device.type == "cuda":
         teacher.to(torch.bfloat16)

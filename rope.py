@@ -139,7 +139,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate x (B, H, T, d) by cos/sin (B, T, d): pair (i, i + d/2) turns by angle pos * inv_freq_i."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, d), broadcast over heads
+    cos, sin = cos.unsqueeze(1).to(x.dtype), sin.unsqueeze(1).to(x.dtype)  # (B, 1, T, d); bf16 q stays bf16
     return x * cos + rotate_half(x) * sin
 
 

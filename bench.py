@@ -1,0 +1,235 @@
+"""Speed and memory of the training steps: what distillation costs over plain CE.
+
+Paper idea: "Short Data, Long Context" (arXiv 2604.06070) trains the student with a
+logit-KD loss against a frozen long-context teacher, so every step adds a teacher forward
+and a vocabulary-wide KL. This script measures that price on one device:
+
+1. tokens/s of a CE train step (forward, CE, backward, AdamW: train.train_step without a
+   teacher), of a KD train step with a same-size teacher (kd_weight 0.5), and of the teacher
+   forward alone (distill.teacher_logits); the KD/CE step-time ratio; the MFU of the CE step,
+   model.flops_per_token(window) * tokens/s over a matmul peak measured in the same run;
+2. the extra peak memory of distill.kd_loss (forward + backward, beyond its two (N, V)
+   inputs) chunked vs unchunked: torch.cuda.max_memory_allocated on CUDA; on CPU the
+   peak-RSS increase (ru_maxrss) of a fresh process that runs only the loss (Linux: peak
+   reset after start-up, every block >= 64 KiB its own mmap, so RSS follows live tensors);
+3. a window sweep: tokens/s and MFU of the CE step at each window, tokens per step constant.
+
+On CUDA the steps run under bf16 autocast with flash attention pinned (an error if flash
+cannot run). Data: one packed batch of the synthetic language (data.py), reused each step.
+
+    python bench.py --quick                          # smoke run, CPU, seconds
+    python bench.py --model large --json out/bench-large.json
+    python bench.py --model gpt2 --compile --sweep 1024 2048 4096 8192
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+
+import torch
+
+from data import DataSource, TaskSpec, to_device
+from distill import freeze_teacher, kd_loss, teacher_logits
+from evaluate import matmul_peak_flops
+from model import GPT, GPTConfig
+from config import PRESETS, build_parser, pick_device
+from train import make_optimizer, train_step
+
+ARCH = ("d_model", "n_layer", "n_head", "n_kv_head", "d_ff")
+MODELS = {  # architecture, window and batch per --model
+    "cpu": dict({k: PRESETS["cpu"][k] for k in ARCH}, window=PRESETS["cpu"]["long_window"],
+                batch=PRESETS["cpu"]["batch_size"]),
+    "large": dict(d_model=512, n_layer=8, n_head=8, n_kv_head=8, d_ff=1408, window=2048, batch=16),
+    "gpt2": dict(d_model=768, n_layer=12, n_head=12, n_kv_head=12, d_ff=2048, window=4096, batch=8),
+}
+QUICK = dict(batch=1, window=128, iters=2, warmup=1, sweep=[64, 128], kd_vocab=4000, kd_tokens=2048,
+             peak_seconds=0.2)
+DEFAULTS = dict(iters=10, warmup=3, sweep=[512, 1024, 2048, 4096], kd_vocab=32000, kd_tokens=4096, peak_seconds=1.0)
+
+
+def build_parser_bench():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    a = p.add_argument
+    a("--model", default="cpu", choices=list(MODELS), help="cpu: train.py's cpu preset (window 1024); large: "
+      "d512 L8 H8 ff1408 (window 2048);\ngpt2: d768 L12 H12 ff2048 (window 4096)")
+    a("--batch", type=int, default=None, help="windows per step (default: per model; --quick 1)")
+    a("--window", type=int, default=None, help="tokens per window (default: per model; --quick 128)")
+    a("--vocab", type=int, default=TaskSpec().vocab_size, help="vocabulary of student and teacher "
+      "(default: the synthetic language's)")
+    a("--iters", type=int, default=None, help="timed iterations per figure (default 10; --quick 2)")
+    a("--warmup", type=int, default=None, help="untimed iterations first (default 3; --quick 1)")
+    a("--sweep", type=int, nargs="+", default=None, help="windows of the sweep (default 512 1024 2048 4096)")
+    a("--kd-vocab", type=int, default=None, help="vocabulary of the kd_loss memory test (default 32000)")
+    a("--kd-tokens", type=int, default=None, help="tokens of the kd_loss memory test (default 4096)")
+    a("--kd-chunk", type=int, default=1024, help="tokens per chunk of the chunked kd_loss")
+    a("--device", default="auto", help="auto (cuda if present), cpu or cuda")
+    a("--compile", action="store_true", help="torch.compile the student")
+    a("--quick", action="store_true", help="tiny sizes and iterations: a smoke run in seconds")
+    a("--json", default=None, metavar="PATH", help="also write the figures to this JSON file")
+    return p
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_step(fn, device, warmup, iters) -> float:
+    """Seconds per call of fn(), timed over `iters` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    sync(device)
+    return (time.perf_counter() - t0) / iters
+
+
+def packed_batch(batch_size, window, device):
+    """(x, y, positions, doc_ids, answers), each (B, L): one batch of packed short documents."""
+    return to_device(DataSource(TaskSpec(), "packed", window, batch_size, seed=0).batch(0), device)
+
+
+def train_throughput(student, step_student, teacher, opt, run, batch, autocast, cli, peak) -> dict:
+    """tokens/s of the CE step, the KD step and the teacher forward; KD/CE ratio; MFU of CE."""
+    n_tok = batch[0].numel()
+    x, pos = batch[0], batch[2]
+
+    def teacher_forward():
+        with autocast:
+            teacher_logits(teacher, x, pos)  # (B, L, V)
+
+    ce_s = time_step(lambda: train_step(step_student, None, opt, batch, run, autocast), cli.dev, cli.warmup, cli.iters)
+    kd_s = time_step(lambda: train_step(step_student, teacher, opt, batch, run, autocast), cli.dev, cli.warmup,
+                     cli.iters)
+    t_s = time_step(teacher_forward, cli.dev, cli.warmup, cli.iters)
+    return {"ce_step_tokens_per_s": n_tok / ce_s, "kd_step_tokens_per_s": n_tok / kd_s,
+            "teacher_forward_tokens_per_s": n_tok / t_s, "kd_over_ce_step_time": kd_s / ce_s,
+            "ce_mfu": student.flops_per_token(cli.window) * n_tok / ce_s / peak}
+
+
+def window_sweep(student, step_student, opt, run, autocast, cli, peak) -> dict:
+    """{window: (tokens/s, MFU)} of the CE step, batch = tokens per step // window."""
+    tokens = cli.batch * cli.window
+    out = {}
+    for window in cli.sweep:
+        batch = packed_batch(max(1, tokens // window), window, cli.dev)
+        sec = time_step(lambda: train_step(step_student, None, opt, batch, run, autocast), cli.dev, cli.warmup,
+                        cli.iters)
+        tok_s = batch[0].numel() / sec
+        out[window] = {"batch": batch[0].shape[0], "tokens_per_s": tok_s,
+                       "mfu": student.flops_per_token(window) * tok_s / peak}
+    return out
+
+
+def kd_peak_rss(vocab, tokens, chunk) -> int:
+    """CPU, in a fresh process: bytes the peak RSS grows by while kd_loss runs forward + backward."""
+    kd_loss(torch.randn(4, 8, requires_grad=True), torch.randn(4, 8), chunk_size=2)[0].backward()  # load kernels
+    student = torch.randn(tokens, vocab, requires_grad=True)  # (N, V)
+    teacher = torch.randn(tokens, vocab)  # (N, V)
+    try:  # Linux: reset the peak RSS to the current RSS, so start-up peaks do not hide the loss's
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kd_loss(student, teacher, chunk_size=chunk)[0].backward()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024  # ru_maxrss: KiB on Linux
+
+
+def kd_peak_bytes(vocab, tokens, chunk, device) -> int:
+    """Extra peak memory (bytes) of kd_loss forward + backward beyond its (N, V) inputs; chunk 0 = unchunked."""
+    if device.type != "cuda":  # glibc: each block >= 64 KiB its own mmap, returned when freed, so RSS = live bytes
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+        code = f"import bench; print(bench.kd_peak_rss({vocab}, {tokens}, {chunk}))"
+        out = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(os.path.abspath(__file__)), env=env,
+                             capture_output=True, text=True)
+        if out.returncode:
+            raise RuntimeError(f"kd_loss memory subprocess failed:\n{out.stderr[-2000:]}")
+        return int(out.stdout.split()[-1])
+    student = torch.randn(tokens, vocab, device=device, dtype=torch.bfloat16, requires_grad=True)  # (N, V), as autocast
+    teacher = torch.randn(tokens, vocab, device=device, dtype=torch.bfloat16)  # (N, V)
+    sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    kd_loss(student, teacher, chunk_size=chunk)[0].backward()
+    sync(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
+def kd_memory(cli) -> dict:
+    """Peak extra MB of kd_loss, chunked (cli.kd_chunk tokens) vs unchunked, and their ratio."""
+    chunked = kd_peak_bytes(cli.kd_vocab, cli.kd_tokens, cli.kd_chunk, cli.dev) / 2**20
+    whole = kd_peak_bytes(cli.kd_vocab, cli.kd_tokens, 0, cli.dev) / 2**20
+    return {"vocab": cli.kd_vocab, "tokens": cli.kd_tokens, "chunk_tokens": cli.kd_chunk,
+            "chunked_peak_mb": chunked, "unchunked_peak_mb": whole,
+            "unchunked_over_chunked": whole / chunked if chunked else float("nan")}
+
+
+def resolve(cli):
+    """Fill per-model and --quick defaults into the CLI namespace (explicit flags win)."""
+    spec = MODELS[cli.model]
+    for k, v in (QUICK if cli.quick else {}).items():
+        setattr(cli, k, v if getattr(cli, k, None) is None else getattr(cli, k))
+    for k, v in dict(DEFAULTS, batch=spec["batch"], window=spec["window"]).items():
+        if getattr(cli, k, None) is None:
+            setattr(cli, k, v)
+    cli.cfg = GPTConfig(vocab_size=cli.vocab, max_seq_len=cli.window, **{k: spec[k] for k in ARCH})
+    if cli.vocab < TaskSpec().vocab_size:
+        raise SystemExit(f"error: --vocab must be >= {TaskSpec().vocab_size}, the synthetic language's")
+    return cli
+
+
+def main(argv=None):
+    cli = resolve(build_parser_bench().parse_args(argv))
+    run = build_parser().parse_args(["--phase", "2", "--device", cli.device])  # train.py's step settings
+    run.lr = PRESETS["gpu" if cli.model != "cpu" else "cpu"]["lr"]  # kd_weight 0.5, kd_chunk, grad_clip: defaults
+    cli.dev, autocast = pick_device(run)
+    cuda = cli.dev.type == "cuda"
+    torch.manual_seed(0)
+    student = GPT(cli.cfg).to(cli.dev)
+    step_student = torch.compile(student) if cli.compile else student
+    teacher = freeze_teacher(GPT(cli.cfg).to(cli.dev), cli.dev)
+    opt = make_optimizer(student, run, cli.dev)
+    peak = matmul_peak_flops(cli.dev, seconds=cli.peak_seconds)
+    print(f"device {cli.dev}{' (bf16 autocast, flash attention)' if cuda else ''} | model {cli.model}: "
+          f"{student.num_params():,} params, d{cli.cfg.d_model} L{cli.cfg.n_layer} H{cli.cfg.n_head} "
+          f"ff{cli.cfg.d_ff} V{cli.vocab} | batch {cli.batch} x window {cli.window} | {cli.iters} iters after "
+          f"{cli.warmup} warm-up{' | compiled' if cli.compile else ''}")
+    print(f"matmul peak (measured): {peak / 1e12:.3f} TFLOP/s")
+    flash = torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION) if cuda else nullcontext()
+    with flash:
+        speed = train_throughput(student, step_student, teacher, opt, run, packed_batch(cli.batch, cli.window, cli.dev),
+                                 autocast, cli, peak)
+        print(f"CE step:         {speed['ce_step_tokens_per_s']:>12,.0f} tokens/s | MFU {speed['ce_mfu']:.1%}")
+        print(f"KD step:         {speed['kd_step_tokens_per_s']:>12,.0f} tokens/s | KD/CE step time "
+              f"{speed['kd_over_ce_step_time']:.2f}x")
+        print(f"teacher forward: {speed['teacher_forward_tokens_per_s']:>12,.0f} tokens/s")
+        sweep = window_sweep(student, step_student, opt, run, autocast, cli, peak)
+    print(f"window sweep (CE step, ~{cli.batch * cli.window:,} tokens/step):")
+    for window, r in sweep.items():
+        print(f"  window {window:>6} x batch {r['batch']:>4}: {r['tokens_per_s']:>12,.0f} tokens/s | "
+              f"MFU {r['mfu']:.1%}")
+    del student, step_student, teacher, opt
+    memory = kd_memory(cli)
+    print(f"kd_loss peak memory (V={cli.kd_vocab:,}, N={cli.kd_tokens:,}, fwd+bwd, beyond inputs; "
+          f"{'max_memory_allocated' if cuda else 'peak RSS of a fresh process'}): chunked ({cli.kd_chunk} tokens) "
+          f"{memory['chunked_peak_mb']:,.1f} MB | unchunked {memory['unchunked_peak_mb']:,.1f} MB | "
+          f"ratio {memory['unchunked_over_chunked']:.1f}x")
+    results = {"device": str(cli.dev), "model": cli.model, "config": vars(cli.cfg), "batch": cli.batch,
+               "window": cli.window, "compile": cli.compile, "iters": cli.iters, "peak_flops_per_s": peak,
+               **speed, "window_sweep": sweep, "kd_memory": memory}
+    if cli.json:
+        with open(cli.json, "w") as f:
+            json.dump(results, f, indent=1)
+        print(f"wrote {cli.json}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

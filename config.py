@@ -1,0 +1,199 @@
+"""Configuration of a training run: presets, command-line flags, and their validation.
+
+Paper idea: "Short Data, Long Context" (arXiv 2604.06070) trains in phases (a teacher on
+long documents; a student in phase 1 with a short window and a small RoPE base; phase 2
+with the long window and a large base, on packed short documents). Every knob of those
+phases is a flag here; a preset (tiny / cpu / gpu) fills in whatever is not given, and
+`resolve` turns bad values into one clear line on stderr and a non-zero exit.
+
+Used by train.py (`python train.py --help` lists every flag).
+"""
+import argparse
+import json
+import math
+import os
+import sys
+from contextlib import nullcontext
+
+import torch
+
+from rope import rope_frequencies
+
+SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints")
+
+# Defaults per preset; explicit flags override. `cpu` is the 2-core demonstration.
+# A phase may start with a dense "curriculum" stage (windows of 32 tokens, each one short
+# document with 6 records) that ends once training accuracy on the answers passes a target:
+# tiny models need it to leave the retrieval plateau in minutes (../shared/RECIPE.md).
+PRESETS = {
+    "tiny": dict(d_model=32, n_layer=2, n_head=2, n_kv_head=2, d_ff=0, long_window=64, short_window=32,
+                 max_doc_len=16, min_doc_len=8, long_pairs=4, batch_size=2, lr=2e-3, warmup=2,
+                 curriculum_window=16, curriculum_pairs=2, curriculum_batch=4, curriculum_steps=3,
+                 steps={"teacher": 4, "1": 4, "2": 4}, eval_windows=2, eval_distances=[4, 12, 40]),
+    "cpu": dict(d_model=128, n_layer=2, n_head=4, n_kv_head=4, d_ff=0, long_window=1024, short_window=256,
+                max_doc_len=128, min_doc_len=32, long_pairs=48, batch_size=4, lr=2e-3, warmup=20,
+                curriculum_window=16, curriculum_pairs=3, curriculum_batch=256, curriculum_steps=3000,
+                steps={"teacher": 600, "1": 200, "2": 1500}, eval_windows=16,
+                eval_distances=[16, 32, 64, 128, 256, 512, 768, 900]),
+    "gpu": dict(d_model=512, n_layer=8, n_head=8, n_kv_head=8, d_ff=1408, long_window=4096, short_window=1024,
+                max_doc_len=512, min_doc_len=64, long_pairs=192, batch_size=16, lr=1e-3, warmup=100,
+                curriculum_window=64, curriculum_pairs=12, curriculum_batch=256, curriculum_steps=5000,
+                steps={"teacher": 3000, "1": 1000, "2": 3000}, eval_windows=32,
+                eval_distances=[64, 256, 512, 1024, 2048, 3072, 4000]),
+}
+PHASE_LR = {"teacher": 1.0, "1": 1.0, "2": 0.5}  # phase 2 fine-tunes: half the preset's lr
+# Each phase draws its own init and data streams from --seed, so that the student is not a twin of the
+# teacher (same init, same curriculum batches) when both use seed 0.
+PHASE_SEED = {"teacher": 0, "1": 10, "2": 20}
+
+
+def phase_seed(args, k=0):
+    return args.seed * 100 + PHASE_SEED[args.phase] + k
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description="Train the teacher (--phase teacher), the phase-1 student or the phase-2 "
+                                "student (logit distillation on packed short documents).")
+    a = p.add_argument
+    a("--phase", required=True, choices=["teacher", "1", "2"], help="what to train (see the module doc)")
+    a("--preset", default="cpu", choices=list(PRESETS), help="size defaults: tiny (tests), cpu (default), gpu")
+    a("--out-dir", default="out", help="folder for checkpoints, logs and results")
+    a("--run-name", default=None, help="name of this run's files (default: from phase, loss and base)")
+    a("--teacher", default=None, help="teacher checkpoint (default: OUT/teacher.pt, else checkpoints/teacher.pt)")
+    a("--init", default=None, help="phase-2 start checkpoint (default: OUT/phase1-b<--phase1-base>.pt, else shipped)")
+    a("--phase1-base", type=float, default=10000.0, help="RoPE base of the phase-1 run that phase 2 starts from")
+    a("--no-auto", action="store_true", help="exit with an error instead of training missing prerequisites")
+    a("--resume", action="store_true", help="continue this run from its checkpoint")
+    a("--overwrite", action="store_true", help="retrain even if this run already finished")
+    a("--no-baseline", action="store_true", help="phase 2: do not train the CE-only baseline side by side")
+    g = p.add_argument_group("RoPE")
+    g.add_argument("--rope-base", type=float, default=None, help="RoPE base (default 10000; phase 2: 500000)")
+    g.add_argument("--rope-scaling", default=None, help='HF-style rope_scaling JSON, e.g. \'{"rope_type":"yarn",...}\'')
+    g = p.add_argument_group("data")
+    g.add_argument("--window", type=int, default=None, help="training window (default: long for teacher/phase 2, "
+                   "short for phase 1)")
+    g.add_argument("--max-doc-len", type=int, default=None, help="longest short document, separator included")
+    g.add_argument("--min-doc-len", type=int, default=None, help="shortest short document")
+    g.add_argument("--reset-positions", action="store_true", help="restart position ids at each document")
+    g.add_argument("--doc-mask", action="store_true", help="block-diagonal attention (no cross-document attention)")
+    g.add_argument("--data", default=None, help="train on a real corpus instead: a UTF-8 text file/folder or a .bin")
+    g.add_argument("--eot-id", type=int, default=50256, help=".bin data: end-of-text id that splits documents")
+    g = p.add_argument_group("model (teacher and phase 1; phase 2 keeps phase 1's)")
+    for name in ("d_model", "n_layer", "n_head", "n_kv_head", "d_ff"):
+        g.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=f"{name} (0 d_ff = no MLP)")
+    g = p.add_argument_group("optimization")
+    g.add_argument("--steps", type=int, default=None, help="steps of the phase's main stage")
+    g.add_argument("--batch-size", type=int, default=None, help="windows per step")
+    g.add_argument("--lr", type=float, default=None, help="peak learning rate")
+    g.add_argument("--schedule", default="constant", choices=["constant", "cosine"], help="after warmup")
+    g.add_argument("--warmup", type=int, default=None, help="linear warmup steps (each stage)")
+    g.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
+    g.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip (0 = off)")
+    g.add_argument("--curriculum-steps", type=int, default=None, help="max steps of the dense warm-up stage "
+                   "(teacher and phase 1; 0 = none)")
+    g.add_argument("--curriculum-target", type=float, default=0.95, help="end the warm-up once answer accuracy "
+                   "(running mean) reaches this")
+    g = p.add_argument_group("distillation")
+    g.add_argument("--kd-weight", type=float, default=0.5, help="loss = (1-w) CE + w KD; 0 = CE-only baseline")
+    g.add_argument("--temperature", type=float, default=1.0, help="KD temperature T (loss scaled by T^2)")
+    g.add_argument("--kd-loss", default="forward", choices=["forward", "reverse", "jsd"], help="divergence")
+    g.add_argument("--jsd-beta", type=float, default=0.5, help="beta of the generalized JSD")
+    g.add_argument("--kd-chunk", type=int, default=1024, help="tokens per float32 chunk in the KD loss")
+    g = p.add_argument_group("system")
+    g.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="autocast dtype "
+                   "(auto: bf16 on CUDA, float32 on CPU)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the student")
+    g.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
+    g.add_argument("--seed", type=int, default=0, help="random seed (model init and data stream)")
+    g.add_argument("--eval-interval", type=int, default=250, help="steps between quick retrieval checks")
+    g.add_argument("--save-interval", type=int, default=100, help="steps between checkpoints")
+    g.add_argument("--peak-flops", type=float, default=0, help="device peak FLOP/s for MFU (0 = measure)")
+    return p
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def fail(msg):
+    """One clear line on stderr and a non-zero exit."""
+    print(f"error: {msg}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def resolve(args):
+    """Fill preset defaults and check every value; returns args (namespace) completed."""
+    pre = PRESETS[args.preset]
+    phase = args.phase
+    args.explicit = {k: getattr(args, k) for k in ("d_model", "n_layer", "n_head", "n_kv_head", "d_ff")}
+    for k in ("d_model", "n_layer", "n_head", "n_kv_head", "d_ff", "max_doc_len", "min_doc_len", "warmup"):
+        if getattr(args, k) is None:
+            setattr(args, k, pre[k])
+    args.long_window = pre["long_window"]
+    if args.window is None:
+        args.window = pre["short_window"] if phase == "1" else pre["long_window"]
+    if args.batch_size is None:  # same tokens per step in every phase
+        args.batch_size = max(1, pre["batch_size"] * pre["long_window"] // args.window)
+    if args.rope_base is None:
+        args.rope_base = 500000.0 if phase == "2" else 10000.0
+    if args.steps is None:
+        args.steps = pre["steps"][phase]
+    if args.lr is None:
+        args.lr = pre["lr"] * PHASE_LR[phase]
+    if args.curriculum_steps is None:
+        args.curriculum_steps = 0 if phase == "2" or args.data else pre["curriculum_steps"]
+    if phase == "teacher":
+        args.kd_weight = 0.0
+    args.scaling = None
+    if args.rope_scaling:
+        try:
+            args.scaling = json.loads(args.rope_scaling)
+            rope_frequencies(args.d_model // args.n_head, args.rope_base, args.scaling, args.window)
+        except (json.JSONDecodeError, ValueError, AttributeError) as e:
+            fail(f"--rope-scaling: {e}")
+    checks = [
+        (math.isfinite(args.rope_base) and args.rope_base > 1, f"--rope-base must be a finite number > 1, got {args.rope_base}"),
+        (args.steps > 0, f"--steps must be positive, got {args.steps}"),
+        (args.batch_size > 0, f"--batch-size must be positive, got {args.batch_size}"),
+        (math.isfinite(args.lr) and args.lr > 0, f"--lr must be positive, got {args.lr}"),
+        (args.temperature > 0 and math.isfinite(args.temperature), f"--temperature must be > 0, got {args.temperature}"),
+        (0 <= args.kd_weight <= 1, f"--kd-weight must lie in [0, 1], got {args.kd_weight}"),
+        (0 < args.jsd_beta < 1, f"--jsd-beta must lie in (0, 1), got {args.jsd_beta}"),
+        (args.window > 0 and args.curriculum_steps >= 0 and args.warmup >= 0, "windows and step counts must be >= 0"),
+        (2 <= args.min_doc_len <= args.max_doc_len, f"need 2 <= --min-doc-len <= --max-doc-len, got "
+                                                    f"{args.min_doc_len}, {args.max_doc_len}"),
+        (phase == "teacher" or args.window >= args.max_doc_len, f"--window {args.window} is smaller than the "
+                                                               f"document length {args.max_doc_len}"),
+        (args.d_model > 0 and args.n_head > 0 and args.n_kv_head > 0 and args.d_model % args.n_head == 0
+         and args.n_head % args.n_kv_head == 0, "--d-model must divide by --n-head, and --n-head by --n-kv-head"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            fail(msg)
+    if args.run_name is None:
+        if phase == "teacher":
+            args.run_name = "teacher"
+        elif phase == "1":
+            args.run_name = f"phase1-b{args.rope_base:g}"
+        else:
+            loss = "kd" if args.kd_weight > 0 else "ce"
+            args.run_name = f"phase2-{loss}-b{args.phase1_base:g}-b{args.rope_base:g}"
+        if args.seed:
+            args.run_name += f"-s{args.seed}"
+    return args
+
+
+def pick_device(args):
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        fail("--device cuda asked for, but no CUDA device is available")
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32,
+             "float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext())
+    return device, autocast
