@@ -22,22 +22,24 @@ from rope import rope_frequencies
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints")
 
 # Defaults per preset; explicit flags override. `cpu` is the 2-core demonstration.
-# A phase may start with a dense "curriculum" stage (windows of 32 tokens, each one short
-# document with 6 records) that ends once training accuracy on the answers passes a target:
-# tiny models need it to leave the retrieval plateau in minutes (../shared/RECIPE.md).
+# Teacher and phase 1 start with a dense curriculum: windows of 16 tokens holding one short
+# document with 3 records, then 32, 64, 128 (records scale with the window), each stage ending
+# once the running answer accuracy passes --curriculum-target. Tiny models need the 16-token
+# stage to leave the retrieval plateau in minutes (../shared/RECIPE.md), and the doublings to
+# keep the circuit working at longer range (a jump from 16 straight to 256 tokens breaks it).
 PRESETS = {
     "tiny": dict(d_model=32, n_layer=2, n_head=2, n_kv_head=2, d_ff=0, long_window=64, short_window=32,
                  max_doc_len=16, min_doc_len=8, long_pairs=4, batch_size=2, lr=2e-3, warmup=2,
-                 curriculum_window=16, curriculum_pairs=2, curriculum_batch=4, curriculum_steps=3,
+                 curriculum_windows=[8, 16], curriculum_tokens=32, curriculum_steps=3,
                  steps={"teacher": 4, "1": 4, "2": 4}, eval_windows=2, eval_distances=[4, 12, 40]),
     "cpu": dict(d_model=128, n_layer=2, n_head=4, n_kv_head=4, d_ff=0, long_window=1024, short_window=256,
                 max_doc_len=128, min_doc_len=32, long_pairs=48, batch_size=4, lr=2e-3, warmup=20,
-                curriculum_window=16, curriculum_pairs=3, curriculum_batch=256, curriculum_steps=3000,
+                curriculum_windows=[16, 32, 64, 128], curriculum_tokens=4096, curriculum_steps=3000,
                 steps={"teacher": 600, "1": 200, "2": 1500}, eval_windows=16,
                 eval_distances=[16, 32, 64, 128, 256, 512, 768, 900]),
     "gpu": dict(d_model=512, n_layer=8, n_head=8, n_kv_head=8, d_ff=1408, long_window=4096, short_window=1024,
                 max_doc_len=512, min_doc_len=64, long_pairs=192, batch_size=16, lr=1e-3, warmup=100,
-                curriculum_window=64, curriculum_pairs=12, curriculum_batch=256, curriculum_steps=5000,
+                curriculum_windows=[16, 32, 64, 128, 256], curriculum_tokens=16384, curriculum_steps=5000,
                 steps={"teacher": 3000, "1": 1000, "2": 3000}, eval_windows=32,
                 eval_distances=[64, 256, 512, 1024, 2048, 3072, 4000]),
 }
@@ -89,8 +91,8 @@ def build_parser():
     g.add_argument("--warmup", type=int, default=None, help="linear warmup steps (each stage)")
     g.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay")
     g.add_argument("--grad-clip", type=float, default=1.0, help="gradient norm clip (0 = off)")
-    g.add_argument("--curriculum-steps", type=int, default=None, help="max steps of the dense warm-up stage "
-                   "(teacher and phase 1; 0 = none)")
+    g.add_argument("--curriculum-steps", type=int, default=None, help="max steps of the first dense warm-up "
+                   "stage, 1/6 of it for each later one (teacher and phase 1; 0 = no curriculum)")
     g.add_argument("--curriculum-target", type=float, default=0.95, help="end the warm-up once answer accuracy "
                    "(running mean) reaches this")
     g = p.add_argument_group("distillation")

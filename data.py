@@ -45,7 +45,8 @@ class TaskSpec:
     n_keys: int = 64
     n_values: int = 64
     n_filler: int = 64
-    branching: int = 4  # successors per filler token in the Markov chain (0 = uniform filler)
+    branching: int = 4  # successors per filler context in the Markov chain (0 = uniform filler)
+    order: int = 1  # Markov order of the filler: 1 = bigram, 2 = the next token depends on the last two
     pair_every: int = 10  # one record/query pair per this many tokens of document
     key_pool: int = 0  # short documents draw keys from the first key_pool keys (0 = all)
     chain_seed: int = 1234  # the Markov chain is part of the language, fixed across runs
@@ -64,14 +65,16 @@ class TaskSpec:
         return np.arange(1 + self.n_keys + self.n_values, self.vocab_size)
 
     def successors(self):
-        """(n_filler, branching) table: filler token f may be followed by successors[f]."""
-        return markov_successors(self.n_filler, self.branching, self.chain_seed)
+        """(n_filler,) * order + (branching,) table: the filler tokens that may follow a context."""
+        return markov_successors(self.n_filler, self.branching, self.order, self.chain_seed)
 
 
 @functools.lru_cache(maxsize=8)
-def markov_successors(n_filler, branching, seed):
+def markov_successors(n_filler, branching, order, seed):
     rng = np.random.default_rng(seed)
-    table = np.stack([rng.choice(n_filler, branching, replace=False) for _ in range(n_filler)])
+    contexts = n_filler**order
+    table = np.stack([rng.choice(n_filler, branching, replace=False) for _ in range(contexts)])
+    table = table.reshape((n_filler,) * order + (branching,))
     table.flags.writeable = False
     return table
 
@@ -80,14 +83,19 @@ def markov_successors(n_filler, branching, seed):
 
 
 def make_filler(spec: TaskSpec, rng: np.random.Generator, n_rows: int, length: int) -> np.ndarray:
-    """(n_rows, length) filler tokens: a Markov chain over the filler class (uniform if branching 0)."""
+    """(n_rows, length) filler tokens: a Markov chain of order spec.order over the filler class.
+
+    Order 2 (the next token depends on the previous two) pays a model to build a previous-token
+    head early, which is half of the induction circuit that retrieval needs.
+    """
     if spec.branching == 0 or length == 0:
         return spec.filler_ids()[rng.integers(0, spec.n_filler, (n_rows, length))]
     succ, choice = spec.successors(), rng.integers(0, spec.branching, (n_rows, length))
     state = np.empty((n_rows, length), dtype=np.int64)
-    state[:, 0] = rng.integers(0, spec.n_filler, n_rows)
-    for t in range(1, length):
-        state[:, t] = succ[state[:, t - 1], choice[:, t]]
+    state[:, :spec.order] = rng.integers(0, spec.n_filler, (n_rows, min(spec.order, length)))
+    for t in range(spec.order, length):
+        state[:, t] = succ[state[:, t - 1], choice[:, t]] if spec.order == 1 else \
+            succ[state[:, t - 2], state[:, t - 1], choice[:, t]]
     return spec.filler_ids()[state]
 
 

@@ -90,10 +90,12 @@ def make_stages(args, spec, corpus=None):
     """[(name, DataSource, steps, stop_at_accuracy)] for this phase; `corpus`: packed windows of a real file."""
     pre = PRESETS[args.preset]
     stages = []
-    if args.curriculum_steps:
-        src = DataSource(spec, "long", pre["curriculum_window"], pre["curriculum_batch"], phase_seed(args, 1),
-                         n_pairs=pre["curriculum_pairs"])
-        stages.append(("curriculum", src, args.curriculum_steps, args.curriculum_target))
+    windows = [w for w in pre["curriculum_windows"] if w < args.window] if args.curriculum_steps else []
+    for i, w in enumerate(windows):  # 3 records per 16 tokens; same tokens per step at every window
+        src = DataSource(spec, "long", w, max(1, pre["curriculum_tokens"] // w), phase_seed(args, 1 if i == 0 else 2 + i),
+                         n_pairs=max(1, 3 * w // 16))
+        steps = args.curriculum_steps if i == 0 else max(1, args.curriculum_steps // 6)
+        stages.append((f"curriculum-{w}", src, steps, args.curriculum_target))
     if corpus is not None:
         src = DataSource(spec, "file", args.window, args.batch_size, phase_seed(args, 2), windows=corpus)
     elif args.phase == "teacher":
@@ -296,6 +298,7 @@ def train_loop(step_model, model, teacher, opt, args, stages, state, autocast, d
             bar.close()
             state["stage"] += 1
             state["stage_start"] = state["step"]
+            state["acc_ema"] = 0.0
     return tokens, seconds
 
 
