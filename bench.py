@@ -56,6 +56,8 @@ def build_parser_bench():
     a = p.add_argument
     a("--model", default="cpu", choices=list(MODELS), help="cpu: train.py's cpu preset (window 1024); large: "
       "d512 L8 H8 ff1408 (window 2048);\ngpt2: d768 L12 H12 ff2048 (window 4096)")
+    a("--d-model", type=int, default=None, help="override the model width (heads of 32 dims; e.g. 256)")
+    a("--n-layer", type=int, default=None, help="override the number of layers")
     a("--batch", type=int, default=None, help="windows per step (default: per model; --quick 1)")
     a("--window", type=int, default=None, help="tokens per window (default: per model; --quick 128)")
     a("--vocab", type=int, default=TaskSpec().vocab_size, help="vocabulary of student and teacher "
@@ -173,7 +175,11 @@ def kd_memory(cli) -> dict:
 
 def resolve(cli):
     """Fill per-model and --quick defaults into the CLI namespace (explicit flags win)."""
-    spec = MODELS[cli.model]
+    spec = dict(MODELS[cli.model])
+    if cli.d_model:
+        spec.update(d_model=cli.d_model, n_head=max(1, cli.d_model // 32), n_kv_head=max(1, cli.d_model // 32))
+    if cli.n_layer:
+        spec.update(n_layer=cli.n_layer)
     for k, v in (QUICK if cli.quick else {}).items():
         setattr(cli, k, v if getattr(cli, k, None) is None else getattr(cli, k))
     for k, v in dict(DEFAULTS, batch=spec["batch"], window=spec["window"]).items():

@@ -117,3 +117,18 @@ def test_bad_files_are_clear_errors(tmp_path):
                         (lambda: read_bin_documents(str(tmp_path / "oov.bin"), 0, 100), "outside the vocabulary")]:
         with pytest.raises(DataError, match=match):
             call()
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_filler_follows_its_markov_chain(order):
+    spec = TaskSpec(order=order)
+    batch = synthetic_batch(spec, np.random.default_rng(3), "long", 2, 256, n_pairs=4)
+    succ, f0 = spec.successors(), spec.filler_ids()[0]
+    checked = 0
+    for tok in batch["tokens"]:
+        for t in range(1 + order, len(tok)):
+            ctx = tok[t - order:t + 1]
+            if (ctx >= f0).all():  # a run of filler: the last token must be a successor of its context
+                assert ctx[-1] - f0 in succ[tuple(ctx[:-1] - f0)]
+                checked += 1
+    assert checked > 300

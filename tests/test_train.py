@@ -111,3 +111,18 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(train, "train_step", real)
     run(argv + ["--resume"])
     assert load_checkpoint(str(tmp_path / "teacher.pt"))["done"]
+
+
+def test_curriculum_doubles_the_window_up_to_the_phase_window():
+    args = train.resolve(train.build_parser().parse_args(["--phase", "1"]))
+    stages = train.make_stages(args, train.TaskSpec())
+    assert [name for name, *_ in stages] == ["curriculum-16", "curriculum-32", "curriculum-64", "curriculum-128",
+                                             "main"]
+    for name, src, steps, stop in stages[:-1]:
+        assert src.kind == "long" and src.window * src.batch_size == 4096 and stop == 0.95
+        assert src.n_pairs == 3 * src.window // 16
+    assert stages[-1][1].kind == "packed" and stages[-1][1].window == 256 and stages[-1][3] is None
+    seeds = [src.seed for _, src, *_ in stages]
+    assert len(set(seeds)) == len(seeds)  # every stage its own stream
+    teacher = train.resolve(train.build_parser().parse_args(["--phase", "teacher"]))
+    assert train.make_stages(teacher, train.TaskSpec())[0][1].seed != seeds[0]  # student is not the teacher's twin
