@@ -57,8 +57,10 @@ def run_all(jobs, args):
     while todo or running:
         while todo and len(running) < args.jobs:
             name, argv = todo.pop(0)
+            if os.path.isfile(os.path.join(args.out_dir, name + ".pt")):  # killed earlier: continue it
+                argv = argv + ["--resume"]
             log = os.path.join(args.out_dir, name + ".log")
-            print(f"  {name}: training (log {log})", flush=True)
+            print(f"  {name}: training (log {log}){' from its checkpoint' if '--resume' in argv else ''}", flush=True)
             running.append((name, launch(argv, log, args.device == "cpu"), time.time()))
         for item in list(running):
             name, proc, t0 = item
@@ -81,7 +83,7 @@ def summarize(args):
     rows, table = [], {}
     for b1, b2 in SCHEDULES:
         for loss in ("kd", "ce"):
-            seeds = args.seeds if (b1, b2) == SCHEDULES[0] else args.seeds[:1]
+            seeds = args.seeds if (b1, b2) == SCHEDULES[0] else [args.other_seed]
             runs = [load(args, run_name(loss, b1, b2, s)) for s in seeds]
             dists = sorted(int(d) for d in runs[0]["kv"])
             acc = np.array([[r["kv"][str(d)] if str(d) in r["kv"] else r["kv"][d] for d in dists] for r in runs])
@@ -113,6 +115,7 @@ def main():
     p.add_argument("--preset", default="cpu", choices=["tiny", "cpu", "gpu"], help="train.py preset")
     p.add_argument("--out-dir", default="out", help="folder shared with train.py runs")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="phase-2 seeds of the headline pair")
+    p.add_argument("--other-seed", type=int, default=0, help="phase-2 seed of the single-seed schedules")
     p.add_argument("--jobs", type=int, default=2, help="runs side by side (1 thread each on CPU)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--steps", type=int, default=None, help="phase-2 steps (default: the preset's)")
@@ -131,7 +134,7 @@ def main():
     print("3/4 phase 2 (long window, packed short documents)")
     jobs = []
     for b1, b2 in SCHEDULES:
-        for seed in (args.seeds if (b1, b2) == SCHEDULES[0] else args.seeds[:1]):
+        for seed in (args.seeds if (b1, b2) == SCHEDULES[0] else [args.other_seed]):
             for loss, w in (("kd", "0.5"), ("ce", "0")):
                 argv = ["--phase", "2", "--phase1-base", f"{b1:g}", "--rope-base", f"{b2:g}", "--kd-weight", w,
                         "--seed", str(seed), "--no-baseline", "--no-auto"] + common
