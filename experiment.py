@@ -39,8 +39,9 @@ def launch(argv, log_path, threads):
 
 
 def results_path(args, name):
-    """OUT/<name>.json, else the shipped checkpoints/<name>.json (train.py falls back the same way), else None."""
-    for folder in (args.out_dir, os.path.join(ROOT, "checkpoints")):
+    """OUT/<name>.json, else the shipped checkpoints/<name>.json (cpu preset only, as in train.py), else None."""
+    folders = [args.out_dir] + ([os.path.join(ROOT, "checkpoints")] if args.preset == "cpu" else [])
+    for folder in folders:
         path = os.path.join(folder, name + ".json")
         if os.path.isfile(path):
             return path

@@ -28,7 +28,7 @@ from rope import apply_rope, rope_cos_sin, rope_frequencies
 
 @dataclass
 class GPTConfig:
-    vocab_size: int = 256
+    vocab_size: int = 193  # the synthetic language of data.py (TaskSpec().vocab_size)
     n_layer: int = 2
     n_head: int = 4
     n_kv_head: int = 4  # < n_head gives grouped-query attention

@@ -40,12 +40,12 @@ from rope import format_spectrum, spectrum_summary
 # ----------------------------------------------------------------------------- prerequisites
 
 
-def find_checkpoint(path_in_out, shipped_name):
-    """The run in the output folder if it exists, else the shipped one, else None."""
+def find_checkpoint(path_in_out, shipped_name, preset):
+    """The run in the output folder if it exists, else the shipped one (trained with the cpu preset), else None."""
     if os.path.isfile(path_in_out):
         return path_in_out
     shipped = os.path.join(SHIPPED, shipped_name)
-    return shipped if os.path.isfile(shipped) else None
+    return shipped if preset == "cpu" and os.path.isfile(shipped) else None
 
 
 def ensure(args, what, path, shipped_name, phase_argv):
@@ -55,7 +55,7 @@ def ensure(args, what, path, shipped_name, phase_argv):
             fail(f"{what} checkpoint not found: {path}")
         return path
     own = os.path.join(args.out_dir, shipped_name)
-    found = find_checkpoint(own, shipped_name)
+    found = find_checkpoint(own, shipped_name, args.preset)
     if found:
         return found
     if args.no_auto:

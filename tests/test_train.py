@@ -126,3 +126,13 @@ def test_curriculum_doubles_the_window_up_to_the_phase_window():
     assert len(set(seeds)) == len(seeds)  # every stage its own stream
     teacher = train.resolve(train.build_parser().parse_args(["--phase", "teacher"]))
     assert train.make_stages(teacher, train.TaskSpec())[0][1].seed != seeds[0]  # student is not the teacher's twin
+
+
+def test_shipped_prerequisites_serve_only_the_cpu_preset(tmp_path):
+    args = train.resolve(train.build_parser().parse_args(["--phase", "2", "--out-dir", str(tmp_path), "--no-auto"]))
+    assert train.ensure(args, "teacher", None, "teacher.pt", []) == os.path.join(train.SHIPPED, "teacher.pt")
+    assert train.ensure(args, "phase-1", None, "phase1-b10000.pt", []).startswith(train.SHIPPED)
+    tiny = train.resolve(train.build_parser().parse_args(["--phase", "2", "--out-dir", str(tmp_path), "--no-auto",
+                                                          "--preset", "tiny"]))
+    with pytest.raises(SystemExit):  # a tiny run must not pick up the cpu-preset teacher
+        train.ensure(tiny, "teacher", None, "teacher.pt", [])
