@@ -80,6 +80,8 @@ def build_parser():
     g.add_argument("--doc-mask", action="store_true", help="block-diagonal attention (no cross-document attention)")
     g.add_argument("--data", default=None, help="train on a real corpus instead: a UTF-8 text file/folder or a .bin")
     g.add_argument("--eot-id", type=int, default=50256, help=".bin data: end-of-text id that splits documents")
+    g.add_argument("--vocab-size", type=int, default=None, help="model vocabulary for --data (default: 257 for "
+                   "text, 50304 for .bin)")
     g = p.add_argument_group("model (teacher and phase 1; phase 2 keeps phase 1's)")
     for name in ("d_model", "n_layer", "n_head", "n_kv_head", "d_ff"):
         g.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=f"{name} (0 d_ff = no MLP)")

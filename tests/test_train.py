@@ -136,3 +136,13 @@ def test_shipped_prerequisites_serve_only_the_cpu_preset(tmp_path):
                                                           "--preset", "tiny"]))
     with pytest.raises(SystemExit):  # a tiny run must not pick up the cpu-preset teacher
         train.ensure(tiny, "teacher", None, "teacher.pt", [])
+
+
+def test_trains_on_a_real_text_file(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"paragraph {i}: " + "some words " * (i % 7 + 1) for i in range(300)))
+    out = str(tmp_path / "out")
+    run(["--phase", "teacher", "--out-dir", out, "--data", str(corpus), "--steps", "30"])
+    res = json.load(open(os.path.join(out, "teacher.json")))["results"]["teacher"]
+    assert 0 < res["corpus_ce"] < 5.0  # below uniform over 257 byte tokens (5.55 nats): it learned something
+    assert load_checkpoint(os.path.join(out, "teacher.pt"))["config"]["vocab_size"] == 257
