@@ -31,19 +31,16 @@ import os
 import re
 from contextlib import nullcontext
 
-import matplotlib
+import numpy as np
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from data import TaskSpec, kv_probe, repeated_tokens_window, to_device  # noqa: E402
-from distill import forward_kl  # noqa: E402
-from evaluate import depth_sweep, evaluate  # noqa: E402
-from model import CheckpointError, Inspect, load_checkpoint, load_model  # noqa: E402
-from rope import critical_dimension, default_inv_freq, men_lower_bound, rotations, spectrum_summary  # noqa: E402
-from config import fail  # noqa: E402
+from data import TaskSpec, kv_probe, repeated_tokens_window, to_device
+from distill import forward_kl
+from evaluate import depth_sweep, evaluate
+from model import CheckpointError, Inspect, load_checkpoint, load_model
+from config import fail
+from plots import plot_perturb, plot_qupdate, plot_retrieval, plot_spectrum
+from rope import critical_pair, default_inv_freq, men_lower_bound, rotations, spectrum_summary
 
 REACHES_LOGITS_KL = 1e-6  # nats; our choice: a mean KL above this is a real change, not float rounding
 
@@ -69,29 +66,11 @@ def load_all(paths, labels, device):
     return {label: load(p, device)[0] for label, p in zip(labels, paths)}
 
 
-def save(fig, out, name):
-    path = os.path.join(out, name)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def write_json(out, name, obj):
     path = os.path.join(out, name)
     with open(path, "w") as f:
         json.dump(obj, f, indent=1)
     return path
-
-
-def critical_pair(head_dim, base, window):
-    """Pair index d_extra/2 (Liu et al. 2023): pairs from here on never turn once in the window."""
-    return int(min(max(critical_dimension(head_dim, base, window) // 2, 0), head_dim // 2))
-
-
-def mark_critical(ax, pairs: dict):
-    """Vertical lines at the critical pairs {label: pair index} of a pair-indexed heatmap."""
-    for (label, pair), style in zip(pairs.items(), ["--", ":"]):
-        ax.axvline(pair - 0.5, color="tab:cyan", ls=style, lw=2, label=label)
 
 
 # ----------------------------------------------------------------------------- retrieval
@@ -113,34 +92,6 @@ def retrieval_results(models, window, distances, depths, max_doc_len, device, n_
                       "depth": depth_sweep(model, spec, window, distances, depths, device, autocast,
                                            max(1, n_windows // 2), seed)}
     return out
-
-
-def plot_retrieval(res, window, distances, depths, max_doc_len, out, name):
-    fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
-    for label, r in res.items():
-        line, = ax.plot(distances, [r["kv"][d] for d in distances], marker="o",
-                        label=f"{label} (base {r['rope_base']:g}, in-doc acc {r['in_doc']:.2f})")
-        if r["max_seq_len"] < window:  # dotted: the window this model was trained on
-            ax.axvline(r["max_seq_len"], color=line.get_color(), ls=":", lw=1)
-    ax.axvline(max_doc_len, color="k", ls="--", label=f"longest student document ({max_doc_len} tokens)")
-    ax.set(xscale="log", ylim=(-0.03, 1.03), xlabel="distance D from record to query (tokens, log scale)",
-           ylabel="key-value retrieval accuracy (fraction)",
-           title=f"Long-range retrieval on {window}-token windows (dotted: a model's training window)")
-    ax.legend(fontsize=8)
-    paths = [save(fig, out, f"{name}.png")]
-    fig, axes = plt.subplots(1, len(res), figsize=(3.4 * len(res) + 1.2, 3.8), squeeze=False, layout="constrained")
-    n_short = sum(d <= max_doc_len for d in distances)
-    for ax, (label, r) in zip(axes[0], res.items()):
-        grid = np.array([[r["depth"][dp][d] for d in distances] for dp in depths])  # (depths, distances)
-        im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
-        if 0 < n_short < len(distances):
-            ax.axvline(n_short - 0.5, color="w", ls="--", label="longest student document")
-        ax.set_xticks(range(len(distances)), [str(d) for d in distances], rotation=60)
-        ax.set_yticks(range(len(depths)), [f"{dp:g}" for dp in depths])
-        ax.set(title=label, xlabel="distance D (tokens)", ylabel="query depth (fraction of window)")
-    fig.colorbar(im, ax=axes[0].tolist(), label="retrieval accuracy (fraction)")
-    fig.suptitle("Key-value retrieval: depth x distance")
-    return paths + [save(fig, out, f"{name}_depth.png")]
 
 
 def run_retrieval(args):
@@ -181,33 +132,6 @@ def spectrum_results(head_dim, bases, windows):
                 "phase 2": {"window": max(windows), "base": max(bases)}}
     return {"head_dim": head_dim, "men_lower_bound": {str(w): v for w, v in bounds.items()}, "settings": settings,
             "schedule": schedule}
-
-
-def plot_spectrum(res, out, name):
-    d, pairs = res["head_dim"], np.arange(res["head_dim"] // 2)
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.8), width_ratios=[1.3, 1], layout="constrained")
-    colors = {b: f"C{i}" for i, b in enumerate(sorted({s["base"] for s in res["settings"]}))}
-    styles = {w: ls for w, ls in zip(sorted({s["window"] for s in res["settings"]}), ["-", "--", "-.", ":"] * 4)}
-    for s in res["settings"]:
-        c, ls = colors[s["base"]], styles[s["window"]]
-        ax.plot(pairs, s["rotations"], color=c, ls=ls, label=f"base {s['base']:g}, L={s['window']}: crit dim "
-                f"{s['critical_dim']}, util {s['utilization']:.2f}{'' if s['above_men_bound'] else ' (< Men bound)'}")
-        ax.axvline(s["critical_pair"] - 0.5, color=c, ls=ls, lw=0.8)
-    ax.axhline(1, color="k", lw=0.8)
-    ax.set(yscale="log", xlabel="frequency pair i (dims i and i + d/2)", ylabel="full rotations within the window",
-           title=f"RoPE spectrum, head_dim {d} (vertical: critical pair; Men bound: " + ", ".join(
-               f"L={w}: {v:.3g}" for w, v in res["men_lower_bound"].items()) + ")")
-    ax.title.set_fontsize(9)
-    ax.legend(fontsize=7)
-    rows = [(k, v["window"], v["base"]) for k, v in res["schedule"].items()]
-    grid = np.log10(np.stack([rotations(default_inv_freq(d, b), w).numpy() for _, w, b in rows]))
-    im = ax2.imshow(grid, cmap="RdBu", norm=matplotlib.colors.CenteredNorm(0), aspect="auto")
-    for r, (_, w, b) in enumerate(rows):
-        ax2.plot(critical_pair(d, b, w) - 0.5, r, "k|", ms=30, mew=3)
-    ax2.set_yticks(range(len(rows)), [f"{k}\nL={w}, base {b:g}" for k, w, b in rows])
-    ax2.set(xlabel="frequency pair i", title="phase-wise schedule (|: critical pair; blue: turns >= once)")
-    fig.colorbar(im, ax=ax2, label="log10 rotations within the window")
-    return [save(fig, out, f"{name}.png")]
 
 
 def run_spectrum(args):
@@ -259,32 +183,6 @@ def perturbation_propagation(model, batch, layers, perturbations, target="q", de
                          "rel_change_per_position": change.tolist(), "kl_mean": kl.mean().item(),
                          "kl_per_position": kl.tolist(), "reaches_logits": kl.mean().item() > REACHES_LOGITS_KL})
     return runs
-
-
-def plot_perturb(res, period, target, out, name, smooth=16):
-    n = len(res)
-    (fig, axes), (fig2, axes2) = [plt.subplots(1, n, figsize=(5.5 * n, 4.2), squeeze=False, layout="constrained")
-                                  for _ in range(2)]
-    for ax, ax2, (label, r) in zip(axes[0], axes2[0], res.items()):
-        for run in r["runs"]:
-            run_label = f"layer {run['layer']}, {run['kind']} {run['size']:g}"
-            ax.plot(range(len(run["rel_change"])), run["rel_change"], marker="o", label=run_label)
-            kl = np.convolve(run["kl_per_position"], np.ones(smooth) / smooth, mode="valid")  # running mean
-            ax2.plot(np.arange(len(kl)) + smooth - 1, kl, lw=0.8, label=f"{run_label} (mean {run['kl_mean']:.2g})")
-        ax.set_yscale("symlog", linthresh=1e-3)  # log above 1e-3, linear through the exact zeros
-        ax.set_xticks(range(len(r["runs"][0]["rel_change"])))
-        ax.set(title=f"{label}: {target} positions of one layer moved", ylabel="relative L2 change ||h' - h|| / ||h||",
-               xlabel="residual stream (0 = embedding, j = after block j-1)")
-        ax2.axvline(period, color="k", ls="--", lw=1, label=f"first repeat (period {period})")
-        if max((v for run in r["runs"] for v in run["kl_per_position"]), default=0) > 0:
-            ax2.set_yscale("log")
-        ax2.set(title=f"{label}: next-token KL(clean || perturbed)", xlabel="position in window (tokens)",
-                ylabel=f"KL (nats, running mean over {smooth} positions)")
-        ax.legend(fontsize=7)
-        ax2.legend(fontsize=7)
-    fig.suptitle("Finding 2: propagation of a RoPE position perturbation")
-    fig2.suptitle("Finding 2: the perturbation at the logits")
-    return [save(fig, out, f"{name}.png"), save(fig2, out, f"{name}_kl.png")]
 
 
 def run_perturb(args):
@@ -370,37 +268,6 @@ def qupdate_results(before, after, batch, device):
     return {"wq": wq.tolist(), "wk": wk.tolist(), "q_norm_change": qn.tolist(), "q_norm_before": nb.tolist(),
             "q_norm_after": na.tolist(), "critical_pairs": critical, "spans_above_p75": spans,
             "wq_max": {"layer": layer, "head": head, "pair": pair, "value": wq[layer, head, pair].item()}}
-
-
-def plot_qupdate(res, title, out, name):
-    panels = [("wq", "W_q relative update"), ("wk", "W_k relative update"),
-              ("q_norm_change", "query norm change (after/before - 1)")]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6), layout="constrained")
-    for ax, (key, what) in zip(axes, panels):
-        grid = np.array(res[key]).mean(1)  # (L, hd/2), averaged over heads
-        style = (dict(cmap="RdBu_r", norm=matplotlib.colors.CenteredNorm(0)) if key == "q_norm_change" else
-                 dict(cmap="magma", vmin=0, vmax=max(grid.max(), 1e-12)))
-        im = ax.imshow(grid, aspect="auto", interpolation="nearest", **style)
-        mark_critical(ax, res["critical_pairs"])
-        ax.set_yticks(range(len(grid)))
-        ax.set(title=f"{what}, mean over heads", xlabel="RoPE frequency pair i (high -> low frequency)",
-               ylabel="layer")
-        fig.colorbar(im, ax=ax, label="relative change (fraction)")
-    axes[0].legend(fontsize=7, title="critical pair", title_fontsize=7)
-    fig.suptitle(f"Finding 3: {title}")
-    wq = np.array(res["wq"])  # (L, H, hd/2)
-    fig2, axes2 = plt.subplots(len(wq), 1, figsize=(7, 1.5 + 0.5 * wq.shape[1] * len(wq)), squeeze=False,
-                               layout="constrained")
-    for layer, ax in enumerate(axes2[:, 0]):
-        im = ax.imshow(wq[layer], aspect="auto", cmap="magma", vmin=0, vmax=max(wq.max(), 1e-12),
-                       interpolation="nearest")
-        mark_critical(ax, res["critical_pairs"])
-        ax.set_yticks(range(wq.shape[1]))
-        ax.set(title=f"layer {layer}", xlabel="RoPE frequency pair i", ylabel="head")
-    axes2[0, 0].legend(fontsize=7)
-    fig2.colorbar(im, ax=axes2[:, 0].tolist(), label="relative update (fraction)")
-    fig2.suptitle(f"W_q relative update per head: {title}")
-    return [save(fig, out, f"{name}.png"), save(fig2, out, f"{name}_heads.png")]
 
 
 def run_qupdate(args):

@@ -100,7 +100,7 @@ def summarize(args):
     t_cells = [f"{teacher['kv'].get(str(d), float('nan')):.2f}" for d in dists]
     head = ("| run (loss, phase-1 base -> phase-2 base) | seeds | " + " | ".join(f"D={d}" for d in dists)
             + " | in-doc |\n|" + " --- |" * (len(dists) + 3))
-    md = "\n".join([head, f"| teacher (long documents) | 1 | " + " | ".join(t_cells) + f" | {teacher['in_doc']:.2f} |"]
+    md = "\n".join([head, "| teacher (long documents) | 1 | " + " | ".join(t_cells) + f" | {teacher['in_doc']:.2f} |"]
                    + rows)
     md += "\n\nKey-value retrieval accuracy at distance D (mean ± std over seeds); students saw only documents " \
           "of <= 128 tokens."

@@ -165,6 +165,11 @@ def critical_dimension(head_dim: int, base: float, window: int) -> int:
     return int(2 * math.ceil((head_dim / 2) * math.log(window / (2 * math.pi)) / math.log(base)))
 
 
+def critical_pair(head_dim: int, base: float, window: int) -> int:
+    """Pair index d_extra/2, clamped to [0, d/2]: pairs from here on never turn once in the window."""
+    return int(min(max(critical_dimension(head_dim, base, window) // 2, 0), head_dim // 2))
+
+
 def spectrum_utilization(head_dim: int, base: float, window: int) -> float:
     """Fraction of pairs that complete >= 1 rotation within the window (the paper's 'spectrum use')."""
     return float((rotations(default_inv_freq(head_dim, base), window) >= 1).double().mean())

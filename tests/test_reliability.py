@@ -3,7 +3,6 @@ import dataclasses
 import hashlib
 import os
 
-import numpy as np
 import pytest
 import torch
 
