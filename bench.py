@@ -67,7 +67,7 @@ def build_parser_bench():
     a("--sweep", type=int, nargs="+", default=None, help="windows of the sweep (default 512 1024 2048 4096)")
     a("--kd-vocab", type=int, default=None, help="vocabulary of the kd_loss memory test (default 32000)")
     a("--kd-tokens", type=int, default=None, help="tokens of the kd_loss memory test (default 4096)")
-    a("--kd-chunk", type=int, default=1024, help="tokens per chunk of the chunked kd_loss")
+    a("--kd-chunk", type=int, default=256, help="tokens per chunk of the chunked kd_loss")
     a("--device", default="auto", help="auto (cuda if present), cpu or cuda")
     a("--compile", action="store_true", help="torch.compile the student")
     a("--quick", action="store_true", help="tiny sizes and iterations: a smoke run in seconds")

@@ -102,7 +102,7 @@ def build_parser():
     g.add_argument("--temperature", type=float, default=1.0, help="KD temperature T (loss scaled by T^2)")
     g.add_argument("--kd-loss", default="forward", choices=["forward", "reverse", "jsd"], help="divergence")
     g.add_argument("--jsd-beta", type=float, default=0.5, help="beta of the generalized JSD")
-    g.add_argument("--kd-chunk", type=int, default=1024, help="tokens per float32 chunk in the KD loss")
+    g.add_argument("--kd-chunk", type=int, default=256, help="tokens per float32 chunk in the KD loss")
     g = p.add_argument_group("system")
     g.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="autocast dtype "

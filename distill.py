@@ -95,7 +95,7 @@ class ChunkedDivergence(torch.autograd.Function):
 
 
 def kd_loss(student_logits, teacher_logits, mask=None, temperature=1.0, kind="forward", beta=0.5,
-            chunk_size=1024):
+            chunk_size=256):
     """Distillation loss, averaged over unmasked tokens and scaled by T^2 (Hinton et al. 2015).
 
     student_logits, teacher_logits (B, T, V) or (N, V); mask (B, T) or (N,) bool, True = use.

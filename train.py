@@ -255,48 +255,50 @@ def train_loop(step_model, model, teacher, opt, args, stages, state, autocast, d
             name, src, steps, stop_at = stages[state["stage"]]
             local = state["step"] - state["stage_start"]
             bar = tqdm(total=steps, initial=local, desc=f"{args.run_name} {name}", dynamic_ncols=True)
-            while local < steps:
-                for group in opt.param_groups:
-                    group["lr"] = lr_at(local, steps, args)
-                batch = to_device(src.batch(local), device)
-                t0 = time.perf_counter()
-                try:
-                    loss, ce, kl, acc = train_step(step_model, teacher, opt, batch, args, autocast)
-                except KeyboardInterrupt:
-                    save_checkpoint(checkpoint_dict(model, opt, args, state, done=False), ckpt_path)
-                    print(f"\ninterrupted: saved a resumable checkpoint at step {state['step']} to {ckpt_path} "
-                          f"(continue with --resume)", file=sys.stderr)
-                    raise SystemExit(130)
-                if not math.isfinite(loss):
-                    fail(f"non-finite loss ({loss}) at step {state['step']}; the last good checkpoint "
-                         f"{ckpt_path} is kept")
-                dt = time.perf_counter() - t0
-                n_tok = batch[0].numel()
-                tokens, seconds = tokens + n_tok, seconds + dt
-                state["step"] += 1
-                local += 1
-                if math.isfinite(acc):
-                    state["acc_ema"] = 0.9 * state["acc_ema"] + 0.1 * acc
-                rec = {"step": state["step"], "stage": name, "loss": loss, "ce": ce, "kl": kl, "acc": acc,
-                       "lr": opt.param_groups[0]["lr"], "tok_s": n_tok / dt}
-                log.write(json.dumps(rec) + "\n")
-                bar.set_postfix(loss=f"{loss:.3f}", kl=f"{kl:.3f}", acc=f"{state['acc_ema']:.2f}",
-                                tok_s=f"{n_tok / dt:.0f}")
-                bar.update(1)
-                if stop_at is not None and state["acc_ema"] >= stop_at and local >= 50:
-                    bar.write(f"  {name}: answer accuracy {state['acc_ema']:.2f} >= {stop_at} at step {local}; "
-                              "next stage")
-                    break
-                if args.eval_interval and name == "main" and local % args.eval_interval == 0 and local < steps:
-                    quick = evaluate(model, spec, args.window, quick_distances(args), args.max_doc_len, device,
-                                     autocast, PRESETS[args.preset]["eval_windows"] // 2, copy=False)
-                    bar.write(f"  step {local}: " + ", ".join(f"D={d}: {a:.2f}" for d, a in quick["kv"].items())
-                              + f", in-doc {quick['in_doc']:.2f}")
-                    log.write(json.dumps({"step": state["step"], "eval": quick}) + "\n")
-                if state["step"] % args.save_interval == 0:
-                    log.flush()
-                    save_checkpoint(checkpoint_dict(model, opt, args, state, done=False), ckpt_path)
-            bar.close()
+            try:
+                while local < steps:
+                    for group in opt.param_groups:
+                        group["lr"] = lr_at(local, steps, args)
+                    batch = to_device(src.batch(local), device)
+                    t0 = time.perf_counter()
+                    try:
+                        loss, ce, kl, acc = train_step(step_model, teacher, opt, batch, args, autocast)
+                    except KeyboardInterrupt:
+                        save_checkpoint(checkpoint_dict(model, opt, args, state, done=False), ckpt_path)
+                        print(f"\ninterrupted: saved a resumable checkpoint at step {state['step']} to {ckpt_path} "
+                              f"(continue with --resume)", file=sys.stderr)
+                        raise SystemExit(130)
+                    if not math.isfinite(loss):
+                        fail(f"non-finite loss ({loss}) at step {state['step']}; the last good checkpoint "
+                             f"{ckpt_path} is kept")
+                    dt = time.perf_counter() - t0
+                    n_tok = batch[0].numel()
+                    tokens, seconds = tokens + n_tok, seconds + dt
+                    state["step"] += 1
+                    local += 1
+                    if math.isfinite(acc):
+                        state["acc_ema"] = 0.9 * state["acc_ema"] + 0.1 * acc
+                    rec = {"step": state["step"], "stage": name, "loss": loss, "ce": ce, "kl": kl, "acc": acc,
+                           "lr": opt.param_groups[0]["lr"], "tok_s": n_tok / dt}
+                    log.write(json.dumps(rec) + "\n")
+                    bar.set_postfix(loss=f"{loss:.3f}", kl=f"{kl:.3f}", acc=f"{state['acc_ema']:.2f}",
+                                    tok_s=f"{n_tok / dt:.0f}")
+                    bar.update(1)
+                    if stop_at is not None and state["acc_ema"] >= stop_at and local >= 50:
+                        bar.write(f"  {name}: answer accuracy {state['acc_ema']:.2f} >= {stop_at} at step {local}; "
+                                  "next stage")
+                        break
+                    if args.eval_interval and name == "main" and local % args.eval_interval == 0 and local < steps:
+                        quick = evaluate(model, spec, args.window, quick_distances(args), args.max_doc_len, device,
+                                         autocast, PRESETS[args.preset]["eval_windows"] // 2, copy=False)
+                        bar.write(f"  step {local}: " + ", ".join(f"D={d}: {a:.2f}" for d, a in quick["kv"].items())
+                                  + f", in-doc {quick['in_doc']:.2f}")
+                        log.write(json.dumps({"step": state["step"], "eval": quick}) + "\n")
+                    if state["step"] % args.save_interval == 0:
+                        log.flush()
+                        save_checkpoint(checkpoint_dict(model, opt, args, state, done=False), ckpt_path)
+            finally:  # also on Ctrl-C / NaN exits: no stray progress bar
+                bar.close()
             state["stage"] += 1
             state["stage_start"] = state["step"]
             state["acc_ema"] = 0.0
