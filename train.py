@@ -256,6 +256,8 @@ def train_loop(step_model, model, teacher, opt, args, stages, state, autocast, d
             local = state["step"] - state["stage_start"]
             bar = tqdm(total=steps, initial=local, desc=f"{args.run_name} {name}", dynamic_ncols=True)
             try:
+                if args.eval_interval and name == "main" and local == 0 and args.phase == "2":
+                    quick_eval(model, args, spec, device, autocast, 0, state["step"], bar, log)  # the starting point
                 while local < steps:
                     for group in opt.param_groups:
                         group["lr"] = lr_at(local, steps, args)
@@ -289,11 +291,7 @@ def train_loop(step_model, model, teacher, opt, args, stages, state, autocast, d
                                   "next stage")
                         break
                     if args.eval_interval and name == "main" and local % args.eval_interval == 0 and local < steps:
-                        quick = evaluate(model, spec, args.window, quick_distances(args), args.max_doc_len, device,
-                                         autocast, PRESETS[args.preset]["eval_windows"] // 2, copy=False)
-                        bar.write(f"  step {local}: " + ", ".join(f"D={d}: {a:.2f}" for d, a in quick["kv"].items())
-                                  + f", in-doc {quick['in_doc']:.2f}")
-                        log.write(json.dumps({"step": state["step"], "eval": quick}) + "\n")
+                        quick_eval(model, args, spec, device, autocast, local, state["step"], bar, log)
                     if state["step"] % args.save_interval == 0:
                         log.flush()
                         save_checkpoint(checkpoint_dict(model, opt, args, state, done=False), ckpt_path)
@@ -303,6 +301,15 @@ def train_loop(step_model, model, teacher, opt, args, stages, state, autocast, d
             state["stage_start"] = state["step"]
             state["acc_ema"] = 0.0
     return tokens, seconds
+
+
+def quick_eval(model, args, spec, device, autocast, local, step, bar, log):
+    """A few probe distances on half the probe windows, printed under the progress bar and logged."""
+    quick = evaluate(model, spec, args.window, quick_distances(args), args.max_doc_len, device, autocast,
+                     PRESETS[args.preset]["eval_windows"] // 2, copy=False)
+    bar.write(f"  step {local}: " + ", ".join(f"D={d}: {a:.2f}" for d, a in quick["kv"].items())
+              + f", in-doc {quick['in_doc']:.2f}")
+    log.write(json.dumps({"step": step, "eval": quick}) + "\n")
 
 
 def truncate_log(log_path, step):
