@@ -218,7 +218,7 @@ def run_phase(args):
         print(f"teacher: {t_path} (base {teacher.config.rope_base:g}, frozen)")
     if args.resume and previous is not None and previous.get("done"):
         print(f"{ckpt_path} already finished; its results:")
-        return report(args, teacher, device, autocast, spec, results_path, None)
+        return report(args, teacher, device, autocast, spec, results_path, None, corpus=corpus)
     model = build_student(args, spec, device)
     opt = make_optimizer(model, args, device)
     state = {"step": 0, "stage": 0, "stage_start": 0, "acc_ema": 0.0}
@@ -243,7 +243,7 @@ def run_phase(args):
                                          state, autocast, device, ckpt_path, log_path, spec)
     save_checkpoint(checkpoint_dict(model, opt, args, state, done=True), ckpt_path)
     speed = report_speed(model, args, device, trained_tokens, t_train)
-    return report(args, teacher, device, autocast, spec, results_path, speed, model)
+    return report(args, teacher, device, autocast, spec, results_path, speed, model, corpus)
 
 
 def train_loop(step_model, model, teacher, opt, args, stages, state, autocast, device, ckpt_path, log_path, spec):
@@ -339,7 +339,7 @@ def report_speed(model, args, device, tokens, seconds):
     return {"tokens_per_s": tok_s, "train_seconds": seconds, "mfu": mfu, "peak_flops": peak}
 
 
-def report(args, teacher, device, autocast, spec, results_path, speed, model=None):
+def report(args, teacher, device, autocast, spec, results_path, speed, model=None, corpus=None):
     """Evaluate the run (and the teacher) on the probes; print the table; save JSON."""
     if model is None:
         model, _ = load_model(os.path.join(args.out_dir, args.run_name + ".pt"), device)
@@ -347,7 +347,7 @@ def report(args, teacher, device, autocast, spec, results_path, speed, model=Non
     n = PRESETS[args.preset]["eval_windows"]
     models = {args.run_name: model, **({"teacher": teacher} if teacher is not None else {})}
     if args.data:  # the retrieval probes speak the synthetic language: report the corpus loss instead
-        rows = {name: {"corpus_ce": corpus_loss(m, args, device, autocast)} for name, m in models.items()}
+        rows = {name: {"corpus_ce": corpus_loss(m, args, corpus, device, autocast)} for name, m in models.items()}
     else:
         rows = {name: evaluate(m, spec, args.window, dists, args.max_doc_len, device, autocast, n)
                 for name, m in models.items()}
@@ -367,9 +367,9 @@ def report(args, teacher, device, autocast, spec, results_path, speed, model=Non
 
 
 @torch.no_grad()
-def corpus_loss(model, args, device, autocast, n_batches=8):
+def corpus_loss(model, args, corpus, device, autocast, n_batches=8):
     """Mean next-token cross-entropy on batches of the real corpus drawn with another seed."""
-    src = DataSource(None, "file", args.window, args.batch_size, phase_seed(args, 9), windows=load_corpus(args))
+    src = DataSource(None, "file", args.window, args.batch_size, phase_seed(args, 9), windows=corpus)
     total = 0.0
     for i in range(n_batches):
         x, y, pos, _, _ = to_device(src.batch(i), device)
