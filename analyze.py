@@ -86,7 +86,7 @@ def retrieval_results(models, window, distances, depths, max_doc_len, device, n_
     """{label: {"kv": {D: acc}, "in_doc": acc, "depth": {depth: {D: acc}}}} on the same probes."""
     spec, autocast, out = TaskSpec(), nullcontext(), {}
     for label, model in models.items():
-        r = evaluate(model, spec, window, distances, max_doc_len, device, autocast, n_windows, copy=False, seed=seed)
+        r = evaluate(model, spec, window, distances, max_doc_len, device, autocast, n_windows, seed=seed)
         out[label] = {"kv": r["kv"], "in_doc": r["in_doc"], "max_seq_len": model.config.max_seq_len,
                       "rope_base": model.config.rope_base,
                       "depth": depth_sweep(model, spec, window, distances, depths, device, autocast,

@@ -31,22 +31,29 @@ PRESETS = {
     "tiny": dict(d_model=32, n_layer=2, n_head=2, n_kv_head=2, d_ff=0, long_window=64, short_window=32,
                  max_doc_len=16, min_doc_len=8, long_pairs=4, batch_size=2, lr=2e-3, warmup=2,
                  curriculum_windows=[8, 16], curriculum_tokens=32, curriculum_steps=3,
-                 steps={"teacher": 4, "1": 4, "2": 4}, eval_windows=2, eval_distances=[4, 12, 40]),
-    "cpu": dict(d_model=128, n_layer=2, n_head=4, n_kv_head=4, d_ff=0, long_window=1024, short_window=256,
+                 steps={"teacher": 4, "1": 4, "2": 4}, eval_windows=2, eval_distances=[4, 12, 40], phase1_base=10000.0),
+    "cpu": dict(d_model=128, n_layer=2, n_head=4, n_kv_head=4, d_ff=0, long_window=1024, short_window=32,
                 max_doc_len=128, min_doc_len=32, long_pairs=48, batch_size=4, lr=2e-3, warmup=20,
                 curriculum_windows=[16, 32, 64, 128], curriculum_tokens=4096, curriculum_steps=3000,
                 steps={"teacher": 600, "1": 200, "2": 1500}, eval_windows=16,
-                eval_distances=[16, 32, 64, 128, 256, 512, 768, 900]),
+                eval_distances=[16, 32, 64, 128, 256, 512, 768, 900], phase1_base=10000.0),
     "gpu": dict(d_model=512, n_layer=8, n_head=8, n_kv_head=8, d_ff=1408, long_window=4096, short_window=1024,
                 max_doc_len=512, min_doc_len=64, long_pairs=192, batch_size=16, lr=1e-3, warmup=100,
                 curriculum_windows=[16, 32, 64, 128, 256], curriculum_tokens=16384, curriculum_steps=5000,
                 steps={"teacher": 3000, "1": 1000, "2": 3000}, eval_windows=32,
-                eval_distances=[64, 256, 512, 1024, 2048, 3072, 4000]),
+                eval_distances=[64, 256, 512, 1024, 2048, 3072, 4000], phase1_base=10000.0),
 }
 PHASE_LR = {"teacher": 1.0, "1": 1.0, "2": 0.5}  # phase 2 fine-tunes: half the preset's lr
 # Each phase draws its own init and data streams from --seed, so that the student is not a twin of the
 # teacher (same init, same curriculum batches) when both use seed 0.
 PHASE_SEED = {"teacher": 0, "1": 10, "2": 20}
+
+
+def phase1_name(base, seed=0, window=None, preset="cpu"):
+    """File name (no extension) of the phase-1 run with this RoPE base, --seed and --window (named only when it
+    is not the preset's short window)."""
+    w = f"-w{window}" if window is not None and window != PRESETS[preset]["short_window"] else ""
+    return f"phase1-b{base:g}{w}" + (f"-s{seed}" if seed else "")
 
 
 def phase_seed(args, k=0):
@@ -63,13 +70,18 @@ def build_parser():
     a("--run-name", default=None, help="name of this run's files (default: from phase, loss and base)")
     a("--teacher", default=None, help="teacher checkpoint (default: OUT/teacher.pt, else checkpoints/teacher.pt)")
     a("--init", default=None, help="phase-2 start checkpoint (default: OUT/phase1-b<--phase1-base>.pt, else shipped)")
-    a("--phase1-base", type=float, default=10000.0, help="RoPE base of the phase-1 run that phase 2 starts from")
+    a("--phase1-base", type=float, default=None, help="RoPE base of the phase-1 run that phase 2 starts from "
+      "(default: the preset's phase-1 base, 500 for cpu)")
+    a("--phase1-seed", type=int, default=0, help="--seed of the phase-1 run that phase 2 starts from")
+    a("--phase1-window", type=int, default=None, help="--window of the phase-1 run that phase 2 starts from "
+      "(default: the preset's short window, 32 for cpu)")
     a("--no-auto", action="store_true", help="exit with an error instead of training missing prerequisites")
     a("--resume", action="store_true", help="continue this run from its checkpoint")
     a("--overwrite", action="store_true", help="retrain even if this run already finished")
     a("--no-baseline", action="store_true", help="phase 2: do not train the CE-only baseline side by side")
     g = p.add_argument_group("RoPE")
-    g.add_argument("--rope-base", type=float, default=None, help="RoPE base (default 10000; phase 2: 500000)")
+    g.add_argument("--rope-base", type=float, default=None, help="RoPE base (default: teacher 10000, phase 1 the "
+                   "preset's phase-1 base, phase 2 500000)")
     g.add_argument("--rope-scaling", default=None, help='HF-style rope_scaling JSON, e.g. \'{"rope_type":"yarn",...}\'')
     g = p.add_argument_group("data")
     g.add_argument("--window", type=int, default=None, help="training window (default: long for teacher/phase 2, "
@@ -130,16 +142,25 @@ def resolve(args):
     pre = PRESETS[args.preset]
     phase = args.phase
     args.explicit = {k: getattr(args, k) for k in ("d_model", "n_layer", "n_head", "n_kv_head", "d_ff")}
-    for k in ("d_model", "n_layer", "n_head", "n_kv_head", "d_ff", "max_doc_len", "min_doc_len", "warmup"):
+    for k in ("d_model", "n_layer", "n_head", "n_kv_head", "d_ff", "warmup"):
         if getattr(args, k) is None:
             setattr(args, k, pre[k])
     args.long_window = pre["long_window"]
     if args.window is None:
         args.window = pre["short_window"] if phase == "1" else pre["long_window"]
+    if args.phase1_window is None:
+        args.phase1_window = pre["short_window"]
+    if args.max_doc_len is None:  # phase 1's documents fit its short window
+        args.max_doc_len = min(pre["max_doc_len"], args.window) if phase == "1" else pre["max_doc_len"]
+    if args.min_doc_len is None:
+        args.min_doc_len = (pre["min_doc_len"] if args.max_doc_len >= pre["max_doc_len"]
+                            else max(2, min(pre["min_doc_len"], args.max_doc_len // 4)))
     if args.batch_size is None:  # same tokens per step in every phase
         args.batch_size = max(1, pre["batch_size"] * pre["long_window"] // args.window)
+    if args.phase1_base is None:
+        args.phase1_base = pre["phase1_base"]
     if args.rope_base is None:
-        args.rope_base = 500000.0 if phase == "2" else 10000.0
+        args.rope_base = {"teacher": 10000.0, "1": args.phase1_base, "2": 500000.0}[phase]
     if args.steps is None:
         args.steps = pre["steps"][phase]
     if args.lr is None:
@@ -176,14 +197,16 @@ def resolve(args):
             fail(msg)
     if args.run_name is None:
         if phase == "teacher":
-            args.run_name = "teacher"
+            args.run_name = "teacher" + (f"-s{args.seed}" if args.seed else "")
         elif phase == "1":
-            args.run_name = f"phase1-b{args.rope_base:g}"
+            args.run_name = phase1_name(args.rope_base, args.seed, args.window, args.preset)
         else:
             loss = "kd" if args.kd_weight > 0 else "ce"
             args.run_name = f"phase2-{loss}-b{args.phase1_base:g}-b{args.rope_base:g}"
-        if args.seed:
-            args.run_name += f"-s{args.seed}"
+            if args.phase1_window != pre["short_window"]:  # a phase-1 student of another window
+                args.run_name += f"-w{args.phase1_window}"
+            args.run_name += f"-p{args.phase1_seed}" if args.phase1_seed else ""  # another phase-1 student
+            args.run_name += f"-s{args.seed}" if args.seed else ""
     return args
 
 

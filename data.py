@@ -21,8 +21,8 @@ downloaded here, so this file generates both from a seed:
   `python data.py` prints it.
 - `pack_documents`: documents -> windows of exactly L tokens with position ids
   (continuous, or reset per document) and document ids (for the optional mask).
-- Probes (fixed seeds): key-value retrieval at exact distance D and depth, repeated-span
-  copy at distance D, and the packed repeated-token window of finding 2.
+- Probes (fixed seeds): key-value retrieval at exact distance D and depth, and the
+  repeated-token window of finding 2.
 - Real files: UTF-8 text read as bytes, or nanoGPT `.bin` token files (uint16), split
   into documents and fed to the same packer.
 
@@ -282,26 +282,6 @@ def kv_probe(spec, window, distance, n_windows=16, n_pairs=16, depth=None, seed=
     for _ in range(n_windows):
         k = min(n_pairs, n_fit)
         tok, ans = kv_document(spec, rng, body, k, np.full(k, distance), lo, hi)
-        docs.append(tok)
-        answers.append(ans)
-    return pack_documents(docs, window + 1, answers=answers)
-
-
-def copy_probe(spec, window, distance, span=16, n_windows=32, seed=0):
-    """Repeated-span copy: a random span of filler at p and again at p + D.
-
-    `answers` marks tokens 2..span of the second copy (the first is unpredictable).
-    """
-    rng = np.random.default_rng([seed, distance, 7])
-    docs, answers = [], []
-    for _ in range(n_windows):
-        tok = make_filler(spec, rng, 1, window)[0]
-        ans = np.zeros(window, dtype=bool)
-        p = int(rng.integers(0, window - distance - span + 1))
-        seq = spec.filler_ids()[rng.integers(0, spec.n_filler, span)]
-        tok[p:p + span] = seq
-        tok[p + distance:p + distance + span] = seq
-        ans[p + distance + 1:p + distance + span] = True
         docs.append(tok)
         answers.append(ans)
     return pack_documents(docs, window + 1, answers=answers)

@@ -1,20 +1,25 @@
 """The paper's comparison in one command: KD vs CE students across RoPE schedules, with seeds.
 
 Paper idea: "Short Data, Long Context" (arXiv 2604.06070) claims that (a) a student
-trained only on packed short documents inherits long-range retrieval through logit KD,
-where a CE-only student does not, and (b) phase-wise RoPE base scaling (small base in the
-short phase 1, large base in the long phase 2) works best. This script runs that grid:
+trained only on packed short documents *acquires* long-range retrieval through logit KD,
+where a CE-only student does not, (b) phase-wise RoPE base scaling (small base in the short
+phase 1, large base in the long phase 2) works best, and (c) context extension updates the
+query projection in frequency-specific spans. This script runs that grid:
 
-  teacher (once)  ->  phase 1 at base 1e4 and at base 5e5 (shared by every phase-2 run)
-  phase 2: {KD, CE} x {(1e4, 1e4), (5e5, 5e5), (1e4 -> 5e5)}, the phase-wise pair with
-           --seeds (data-stream seeds of phase 2)
+  teacher (once)  ->  phase 1 at the small base b and at 5e5 (--phase1-seeds each)
+  phase 2: {KD, CE} x 4 schedules x --seeds (phase-2 data-stream seeds):
+           b -> 5e5 (phase-wise, the headline), b -> b, 5e5 -> 5e5, and b -> B_men, where
+           B_men is rope.py's Men et al. lower bound for the long window (the smallest base
+           whose RoPE attention still decays with distance over L tokens)
 
-Independent runs go side by side (--jobs processes, 1 thread each on CPU); runs that
-already exist are reused. It writes OUT/paper_results.md and .json (every run, plus
-mean and spread over seeds for the headline pair), then runs `analyze.py all`.
+Every phase-2 run records its starting point (`step 0`: phase 1 with the new base, before
+any step). Independent runs go side by side (--jobs processes, 1 thread each on CPU); runs
+that already exist are reused and killed ones resumed. It writes OUT/paper_results.md and
+.json (every run, per seed, and mean / std over seeds), the query-update comparison of
+finding 3 over seeds (qupdate_seeds.png), then runs `analyze.py all`.
 
-    python experiment.py                      # cpu preset, seeds 0 1 2, about an hour here
-    python experiment.py --preset gpu --jobs 1
+    python experiment.py                      # cpu preset, seeds 0 1 2 (about 3 h on 2 cores)
+    python experiment.py --preset gpu --jobs 1 --device cuda
 """
 import argparse
 import json
@@ -25,12 +30,34 @@ import time
 
 import numpy as np
 
+from config import PRESETS, phase1_name
+from rope import critical_pair, men_lower_bound
+
 ROOT = os.path.dirname(os.path.abspath(__file__))
-SCHEDULES = [(1e4, 5e5), (1e4, 1e4), (5e5, 5e5)]  # (phase-1 base, phase-2 base); the first is phase-wise
+LARGE = 500000.0  # the paper's phase-2 base
 
 
-def run_name(loss, b1, b2, seed):
-    return f"phase2-{loss}-b{b1:g}-b{b2:g}" + (f"-s{seed}" if seed else "")
+def schedules(preset):
+    """[(name, phase-1 base, phase-2 base)]; the first is the paper's phase-wise schedule."""
+    pre = PRESETS[preset]
+    small, head_dim = pre["phase1_base"], pre["d_model"] // pre["n_head"]
+    men = float(round(men_lower_bound(head_dim, pre["long_window"])))
+    return [("phase-wise", small, LARGE), ("small base kept", small, small), ("large base kept", LARGE, LARGE),
+            ("phase-wise to the Men bound", small, men)]
+
+
+def phase2_runs(args):
+    """[(schedule, phase-1 base, phase-2 base, phase-1 seed, phase-2 seed)] in the order they are trained: the
+    headline first, then one seed of every schedule, the other phase-1 students (first phase-2 seed only: do
+    they change the outcome?), then the remaining seeds."""
+    sched, first = schedules(args.preset), args.phase1_seeds[0]
+    runs = [(*sched[0], first, s) for s in args.seeds] + [(*x, first, args.seeds[0]) for x in sched[1:]]
+    runs += [(*sched[0], p, args.seeds[0]) for p in args.phase1_seeds[1:]]
+    return runs + [(*x, first, s) for s in args.seeds[1:] for x in sched[1:]]
+
+
+def run_name(loss, b1, b2, seed, p1_seed=0):
+    return f"phase2-{loss}-b{b1:g}-b{b2:g}" + (f"-p{p1_seed}" if p1_seed else "") + (f"-s{seed}" if seed else "")
 
 
 def launch(argv, log_path, threads):
@@ -74,77 +101,145 @@ def run_all(jobs, args):
         time.sleep(1)
 
 
-def load(args, name):
+def load(args, name, key=None):
     with open(results_path(args, name)) as f:
-        return json.load(f)["results"][name]
+        return json.load(f)["results"][key or name]
+
+
+def cell_stats(runs, dists):
+    """(S, D) accuracies and (S,) in-doc accuracies of S runs."""
+    acc = np.array([[r["kv"][str(d)] for d in dists] for r in runs])
+    return acc, np.array([r["in_doc"] for r in runs])
+
+
+def row(label, n, acc, in_doc):
+    cells = [f"{m:.2f}" + (f" ± {s:.2f}" if n > 1 else "") for m, s in zip(acc.mean(0), acc.std(0))]
+    doc = f"{in_doc.mean():.2f}" + (f" ± {in_doc.std():.2f}" if n > 1 else "")
+    return f"| {label} | {n} | " + " | ".join(cells) + f" | {doc} |"
 
 
 def summarize(args):
-    """Markdown + JSON: every run, and mean / spread over seeds for the phase-wise KD vs CE pair."""
-    rows, table = [], {}
-    for b1, b2 in SCHEDULES:
-        for loss in ("kd", "ce"):
-            seeds = args.seeds if (b1, b2) == SCHEDULES[0] else [args.other_seed]
-            runs = [load(args, run_name(loss, b1, b2, s)) for s in seeds]
-            dists = sorted(int(d) for d in runs[0]["kv"])
-            acc = np.array([[r["kv"][str(d)] if str(d) in r["kv"] else r["kv"][d] for d in dists] for r in runs])
-            in_doc = np.array([r["in_doc"] for r in runs])
-            key = f"{loss.upper()} {b1:g} -> {b2:g}"
-            table[key] = {"seeds": seeds, "distances": dists, "mean": acc.mean(0).tolist(),
-                          "std": acc.std(0).tolist(), "in_doc_mean": float(in_doc.mean()),
-                          "in_doc_std": float(in_doc.std()), "per_seed": acc.tolist()}
-            cells = [f"{m:.2f}" + (f" ± {s:.2f}" if len(seeds) > 1 else "") for m, s in zip(acc.mean(0), acc.std(0))]
-            doc = f"{in_doc.mean():.2f}" + (f" ± {in_doc.std():.2f}" if len(seeds) > 1 else "")
-            rows.append(f"| {key} | {len(seeds)} | " + " | ".join(cells) + f" | {doc} |")
+    """Markdown + JSON: per schedule (and extra phase-1 student) a step-0 row, a KD row and a CE row, mean ± std over
+    the phase-2 seeds whose runs have finished (a missing run is left out and the row says how many it has)."""
     teacher = load(args, "teacher")
-    t_cells = [f"{teacher['kv'].get(str(d), float('nan')):.2f}" for d in dists]
-    head = ("| run (loss, phase-1 base -> phase-2 base) | seeds | " + " | ".join(f"D={d}" for d in dists)
+    dists = sorted(int(d) for d in teacher["kv"])
+    rows, table = [], {}
+    groups = {}
+    for label, b1, b2, p1, seed in phase2_runs(args):
+        groups.setdefault((label if p1 == args.phase1_seeds[0] else f"{label}, phase-1 seed {p1}", b1, b2, p1),
+                          []).append(seed)
+    for (label, b1, b2, p1), seeds in groups.items():
+        names = {loss: [n for n in (run_name(loss, b1, b2, s, p1) for s in seeds) if results_path(args, n)]
+                 for loss in ("kd", "ce")}
+        if not names["kd"]:
+            continue
+        entry = {"phase1_base": b1, "phase2_base": b2, "phase1_seed": p1, "distances": dists}
+        for key, runs in (("step 0", [load(args, names["kd"][0], "step 0")]),
+                          ("KD", [load(args, n) for n in names["kd"]]), ("CE", [load(args, n) for n in names["ce"]])):
+            if not runs:
+                continue
+            acc, in_doc = cell_stats(runs, dists)
+            entry[key] = {"runs": names["kd"][:1] if key == "step 0" else names[key.lower()],
+                          "per_seed": acc.tolist(), "in_doc_per_seed": in_doc.tolist(), "mean": acc.mean(0).tolist(),
+                          "std": acc.std(0).tolist(), "min": acc.min(0).tolist(), "max": acc.max(0).tolist(),
+                          "in_doc_mean": float(in_doc.mean()), "in_doc_std": float(in_doc.std())}
+            rows.append(row(f"{key} {b1:g} -> {b2:g} ({label})", len(runs), acc, in_doc))
+        table[label] = entry
+    head = ("| run (phase-1 base -> phase-2 base) | runs | " + " | ".join(f"D={d}" for d in dists)
             + " | in-doc |\n|" + " --- |" * (len(dists) + 3))
-    md = "\n".join([head, "| teacher (long documents) | 1 | " + " | ".join(t_cells) + f" | {teacher['in_doc']:.2f} |"]
-                   + rows)
-    md += "\n\nKey-value retrieval accuracy at distance D (mean ± std over seeds); students saw only documents " \
-          "of <= 128 tokens."
+    t_cells = " | ".join(f"{teacher['kv'][str(d)]:.2f}" for d in dists)
+    md = "\n".join([head, f"| teacher (long documents) | 1 | {t_cells} | {teacher['in_doc']:.2f} |"] + rows)
+    md += (f"\n\nKey-value retrieval accuracy at distance D (mean ± std over the phase-2 seeds {args.seeds}; "
+           f"`runs` counts them); `step 0` is the phase-1 student with the phase-2 base, before any phase-2 step "
+           f"(the same for every phase-2 seed); students saw only documents of <= "
+           f"{PRESETS[args.preset]['max_doc_len']} tokens.")
+    md += "\n\n" + qupdate_seeds(args)
     with open(os.path.join(args.out_dir, "paper_results.md"), "w") as f:
         f.write(md + "\n")
     with open(os.path.join(args.out_dir, "paper_results.json"), "w") as f:
-        json.dump({"teacher": teacher, "runs": table}, f, indent=1)
+        json.dump({"teacher": teacher, "schedules": table, "qupdate": args.qupdate}, f, indent=1)
     return md
 
 
+def qupdate_seeds(args):
+    """Finding 3 over seeds: per layer and RoPE pair, the W_q / W_k relative update (mean over heads) of the
+    phase-wise KD and CE students from their shared phase-1 checkpoint; markdown, and args.qupdate for JSON."""
+    import torch  # the analysis needs the checkpoints themselves
+    from analyze import pair_update
+    from model import load_model
+    from plots import plot_qupdate_seeds
+    _, b1, b2 = schedules(args.preset)[0]
+    p1 = os.path.join(args.out_dir, phase1_name(b1) + ".pt")
+    p1 = p1 if os.path.isfile(p1) else os.path.join(ROOT, "checkpoints", phase1_name(b1) + ".pt")
+    before, _ = load_model(p1, "cpu")
+    out, seeds = {}, [s for s in args.seeds if all(results_path(args, run_name(x, b1, b2, s)) for x in ("kd", "ce"))]
+    for loss in ("kd", "ce"):
+        per_seed = {"wq": [], "wk": []}
+        for s in seeds:
+            after, _ = load_model(os.path.join(args.out_dir, run_name(loss, b1, b2, s) + ".pt"), "cpu")
+            for w, n in (("wq", before.config.n_head), ("wk", before.config.n_kv_head)):
+                per_seed[w].append(torch.stack([pair_update(getattr(b.attn, w).weight, getattr(a.attn, w).weight, n)
+                                                for b, a in zip(before.blocks, after.blocks)]).mean(1).tolist())
+        out[loss] = {w: {"per_seed": v, "mean": np.mean(v, 0).tolist(), "std": np.std(v, 0).tolist()}
+                     for w, v in per_seed.items()}  # (S, L, hd/2) -> (L, hd/2)
+    cfg = before.config
+    crit = {f"phase 1 (base {b1:g}, L={PRESETS[args.preset]['short_window']})":
+            critical_pair(cfg.head_dim, b1, PRESETS[args.preset]["short_window"]),
+            f"phase 2 (base {b2:g}, L={PRESETS[args.preset]['long_window']})":
+            critical_pair(cfg.head_dim, b2, PRESETS[args.preset]["long_window"])}
+    args.qupdate = {"seeds": seeds, "critical_pairs": crit, **out}
+    plot_qupdate_seeds(args.qupdate, args.out_dir, "qupdate_seeds")
+    lines = [f"Finding 3 over seeds {seeds}: relative W_q update per RoPE pair (mean over heads), phase 1 -> "
+             f"phase 2, KD vs CE (mean ± std); critical pairs {crit}.", "",
+             "| layer | loss | " + " | ".join(f"p{i}" for i in range(cfg.head_dim // 2)) + " |",
+             "|" + " --- |" * (cfg.head_dim // 2 + 2)]
+    for layer in range(cfg.n_layer):
+        for loss in ("kd", "ce"):
+            m, s = out[loss]["wq"]["mean"][layer], out[loss]["wq"]["std"][layer]
+            lines.append(f"| {layer} | {loss.upper()} | " + " | ".join(f"{a:.2f}±{b:.2f}" for a, b in zip(m, s)) + " |")
+    return "\n".join(lines)
+
+
 def main():
-    p = argparse.ArgumentParser(description="Run the paper's KD-vs-CE x RoPE-schedule comparison.")
-    p.add_argument("--preset", default="cpu", choices=["tiny", "cpu", "gpu"], help="train.py preset")
+    p = argparse.ArgumentParser(description="Run the paper's KD-vs-CE x RoPE-schedule comparison, with seeds.")
+    p.add_argument("--preset", default="cpu", choices=list(PRESETS), help="train.py preset")
     p.add_argument("--out-dir", default="out", help="folder shared with train.py runs")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="phase-2 seeds of the headline pair")
-    p.add_argument("--other-seed", type=int, default=0, help="phase-2 seed of the single-seed schedules")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="phase-2 seeds of every schedule")
+    p.add_argument("--phase1-seeds", type=int, nargs="+", default=[0, 1], help="phase-1 seeds of the phase-wise "
+                   "schedule (the other schedules use the first)")
     p.add_argument("--jobs", type=int, default=2, help="runs side by side (1 thread each on CPU)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--steps", type=int, default=None, help="phase-2 steps (default: the preset's)")
     p.add_argument("--no-analysis", action="store_true", help="skip analyze.py all")
+    p.add_argument("--summary-only", action="store_true", help="train nothing: tabulate the runs that exist")
     args = p.parse_args()
-    if args.jobs < 1 or not args.seeds:
-        raise SystemExit("error: --jobs must be >= 1 and --seeds non-empty")
+    if args.jobs < 1 or (args.steps is not None and args.steps < 1):
+        raise SystemExit("error: --jobs and --steps must be >= 1")
     t0 = time.time()
     os.makedirs(args.out_dir, exist_ok=True)
     common = ["--preset", args.preset, "--out-dir", args.out_dir, "--device", args.device]
+    if args.summary_only:
+        print(summarize(args))
+        return
     print("1/4 teacher")
     run_all([("teacher", ["--phase", "teacher"] + common)], args)
     print("2/4 phase 1 (short window) at each phase-1 base")
-    bases = sorted({b1 for b1, _ in SCHEDULES})
-    run_all([(f"phase1-b{b:g}", ["--phase", "1", "--rope-base", f"{b:g}", "--no-auto"] + common) for b in bases], args)
+    p1_jobs = {(b1, p1) for _, b1, _, p1, _ in phase2_runs(args)}
+    run_all([(phase1_name(b, s), ["--phase", "1", "--rope-base", f"{b:g}", "--seed", str(s), "--no-auto"] + common)
+             for b, s in sorted(p1_jobs)], args)
     print("3/4 phase 2 (long window, packed short documents)")
     jobs = []
-    for b1, b2 in SCHEDULES:
-        for seed in (args.seeds if (b1, b2) == SCHEDULES[0] else [args.other_seed]):
-            for loss, w in (("kd", "0.5"), ("ce", "0")):
-                argv = ["--phase", "2", "--phase1-base", f"{b1:g}", "--rope-base", f"{b2:g}", "--kd-weight", w,
-                        "--seed", str(seed), "--no-baseline", "--no-auto"] + common
-                jobs.append((run_name(loss, b1, b2, seed), argv + (["--steps", str(args.steps)] if args.steps else [])))
+    for label, b1, b2, p1, seed in phase2_runs(args):
+        for loss, w in (("kd", "0.5"), ("ce", "0")):
+            argv = ["--phase", "2", "--phase1-base", f"{b1:g}", "--phase1-seed", str(p1), "--rope-base", f"{b2:g}",
+                    "--kd-weight", w, "--seed", str(seed), "--no-baseline", "--no-auto"] + common
+            jobs.append((run_name(loss, b1, b2, seed, p1), argv + (["--steps", str(args.steps)] if args.steps else [])))
     run_all(jobs, args)
     print("4/4 results")
     print(summarize(args))
     if not args.no_analysis:
-        subprocess.run([sys.executable, os.path.join(ROOT, "analyze.py"), "all", "--dir", args.out_dir], check=True)
+        subprocess.run([sys.executable, os.path.join(ROOT, "analyze.py"), "all", "--dir", args.out_dir, "--device",
+                        args.device], check=True)
     print(f"wall time: {(time.time() - t0) / 60:.1f} min")
 
 

@@ -140,3 +140,24 @@ def plot_qupdate(res, title, out, name):
     fig2.colorbar(im, ax=axes2[:, 0].tolist(), label="relative update (fraction)")
     fig2.suptitle(f"W_q relative update per head: {title}")
     return [save(fig, out, f"{name}.png"), save(fig2, out, f"{name}_heads.png")]
+
+
+def plot_qupdate_seeds(res, out, name):
+    """Finding 3 over seeds: per layer, W_q and W_k relative update per RoPE pair, KD vs CE, mean ± std band."""
+    n_layer = len(res["kd"]["wq"]["mean"])
+    fig, axes = plt.subplots(2, n_layer, figsize=(5 * n_layer, 6), squeeze=False, layout="constrained")
+    for row, w in enumerate(("wq", "wk")):
+        for layer in range(n_layer):
+            ax = axes[row, layer]
+            for loss, color in (("kd", "tab:blue"), ("ce", "tab:orange")):
+                m, s = (np.array(res[loss][w][k][layer]) for k in ("mean", "std"))
+                x = np.arange(len(m))
+                ax.plot(x, m, marker="o", color=color, label=f"{loss.upper()} (mean of {len(res['seeds'])} seeds)")
+                ax.fill_between(x, m - s, m + s, color=color, alpha=0.25)
+            for (label, pair), style in zip(res["critical_pairs"].items(), ["--", ":"]):
+                ax.axvline(pair, color="tab:cyan", ls=style, lw=2, label=f"critical pair, {label}")
+            ax.set(title=f"layer {layer}: {'W_q' if w == 'wq' else 'W_k'}", xlabel="RoPE frequency pair i "
+                   "(high -> low frequency)", ylabel="relative update")
+    axes[0, 0].legend(fontsize=7)
+    fig.suptitle("Finding 3 over seeds: per-pair update, phase 1 -> phase 2 (mean over heads; band: ± std)")
+    return [save(fig, out, f"{name}.png")]

@@ -30,12 +30,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from config import PRESETS, SHIPPED, build_parser, fail, phase_seed, pick_device, resolve
+from config import PRESETS, SHIPPED, build_parser, fail, phase1_name, phase_seed, pick_device, resolve
 from data import DataError, DataSource, TaskSpec, file_windows, read_bin_documents, read_text_documents, to_device
 from distill import kd_loss, load_teacher, teacher_logits
 from evaluate import evaluate, format_table, matmul_peak_flops
 from model import GPT, CheckpointError, GPTConfig, load_checkpoint, load_model, save_checkpoint
 from rope import format_spectrum, spectrum_summary
+
+START = "step 0"  # results key of a phase-2 student before its first step (phase 1 + the base switch)
 
 # ----------------------------------------------------------------------------- prerequisites
 
@@ -66,6 +68,14 @@ def ensure(args, what, path, shipped_name, phase_argv):
     sub = build_parser().parse_args(phase_argv)
     run_phase(resolve(sub))
     return own
+
+
+def ensure_phase1(args):
+    """Phase 2's starting point: --init, else the phase-1 run of --phase1-base and --phase1-seed."""
+    argv = ["--phase", "1", "--rope-base", f"{args.phase1_base:g}", "--seed", str(args.phase1_seed),
+            "--window", str(args.phase1_window)]
+    name = phase1_name(args.phase1_base, args.phase1_seed, args.phase1_window, args.preset)
+    return ensure(args, "phase-1", args.init, name + ".pt", argv + common_argv(args))
 
 
 def common_argv(args):
@@ -152,8 +162,7 @@ def make_optimizer(model, args, device):
 def build_student(args, spec, device):
     """Fresh model (teacher, phase 1) or phase 1's weights with the new base (phase 2)."""
     if args.phase == "2":
-        init = ensure(args, "phase-1", args.init, f"phase1-b{args.phase1_base:g}.pt",
-                      ["--phase", "1", "--rope-base", f"{args.phase1_base:g}"] + common_argv(args))
+        init = ensure_phase1(args)
         try:
             model, ckpt = load_model(init, device)
         except CheckpointError as e:
@@ -306,7 +315,7 @@ def train_loop(step_model, model, teacher, opt, args, stages, state, autocast, d
 def quick_eval(model, args, spec, device, autocast, local, step, bar, log):
     """A few probe distances on half the probe windows, printed under the progress bar and logged."""
     quick = evaluate(model, spec, args.window, quick_distances(args), args.max_doc_len, device, autocast,
-                     PRESETS[args.preset]["eval_windows"] // 2, copy=False)
+                     PRESETS[args.preset]["eval_windows"] // 2)
     bar.write(f"  step {local}: " + ", ".join(f"D={d}: {a:.2f}" for d, a in quick["kv"].items())
               + f", in-doc {quick['in_doc']:.2f}")
     log.write(json.dumps({"step": step, "eval": quick}) + "\n")
@@ -346,6 +355,8 @@ def report(args, teacher, device, autocast, spec, results_path, speed, model=Non
     dists = [d for d in PRESETS[args.preset]["eval_distances"] if d < args.window]
     n = PRESETS[args.preset]["eval_windows"]
     models = {args.run_name: model, **({"teacher": teacher} if teacher is not None else {})}
+    if args.phase == "2":  # the starting point: phase 1's weights with the new base, before any phase-2 step
+        models[START] = build_student(args, spec, device)
     if args.data:  # the retrieval probes speak the synthetic language: report the corpus loss instead
         rows = {name: {"corpus_ce": corpus_loss(m, args, corpus, device, autocast)} for name, m in models.items()}
     else:
@@ -404,8 +415,7 @@ def main(argv=None):
         pick_device(args)
         # prerequisites first, so the twin finds them; then both phase-2 runs side by side
         ensure(args, "teacher", args.teacher, "teacher.pt", ["--phase", "teacher"] + common_argv(args))
-        ensure(args, "phase-1", args.init, f"phase1-b{args.phase1_base:g}.pt",
-               ["--phase", "1", "--rope-base", f"{args.phase1_base:g}"] + common_argv(args))
+        ensure_phase1(args)
         baseline = launch_baseline(args, argv)
     results = run_phase(args)
     if baseline is not None:
@@ -414,8 +424,8 @@ def main(argv=None):
             fail(f"the CE baseline failed; see {os.path.join(args.out_dir, ce_name + '.log')}")
         with open(os.path.join(args.out_dir, ce_name + ".json")) as f:
             ce = json.load(f)
-        rows = {"teacher": results["results"]["teacher"], "KD student": results["results"][args.run_name],
-                "CE student": ce["results"][ce_name]}
+        rows = {"teacher": results["results"]["teacher"], START: results["results"][START],
+                "KD student": results["results"][args.run_name], "CE student": ce["results"][ce_name]}
         print(f"\nShort documents (<= {args.max_doc_len} tokens) packed into {args.window}-token windows; "
               f"phase-1 base {args.phase1_base:g} -> phase-2 base {args.rope_base:g}:")
         print(format_table(rows, args.max_doc_len))

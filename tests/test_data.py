@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from data import (SEP, DataError, DataSource, TaskSpec, copy_probe, file_windows, kv_probe, pack_documents,
+from data import (SEP, DataError, DataSource, TaskSpec, file_windows, kv_probe, pack_documents,
                   read_bin_documents, read_text_documents, repeated_tokens_window, synthetic_batch)
 
 SPEC = TaskSpec()
@@ -84,11 +84,7 @@ def test_kv_probe_depth_moves_the_queries():
     assert deep > shallow + 300
 
 
-def test_copy_probe_and_repeated_tokens():
-    probe = copy_probe(SPEC, 256, 100, span=8, n_windows=2)
-    for tok, ans in zip(probe["tokens"], probe["answers"]):
-        idx = np.flatnonzero(ans)
-        assert len(idx) == 7 and (tok[idx] == tok[idx - 100]).all()
+def test_repeated_tokens_window_repeats_its_period():
     rep = repeated_tokens_window(SPEC, 100, period=16, n_windows=2)
     assert rep["tokens"].shape == (2, 101) and (rep["tokens"][:, 16:] == rep["tokens"][:, :-16]).all()
 

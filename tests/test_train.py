@@ -31,7 +31,7 @@ def test_three_phases_end_to_end_with_side_by_side_baseline(tmp_path):
         ckpt = load_checkpoint(os.path.join(out, name + ".pt"))
         assert ckpt["done"] and ckpt["step"] > 0
         res = json.load(open(os.path.join(out, name + ".json")))
-        assert set(res["results"][name]) == {"kv", "copy", "in_doc"}
+        assert set(res["results"][name]) == {"kv", "in_doc"}
         assert len(losses(os.path.join(out, name + ".jsonl"))) == ckpt["step"]
     kd = load_checkpoint(os.path.join(out, "phase2-kd-b10000-b500000.pt"))
     assert kd["config"]["rope_base"] == 500000.0 and kd["config"]["max_seq_len"] == 64
@@ -114,7 +114,7 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path, monkeypatch):
 
 
 def test_curriculum_doubles_the_window_up_to_the_phase_window():
-    args = train.resolve(train.build_parser().parse_args(["--phase", "1"]))
+    args = train.resolve(train.build_parser().parse_args(["--phase", "1", "--window", "256"]))
     stages = train.make_stages(args, train.TaskSpec())
     assert [name for name, *_ in stages] == ["curriculum-16", "curriculum-32", "curriculum-64", "curriculum-128",
                                              "main"]
@@ -132,10 +132,24 @@ def test_shipped_prerequisites_serve_only_the_cpu_preset(tmp_path):
     args = train.resolve(train.build_parser().parse_args(["--phase", "2", "--out-dir", str(tmp_path), "--no-auto"]))
     assert train.ensure(args, "teacher", None, "teacher.pt", []) == os.path.join(train.SHIPPED, "teacher.pt")
     assert train.ensure(args, "phase-1", None, "phase1-b10000.pt", []).startswith(train.SHIPPED)
+    assert train.ensure_phase1(args) == os.path.join(train.SHIPPED, "phase1-b10000.pt")
+    old = train.resolve(train.build_parser().parse_args(["--phase", "2", "--out-dir", str(tmp_path), "--no-auto",
+                                                         "--phase1-window", "256"]))
+    assert train.ensure_phase1(old) == os.path.join(train.SHIPPED, "phase1-b10000-w256.pt")
+    assert old.run_name == "phase2-kd-b10000-b500000-w256"
     tiny = train.resolve(train.build_parser().parse_args(["--phase", "2", "--out-dir", str(tmp_path), "--no-auto",
                                                           "--preset", "tiny"]))
     with pytest.raises(SystemExit):  # a tiny run must not pick up the cpu-preset teacher
         train.ensure(tiny, "teacher", None, "teacher.pt", [])
+
+
+def test_default_phase1_is_short_window_and_its_documents_fit_it():
+    p1 = train.resolve(train.build_parser().parse_args(["--phase", "1"]))
+    assert (p1.window, p1.max_doc_len, p1.min_doc_len, p1.rope_base, p1.run_name) == (32, 32, 8, 1e4, "phase1-b10000")
+    assert [name for name, *_ in train.make_stages(p1, train.TaskSpec())] == ["curriculum-16", "main"]
+    p2 = train.resolve(train.build_parser().parse_args(["--phase", "2", "--phase1-seed", "1", "--seed", "2"]))
+    assert (p2.window, p2.max_doc_len, p2.rope_base, p2.phase1_base) == (1024, 128, 5e5, 1e4)
+    assert p2.run_name == "phase2-kd-b10000-b500000-p1-s2"
 
 
 def test_trains_on_a_real_text_file(tmp_path):
