@@ -230,9 +230,9 @@ def main():
     print("3/4 phase 2 (long window, packed short documents)")
     jobs = []
     for label, b1, b2, p1, seed in phase2_runs(args):
-        for loss, w in (("kd", "0.5"), ("ce", "0")):
+        for loss, w in (("kd", []), ("ce", ["--kd-weight", "0"])):  # KD: train.py's default weight
             argv = ["--phase", "2", "--phase1-base", f"{b1:g}", "--phase1-seed", str(p1), "--rope-base", f"{b2:g}",
-                    "--kd-weight", w, "--seed", str(seed), "--no-baseline", "--no-auto"] + common
+                    "--seed", str(seed), "--no-baseline", "--no-auto"] + w + common
             jobs.append((run_name(loss, b1, b2, seed, p1), argv + (["--steps", str(args.steps)] if args.steps else [])))
     run_all(jobs, args)
     print("4/4 results")

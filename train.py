@@ -7,10 +7,11 @@ RoPE base should be small while the window is short and large once it is long:
 
   --phase teacher  the long-context teacher, on long documents (window L_long)
   --phase 1        the student from scratch: short documents in a short window, small base,
-                   CE mixed with KD by --kd-weight
+                   CE mixed with KD by --kd-weight (0.5)
   --phase 2        the student from phase 1: the same short documents packed into the long
-                   window, the base given by --rope-base (the paper's setting); on by
-                   default, a CE-only baseline (--kd-weight 0) trains side by side
+                   window, the base given by --rope-base (the paper's setting), 0.1 CE + 0.9 KD
+                   (--kd-weight 0.9); on by default, a CE-only baseline (--kd-weight 0) trains
+                   side by side
 
 A phase whose prerequisites are missing trains them first (or exits with --no-auto).
 Each phase ends with the retrieval probes of data.py at distances up to its window,
