@@ -61,8 +61,10 @@ def build_parser():
     a("--preset", default="cpu", choices=list(PRESETS), help="size defaults: tiny (tests), cpu (default), gpu")
     a("--out-dir", default="out", help="folder for checkpoints, logs and results")
     a("--run-name", default=None, help="name of this run's files (default: from phase, loss and base)")
-    a("--teacher", default=None, help="teacher checkpoint (default: OUT/teacher.pt, else checkpoints/teacher.pt)")
-    a("--init", default=None, help="phase-2 start checkpoint (default: OUT/phase1-b<--phase1-base>.pt, else shipped)")
+    a("--teacher", default=None, help="teacher: a checkpoint or a Hugging Face Llama folder "
+      "(default: OUT/teacher.pt, else checkpoints/teacher.pt)")
+    a("--init", default=None, help="phase-2 start: a checkpoint or an HF Llama folder "
+      "(default: OUT/phase1-b<--phase1-base>.pt, else shipped)")
     a("--phase1-base", type=float, default=10000.0, help="RoPE base of the phase-1 run that phase 2 starts from")
     a("--no-auto", action="store_true", help="exit with an error instead of training missing prerequisites")
     a("--resume", action="store_true", help="continue this run from its checkpoint")

@@ -6,8 +6,9 @@ long-context teacher run on the same packed window. Because the teacher's next-t
 distribution depends on what lies far back in the window (finding 2), the KL carries
 positional, long-range information that the short documents alone do not.
 
-- `load_teacher`: a checkpoint written by train.py, loaded with weights_only=True,
-  frozen (eval, requires_grad False), bf16 on CUDA; its vocabulary must match.
+- `load_teacher`: a checkpoint written by train.py (loaded with weights_only=True) or a
+  Hugging Face Llama folder (hf.py, e.g. SmolLM2 converted from GGUF), frozen (eval,
+  requires_grad False), bf16 on CUDA; its vocabulary must match the student's.
 - `teacher_logits`: the teacher's forward under torch.inference_mode().
 - `kd_loss`: forward KL(teacher || student), reverse KL, or the generalized JSD of GKD
   (Agarwal et al. 2024), with temperature T (scaled by T^2), averaged over unmasked
@@ -20,7 +21,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from model import load_model
+from hf import load_pretrained
 
 # ----------------------------------------------------------------------------- divergences
 # Each maps float32 logits (n, V) of student and teacher, already divided by T, to (n,).
@@ -121,8 +122,8 @@ def kd_loss(student_logits, teacher_logits, mask=None, temperature=1.0, kind="fo
 
 
 def load_teacher(path, device, vocab_size=None):
-    """Load a frozen teacher from a train.py checkpoint (weights_only); bf16 on CUDA."""
-    teacher, _ = load_model(path, device)
+    """Load a frozen teacher from a train.py checkpoint (weights_only) or an HF folder; bf16 on CUDA."""
+    teacher, _ = load_pretrained(path, device)
     if vocab_size is not None and teacher.config.vocab_size != vocab_size:
         raise ValueError(f"teacher {path} has vocabulary {teacher.config.vocab_size} but the student has "
                          f"{vocab_size}: teacher and student must share the vocabulary")

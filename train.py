@@ -34,6 +34,7 @@ from config import PRESETS, SHIPPED, build_parser, fail, phase_seed, pick_device
 from data import DataError, DataSource, TaskSpec, file_windows, read_bin_documents, read_text_documents, to_device
 from distill import kd_loss, load_teacher, teacher_logits
 from evaluate import evaluate, format_table, matmul_peak_flops
+from hf import load_pretrained
 from model import GPT, CheckpointError, GPTConfig, load_checkpoint, load_model, save_checkpoint
 from rope import format_spectrum, spectrum_summary
 
@@ -51,7 +52,7 @@ def find_checkpoint(path_in_out, shipped_name, preset):
 def ensure(args, what, path, shipped_name, phase_argv):
     """Return a checkpoint path for a prerequisite, training it first if it is missing."""
     if path is not None:
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             fail(f"{what} checkpoint not found: {path}")
         return path
     own = os.path.join(args.out_dir, shipped_name)
@@ -155,7 +156,7 @@ def build_student(args, spec, device):
         init = ensure(args, "phase-1", args.init, f"phase1-b{args.phase1_base:g}.pt",
                       ["--phase", "1", "--rope-base", f"{args.phase1_base:g}"] + common_argv(args))
         try:
-            model, ckpt = load_model(init, device)
+            model, ckpt = load_pretrained(init, device)
         except CheckpointError as e:
             fail(str(e))
         if not ckpt.get("done", True) or ckpt.get("phase") not in ("1", None):
