@@ -185,7 +185,7 @@ def test_pickled_weights_are_refused_and_never_loaded(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["missing_ckpt", "not_a_ckpt", "out_not_empty", "bad_gguf", "info_no_config",
-                                  "truncated_safetensors"])
+                                  "truncated_safetensors", "shape_mismatch"])
 def test_bad_input_is_one_error_line_exit_2_nothing_written(tmp_path, capsys, case):
     m = tiny()
     ckpt = str(tmp_path / "m.pt")
@@ -200,16 +200,20 @@ def test_bad_input_is_one_error_line_exit_2_nothing_written(tmp_path, capsys, ca
             "out_not_empty": ["export", ckpt, str(tmp_path / "full")],
             "bad_gguf": ["convert-gguf", str(tmp_path / "junk.gguf"), out],
             "info_no_config": ["info", str(tmp_path / "full")],
-            "truncated_safetensors": ["info", out]}[case]
-    if case == "truncated_safetensors":
+            "truncated_safetensors": ["info", out], "shape_mismatch": ["info", out]}[case]
+    if case in ("truncated_safetensors", "shape_mismatch"):
         hf.save_hf_folder(m, out)
         path = os.path.join(out, hf.WEIGHTS)
-        open(path, "r+b").truncate(os.path.getsize(path) // 2)
+        if case == "truncated_safetensors":
+            open(path, "r+b").truncate(os.path.getsize(path) // 2)
+        else:  # config.json promises a vocabulary the tensors do not have
+            json.dump(dict(hf.hf_config(m.config), vocab_size=51), open(os.path.join(out, hf.CONFIG), "w"))
     before = sorted(p.name for p in tmp_path.iterdir())
     with pytest.raises(SystemExit) as e:
         hf.main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error:")
+    assert case != "shape_mismatch" or "shape mismatch for model.embed_tokens.weight" in err[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, no temp folder
     assert os.listdir(tmp_path / "full") == ["keep.txt"]
 
