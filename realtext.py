@@ -45,10 +45,10 @@ PRESETS = {  # tiny: tests; cpu: about 20-30 minutes on one shared core; gpu: th
                  train_windows=4, steps=3, batch_size=2, lr=2e-3, warmup=1, topk=4, eval_docs=2,
                  passkey_distances=[8, 20], passkey_trials=2),
     "cpu": dict(d_model=128, n_layer=4, n_head=4, d_ff=384, window=2048, max_doc_len=128, min_doc_len=32,
-                train_windows=32, steps=120, batch_size=1, lr=2e-3, warmup=10, topk=32, eval_docs=6,
-                passkey_distances=[100, 500, 1000, 1900], passkey_trials=4),
+                train_windows=16, steps=100, batch_size=1, lr=2e-3, warmup=10, topk=32, eval_docs=4,
+                passkey_distances=[100, 500, 1000, 1900], passkey_trials=3),
     "gpu": dict(d_model=512, n_layer=8, n_head=8, d_ff=1408, window=4096, max_doc_len=256, min_doc_len=32,
-                train_windows=4000, steps=3000, batch_size=4, lr=1e-3, warmup=100, topk=64, eval_docs=64,
+                train_windows=2000, steps=3000, batch_size=4, lr=1e-3, warmup=100, topk=32, eval_docs=64,
                 passkey_distances=[100, 500, 1000, 2000, 3900], passkey_trials=20),
 }
 BUCKETS = [0, 128, 512, 1024, 2048, 4096]
