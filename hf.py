@@ -161,12 +161,15 @@ def hf_config(cfg: GPTConfig) -> dict:
 # ----------------------------------------------------------------------------- folders
 
 
-def read_json(path):
+def read_json(path) -> dict:
     try:
         with open(path) as f:
-            return json.load(f)
+            obj = json.load(f)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise FormatError(f"cannot read {path}: {e}") from None
+    if not isinstance(obj, dict):
+        raise FormatError(f"{path} does not hold a JSON object")
+    return obj
 
 
 def read_safetensors(path: str) -> dict:
