@@ -54,24 +54,23 @@ class Tokenizer:
 
     def bpe(self, word: str) -> list:
         """Merge the best-ranked adjacent pair (leftmost on ties) until no pair has a rank."""
-        if word not in self.cache:
-            parts = list(word)
-            while len(parts) > 1:
-                rank, i = min((self.ranks.get(pair, float("inf")), i) for i, pair in enumerate(zip(parts, parts[1:])))
-                if rank == float("inf"):
-                    break
-                parts[i:i + 2] = [parts[i] + parts[i + 1]]
-            self.cache[word] = [self.vocab[p] for p in parts]
-        return self.cache[word]
+        parts = list(word)
+        while len(parts) > 1:
+            rank, i = min((self.ranks.get(pair, float("inf")), i) for i, pair in enumerate(zip(parts, parts[1:])))
+            if rank == float("inf"):
+                break
+            parts[i:i + 2] = [parts[i] + parts[i + 1]]
+        try:
+            return [self.vocab[p] for p in parts]
+        except KeyError as e:  # a vocabulary without all 256 byte tokens
+            raise ValueError(f"the vocabulary has no token for {e.args[0]!r}") from None
 
     def encode(self, text: str) -> list:
         ids = []
         for piece in self.pattern.findall(text):
-            word = "".join(self.byte_char[b] for b in piece.encode("utf-8"))
-            try:
-                ids += self.bpe(word)
-            except KeyError as e:  # a vocabulary without all 256 byte tokens
-                raise ValueError(f"the vocabulary has no token for {e.args[0]!r}") from None
+            if piece not in self.cache:  # pre-tokens repeat a lot: each is merged once
+                self.cache[piece] = self.bpe("".join(self.byte_char[b] for b in piece.encode("utf-8")))
+            ids += self.cache[piece]
         return ids
 
     def decode(self, ids) -> str:

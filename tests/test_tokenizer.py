@@ -60,3 +60,8 @@ def test_files_round_trip(tmp_path):
 def test_a_merge_outside_the_vocabulary_is_an_error():
     with pytest.raises(ValueError, match="not in the vocabulary"):
         Tokenizer({"a": 0, "b": 1}, ["a b"])
+
+
+def test_a_byte_without_a_token_is_an_error_naming_it():
+    with pytest.raises(ValueError, match="no token for 'b'"):
+        Tokenizer({"a": 0}, []).encode("ab")
