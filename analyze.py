@@ -37,7 +37,8 @@ import torch
 from data import TaskSpec, kv_probe, repeated_tokens_window, to_device
 from distill import forward_kl
 from evaluate import depth_sweep, evaluate
-from model import CheckpointError, Inspect, load_checkpoint, load_model
+from hf import load_pretrained
+from model import CheckpointError, Inspect, load_checkpoint
 from config import fail
 from plots import plot_perturb, plot_qupdate, plot_retrieval, plot_spectrum
 from rope import critical_pair, default_inv_freq, men_lower_bound, rotations, spectrum_summary
@@ -48,9 +49,9 @@ REACHES_LOGITS_KL = 1e-6  # nats; our choice: a mean KL above this is a real cha
 
 
 def load(path, device):
-    """(model in eval mode, checkpoint dict), or one error line and exit 2."""
+    """(model in eval mode, checkpoint dict) from a checkpoint or an HF Llama folder, or one error line and exit 2."""
     try:
-        model, ckpt = load_model(path, device)
+        model, ckpt = load_pretrained(path, device)
     except CheckpointError as e:
         fail(str(e))
     if model.config.vocab_size < TaskSpec().vocab_size:
@@ -62,7 +63,7 @@ def load_all(paths, labels, device):
     """{label: model} in the given order; labels default to the file names."""
     if labels and len(labels) != len(paths):
         fail(f"--labels gives {len(labels)} names for {len(paths)} checkpoints")
-    labels = labels or [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    labels = labels or [os.path.splitext(os.path.basename(os.path.normpath(p)))[0] for p in paths]
     return {label: load(p, device)[0] for label, p in zip(labels, paths)}
 
 
@@ -361,7 +362,7 @@ def build_parser():
         return a
 
     a = command("retrieval", "retrieval accuracy vs distance (and depth) of checkpoints on the same probes", 8,
-                "checkpoints to compare")
+                "checkpoints or Hugging Face Llama folders to compare")
     a("--distances", type=int, nargs="+", help="record-query distances (tokens); default 16, 32, ... of the window")
     a("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0], help="query depths in [0, 1]")
     a("--max-doc-len", type=int, default=128, help="the student's longest document (tokens), marked; default 128")

@@ -72,10 +72,12 @@ def build_parser():
     a("--preset", default="cpu", choices=list(PRESETS), help="size defaults: tiny (tests), cpu (default), gpu")
     a("--out-dir", default="out", help="folder for checkpoints, logs and results")
     a("--run-name", default=None, help="name of this run's files (default: from phase, loss and base)")
-    a("--teacher", default=None, help="teacher checkpoint (default: OUT/teacher.pt, else checkpoints/teacher.pt)")
-    a("--init", default=None, help="phase-2 start checkpoint (default: OUT/phase1-b<--phase1-base>.pt, else shipped)")
+    a("--teacher", default=None, help="teacher: a checkpoint or a Hugging Face Llama folder "
+      "(default: OUT/teacher.pt, else checkpoints/teacher.pt)")
+    a("--init", default=None, help="phase-2 start: a checkpoint or an HF Llama folder "
+      "(default: OUT/phase1-b<--phase1-base>.pt, else shipped)")
     a("--phase1-base", type=float, default=None, help="RoPE base of the phase-1 run that phase 2 starts from "
-      "(default: the preset's phase-1 base, 500 for cpu)")
+      "(default: the preset's phase-1 base, 10000)")
     a("--phase1-seed", type=int, default=0, help="--seed of the phase-1 run that phase 2 starts from")
     a("--phase1-window", type=int, default=None, help="--window of the phase-1 run that phase 2 starts from "
       "(default: the preset's short window, 32 for cpu)")
@@ -95,6 +97,8 @@ def build_parser():
     g.add_argument("--reset-positions", action="store_true", help="restart position ids at each document")
     g.add_argument("--doc-mask", action="store_true", help="block-diagonal attention (no cross-document attention)")
     g.add_argument("--data", default=None, help="train on a real corpus instead: a UTF-8 text file/folder or a .bin")
+    g.add_argument("--tokenizer", default=None, help="--data text: tokenize with this folder's byte-level BPE "
+                   "(vocab.json, merges.txt; e.g. the teacher's from hf.py convert-gguf) instead of bytes")
     g.add_argument("--eot-id", type=int, default=50256, help=".bin data: end-of-text id that splits documents")
     g.add_argument("--vocab-size", type=int, default=None, help="model vocabulary for --data (default: 257 for "
                    "text, 50304 for .bin)")

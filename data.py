@@ -311,8 +311,9 @@ class DataError(ValueError):
     """A data file that cannot be used (missing, empty, unreadable, malformed)."""
 
 
-def read_text_documents(path, min_len=1):
-    """UTF-8 text as bytes (token = byte + 1; 0 is SEP; vocabulary 257).
+def read_text_documents(path, min_len=1, encode=None):
+    """UTF-8 text as bytes (token = byte + 1; 0 is SEP; vocabulary 257), or as the ids of
+    `encode(text)` (a teacher's tokenizer, tokenizer.py).
 
     A folder gives one document per file (sorted by name); a file gives one document per
     paragraph (split at blank lines).
@@ -330,7 +331,8 @@ def read_text_documents(path, min_len=1):
         except (OSError, UnicodeDecodeError) as e:
             raise DataError(f"cannot read {f} as UTF-8 text: {e}") from None
         parts = [text] if os.path.isdir(path) else text.split("\n\n")
-        docs += [np.frombuffer(p.encode("utf-8"), dtype=np.uint8).astype(np.int64) + 1 for p in parts
+        docs += [np.array(encode(p), dtype=np.int64) if encode else
+                 np.frombuffer(p.encode("utf-8"), dtype=np.uint8).astype(np.int64) + 1 for p in parts
                  if len(p.strip()) >= min_len]
     if not docs:
         raise DataError(f"no text found in {path}")

@@ -6,9 +6,12 @@ long-context teacher run on the same packed window. Because the teacher's next-t
 distribution depends on what lies far back in the window (finding 2), the KL carries
 positional, long-range information that the short documents alone do not.
 
-- `load_teacher`: a checkpoint written by train.py, loaded with weights_only=True,
-  frozen (eval, requires_grad False), bf16 on CUDA; its vocabulary must match.
+- `load_teacher`: a checkpoint written by train.py (loaded with weights_only=True) or a
+  Hugging Face Llama folder (hf.py, e.g. SmolLM2 converted from GGUF), frozen (eval,
+  requires_grad False), bf16 on CUDA; its vocabulary must match the student's.
 - `teacher_logits`: the teacher's forward under torch.inference_mode().
+- `teacher_topk` / `topk_forward_kl`: a teacher's logits cached as their top-k tokens, and
+  the forward KL over those (realtext.py: a real teacher, computed once per window).
 - `kd_loss`: forward KL(teacher || student), reverse KL, or the generalized JSD of GKD
   (Agarwal et al. 2024), with temperature T (scaled by T^2), averaged over unmasked
   tokens, in float32 over chunks of tokens: only one chunk of vocabulary-wide float32
@@ -20,7 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from model import load_model
+from hf import load_pretrained
 
 # ----------------------------------------------------------------------------- divergences
 # Each maps float32 logits (n, V) of student and teacher, already divided by T, to (n,).
@@ -117,12 +120,32 @@ def kd_loss(student_logits, teacher_logits, mask=None, temperature=1.0, kind="fo
     return div * temperature**2, div.detach()
 
 
+# ----------------------------------------------------------------------------- cached teacher (top-k)
+# A real teacher costs far more than a small student: its logits can be computed once and kept as
+# their k most likely tokens per position (a (B, T, k) id and log-prob pair instead of (B, T, V)).
+
+
+def teacher_topk(logits, k):
+    """(ids int64 (..., k), log-probs float32 (..., k)) of the k most likely next tokens."""
+    logp, ids = torch.topk(F.log_softmax(logits.float(), -1), k, dim=-1)
+    return ids, logp
+
+
+def topk_forward_kl(student_logp, top_ids, top_logp):
+    """sum over the teacher's top-k tokens of p_t (log p_t - log p_s), per position (...,).
+
+    The forward KL of kd_loss restricted to those k tokens (p_t not renormalized): the part of
+    the teacher's mass outside them, 1 - sum p_t, gives no gradient. student_logp: log-softmax (..., V).
+    """
+    return (top_logp.exp() * (top_logp - student_logp.gather(-1, top_ids))).sum(-1)
+
+
 # ----------------------------------------------------------------------------- teacher
 
 
 def load_teacher(path, device, vocab_size=None):
-    """Load a frozen teacher from a train.py checkpoint (weights_only); bf16 on CUDA."""
-    teacher, _ = load_model(path, device)
+    """Load a frozen teacher from a train.py checkpoint (weights_only) or an HF folder; bf16 on CUDA."""
+    teacher, _ = load_pretrained(path, device)
     if vocab_size is not None and teacher.config.vocab_size != vocab_size:
         raise ValueError(f"teacher {path} has vocabulary {teacher.config.vocab_size} but the student has "
                          f"{vocab_size}: teacher and student must share the vocabulary")

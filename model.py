@@ -5,7 +5,8 @@ teacher into a student through its logits; both are decoder-only transformers wh
 only notion of position is RoPE applied to queries and keys. This file is that model:
 pre-norm blocks (RMSNorm -> attention with RoPE -> residual; RMSNorm -> SwiGLU MLP ->
 residual), grouped-query attention, optional attention-only blocks (d_ff = 0),
-tied or untied LM head, no biases, and it loads Hugging Face Llama weights.
+tied or untied LM head, no biases: the Llama architecture, so that hf.py can load and
+write Hugging Face Llama and llama.cpp GGUF weights (this file knows only its own checkpoint).
 
 It can also be looked inside (analyze.py needs this for findings 2 and 3): pass an
 `Inspect` object to `forward` to record residual streams and pre/post-RoPE queries and
@@ -200,50 +201,6 @@ class GPT(nn.Module):
             n -= self.tok_emb.weight.numel()
         n -= sum(p.numel() for name, p in self.named_parameters() if "norm" in name)
         return 6 * n + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
-
-    # ------------------------------------------------------------------ Llama weights
-
-    def llama_key_map(self) -> dict:
-        """{Hugging Face LlamaForCausalLM parameter name: this model's parameter name}."""
-        m = {"model.embed_tokens.weight": "tok_emb.weight", "model.norm.weight": "norm.weight"}
-        if not self.config.tie_embeddings:
-            m["lm_head.weight"] = "lm_head.weight"
-        for i, block in enumerate(self.blocks):
-            hf, me = f"model.layers.{i}.", f"blocks.{i}."
-            m[hf + "input_layernorm.weight"] = me + "attn_norm.weight"
-            for proj in "qkvo":
-                m[hf + f"self_attn.{proj}_proj.weight"] = me + f"attn.w{proj}.weight"
-            if block.mlp is not None:
-                m[hf + "post_attention_layernorm.weight"] = me + "mlp_norm.weight"
-                for proj in ("gate", "up", "down"):
-                    m[hf + f"mlp.{proj}_proj.weight"] = me + f"mlp.w_{proj}.weight"
-        return m
-
-    def llama_state_dict(self) -> dict:
-        """This model's weights under Hugging Face Llama names (HF uses rotate-half RoPE too)."""
-        own = self.state_dict()
-        return {hf: own[me] for hf, me in self.llama_key_map().items()}
-
-    @torch.no_grad()
-    def load_llama_state_dict(self, state_dict: dict):
-        """Load Hugging Face `LlamaForCausalLM` weights; any unknown/missing key or bad shape is an error."""
-        key_map = self.llama_key_map()
-        state_dict = dict(state_dict)
-        if self.config.tie_embeddings:  # HF may store the tied head too; it must equal the embedding
-            head = state_dict.pop("lm_head.weight", None)
-            if head is not None and not torch.equal(head, state_dict.get("model.embed_tokens.weight")):
-                raise ValueError("lm_head.weight differs from model.embed_tokens.weight but the config ties them")
-        state_dict = {k: v for k, v in state_dict.items() if not k.endswith("rotary_emb.inv_freq")}
-        unknown = sorted(set(state_dict) - set(key_map))
-        missing = sorted(set(key_map) - set(state_dict))
-        if unknown or missing:
-            raise ValueError(f"Llama state dict mismatch: unknown keys {unknown[:3]}, missing keys {missing[:3]}")
-        params = dict(self.named_parameters())
-        for hf, me in key_map.items():
-            if state_dict[hf].shape != params[me].shape:
-                raise ValueError(f"shape mismatch for {hf}: got {tuple(state_dict[hf].shape)}, "
-                                 f"expected {tuple(params[me].shape)}")
-            params[me].copy_(state_dict[hf])
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -35,8 +35,10 @@ from config import PRESETS, SHIPPED, build_parser, fail, phase1_name, phase_seed
 from data import DataError, DataSource, TaskSpec, file_windows, read_bin_documents, read_text_documents, to_device
 from distill import kd_loss, load_teacher, teacher_logits
 from evaluate import evaluate, format_table, matmul_peak_flops
+from hf import load_pretrained
 from model import GPT, CheckpointError, GPTConfig, load_checkpoint, load_model, save_checkpoint
 from rope import format_spectrum, spectrum_summary
+from tokenizer import Tokenizer
 
 START = "step 0"  # results key of a phase-2 student before its first step (phase 1 + the base switch)
 
@@ -54,7 +56,7 @@ def find_checkpoint(path_in_out, shipped_name, preset):
 def ensure(args, what, path, shipped_name, phase_argv):
     """Return a checkpoint path for a prerequisite, training it first if it is missing."""
     if path is not None:
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             fail(f"{what} checkpoint not found: {path}")
         return path
     own = os.path.join(args.out_dir, shipped_name)
@@ -122,11 +124,21 @@ def load_corpus(args):
     try:
         if args.data.endswith(".bin"):
             docs, sep = read_bin_documents(args.data, args.eot_id, args.vocab_size), args.eot_id
+        elif args.tokenizer:  # the teacher's tokens, documents behind its end-of-text token
+            tok = load_tokenizer(args)
+            docs, sep = read_text_documents(args.data, encode=tok.encode), tok.eos_id
         else:
             docs, sep = read_text_documents(args.data), 0
         return file_windows(docs, args.window, args.max_doc_len, sep)
     except DataError as e:
         fail(str(e))
+
+
+def load_tokenizer(args):
+    try:
+        return Tokenizer.from_folder(args.tokenizer)
+    except ValueError as e:
+        fail(f"--tokenizer: {e}")
 
 
 def train_step(model, teacher, opt, batch, args, autocast):
@@ -165,7 +177,7 @@ def build_student(args, spec, device):
     if args.phase == "2":
         init = ensure_phase1(args)
         try:
-            model, ckpt = load_model(init, device)
+            model, ckpt = load_pretrained(init, device)
         except CheckpointError as e:
             fail(str(e))
         if not ckpt.get("done", True) or ckpt.get("phase") not in ("1", None):
@@ -199,8 +211,9 @@ def run_phase(args):
     """Train one phase end to end; returns the results dict (also saved as OUT/<run>.json)."""
     device, autocast = pick_device(args)
     spec = TaskSpec()
-    if args.vocab_size is None:  # synthetic language; bytes + separator; GPT-2 ids padded as nanoGPT does
-        args.vocab_size = spec.vocab_size if not args.data else (50304 if args.data.endswith(".bin") else 257)
+    if args.vocab_size is None:  # synthetic language; a tokenizer's; bytes + separator; GPT-2 ids padded as nanoGPT
+        args.vocab_size = (spec.vocab_size if not args.data else len(load_tokenizer(args)) if args.tokenizer
+                           else 50304 if args.data.endswith(".bin") else 257)
     ckpt_path = os.path.join(args.out_dir, args.run_name + ".pt")
     results_path = os.path.join(args.out_dir, args.run_name + ".json")
     log_path = os.path.join(args.out_dir, args.run_name + ".jsonl")

@@ -170,3 +170,14 @@ def test_all_renders_every_figure_the_folder_allows(run_dir, tmp_path):
     for student in ("kd", "ce"):
         res = outputs(tmp_path, f"qupdate-phase2-{student}-b10000-b500000")
         assert res["before"].endswith("phase1-b10000.pt")
+
+
+def test_an_hf_folder_is_analyzed_like_the_checkpoint_it_was_exported_from(run_dir, tmp_path):
+    import hf
+    folder = str(tmp_path / "teacher-hf")
+    hf.main(["export", str(run_dir / "teacher.pt"), folder])
+    analyze.main(["retrieval", "--ckpt", str(run_dir / "teacher.pt"), folder, "--distances", "4", "40",
+                  "--depths", "0", "--n-windows", "2", "--max-doc-len", "16", "--out", str(tmp_path)])
+    res = outputs(tmp_path, "retrieval")["models"]
+    assert list(res) == ["teacher", "teacher-hf"] and res["teacher"]["kv"] == res["teacher-hf"]["kv"]
+    assert res["teacher"]["in_doc"] == res["teacher-hf"]["in_doc"]

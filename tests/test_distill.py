@@ -103,3 +103,17 @@ def test_teacher_is_frozen_and_vocab_checked(tmp_path):
     assert not out.requires_grad and not out.is_inference() and torch.allclose(out, m(x))
     with pytest.raises(ValueError, match="vocabulary 40 .* 41"):
         load_teacher(path, torch.device("cpu"), vocab_size=41)
+
+
+def test_topk_kl_with_every_token_is_the_forward_kl_and_has_the_analytic_gradient():
+    from distill import forward_kl, teacher_topk, topk_forward_kl
+    s, t = logits(0).requires_grad_(), logits(1)
+    ids, logp = teacher_topk(t, k=t.shape[-1])
+    full = topk_forward_kl(F.log_softmax(s, -1), ids, logp)
+    assert torch.allclose(full, forward_kl(s, t), atol=1e-5)
+    ids, logp = teacher_topk(t, k=3)
+    assert torch.equal(ids, t.topk(3, -1).indices) and torch.allclose(logp, F.log_softmax(t, -1).topk(3, -1).values)
+    topk_forward_kl(F.log_softmax(s, -1), ids, logp).sum().backward()
+    # d/ds of -sum_k p_k log softmax(s)_k = (sum_k p_k) softmax(s) - p (on the k ids): zero only if p matches
+    expect = logp.exp().sum(-1, keepdim=True) * F.softmax(s, -1) - torch.zeros_like(s).scatter(-1, ids, logp.exp())
+    assert torch.allclose(s.grad, expect.detach(), atol=1e-6)

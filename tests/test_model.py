@@ -1,6 +1,4 @@
-"""Model: causality, document mask, GQA, position override, Llama weights, checkpoints."""
-import math
-
+"""Model: causality, document mask, GQA, position override, checkpoints (Llama weights: test_hf.py)."""
 import pytest
 import torch
 
@@ -63,62 +61,6 @@ def test_position_override_changes_only_later_layers():
     assert not torch.allclose(pert.residuals[2], clean.residuals[2])
     assert not torch.allclose(out, ref)
     assert len(clean.q_pre) == 3 and clean.q_pre[0].shape == (1, 4, 16, 8)
-
-
-def reference_llama(sd, cfg, idx):
-    """An independent float64 Llama forward written from the formulas (HF modeling_llama)."""
-    d, H, Hkv, hd = cfg.d_model, cfg.n_head, cfg.n_kv_head, cfg.head_dim
-    T = idx.shape[1]
-    w = {k: v.double() for k, v in sd.items()}
-    norm = lambda x, g: x / torch.sqrt((x * x).mean(-1, keepdim=True) + cfg.norm_eps) * g
-    inv = 1.0 / cfg.rope_base ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd)
-    ang = torch.arange(T, dtype=torch.float64)[:, None] * inv
-    cos, sin = torch.cat([ang.cos()] * 2, -1), torch.cat([ang.sin()] * 2, -1)
-    rot = lambda x: x * cos + torch.cat([-x[..., hd // 2:], x[..., :hd // 2]], -1) * sin
-    x = w["model.embed_tokens.weight"][idx[0]]
-    mask = torch.full((T, T), -math.inf, dtype=torch.float64).triu(1)
-    for i in range(cfg.n_layer):
-        p = f"model.layers.{i}."
-        h = norm(x, w[p + "input_layernorm.weight"])
-        q = (h @ w[p + "self_attn.q_proj.weight"].T).view(T, H, hd).transpose(0, 1)
-        k = (h @ w[p + "self_attn.k_proj.weight"].T).view(T, Hkv, hd).transpose(0, 1)
-        v = (h @ w[p + "self_attn.v_proj.weight"].T).view(T, Hkv, hd).transpose(0, 1)
-        k, v = k.repeat_interleave(H // Hkv, 0), v.repeat_interleave(H // Hkv, 0)
-        att = torch.softmax(rot(q) @ rot(k).transpose(1, 2) / math.sqrt(hd) + mask, -1)
-        x = x + (att @ v).transpose(0, 1).reshape(T, d) @ w[p + "self_attn.o_proj.weight"].T
-        h = norm(x, w[p + "post_attention_layernorm.weight"])
-        gate, up = h @ w[p + "mlp.gate_proj.weight"].T, h @ w[p + "mlp.up_proj.weight"].T
-        x = x + (torch.nn.functional.silu(gate) * up) @ w[p + "mlp.down_proj.weight"].T
-    x = norm(x, w["model.norm.weight"])
-    return x @ w.get("lm_head.weight", w["model.embed_tokens.weight"]).T
-
-
-def test_llama_state_dict_matches_reference_and_round_trips():
-    m = tiny(tie_embeddings=False)
-    for p in m.parameters():  # make norms non-trivial too
-        p.data += 0.05 * torch.randn_like(p)
-    sd = m.llama_state_dict()
-    assert "model.layers.1.self_attn.q_proj.weight" in sd and "lm_head.weight" in sd
-    x = torch.randint(0, 50, (1, 12))
-    ref = reference_llama(sd, m.config, x)
-    assert torch.allclose(m(x)[0].double(), ref, atol=1e-4)
-    fresh = tiny(tie_embeddings=False)
-    torch.manual_seed(1)
-    fresh.apply(fresh._init_weights)
-    fresh.load_llama_state_dict(sd)
-    assert torch.equal(fresh(x), m(x))
-
-
-def test_llama_state_dict_errors_name_the_key():
-    m = tiny()
-    sd = m.llama_state_dict()
-    bad = dict(sd, **{"model.layers.0.self_attn.q_proj.weight": torch.zeros(3, 3)})
-    with pytest.raises(ValueError, match="q_proj"):
-        m.load_llama_state_dict(bad)
-    with pytest.raises(ValueError, match="missing keys.*model.norm.weight"):
-        m.load_llama_state_dict({k: v for k, v in sd.items() if k != "model.norm.weight"})
-    with pytest.raises(ValueError, match="unknown keys.*extra"):
-        m.load_llama_state_dict(dict(sd, extra=torch.zeros(1)))
 
 
 def test_flops_per_token_follows_nanogpt_formula():

@@ -160,3 +160,23 @@ def test_trains_on_a_real_text_file(tmp_path):
     res = json.load(open(os.path.join(out, "teacher.json")))["results"]["teacher"]
     assert 0 < res["corpus_ce"] < 5.0  # below uniform over 257 byte tokens (5.55 nats): it learned something
     assert load_checkpoint(os.path.join(out, "teacher.pt"))["config"]["vocab_size"] == 257
+
+
+def test_distills_an_hf_folder_teacher_on_text_in_its_own_tokens(tmp_path):
+    """--teacher an HF Llama folder, --tokenizer its BPE: the student gets the teacher's vocabulary."""
+    import hf
+    from model import GPT, GPTConfig
+    from test_tokenizer import make
+    tok = make()
+    teacher = GPT(GPTConfig(vocab_size=len(tok), n_layer=1, n_head=2, n_kv_head=2, d_model=16, d_ff=32))
+    folder = str(tmp_path / "teacher-hf")
+    hf.save_hf_folder(teacher, folder, tok.files())
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join("the and then " * (i % 5 + 1) for i in range(200)))
+    out = str(tmp_path / "out")
+    run(["--phase", "1", "--out-dir", out, "--data", str(corpus), "--tokenizer", folder, "--teacher", folder,
+         "--steps", "5"])
+    res = json.load(open(os.path.join(out, "phase1-b10000.json")))["results"]
+    assert set(res) == {"phase1-b10000", "teacher"} and res["teacher"]["corpus_ce"] > 0
+    ckpt = load_checkpoint(os.path.join(out, "phase1-b10000.pt"))
+    assert ckpt["config"]["vocab_size"] == len(tok) and ckpt["args"]["kd_weight"] == 0.5

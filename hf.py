@@ -1,0 +1,431 @@
+"""Real pretrained models in and out: Hugging Face Llama folders and llama.cpp GGUF files.
+
+Paper idea: in "Short Data, Long Context" (arXiv 2604.06070) the teacher is a *pretrained*
+long-context LLM, not a toy. This file is the bridge between such models and this
+project's GPT (model.py), which knows no file format beyond its own checkpoint:
+
+- HF folders: config.json + model.safetensors (or shards + model.safetensors.index.json)
+  of a Llama-family model <-> GPTConfig + weights, by name, with shape checks. Anything the
+  GPT cannot compute (biases, sliding windows, other model types, other RoPE types) is
+  rejected in one line, before anything is loaded. safetensors only: no file is unpickled.
+- GGUF (llama.cpp): read and dequantize tensors with the `gguf` package, undo llama.cpp's
+  row permutation of W_q / W_k (its RoPE pairs adjacent dims; HF and rope.py pair i with
+  i + d/2), and write an HF folder plus the tokenizer (vocab.json, merges.txt; tokenizer.py).
+- `load_pretrained`: a checkpoint file of this project or an HF folder, for --teacher,
+  --init (train.py) and --ckpt (analyze.py).
+
+  python hf.py export out/teacher.pt out/teacher-hf          # LlamaForCausalLM.from_pretrained loads it
+  python hf.py convert-gguf SmolLM2-135M-Instruct.Q4_1.gguf out/smollm2
+  python hf.py info out/smollm2                                # what the folder maps to
+"""
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+import torch
+
+from model import GPT, CheckpointError, GPTConfig, load_model
+from rope import rope_frequencies
+
+WEIGHTS, INDEX, CONFIG = "model.safetensors", "model.safetensors.index.json", "config.json"
+HF_ROPE_TYPES = ("linear", "dynamic", "yarn", "llama3")  # the HF rope types rope.py computes
+
+
+class FormatError(CheckpointError):
+    """A model file or folder this project cannot read (or a model it cannot write) exactly."""
+
+
+# ----------------------------------------------------------------------------- names
+
+
+def llama_key_map(cfg: GPTConfig) -> dict:
+    """{Hugging Face LlamaForCausalLM parameter name: GPT parameter name}."""
+    m = {"model.embed_tokens.weight": "tok_emb.weight", "model.norm.weight": "norm.weight"}
+    if not cfg.tie_embeddings:
+        m["lm_head.weight"] = "lm_head.weight"
+    for i in range(cfg.n_layer):
+        hf, me = f"model.layers.{i}.", f"blocks.{i}."
+        m[hf + "input_layernorm.weight"] = me + "attn_norm.weight"
+        for proj in "qkvo":
+            m[hf + f"self_attn.{proj}_proj.weight"] = me + f"attn.w{proj}.weight"
+        if cfg.d_ff:
+            m[hf + "post_attention_layernorm.weight"] = me + "mlp_norm.weight"
+            for proj in ("gate", "up", "down"):
+                m[hf + f"mlp.{proj}_proj.weight"] = me + f"mlp.w_{proj}.weight"
+    return m
+
+
+def llama_state_dict(model: GPT) -> dict:
+    """The model's weights under Hugging Face Llama names (HF uses rotate-half RoPE too)."""
+    own = model.state_dict()
+    return {hf: own[me] for hf, me in llama_key_map(model.config).items()}
+
+
+@torch.no_grad()
+def load_llama_state_dict(model: GPT, state_dict: dict):
+    """Copy HF Llama weights into `model`; an unknown/missing key or a bad shape is an error
+    raised before any weight is copied (nothing is half-loaded)."""
+    key_map = llama_key_map(model.config)
+    state_dict = dict(state_dict)
+    if model.config.tie_embeddings:  # HF may store the tied head too; it must equal the embedding
+        head = state_dict.pop("lm_head.weight", None)
+        if head is not None and not torch.equal(head, state_dict.get("model.embed_tokens.weight")):
+            raise FormatError("lm_head.weight differs from model.embed_tokens.weight but the config ties them")
+    state_dict = {k: v for k, v in state_dict.items() if not k.endswith("rotary_emb.inv_freq")}
+    unknown = sorted(set(state_dict) - set(key_map))
+    missing = sorted(set(key_map) - set(state_dict))
+    if unknown or missing:
+        raise FormatError(f"Llama state dict mismatch: unknown keys {unknown[:3]}, missing keys {missing[:3]}")
+    params = dict(model.named_parameters())
+    for hf, me in key_map.items():
+        if state_dict[hf].shape != params[me].shape:
+            raise FormatError(f"shape mismatch for {hf}: got {tuple(state_dict[hf].shape)}, "
+                              f"expected {tuple(params[me].shape)}")
+    for hf, me in key_map.items():
+        params[me].copy_(state_dict[hf])
+
+
+# ----------------------------------------------------------------------------- config.json
+
+
+def rope_from_hf(hf: dict):
+    """(rope_base, rope_scaling or None) from `rope_theta` + `rope_scaling`, or HF >= 4.56 `rope_parameters`."""
+    params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+    base = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    if rope_type == "default":
+        return base, None
+    if rope_type not in HF_ROPE_TYPES:
+        raise FormatError(f"rope type {rope_type!r} is not supported (default, {', '.join(HF_ROPE_TYPES)})")
+    extra = sorted(set(params) & {"mscale", "mscale_all_dim", "long_factor", "short_factor"})
+    if extra:
+        raise FormatError(f"rope_scaling keys {extra} are not supported")
+    scaling = {k: v for k, v in params.items() if k not in ("rope_theta", "type")}
+    scaling["rope_type"] = rope_type
+    if rope_type in ("dynamic", "yarn"):  # HF falls back to max_position_embeddings
+        scaling.setdefault("original_max_position_embeddings", hf.get("max_position_embeddings", 2048))
+    return base, scaling
+
+
+def config_from_hf(hf: dict) -> GPTConfig:
+    """GPTConfig of an HF Llama config.json; FormatError names the first thing the GPT cannot compute."""
+    if hf.get("model_type") != "llama":
+        raise FormatError(f"model_type {hf.get('model_type')!r} is not supported (only 'llama')")
+    for key in ("attention_bias", "mlp_bias"):
+        if hf.get(key):
+            raise FormatError(f"{key}: true is not supported (this GPT has no biases)")
+    if hf.get("sliding_window"):
+        raise FormatError(f"sliding_window {hf['sliding_window']} is not supported (full causal attention only)")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise FormatError(f"hidden_act {hf['hidden_act']!r} is not supported (SwiGLU with silu only)")
+    needed = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+    missing = [k for k in needed if k not in hf]
+    if missing:
+        raise FormatError(f"config.json lacks {missing}")
+    d, H = hf["hidden_size"], hf["num_attention_heads"]
+    if hf.get("head_dim") not in (None, d // H) or d % H:
+        raise FormatError(f"head_dim {hf.get('head_dim')} != hidden_size / num_attention_heads ({d}/{H}) "
+                          "is not supported")
+    base, scaling = rope_from_hf(hf)
+    try:
+        cfg = GPTConfig(vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"], n_head=H,
+                         n_kv_head=hf.get("num_key_value_heads") or H, d_model=d, d_ff=hf["intermediate_size"],
+                         rope_base=base, rope_scaling=scaling, norm_eps=hf.get("rms_norm_eps", 1e-6),
+                         tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+                         max_seq_len=hf.get("max_position_embeddings", 2048))
+        rope_frequencies(cfg.head_dim, cfg.rope_base, cfg.rope_scaling, cfg.max_seq_len)  # complete scaling keys?
+        return cfg
+    except ValueError as e:
+        raise FormatError(f"config.json: {e}") from None
+
+
+def hf_config(cfg: GPTConfig) -> dict:
+    """config.json for LlamaForCausalLM. Attention-only blocks (d_ff 0) cannot be expressed in HF
+    Llama; they are written with intermediate_size 1 and zero MLP weights (see export_weights)."""
+    base, scaling = cfg.rope_base, cfg.rope_scaling
+    if scaling is not None and scaling.get("rope_type", scaling.get("type")) == "ntk":
+        # NTK-aware scaling is a plain base change: base' = base * s^(d/(d-2)) (rope.py _ntk)
+        base, scaling = base * float(scaling["factor"]) ** (cfg.head_dim / (cfg.head_dim - 2)), None
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": cfg.vocab_size,
+            "hidden_size": cfg.d_model, "intermediate_size": cfg.d_ff or 1, "num_hidden_layers": cfg.n_layer,
+            "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_kv_head, "head_dim": cfg.head_dim,
+            "hidden_act": "silu", "max_position_embeddings": cfg.max_seq_len, "rms_norm_eps": cfg.norm_eps,
+            "rope_theta": base, "rope_scaling": scaling, "tie_word_embeddings": cfg.tie_embeddings,
+            "attention_bias": False, "mlp_bias": False, "torch_dtype": "float32"}
+
+
+# ----------------------------------------------------------------------------- folders
+
+
+def read_json(path) -> dict:
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FormatError(f"cannot read {path}: {e}") from None
+    if not isinstance(obj, dict):
+        raise FormatError(f"{path} does not hold a JSON object")
+    return obj
+
+
+def read_safetensors(path: str) -> dict:
+    """{name: tensor} from one .safetensors file (a header and raw bytes: nothing to unpickle)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    try:
+        return load_file(path)
+    except (OSError, SafetensorError, ValueError) as e:
+        raise FormatError(f"cannot read {path}: {str(e).splitlines()[0][:200]}") from None
+
+
+def read_weights(folder: str) -> dict:
+    """All tensors of an HF folder: model.safetensors, or the shards its index names (all must exist)."""
+    single, index = os.path.join(folder, WEIGHTS), os.path.join(folder, INDEX)
+    if os.path.isfile(single):
+        return read_safetensors(single)
+    if not os.path.isfile(index):
+        bins = [f for f in os.listdir(folder) if f.endswith((".bin", ".pt", ".pth"))]
+        raise FormatError(f"{folder} has no {WEIGHTS} or {INDEX}" +
+                          (f" (pickled weights {bins[:2]} are never loaded: convert them to safetensors)" if bins else ""))
+    weight_map = read_json(index).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise FormatError(f"{index} has no weight_map")
+    shards = sorted(set(weight_map.values()))
+    absent = [s for s in shards if not os.path.isfile(os.path.join(folder, s))]
+    if absent:
+        raise FormatError(f"{folder}: missing shard(s) {absent[:3]} named in {INDEX}")
+    tensors = {}
+    for shard in shards:
+        tensors.update(read_safetensors(os.path.join(folder, shard)))
+    lost = sorted(k for k in weight_map if k not in tensors)
+    if lost:
+        raise FormatError(f"{folder}: tensors {lost[:3]} listed in {INDEX} are not in their shards")
+    return tensors
+
+
+def load_hf_folder(folder: str, device="cpu"):
+    """(GPT float32 on `device`, info dict) from an HF Llama folder; every check runs before any copy."""
+    cfg_path = os.path.join(folder, CONFIG)
+    if not os.path.isfile(cfg_path):
+        raise FormatError(f"{folder} is not a Hugging Face model folder (no {CONFIG})")
+    cfg = config_from_hf(read_json(cfg_path))
+    tensors = {k: v.float() for k, v in read_weights(folder).items()}
+    model = GPT(cfg)
+    load_llama_state_dict(model, tensors)
+    return model.to(device), {"model": model.state_dict(), "config": dataclasses.asdict(cfg), "step": 0,
+                              "done": True, "source": os.path.abspath(folder)}
+
+
+def load_pretrained(path: str, device="cpu"):
+    """(GPT, checkpoint-like dict) from a checkpoint file of this project or an HF Llama folder."""
+    if os.path.isdir(path):
+        return load_hf_folder(path, device)
+    return load_model(path, device)
+
+
+def export_weights(model: GPT) -> dict:
+    """HF tensors, contiguous float32; an attention-only model gets zero MLPs of width 1 (exactly
+    x + 0 in every block, so the logits do not change) because HF Llama always has an MLP."""
+    sd = {k: v.detach().float().contiguous().cpu() for k, v in llama_state_dict(model).items()}
+    if not model.config.d_ff:
+        d = model.config.d_model
+        for i in range(model.config.n_layer):
+            p = f"model.layers.{i}."
+            sd[p + "post_attention_layernorm.weight"] = torch.ones(d)
+            sd[p + "mlp.gate_proj.weight"] = sd[p + "mlp.up_proj.weight"] = torch.zeros(1, d)
+            sd[p + "mlp.down_proj.weight"] = torch.zeros(d, 1)
+    return {k: v.clone() for k, v in sd.items()}  # no shared storage (safetensors refuses it)
+
+
+def write_folder(out_dir: str, files: dict, overwrite=False):
+    """Write {name: callable(path)} into a temp folder beside out_dir, then rename it into place:
+    a failure or a kill leaves no half-written folder."""
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)) and not overwrite:
+        raise FormatError(f"{out_dir} exists and is not empty (pass --overwrite)")
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-hf-")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
+    try:
+        for name, write in files.items():
+            write(os.path.join(tmp, name))
+        if os.path.isdir(out_dir):
+            shutil.rmtree(out_dir)
+        elif os.path.exists(out_dir):
+            os.remove(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+
+
+def save_hf_folder(model: GPT, out_dir: str, extra_files: dict | None = None, overwrite=False):
+    """Write config.json + model.safetensors (+ extra files) that LlamaForCausalLM.from_pretrained loads."""
+    from safetensors.torch import save_file
+    config, weights = hf_config(model.config), export_weights(model)
+    files = {CONFIG: lambda p: write_json(p, config),
+             WEIGHTS: lambda p: save_file(weights, p, metadata={"format": "pt"})}
+    write_folder(out_dir, {**files, **(extra_files or {})}, overwrite)
+
+
+# ----------------------------------------------------------------------------- GGUF (llama.cpp)
+
+GGUF_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head",
+              "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+              "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+              "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+              "ffn_down": "mlp.down_proj"}
+
+
+def llama_cpp_permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """The row permutation llama.cpp's convert_hf_to_gguf.py (LlamaModel.permute) applies to W_q / W_k:
+    within each head, rows (i, i + d/2) -- a rotate-half pair -- become adjacent rows (2i, 2i + 1)."""
+    out, d_in = w.shape
+    return w.reshape(n_head, 2, out // n_head // 2, d_in).transpose(1, 2).reshape(out, d_in)
+
+
+def llama_cpp_unpermute(w: torch.Tensor, n_head: int) -> torch.Tensor:
+    """Inverse of llama_cpp_permute: adjacent rows (2i, 2i + 1) of each head back to (i, i + d/2)."""
+    out, d_in = w.shape
+    return w.reshape(n_head, out // n_head // 2, 2, d_in).transpose(1, 2).reshape(out, d_in)
+
+
+def gguf_field(reader, key, default=None):
+    field = reader.fields.get(key)
+    return default if field is None else field.contents()
+
+
+def gguf_config(reader) -> dict:
+    """HF-style config.json of a llama-architecture GGUF, from its metadata."""
+    arch = gguf_field(reader, "general.architecture")
+    if arch != "llama":
+        raise FormatError(f"GGUF architecture {arch!r} is not supported (only 'llama')")
+    g = lambda k, default=None: gguf_field(reader, f"llama.{k}", default)
+    tokens = gguf_field(reader, "tokenizer.ggml.tokens") or []
+    hf = {"model_type": "llama", "vocab_size": g("vocab_size", len(tokens)), "hidden_size": g("embedding_length"),
+          "num_hidden_layers": g("block_count"), "num_attention_heads": g("attention.head_count"),
+          "num_key_value_heads": g("attention.head_count_kv"), "intermediate_size": g("feed_forward_length"),
+          "max_position_embeddings": g("context_length", 2048), "rope_theta": g("rope.freq_base", 10000.0),
+          "rms_norm_eps": g("attention.layer_norm_rms_epsilon", 1e-5),
+          "tie_word_embeddings": not any(t.name == "output.weight" for t in reader.tensors)}
+    rope_type = g("rope.scaling.type", "none")
+    if rope_type != "none":
+        raise FormatError(f"GGUF rope scaling {rope_type!r} is not supported")
+    if any(t.name == "rope_freqs.weight" for t in reader.tensors):
+        raise FormatError("GGUF rope_freqs tensor (llama3 rope scaling) is not supported")
+    head_dim = hf["hidden_size"] // hf["num_attention_heads"]
+    if g("rope.dimension_count", head_dim) != head_dim:
+        raise FormatError(f"partial RoPE ({g('rope.dimension_count')} of {head_dim} dims) is not supported")
+    return hf
+
+
+def gguf_tensor(t) -> torch.Tensor:
+    """Dequantized float32 tensor in PyTorch (out, in) order (GGUF lists shapes innermost first)."""
+    from gguf.quants import dequantize
+    return torch.from_numpy(dequantize(t.data, t.tensor_type).reshape(tuple(reversed(t.shape.tolist()))).copy())
+
+
+def gguf_state_dict(reader, hf: dict, unpermute=True) -> dict:
+    """HF Llama state dict of a GGUF; W_q / W_k un-permuted back to rotate-half unless unpermute=False."""
+    sd = {}
+    for t in reader.tensors:
+        parts = t.name.split(".")
+        if parts[0] == "blk" and len(parts) == 4 and parts[2] in GGUF_NAMES:
+            name = f"model.layers.{parts[1]}.{GGUF_NAMES[parts[2]]}.{parts[3]}"
+        elif len(parts) == 2 and parts[0] in GGUF_NAMES:
+            name = f"{GGUF_NAMES[parts[0]]}.{parts[1]}"
+        else:
+            raise FormatError(f"GGUF tensor {t.name!r} has no Llama counterpart")
+        w = gguf_tensor(t)
+        if unpermute and name.endswith("q_proj.weight"):
+            w = llama_cpp_unpermute(w, hf["num_attention_heads"])
+        elif unpermute and name.endswith("k_proj.weight"):
+            w = llama_cpp_unpermute(w, hf["num_key_value_heads"])
+        sd[name] = w
+    return sd
+
+
+def open_gguf(path: str):
+    try:
+        import gguf
+    except ImportError:
+        raise FormatError("reading GGUF needs the gguf package: pip install gguf") from None
+    if not os.path.isfile(path):
+        raise FormatError(f"GGUF file not found: {path}")
+    try:
+        return gguf.GGUFReader(path)
+    except Exception as e:  # bad magic, truncated file, unknown version
+        raise FormatError(f"cannot read {path} as GGUF: {str(e).splitlines()[0][:200]}") from None
+
+
+def load_gguf(path: str, unpermute=True):
+    """(GPT, GGUF reader) from a llama.cpp llama-architecture GGUF file."""
+    reader = open_gguf(path)
+    hf = gguf_config(reader)
+    model = GPT(config_from_hf(hf))
+    try:
+        sd = gguf_state_dict(reader, hf, unpermute)
+    except (ValueError, NotImplementedError, RuntimeError) as e:
+        raise FormatError(f"cannot dequantize {path}: {str(e).splitlines()[0][:200]}") from None
+    load_llama_state_dict(model, sd)
+    return model, reader
+
+
+def convert_gguf(path: str, out_dir: str, overwrite=False) -> GPT:
+    """GGUF -> HF folder (config.json, model.safetensors) with the tokenizer's vocab.json and merges.txt."""
+    from tokenizer import Tokenizer
+    model, reader = load_gguf(path)
+    tok = Tokenizer.from_gguf_reader(reader)
+    save_hf_folder(model, out_dir, tok.files(), overwrite)
+    return model
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Write a checkpoint as a Hugging Face Llama folder, convert a llama.cpp "
+                                "GGUF into one, or show what a folder maps to.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("export", help="checkpoint of this project -> HF folder (config.json + model.safetensors)")
+    e.add_argument("ckpt", help="a .pt checkpoint written by train.py")
+    e.add_argument("out", help="output folder (created; must not exist or be empty)")
+    e.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    c = sub.add_parser("convert-gguf", help="llama.cpp GGUF (llama architecture) -> HF folder with tokenizer files")
+    c.add_argument("gguf", help="the .gguf file")
+    c.add_argument("out", help="output folder (created; must not exist or be empty)")
+    c.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    i = sub.add_parser("info", help="print the GPTConfig an HF folder or checkpoint maps to")
+    i.add_argument("path", help="HF folder or .pt checkpoint")
+    args = p.parse_args(argv)
+    try:
+        if args.cmd == "export":
+            model, _ = load_model(args.ckpt)
+            save_hf_folder(model, args.out, overwrite=args.overwrite)
+            note = " (attention-only: written with zero MLPs of width 1)" if not model.config.d_ff else ""
+            print(f"wrote {args.out}: {CONFIG}, {WEIGHTS}{note}")
+        elif args.cmd == "convert-gguf":
+            model = convert_gguf(args.gguf, args.out, args.overwrite)
+            print(f"wrote {args.out}: {model.num_params():,} parameters; {CONFIG}, {WEIGHTS}, vocab.json, merges.txt")
+        else:
+            model, _ = load_pretrained(args.path)
+            print(model.config)
+            print(f"parameters: {model.num_params():,}")
+    except (CheckpointError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+if __name__ == "__main__":
+    main()

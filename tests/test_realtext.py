@@ -1,0 +1,122 @@
+"""realtext.py: data, passkey prompts, teacher cache, scoring, and a tiny end-to-end run."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import hf
+import realtext
+from model import GPT, GPTConfig
+from test_tokenizer import make
+
+WORDS = "the and then thee thou art a king of fools and the sea is calm tonight my lord".split()
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    """A tiny HF folder with the byte-level tokenizer of test_tokenizer.py."""
+    tok = make(split_digits=True)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=len(tok), n_layer=1, n_head=2, n_kv_head=2, d_model=16, d_ff=32, max_seq_len=64))
+    folder = str(tmp_path_factory.mktemp("teacher") / "hf")
+    hf.save_hf_folder(model, folder, tok.files())
+    return folder
+
+
+@pytest.fixture(scope="module")
+def plays_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("plays")
+    rng = np.random.default_rng(0)
+    for sub, name in [("tragedies", "hamlet"), ("tragedies", "macbeth"), ("comedies", "a"), ("comedies", "b")]:
+        os.makedirs(root / sub, exist_ok=True)
+        (root / sub / f"{name}.md").write_text(f"# {name}\n\n" + " ".join(rng.choice(WORDS, 600)) + "\n")
+    return str(root)
+
+
+def test_training_windows_pack_short_documents_behind_the_separator():
+    tok = make()
+    plays = {"x": np.arange(300) % 200 + 1, "y": np.arange(500) % 150 + 1}
+    p = dict(realtext.PRESETS["tiny"], train_windows=5)
+    w = realtext.training_windows(plays, tok, p, seed=0)
+    assert w.shape == (5, 65)
+    flat = w.flatten().numpy()
+    cuts = np.flatnonzero(flat == tok.eos_id)
+    assert len(cuts) > 10 and np.diff(cuts).max() <= p["max_doc_len"]  # every document is short
+
+
+def test_passkey_prompt_states_the_key_then_asks_after_d_filler_tokens():
+    tok = make(split_digits=True)
+    for d, prompt, answer in realtext.passkey_prompts(tok, [10, 37], trials=2):
+        text = tok.decode(prompt)
+        key = tok.decode(answer).strip()
+        assert len(key) == 5 and text.count(key) == 2 and text.endswith("The pass key is")
+        needle_end = len(tok.encode(realtext.PASSKEY_INTRO + f"The pass key is {key}. Remember it. {key} is the pass key.\n"))
+        question = len(tok.encode("\nWhat is the pass key? The pass key is"))
+        assert len(prompt) - needle_end - question == d
+
+
+class Oracle(torch.nn.Module):
+    """Logits that put all mass on the true next token of `ids` (shifted by `miss` when asked to fail)."""
+
+    def __init__(self, ids, vocab, miss=0):
+        super().__init__()
+        self.ids, self.vocab, self.miss = ids, vocab, miss
+
+    def forward(self, x):
+        nxt = self.ids[0, 1:x.shape[1] + 1]
+        return torch.nn.functional.one_hot((nxt + self.miss) % self.vocab, self.vocab).float()[None] * 50
+
+
+def test_passkey_scoring_and_position_buckets():
+    tok = make(split_digits=True)
+    d, prompt, answer = realtext.passkey_prompts(tok, [12], trials=1)[0]
+    ids = torch.tensor([prompt + answer])
+    assert realtext.passkey_accuracy(Oracle(ids, len(tok)), [(d, prompt, answer)], "cpu") == {12: 1.0}
+    assert realtext.passkey_accuracy(Oracle(ids, len(tok), miss=1), [(d, prompt, answer)], "cpu") == {12: 0.0}
+    losses = torch.arange(600.0)[None].repeat(2, 1)
+    b = realtext.bucket_losses(losses)
+    assert list(b) == ["0-128", "128-512", "512-1024"] and b["0-128"] == 63.5 and b["512-1024"] == 555.5
+
+
+def test_teacher_cache_is_reused_only_for_the_same_key(tmp_path):
+    torch.manual_seed(0)
+    teacher = GPT(GPTConfig(vocab_size=30, n_layer=1, n_head=2, n_kv_head=2, d_model=16)).eval()
+    windows = torch.randint(0, 30, (3, 17))
+    path = str(tmp_path / "cache.safetensors")
+    ids, logp = realtext.cached_teacher_topk(teacher, windows, 4, path, "a", "cpu")
+    assert ids.shape == logp.shape == (3, 16, 4)
+
+    def broken(x):
+        raise AssertionError("the cache should have been used")
+    again = realtext.cached_teacher_topk(broken, windows, 4, path, "a", "cpu")
+    assert torch.equal(again[0], ids) and torch.equal(again[1], logp)
+    with pytest.raises(AssertionError, match="cache should"):
+        realtext.cached_teacher_topk(broken, windows, 4, path, "b", "cpu")
+
+
+def test_tiny_run_trains_both_students_and_reports_every_model(teacher_dir, plays_dir, tmp_path):
+    out = str(tmp_path / "rt")
+    results = realtext.main(["run", "--teacher", teacher_dir, "--plays", plays_dir, "--out", out, "--preset", "tiny",
+                             "--device", "cpu"])
+    assert list(results) == ["teacher", "KD student", "CE student"]
+    saved = json.load(open(os.path.join(out, "results.json")))
+    assert saved["results"]["KD student"]["buckets"] != saved["results"]["CE student"]["buckets"]  # the loss differs
+    assert set(saved["results"]["teacher"]["passkey"]) == {"8", "20"}
+
+
+@pytest.mark.parametrize("case", ["no_plays", "no_tokenizer", "not_a_model"])
+def test_bad_input_is_one_error_line_and_exit_2(teacher_dir, plays_dir, tmp_path, capsys, case):
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    if case == "no_tokenizer":  # a model folder without vocab.json / merges.txt
+        model, _ = hf.load_hf_folder(teacher_dir)
+        hf.save_hf_folder(model, str(tmp_path / "notok"))
+    teacher = {"no_plays": teacher_dir, "no_tokenizer": str(tmp_path / "notok"), "not_a_model": str(bare)}[case]
+    plays = str(bare) if case == "no_plays" else plays_dir
+    out = tmp_path / "rt"
+    with pytest.raises(SystemExit) as e:
+        realtext.main(["run", "--teacher", teacher, "--plays", plays, "--out", str(out), "--preset", "tiny"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error:") and not out.exists()
