@@ -7,7 +7,8 @@ distribution depends on what lies far back in the window (finding 2), the KL car
 positional, long-range information that the short documents alone do not.
 
 - `load_teacher`: a checkpoint written by train.py, loaded with weights_only=True,
-  frozen (eval, requires_grad False), bf16 on CUDA; its vocabulary must match.
+  frozen (eval, requires_grad False), bf16 on CUDA; it must be a finished teacher run and
+  its vocabulary must match.
 - `teacher_logits`: the teacher's forward under torch.inference_mode().
 - `kd_loss`: forward KL(teacher || student), reverse KL, or the generalized JSD of GKD
   (Agarwal et al. 2024), with temperature T (scaled by T^2), averaged over unmasked
@@ -20,7 +21,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from model import load_model
+from model import CheckpointError, load_model
 
 # ----------------------------------------------------------------------------- divergences
 # Each maps float32 logits (n, V) of student and teacher, already divided by T, to (n,).
@@ -122,10 +123,16 @@ def kd_loss(student_logits, teacher_logits, mask=None, temperature=1.0, kind="fo
 
 def load_teacher(path, device, vocab_size=None):
     """Load a frozen teacher from a train.py checkpoint (weights_only); bf16 on CUDA."""
-    teacher, _ = load_model(path, device)
+    teacher, ckpt = load_model(path, device)
+    if ckpt.get("phase", "teacher") != "teacher":  # checkpoints made outside train.py carry no phase
+        raise CheckpointError(f"{path} is a phase-{ckpt['phase']} student checkpoint, not a teacher "
+                              f"(train one with: python train.py --phase teacher)")
+    if not ckpt.get("done", True):
+        raise CheckpointError(f"{path} is an unfinished teacher run (step {ckpt['step']}): finish it first "
+                              f"(python train.py --phase teacher --resume, with its --out-dir)")
     if vocab_size is not None and teacher.config.vocab_size != vocab_size:
-        raise ValueError(f"teacher {path} has vocabulary {teacher.config.vocab_size} but the student has "
-                         f"{vocab_size}: teacher and student must share the vocabulary")
+        raise CheckpointError(f"teacher {path} has vocabulary {teacher.config.vocab_size} but the student has "
+                              f"{vocab_size}: teacher and student must share the vocabulary")
     return freeze_teacher(teacher, device)
 
 
