@@ -27,6 +27,7 @@ pass. Each subcommand writes PNGs and a JSON of its numbers into --out (default 
 import argparse
 import glob
 import json
+import math
 import os
 import re
 from contextlib import nullcontext
@@ -38,8 +39,8 @@ from data import TaskSpec, kv_probe, repeated_tokens_window, to_device
 from distill import forward_kl
 from evaluate import depth_sweep, evaluate
 from hf import load_pretrained
-from model import CheckpointError, Inspect, load_checkpoint
-from config import fail
+from model import CheckpointError, Inspect
+from config import check_out_dir, fail
 from plots import plot_perturb, plot_qupdate, plot_retrieval, plot_spectrum
 from rope import critical_pair, default_inv_freq, men_lower_bound, rotations, spectrum_summary
 
@@ -56,6 +57,9 @@ def load(path, device):
         fail(str(e))
     if model.config.vocab_size < TaskSpec().vocab_size:
         fail(f"{path}: vocabulary {model.config.vocab_size} is smaller than the probes' {TaskSpec().vocab_size}")
+    data = (ckpt.get("args") or {}).get("data")
+    if data:
+        fail(f"{path} was trained on --data {data}: the probes speak the synthetic language, not that data's")
     return model.eval(), ckpt
 
 
@@ -281,6 +285,8 @@ def run_qupdate(args):
         fail(f"architectures differ ({args.before} vs {args.after}): {', '.join(diff)}")
     window = args.probe_window or after.config.max_seq_len
     distance = args.probe_distance or window // 2
+    if not 2 <= distance <= window - 3:
+        fail(f"--probe-distance must lie in [2, {window - 3}] for a {window}-token probe window, got {distance}")
     batch = kv_probe(TaskSpec(), window, distance, args.n_windows, seed=args.seed)
     res = qupdate_results(before, after, batch, args.device)
     res.update(before=args.before, after=args.after, probe={"window": window, "distance": distance,
@@ -306,7 +312,7 @@ def run_all(args):
     teacher = [p for p in [os.path.join(args.dir, "teacher.pt")] if os.path.isfile(p)]
     phase1 = sorted(glob.glob(os.path.join(args.dir, "phase1-b*.pt")))
     phase2 = sorted(glob.glob(os.path.join(args.dir, "phase2-*-b*-b*.pt")))
-    ckpts = {p: load_checkpoint(p) for p in teacher + phase1 + phase2}
+    ckpts = {p: load(p, args.device)[1] for p in teacher + phase1 + phase2}  # all sound before anything is drawn
     for p, c in ckpts.items():
         if not c.get("done", True):
             print(f"note: {p} is an unfinished run (step {c['step']})")
@@ -387,6 +393,29 @@ def build_parser():
     return p
 
 
+def check_flags(args):
+    """Each numeric flag's range and the output names, before any checkpoint is read or file written."""
+    flags = vars(args)
+    checks = [
+        ("n_windows", lambda v: v >= 1, "must be >= 1"),
+        ("seed", lambda v: 0 <= v < 2**32, "must lie in [0, 2**32)"),
+        ("window", lambda v: v is None or v >= 8, "must be >= 8 tokens"),
+        ("probe_window", lambda v: v is None or v >= 8, "must be >= 8 tokens"),
+        ("max_doc_len", lambda v: v >= 2, "must be >= 2"),
+        ("head_dim", lambda v: v >= 2 and v % 2 == 0, "must be even and >= 2 (RoPE rotates pairs)"),
+        ("bases", lambda v: all(math.isfinite(b) and b > 1 for b in v), "must be finite numbers > 1"),
+        ("windows", lambda v: all(w >= 1 for w in v), "must be >= 1 token"),
+        ("shift", lambda v: all(math.isfinite(x) for x in v), "must be finite"),
+        ("noise", lambda v: all(math.isfinite(x) and x >= 0 for x in v), "must be finite and >= 0"),
+        ("period", lambda v: v >= 1, "must be >= 1"),
+        ("name", lambda v: v not in ("", ".", "..") and os.path.basename(v) == v, "must be a plain file name"),
+    ]
+    for key, ok, rule in checks:
+        if key in flags and not ok(flags[key]):
+            fail(f"--{key.replace('_', '-')} {rule}, got {flags[key]!r}")
+    check_out_dir(args.out, "--out")
+
+
 COMMANDS = {"retrieval": run_retrieval, "spectrum": run_spectrum, "perturb": run_perturb, "qupdate": run_qupdate,
             "all": run_all}
 
@@ -398,7 +427,7 @@ def main(argv=None):
         args.device = torch.device(args.device)
         if args.device.type == "cuda" and not torch.cuda.is_available():
             fail(f"--device {args.device}: no CUDA device available")
-        os.makedirs(args.out, exist_ok=True)
+        check_flags(args)
         return COMMANDS[args.command](args)
     except (ValueError, RuntimeError, OSError) as e:  # CheckpointError is a ValueError
         fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)

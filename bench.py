@@ -36,7 +36,7 @@ from data import DataSource, TaskSpec, to_device
 from distill import freeze_teacher, kd_loss, teacher_logits
 from evaluate import matmul_peak_flops
 from model import GPT, GPTConfig
-from config import PRESETS, build_parser, pick_device
+from config import PRESETS, build_parser, check_out_dir, fail, pick_device
 from train import make_optimizer, train_step
 
 ARCH = ("d_model", "n_layer", "n_head", "n_kv_head", "d_ff")
@@ -176,19 +176,39 @@ def kd_memory(cli) -> dict:
 def resolve(cli):
     """Fill per-model and --quick defaults into the CLI namespace (explicit flags win)."""
     spec = dict(MODELS[cli.model])
-    if cli.d_model:
+    if cli.d_model is not None:
         spec.update(d_model=cli.d_model, n_head=max(1, cli.d_model // 32), n_kv_head=max(1, cli.d_model // 32))
-    if cli.n_layer:
+    if cli.n_layer is not None:
         spec.update(n_layer=cli.n_layer)
     for k, v in (QUICK if cli.quick else {}).items():
         setattr(cli, k, v if getattr(cli, k, None) is None else getattr(cli, k))
     for k, v in dict(DEFAULTS, batch=spec["batch"], window=spec["window"]).items():
         if getattr(cli, k, None) is None:
             setattr(cli, k, v)
+    check_flags(cli, spec)
     cli.cfg = GPTConfig(vocab_size=cli.vocab, max_seq_len=cli.window, **{k: spec[k] for k in ARCH})
-    if cli.vocab < TaskSpec().vocab_size:
-        raise SystemExit(f"error: --vocab must be >= {TaskSpec().vocab_size}, the synthetic language's")
     return cli
+
+
+def check_flags(cli, spec):
+    """Every flag's range, and the model the sizes make, before anything runs or is written."""
+    sizes = {"--d-model": spec["d_model"], "--n-layer": spec["n_layer"], "--batch": cli.batch, "--iters": cli.iters,
+             "--kd-vocab": cli.kd_vocab, "--kd-tokens": cli.kd_tokens}
+    for flag, v in sizes.items():
+        if v < 1:
+            fail(f"{flag} must be >= 1, got {v}")
+    if spec["d_model"] // spec["n_head"] % 2 or spec["d_model"] % spec["n_head"]:
+        fail(f"--d-model {spec['d_model']} must split into heads of an even size ({spec['n_head']} heads here)")
+    if cli.window < 8 or min(cli.sweep) < 8:
+        fail(f"--window and --sweep windows must be >= 8 tokens, got {cli.window} and {cli.sweep}")
+    if cli.warmup < 0 or cli.kd_chunk < 0:
+        fail(f"--warmup and --kd-chunk must be >= 0, got {cli.warmup} and {cli.kd_chunk}")
+    if cli.vocab < TaskSpec().vocab_size:
+        fail(f"--vocab must be >= {TaskSpec().vocab_size}, the synthetic language's")
+    if cli.json is not None:
+        if os.path.isdir(cli.json):
+            fail(f"--json {cli.json} is a folder, not a file name")
+        check_out_dir(os.path.dirname(cli.json) or ".", "--json's folder")
 
 
 def main(argv=None):
@@ -231,6 +251,7 @@ def main(argv=None):
                "window": cli.window, "compile": cli.compile, "iters": cli.iters, "peak_flops_per_s": peak,
                **speed, "window_sweep": sweep, "kd_memory": memory}
     if cli.json:
+        os.makedirs(os.path.dirname(cli.json) or ".", exist_ok=True)
         with open(cli.json, "w") as f:
             json.dump(results, f, indent=1)
         print(f"wrote {cli.json}")

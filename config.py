@@ -12,11 +12,13 @@ import argparse
 import json
 import math
 import os
+import re
 import sys
 from contextlib import nullcontext
 
 import torch
 
+from data import TaskSpec
 from rope import rope_frequencies
 
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints")
@@ -64,6 +66,15 @@ def phase_seed(args, k=0):
     return args.seed * 100 + PHASE_SEED[args.phase] + k
 
 
+MODEL_HELP = {
+    "d_model": "width of the residual stream (embedding size)",
+    "n_layer": "number of transformer blocks",
+    "n_head": "query heads per attention layer; the head dimension --d-model / --n-head must be even (RoPE)",
+    "n_kv_head": "key/value heads (fewer than --n-head: grouped-query attention); must divide --n-head",
+    "d_ff": "hidden size of the SwiGLU MLP in each block (0 = attention-only blocks)",
+}
+
+
 def build_parser():
     p = argparse.ArgumentParser(description="Train the teacher (--phase teacher), the phase-1 student or the phase-2 "
                                 "student (logit distillation on packed short documents).")
@@ -100,11 +111,11 @@ def build_parser():
     g.add_argument("--tokenizer", default=None, help="--data text: tokenize with this folder's byte-level BPE "
                    "(vocab.json, merges.txt; e.g. the teacher's from hf.py convert-gguf) instead of bytes")
     g.add_argument("--eot-id", type=int, default=50256, help=".bin data: end-of-text id that splits documents")
-    g.add_argument("--vocab-size", type=int, default=None, help="model vocabulary for --data (default: 257 for "
-                   "text, 50304 for .bin)")
-    g = p.add_argument_group("model (teacher and phase 1; phase 2 keeps phase 1's)")
-    for name in ("d_model", "n_layer", "n_head", "n_kv_head", "d_ff"):
-        g.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=f"{name} (0 d_ff = no MLP)")
+    g.add_argument("--vocab-size", type=int, default=None, help="model vocabulary (default: 193 for the synthetic "
+                   "language, 257 for text, 50304 for .bin)")
+    g = p.add_argument_group("model (teacher and phase 1; phase 2 keeps phase 1's; default: the preset's)")
+    for name, text in MODEL_HELP.items():
+        g.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=text)
     g = p.add_argument_group("optimization")
     g.add_argument("--steps", type=int, default=None, help="steps of the phase's main stage")
     g.add_argument("--batch-size", type=int, default=None, help="windows per step")
@@ -123,16 +134,18 @@ def build_parser():
     g.add_argument("--temperature", type=float, default=1.0, help="KD temperature T (loss scaled by T^2)")
     g.add_argument("--kd-loss", default="forward", choices=["forward", "reverse", "jsd"], help="divergence")
     g.add_argument("--jsd-beta", type=float, default=0.5, help="beta of the generalized JSD")
-    g.add_argument("--kd-chunk", type=int, default=256, help="tokens per float32 chunk in the KD loss")
+    g.add_argument("--kd-chunk", type=int, default=256, help="tokens per float32 chunk in the KD loss "
+                   "(0 = all at once)")
     g = p.add_argument_group("system")
     g.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="autocast dtype "
                    "(auto: bf16 on CUDA, float32 on CPU)")
     g.add_argument("--compile", action="store_true", help="torch.compile the student")
     g.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
-    g.add_argument("--seed", type=int, default=0, help="random seed (model init and data stream)")
-    g.add_argument("--eval-interval", type=int, default=250, help="steps between quick retrieval checks")
-    g.add_argument("--save-interval", type=int, default=100, help="steps between checkpoints")
+    g.add_argument("--seed", type=int, default=0, help="random seed (model init and data stream), 0 <= seed < 2**32")
+    g.add_argument("--eval-interval", type=int, default=None, help="steps between quick retrieval checks (0 = off; "
+                   "default 250, off with --data: the probes speak the synthetic language)")
+    g.add_argument("--save-interval", type=int, default=100, help="steps between checkpoints (>= 1)")
     g.add_argument("--peak-flops", type=float, default=0, help="device peak FLOP/s for MFU (0 = measure)")
     return p
 
@@ -144,6 +157,17 @@ def fail(msg):
     """One clear line on stderr and a non-zero exit."""
     print(f"error: {msg}", file=sys.stderr)
     raise SystemExit(2)
+
+
+def check_out_dir(path, flag):
+    """Fail unless `path` is a folder, or can be created as one, that this user may write into; creates nothing."""
+    here = os.path.abspath(path)
+    while not os.path.lexists(here):
+        here = os.path.dirname(here)
+    if not os.path.isdir(here):
+        fail(f"{flag} {path}" + (f": {here}" if here != os.path.abspath(path) else "") + " exists and is not a folder")
+    if not os.access(here, os.W_OK | os.X_OK):
+        fail(f"{flag} {path}: {here} is not writable")
 
 
 def resolve(args):
@@ -165,7 +189,7 @@ def resolve(args):
         args.min_doc_len = (pre["min_doc_len"] if args.max_doc_len >= pre["max_doc_len"]
                             else max(2, min(pre["min_doc_len"], args.max_doc_len // 4)))
     if args.batch_size is None:  # same tokens per step in every phase
-        args.batch_size = max(1, pre["batch_size"] * pre["long_window"] // args.window)
+        args.batch_size = max(1, pre["batch_size"] * pre["long_window"] // max(1, args.window))
     if args.phase1_base is None:
         args.phase1_base = pre["phase1_base"]
     if args.rope_base is None:
@@ -176,34 +200,89 @@ def resolve(args):
         args.lr = pre["lr"] * PHASE_LR[phase]
     if args.curriculum_steps is None:
         args.curriculum_steps = 0 if phase == "2" or args.data else pre["curriculum_steps"]
+    if args.eval_interval is None:
+        args.eval_interval = 0 if args.data else 250
     if phase == "teacher" or args.kd_weight is None:
         args.kd_weight = PHASE_KD[phase]
-    args.scaling = None
-    if args.rope_scaling:
-        try:
-            args.scaling = json.loads(args.rope_scaling)
-            rope_frequencies(args.d_model // args.n_head, args.rope_base, args.scaling, args.window)
-        except (json.JSONDecodeError, ValueError, AttributeError) as e:
-            fail(f"--rope-scaling: {e}")
-    checks = [
-        (math.isfinite(args.rope_base) and args.rope_base > 1, f"--rope-base must be a finite number > 1, got {args.rope_base}"),
+    binary = bool(args.data) and args.data.endswith(".bin")
+    tokenized = bool(args.data) and bool(args.tokenizer)  # the tokenizer's vocabulary: train.py reads it
+    if args.vocab_size is None and not tokenized:  # synthetic language; bytes + separator; GPT-2 ids padded
+        args.vocab_size = (50304 if binary else 257) if args.data else TaskSpec().vocab_size
+    data_ids = 0 if binary or tokenized else 257 if args.data else TaskSpec().vocab_size  # ids the data uses
+    heads_ok = args.n_head > 0 and args.n_kv_head > 0
+    finite = math.isfinite
+    checks = [  # each flag's own range, then the flags that only make sense together
+        (finite(args.rope_base) and args.rope_base > 1,
+         f"--rope-base must be a finite number > 1, got {args.rope_base}"),
+        (finite(args.phase1_base) and args.phase1_base > 1,
+         f"--phase1-base must be a finite number > 1, got {args.phase1_base}"),
+        (0 <= args.phase1_seed < 2**32, f"--phase1-seed must lie in [0, 2**32), got {args.phase1_seed}"),
+        (args.phase1_window >= 8, f"--phase1-window must be >= 8 tokens, got {args.phase1_window}"),
         (args.steps > 0, f"--steps must be positive, got {args.steps}"),
         (args.batch_size > 0, f"--batch-size must be positive, got {args.batch_size}"),
-        (math.isfinite(args.lr) and args.lr > 0, f"--lr must be positive, got {args.lr}"),
-        (args.temperature > 0 and math.isfinite(args.temperature), f"--temperature must be > 0, got {args.temperature}"),
+        (finite(args.lr) and args.lr > 0, f"--lr must be a finite number > 0, got {args.lr}"),
+        (args.warmup >= 0, f"--warmup must be >= 0, got {args.warmup}"),
+        (finite(args.weight_decay) and args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}"),
+        (finite(args.grad_clip) and args.grad_clip >= 0, f"--grad-clip must be >= 0 (0 = off), got {args.grad_clip}"),
+        (args.curriculum_steps >= 0, f"--curriculum-steps must be >= 0, got {args.curriculum_steps}"),
+        (0 < args.curriculum_target <= 1, f"--curriculum-target must lie in (0, 1], got {args.curriculum_target}"),
+        (args.temperature > 0 and finite(args.temperature), f"--temperature must be > 0, got {args.temperature}"),
         (0 <= args.kd_weight <= 1, f"--kd-weight must lie in [0, 1], got {args.kd_weight}"),
         (0 < args.jsd_beta < 1, f"--jsd-beta must lie in (0, 1), got {args.jsd_beta}"),
-        (args.window > 0 and args.curriculum_steps >= 0 and args.warmup >= 0, "windows and step counts must be >= 0"),
-        (2 <= args.min_doc_len <= args.max_doc_len, f"need 2 <= --min-doc-len <= --max-doc-len, got "
-                                                    f"{args.min_doc_len}, {args.max_doc_len}"),
-        (phase == "teacher" or args.window >= args.max_doc_len, f"--window {args.window} is smaller than the "
-                                                               f"document length {args.max_doc_len}"),
-        (args.d_model > 0 and args.n_head > 0 and args.n_kv_head > 0 and args.d_model % args.n_head == 0
-         and args.n_head % args.n_kv_head == 0, "--d-model must divide by --n-head, and --n-head by --n-kv-head"),
+        (args.kd_chunk >= 0, f"--kd-chunk must be >= 0 (0 = all at once), got {args.kd_chunk}"),
+        (args.threads >= 0, f"--threads must be >= 0 (0 = torch's default), got {args.threads}"),
+        (0 <= args.seed < 2**32, f"--seed must lie in [0, 2**32), got {args.seed}"),
+        (args.eval_interval >= 0, f"--eval-interval must be >= 0 (0 = off), got {args.eval_interval}"),
+        (args.save_interval >= 1, f"--save-interval must be >= 1, got {args.save_interval}"),
+        (finite(args.peak_flops) and args.peak_flops >= 0,
+         f"--peak-flops must be >= 0 (0 = measure), got {args.peak_flops}"),
+        (args.run_name is None or (args.run_name not in ("", ".", "..")
+                                   and os.path.basename(args.run_name) == args.run_name),
+         f"--run-name must be a plain file name, got {args.run_name!r}"),
+        (args.window >= 8, f"--window must be >= 8 tokens (a separator and a record-query pair), got {args.window}"),
+        (2 <= args.min_doc_len <= args.max_doc_len,
+         f"need 2 <= --min-doc-len <= --max-doc-len, got {args.min_doc_len}, {args.max_doc_len}"),
+        (phase == "teacher" or args.window >= args.max_doc_len,
+         f"--window {args.window} is smaller than the document length {args.max_doc_len}"),
+        (min(args.d_model, args.n_layer, args.n_head, args.n_kv_head) > 0 and args.d_ff >= 0,
+         f"--d-model, --n-layer, --n-head, --n-kv-head must be positive and --d-ff >= 0, got {args.d_model}, "
+         f"{args.n_layer}, {args.n_head}, {args.n_kv_head}, {args.d_ff}"),
+        (heads_ok and args.d_model % args.n_head == 0 and args.n_head % args.n_kv_head == 0,
+         f"--d-model {args.d_model} must divide by --n-head {args.n_head}, and --n-head by --n-kv-head "
+         f"{args.n_kv_head}"),
+        (heads_ok and args.d_model // args.n_head % 2 == 0,
+         f"the head dimension --d-model / --n-head = {args.d_model // max(1, args.n_head)} must be even for RoPE"),
+        (args.vocab_size > 0 and args.vocab_size >= data_ids,
+         f"--vocab-size {args.vocab_size} is too small: the data's token ids go up to {data_ids - 1}"),
+        (not binary or 0 <= args.eot_id < min(args.vocab_size, 2**16),
+         f"--eot-id {args.eot_id} must be a uint16 token id below --vocab-size {args.vocab_size}"),
+        (not (args.resume and args.overwrite), "--resume continues a run and --overwrite restarts it: pass one"),
+        (args.init is None or phase == "2", "--init is phase 2's starting point: it needs --phase 2"),
+        (args.teacher is None or phase != "teacher", "--teacher: the teacher phase trains the teacher itself"),
+        (not (args.data and args.eval_interval),
+         "--eval-interval: the retrieval probes speak the synthetic language, not --data's; pass 0 or drop it"),
+        (not (args.data and args.curriculum_steps),
+         "--curriculum-steps: the curriculum is synthetic key-value data; with --data pass 0 or drop it"),
+        (not (args.data and args.reset_positions),
+         "--reset-positions applies to the synthetic packed documents, not to --data"),
     ]
     for ok, msg in checks:
         if not ok:
             fail(msg)
+    args.scaling = None
+    if args.rope_scaling:
+        try:
+            args.scaling = json.loads(args.rope_scaling)
+            if not isinstance(args.scaling, dict):
+                raise ValueError(f"expected a JSON object like '{{\"rope_type\": \"yarn\", ...}}', got "
+                                 f"{args.rope_scaling}")
+            inv_freq, factor = rope_frequencies(args.d_model // args.n_head, args.rope_base, args.scaling, args.window)
+        except KeyError as e:
+            fail(f"--rope-scaling: missing key {e}")
+        except (ValueError, TypeError, AttributeError, ArithmeticError) as e:  # JSONDecodeError is a ValueError
+            fail(f"--rope-scaling: {e}")
+        if not (torch.isfinite(inv_freq).all() and (inv_freq > 0).all() and math.isfinite(factor) and factor > 0):
+            fail(f"--rope-scaling {args.rope_scaling} gives RoPE frequencies that are not finite and positive")
     if args.run_name is None:
         if phase == "teacher":
             args.run_name = "teacher" + (f"-s{args.seed}" if args.seed else "")
@@ -220,10 +299,14 @@ def resolve(args):
 
 
 def pick_device(args):
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.device):
+        fail(f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device == "cuda" and not torch.cuda.is_available():
-        fail("--device cuda asked for, but no CUDA device is available")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        fail(f"--device {args.device} asked for, but no CUDA device is available")
+    if args.device.startswith("cuda:") and int(args.device[5:]) >= torch.cuda.device_count():
+        fail(f"--device {args.device}: there are only {torch.cuda.device_count()} CUDA devices")
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -8,7 +8,8 @@ positional, long-range information that the short documents alone do not.
 
 - `load_teacher`: a checkpoint written by train.py (loaded with weights_only=True) or a
   Hugging Face Llama folder (hf.py, e.g. SmolLM2 converted from GGUF), frozen (eval,
-  requires_grad False), bf16 on CUDA; its vocabulary must match the student's.
+  requires_grad False), bf16 on CUDA; a checkpoint must be a finished teacher run, and the
+  vocabulary must match the student's.
 - `teacher_logits`: the teacher's forward under torch.inference_mode().
 - `teacher_topk` / `topk_forward_kl`: a teacher's logits cached as their top-k tokens, and
   the forward KL over those (realtext.py: a real teacher, computed once per window).
@@ -24,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from hf import load_pretrained
+from model import CheckpointError
 
 # ----------------------------------------------------------------------------- divergences
 # Each maps float32 logits (n, V) of student and teacher, already divided by T, to (n,).
@@ -145,10 +147,16 @@ def topk_forward_kl(student_logp, top_ids, top_logp):
 
 def load_teacher(path, device, vocab_size=None):
     """Load a frozen teacher from a train.py checkpoint (weights_only) or an HF folder; bf16 on CUDA."""
-    teacher, _ = load_pretrained(path, device)
+    teacher, ckpt = load_pretrained(path, device)
+    if ckpt.get("phase", "teacher") != "teacher":  # checkpoints made outside train.py carry no phase
+        raise CheckpointError(f"{path} is a phase-{ckpt['phase']} student checkpoint, not a teacher "
+                              f"(train one with: python train.py --phase teacher)")
+    if not ckpt.get("done", True):
+        raise CheckpointError(f"{path} is an unfinished teacher run (step {ckpt['step']}): finish it first "
+                              f"(python train.py --phase teacher --resume, with its --out-dir)")
     if vocab_size is not None and teacher.config.vocab_size != vocab_size:
-        raise ValueError(f"teacher {path} has vocabulary {teacher.config.vocab_size} but the student has "
-                         f"{vocab_size}: teacher and student must share the vocabulary")
+        raise CheckpointError(f"teacher {path} has vocabulary {teacher.config.vocab_size} but the student has "
+                              f"{vocab_size}: teacher and student must share the vocabulary")
     return freeze_teacher(teacher, device)
 
 

@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-from config import PRESETS, phase1_name
+from config import PRESETS, check_out_dir, fail, phase1_name
 from rope import critical_pair, men_lower_bound
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -200,7 +200,23 @@ def qupdate_seeds(args):
     return "\n".join(lines)
 
 
-def main():
+def check_flags(args):
+    """Every flag, before a folder is made or a run launched."""
+    if args.jobs < 1:
+        fail(f"--jobs must be >= 1, got {args.jobs}")
+    if not all(0 <= s < 2**32 for s in args.seeds + args.phase1_seeds):
+        fail(f"--seeds and --phase1-seeds must lie in [0, 2**32), got {args.seeds} and {args.phase1_seeds}")
+    for flag, seeds in (("--seeds", args.seeds), ("--phase1-seeds", args.phase1_seeds)):
+        if len(set(seeds)) != len(seeds):
+            fail(f"{flag} must be distinct (one run per seed), got {seeds}")
+    if args.steps is not None and args.steps < 1:
+        fail(f"--steps must be >= 1, got {args.steps}")
+    if args.device not in ("cpu", "cuda") and not args.device.startswith("cuda:"):
+        fail(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+    check_out_dir(args.out_dir, "--out-dir")
+
+
+def main(argv=None):
     p = argparse.ArgumentParser(description="Run the paper's KD-vs-CE x RoPE-schedule comparison, with seeds.")
     p.add_argument("--preset", default="cpu", choices=list(PRESETS), help="train.py preset")
     p.add_argument("--out-dir", default="out", help="folder shared with train.py runs")
@@ -212,9 +228,8 @@ def main():
     p.add_argument("--steps", type=int, default=None, help="phase-2 steps (default: the preset's)")
     p.add_argument("--no-analysis", action="store_true", help="skip analyze.py all")
     p.add_argument("--summary-only", action="store_true", help="train nothing: tabulate the runs that exist")
-    args = p.parse_args()
-    if args.jobs < 1 or (args.steps is not None and args.steps < 1):
-        raise SystemExit("error: --jobs and --steps must be >= 1")
+    args = p.parse_args(argv)
+    check_flags(args)
     t0 = time.time()
     os.makedirs(args.out_dir, exist_ok=True)
     common = ["--preset", args.preset, "--out-dir", args.out_dir, "--device", args.device]

@@ -17,7 +17,11 @@ Run `python model.py` for the parameter count and FLOPs/token of the default con
 """
 import math
 import os
+import pickle
+import re
 import tempfile
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 
 import torch
@@ -233,17 +237,60 @@ def save_checkpoint(obj: dict, path: str):
         raise
 
 
+def archive_problem(path: str) -> str | None:
+    """What keeps `path` from being a sound torch.save archive, in words; None if it is one.
+
+    torch.save writes a zip archive whose members carry CRC-32 checksums, so a file cut
+    short or with flipped bytes is found here, before any of it is unpickled.
+    """
+    size = os.path.getsize(path)
+    if size == 0:
+        return "is empty (0 bytes), not a checkpoint"
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04":  # the zip signature every torch.save file starts with
+        return f"is not a checkpoint of this project ({size:,} bytes that are not a torch.save archive)"
+    try:
+        with zipfile.ZipFile(path) as z:
+            if not any(name.endswith("/data.pkl") for name in z.namelist()):
+                return (f"is not a checkpoint of this project (a zip archive of {size:,} bytes without "
+                        f"torch.save's data.pkl)")
+            bad = z.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError):
+        return f"is truncated or corrupt ({size:,} bytes: the end of the archive is missing or damaged)"
+    if bad is not None:
+        return f"is corrupt ({size:,} bytes: its member {bad} fails the checksum)"
+    return None
+
+
 def load_checkpoint(path: str, map_location="cpu") -> dict:
-    """torch.load with weights_only=True (loading never runs code), then check what came back."""
+    """torch.load with weights_only=True (loading never runs code), then check what came back.
+
+    Every failure is a CheckpointError that says in one line what is wrong with the file.
+    """
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
+    problem = archive_problem(path)
+    if problem:
+        raise CheckpointError(f"{path} {problem}")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, hostile pickle, not a checkpoint at all
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"cannot load checkpoint {path}: {first[:200]}") from None
+        with warnings.catch_warnings():  # torch warns about pickle protocols: not the user's business
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:  # the weights-only unpickler met something it will not build
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(f"{path} holds objects other than tensors and plain data{what}: refused for "
+                              f"safety, nothing in it was run") from None
+    except Exception as e:  # a sound archive that still does not load
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise CheckpointError(f"{path} is corrupt ({os.path.getsize(path):,} bytes): {type(e).__name__}"
+                              + (f": {first}" if first and "weights_only" not in first else "")) from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
-        raise CheckpointError(f"{path} is not a checkpoint of this project (needs keys {CHECKPOINT_KEYS})")
+        raise CheckpointError(f"{path} is not a checkpoint of this project (a torch.save file without the keys "
+                              f"{', '.join(CHECKPOINT_KEYS)})")
     return ckpt
 
 
@@ -252,10 +299,21 @@ def load_model(path: str, device="cpu"):
     ckpt = load_checkpoint(path)
     try:
         model = GPT(GPTConfig(**ckpt["config"]))
-        model.load_state_dict(ckpt["model"])
-    except (TypeError, ValueError, RuntimeError) as e:
+    except (TypeError, ValueError) as e:
         first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"{path} does not hold a model of this project: {first[:200]}") from None
+        raise CheckpointError(f"{path} does not hold a model of this project: its config {first[:200]}") from None
+    weights, expected = ckpt["model"], model.state_dict()
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise CheckpointError(f"{path} does not hold a model of this project: its 'model' entry is not a dict "
+                              f"of tensors")
+    problems = ([f"missing {k}" for k in expected if k not in weights]
+                + [f"unexpected {k}" for k in weights if k not in expected]
+                + [f"{k} has shape {tuple(weights[k].shape)}, its config needs {tuple(v.shape)}"
+                   for k, v in expected.items() if k in weights and weights[k].shape != v.shape])
+    if problems:
+        more = f" (and {len(problems) - 2} more)" if len(problems) > 2 else ""
+        raise CheckpointError(f"{path}: weights and config disagree: {'; '.join(problems[:2])}{more}")
+    model.load_state_dict(weights)
     return model.to(device), ckpt
 
 

@@ -18,6 +18,7 @@ from rope import critical_pair, default_inv_freq, rotations  # noqa: E402
 
 
 def save(fig, out, name):
+    os.makedirs(out, exist_ok=True)  # only now, once analyze.py has checked every input
     path = os.path.join(out, name)
     fig.savefig(path, dpi=110)
     plt.close(fig)

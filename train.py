@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from config import PRESETS, SHIPPED, build_parser, fail, phase1_name, phase_seed, pick_device, resolve
+from config import PRESETS, SHIPPED, build_parser, check_out_dir, fail, phase1_name, phase_seed, pick_device, resolve
 from data import DataError, DataSource, TaskSpec, file_windows, read_bin_documents, read_text_documents, to_device
 from distill import kd_loss, load_teacher, teacher_logits
 from evaluate import evaluate, format_table, matmul_peak_flops
@@ -69,7 +69,7 @@ def ensure(args, what, path, shipped_name, phase_argv):
     print(f"[auto] no {what} checkpoint at {own}: training it first "
           f"(python train.py {' '.join(phase_argv)}); --no-auto stops instead", flush=True)
     sub = build_parser().parse_args(phase_argv)
-    run_phase(resolve(sub))
+    run_checked(resolve(sub))
     return own
 
 
@@ -176,20 +176,9 @@ def build_student(args, spec, device):
     """Fresh model (teacher, phase 1) or phase 1's weights with the new base (phase 2)."""
     if args.phase == "2":
         init = ensure_phase1(args)
-        try:
-            model, ckpt = load_pretrained(init, device)
-        except CheckpointError as e:
-            fail(str(e))
-        if not ckpt.get("done", True) or ckpt.get("phase") not in ("1", None):
-            fail(f"--init {init} is not a finished phase-1 checkpoint")
-        for name in ("d_model", "n_layer", "n_head", "n_kv_head", "d_ff"):
-            if args.explicit.get(name) is not None and args.explicit[name] != getattr(model.config, name):
-                fail(f"--init {init} has {name} {getattr(model.config, name)}, not the {args.explicit[name]} "
-                     f"asked for: phase 2 keeps phase 1's architecture")
+        model = load_init(args, init, device)
         cfg = dataclasses.replace(model.config, rope_base=args.rope_base, rope_scaling=args.scaling,
                                   max_seq_len=args.window)
-        if cfg.vocab_size != spec.vocab_size and not args.data:
-            fail(f"--init {init} has vocabulary {cfg.vocab_size}, the data has {spec.vocab_size}")
         student = GPT(cfg).to(device)
         student.load_state_dict(model.state_dict())  # same weights; only RoPE's base changes (ABF)
         return student
@@ -207,36 +196,103 @@ def checkpoint_dict(model, opt, args, state, done):
             "done": done, "format": 1}
 
 
-def run_phase(args):
-    """Train one phase end to end; returns the results dict (also saved as OUT/<run>.json)."""
-    device, autocast = pick_device(args)
-    spec = TaskSpec()
-    if args.vocab_size is None:  # synthetic language; a tokenizer's; bytes + separator; GPT-2 ids padded as nanoGPT
-        args.vocab_size = (spec.vocab_size if not args.data else len(load_tokenizer(args)) if args.tokenizer
-                           else 50304 if args.data.endswith(".bin") else 257)
+def load_init(args, path, device):
+    """Phase 2's starting point: a finished phase-1 checkpoint with this run's vocabulary and asked-for sizes."""
+    try:
+        model, ckpt = load_pretrained(path, device)
+    except CheckpointError as e:
+        fail(str(e))
+    phase = ckpt.get("phase", "1")  # checkpoints made outside train.py carry no phase
+    if phase != "1":
+        fail(f"--init {path} is a {'teacher' if phase == 'teacher' else f'phase-{phase}'} checkpoint, not a "
+             f"phase-1 student")
+    if not ckpt.get("done", True):
+        fail(f"--init {path} is an unfinished phase-1 run (step {ckpt['step']}): finish it first (--resume)")
+    for name in ("d_model", "n_layer", "n_head", "n_kv_head", "d_ff"):
+        if args.explicit.get(name) is not None and args.explicit[name] != getattr(model.config, name):
+            fail(f"--init {path} has {name} {getattr(model.config, name)}, not the {args.explicit[name]} "
+                 f"asked for: phase 2 keeps phase 1's architecture")
+    if model.config.vocab_size != args.vocab_size:
+        fail(f"--init {path} has vocabulary {model.config.vocab_size}, but this run's data needs {args.vocab_size} "
+             f"(--vocab-size)")
+    return model
+
+
+def check_inputs(args):
+    """Every check that needs no training, before a file is written or a process launched.
+
+    The output folder, the data, this run's checkpoint against --resume / --overwrite, and the
+    teacher and phase-1 checkpoints that already exist. Returns (corpus or None, this run's
+    previous checkpoint or None).
+    """
+    check_out_dir(args.out_dir, "--out-dir")
+    if args.vocab_size is None:  # --data with --tokenizer: the tokenizer's vocabulary (config.resolve left it)
+        args.vocab_size = len(load_tokenizer(args))
+    corpus = load_corpus(args) if args.data else None
     ckpt_path = os.path.join(args.out_dir, args.run_name + ".pt")
-    results_path = os.path.join(args.out_dir, args.run_name + ".json")
-    log_path = os.path.join(args.out_dir, args.run_name + ".jsonl")
-    corpus = load_corpus(args) if args.data else None  # a bad data file fails before anything else
     previous = None
     if os.path.exists(ckpt_path):
         try:
             previous = load_checkpoint(ckpt_path)
         except CheckpointError as e:
             if args.resume or not args.overwrite:
-                fail(str(e))
+                fail(f"{e} (--overwrite replaces it)")
+        if previous is not None and previous.get("phase", args.phase) != args.phase:
+            fail(f"{ckpt_path} holds a phase-{previous['phase']} run, not phase {args.phase}: choose another "
+                 f"--run-name")
         if previous is not None and previous.get("done") and not args.overwrite and not args.resume:
             fail(f"{ckpt_path} is a finished run: pass --overwrite to retrain it, or choose another --run-name")
         if previous is not None and not previous.get("done") and not args.resume and not args.overwrite:
             fail(f"{ckpt_path} holds an unfinished run: pass --resume to continue it or --overwrite to restart")
     elif args.resume:
         fail(f"--resume: no checkpoint at {ckpt_path}")
+    cpu = torch.device("cpu")
+    if args.kd_weight > 0 or args.phase == "2":
+        teacher = args.teacher or find_checkpoint(os.path.join(args.out_dir, "teacher.pt"), "teacher.pt", args.preset)
+        if teacher is not None:
+            try:
+                load_teacher(teacher, cpu, args.vocab_size)
+            except CheckpointError as e:
+                fail(str(e))
+    if args.phase == "2":
+        name = phase1_name(args.phase1_base, args.phase1_seed, args.phase1_window, args.preset) + ".pt"
+        init = args.init or find_checkpoint(os.path.join(args.out_dir, name), name, args.preset)
+        if init is not None:
+            load_init(args, init, cpu)
+    return corpus, previous
+
+
+class RunError(Exception):
+    """A run that cannot go on (a non-finite loss, a failed save); run_checked reports it once the bar has closed."""
+
+
+def save_run(model, opt, args, state, ckpt_path, done):
+    """Save the run's checkpoint; a full disk or unwritable folder keeps the previous file and ends in one line."""
+    try:
+        save_checkpoint(checkpoint_dict(model, opt, args, state, done), ckpt_path)
+    except OSError as e:
+        kept = f"the previous {ckpt_path} is kept" if os.path.exists(ckpt_path) else "no checkpoint was written"
+        raise RunError(f"cannot save the checkpoint at step {state['step']}: {e.strerror or e} "
+                       f"({e.filename or ckpt_path}); {kept}") from None
+
+
+def run_phase(args, inputs=None):
+    """Train one phase end to end; returns the results dict (also saved as OUT/<run>.json).
+
+    `inputs`: what check_inputs(args) returned, when the caller has already run it.
+    """
+    device, autocast = pick_device(args)
+    spec = TaskSpec()
+    corpus, previous = inputs or check_inputs(args)  # bad input fails here, before anything is written
+    ckpt_path = os.path.join(args.out_dir, args.run_name + ".pt")
+    results_path = os.path.join(args.out_dir, args.run_name + ".json")
+    log_path = os.path.join(args.out_dir, args.run_name + ".jsonl")
     teacher = None
     if args.kd_weight > 0 or args.phase == "2":
         t_path = ensure(args, "teacher", args.teacher, "teacher.pt", ["--phase", "teacher"] + common_argv(args))
         try:
             teacher = load_teacher(t_path, device, args.vocab_size)
-        except (CheckpointError, ValueError) as e:
+        except CheckpointError as e:
             fail(str(e))
         print(f"teacher: {t_path} (base {teacher.config.rope_base:g}, frozen)")
     if args.resume and previous is not None and previous.get("done"):
@@ -246,6 +302,10 @@ def run_phase(args):
     opt = make_optimizer(model, args, device)
     state = {"step": 0, "stage": 0, "stage_start": 0, "acc_ema": 0.0}
     if args.resume:
+        old, new = previous["config"], dataclasses.asdict(model.config)
+        diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k, v) != v]
+        if diff:
+            fail(f"--resume: {ckpt_path} was trained with other settings than this run asks for: {', '.join(diff)}")
         try:
             model.load_state_dict(previous["model"])
             opt.load_state_dict(previous["optimizer"])
@@ -264,7 +324,7 @@ def run_phase(args):
     step_model = torch.compile(model) if args.compile else model
     trained_tokens, t_train = train_loop(step_model, model, teacher, opt, args, make_stages(args, spec, corpus),
                                          state, autocast, device, ckpt_path, log_path, spec)
-    save_checkpoint(checkpoint_dict(model, opt, args, state, done=True), ckpt_path)
+    save_run(model, opt, args, state, ckpt_path, done=True)
     speed = report_speed(model, args, device, trained_tokens, t_train)
     return report(args, teacher, device, autocast, spec, results_path, speed, model, corpus)
 
@@ -289,12 +349,12 @@ def train_loop(step_model, model, teacher, opt, args, stages, state, autocast, d
                     try:
                         loss, ce, kl, acc = train_step(step_model, teacher, opt, batch, args, autocast)
                     except KeyboardInterrupt:
-                        save_checkpoint(checkpoint_dict(model, opt, args, state, done=False), ckpt_path)
+                        save_run(model, opt, args, state, ckpt_path, done=False)
                         print(f"\ninterrupted: saved a resumable checkpoint at step {state['step']} to {ckpt_path} "
                               f"(continue with --resume)", file=sys.stderr)
                         raise SystemExit(130)
                     if not math.isfinite(loss):
-                        fail(f"non-finite loss ({loss}) at step {state['step']}; the last good checkpoint "
+                        raise RunError(f"non-finite loss ({loss}) at step {state['step']}; the last good checkpoint "
                              f"{ckpt_path} is kept")
                     dt = time.perf_counter() - t0
                     n_tok = batch[0].numel()
@@ -317,7 +377,7 @@ def train_loop(step_model, model, teacher, opt, args, stages, state, autocast, d
                         quick_eval(model, args, spec, device, autocast, local, state["step"], bar, log)
                     if state["step"] % args.save_interval == 0:
                         log.flush()
-                        save_checkpoint(checkpoint_dict(model, opt, args, state, done=False), ckpt_path)
+                        save_run(model, opt, args, state, ckpt_path, done=False)
             finally:  # also on Ctrl-C / NaN exits: no stray progress bar
                 bar.close()
             state["stage"] += 1
@@ -339,7 +399,8 @@ def truncate_log(log_path, step):
     """Drop log records past the checkpoint's step (written before a crash), so a resumed log is exact."""
     if os.path.exists(log_path):
         with open(log_path) as f:
-            keep = [line for line in f if json.loads(line)["step"] <= step]
+            keep = [line for line in f if line.endswith("\n") and json.loads(line)["step"] <= step]  # a kill may
+            # cut the last line short: it lies past the checkpoint (flushed before each save), so it goes too
         with open(log_path, "w") as f:
             f.writelines(keep)
 
@@ -403,35 +464,64 @@ def corpus_loss(model, args, corpus, device, autocast, n_batches=8):
     return total / n_batches
 
 
-def launch_baseline(args, argv):
-    """Phase 2's CE-only twin as a side process (1 thread each on CPU), unless it already exists."""
+def baseline_args(args, argv):
+    """Phase 2's CE-only twin: (its name, its argv, its resolved args), args None when its results exist."""
     ce_name = args.run_name.replace("-kd-", "-ce-") if "-kd-" in args.run_name else args.run_name + "-ce"
     if os.path.isfile(os.path.join(args.out_dir, ce_name + ".json")) and not args.overwrite:
+        return ce_name, None, None
+    ce_argv = argv + ["--kd-weight", "0", "--no-baseline", "--no-auto", "--run-name", ce_name]
+    if args.device == "cpu" and not args.threads:
+        ce_argv += ["--threads", "1"]
+    return ce_name, ce_argv, resolve(build_parser().parse_args(ce_argv))
+
+
+def launch_baseline(args, ce_name, ce_argv):
+    """Phase 2's CE-only twin as a side process (1 thread each on CPU), unless it already exists."""
+    if ce_argv is None:
         print(f"baseline {ce_name} already trained: reusing it")
         return None, ce_name
     log = os.path.join(args.out_dir, ce_name + ".log")
     os.makedirs(args.out_dir, exist_ok=True)
-    cmd = [sys.executable, os.path.abspath(__file__)] + argv + ["--kd-weight", "0", "--no-baseline", "--no-auto",
-                                                                "--run-name", ce_name]
     if args.device == "cpu" and not args.threads:
-        cmd += ["--threads", "1"]
         torch.set_num_threads(1)
     print(f"baseline: training the CE-only twin {ce_name} side by side (log: {log})")
-    return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT), ce_name
+    return subprocess.Popen([sys.executable, os.path.abspath(__file__)] + ce_argv, stdout=open(log, "w"),
+                            stderr=subprocess.STDOUT), ce_name
+
+
+def run_checked(args, inputs=None, twin=None):
+    """run_phase, ending a RunError or a failed write (full disk, unwritable folder) in one error line, and
+    stopping the side-by-side twin process when this run fails (on Ctrl-C it saves its own checkpoint first)."""
+    try:
+        return run_phase(args, inputs)
+    except BaseException as e:
+        if twin is not None and twin.poll() is None:
+            if not (isinstance(e, KeyboardInterrupt) or getattr(e, "code", None) == 130):
+                twin.terminate()
+            twin.wait()
+        if isinstance(e, RunError):
+            fail(str(e))
+        if isinstance(e, OSError):
+            fail(f"cannot write {e.filename or args.out_dir}: {e.strerror or e}")
+        raise
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = resolve(build_parser().parse_args(argv))
     t0 = time.time()
-    baseline = None
+    baseline = inputs = None
     if args.phase == "2" and args.kd_weight > 0 and not args.no_baseline:
         pick_device(args)
+        ce_name, ce_argv, ce_args = baseline_args(args, argv)
+        inputs = check_inputs(args)  # both runs' inputs, before anything is written or launched
+        if ce_args is not None:
+            check_inputs(ce_args)
         # prerequisites first, so the twin finds them; then both phase-2 runs side by side
         ensure(args, "teacher", args.teacher, "teacher.pt", ["--phase", "teacher"] + common_argv(args))
         ensure_phase1(args)
-        baseline = launch_baseline(args, argv)
-    results = run_phase(args)
+        baseline = launch_baseline(args, ce_name, ce_argv)
+    results = run_checked(args, inputs, baseline[0] if baseline else None)
     if baseline is not None:
         proc, ce_name = baseline
         if proc is not None and proc.wait() != 0:

@@ -83,3 +83,67 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
     (tmp_path / "cut.pt").write_bytes(open(path, "rb").read()[:200])
     with pytest.raises(CheckpointError, match="cut.pt"):
         load_model(str(tmp_path / "cut.pt"))
+
+
+def bad_file(kind, good, folder):
+    """Write one kind of file that is not a sound checkpoint of this project into `folder`; returns its path."""
+    import dataclasses
+    import os
+    import pickle
+    import zipfile
+    path = str(folder / f"{kind}.pt")
+    raw = open(good, "rb").read()
+    if kind == "text":
+        open(path, "w").write("hello there\n")
+    elif kind == "empty":
+        open(path, "wb").close()
+    elif kind == "cut":
+        open(path, "wb").write(raw[:5000])
+    elif kind == "flipped":  # one byte of the weights changed: only the CRC-32 of its member shows it
+        flipped = bytearray(raw)
+        flipped[len(raw) // 2] ^= 0xFF
+        open(path, "wb").write(bytes(flipped))
+    elif kind == "hostile":
+        class Hostile:
+            def __reduce__(self):
+                return (os.system, (f"touch {folder / 'pwned'}",))
+        torch.save({"model": Hostile(), "config": {}, "step": 0}, path)
+    elif kind == "pickle":
+        pickle.dump({"model": {}, "config": {}, "step": 0}, open(path, "wb"))
+    elif kind == "zip":
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("notes.txt", "hi")
+    elif kind == "keys":
+        torch.save({"weights": torch.zeros(2)}, path)
+    elif kind == "mismatch":  # a config that does not fit the weights
+        m = tiny()
+        torch.save({"model": m.state_dict(), "config": dict(dataclasses.asdict(m.config), d_model=64), "step": 1},
+                   path)
+    elif kind == "folder":
+        os.mkdir(path)
+    return path
+
+
+@pytest.mark.parametrize("kind, says", [
+    ("text", r"is not a checkpoint of this project \(12 bytes"),
+    ("empty", r"is empty \(0 bytes\)"),
+    ("cut", r"is truncated or corrupt \(5,000 bytes"),
+    ("flipped", r"is corrupt \([\d,]+ bytes: its member .* fails the checksum"),
+    ("hostile", r"holds objects other than tensors and plain data \(posix.system\): refused for safety"),
+    ("pickle", r"is not a checkpoint of this project \(\d+ bytes that are not a torch.save archive"),
+    ("zip", r"is not a checkpoint of this project \(a zip archive"),
+    ("keys", r"is not a checkpoint of this project \(a torch.save file without the keys model, config, step"),
+    ("mismatch", r"weights and config disagree: .*has shape"),
+    ("folder", r"is a folder"),
+])
+def test_load_errors_say_what_is_wrong_and_never_advise_unsafe_loading(kind, says, tmp_path):
+    import dataclasses
+    m = tiny()
+    good = str(tmp_path / "good.pt")
+    save_checkpoint({"model": m.state_dict(), "config": dataclasses.asdict(m.config), "step": 3}, good)
+    path = bad_file(kind, good, tmp_path)
+    with pytest.raises(CheckpointError, match=says) as e:
+        load_model(path)
+    msg = str(e.value)
+    assert msg.startswith(path) and "\n" not in msg and "weights_only" not in msg
+    assert not (tmp_path / "pwned").exists()
