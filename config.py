@@ -252,7 +252,7 @@ def resolve(args):
          f"{args.n_kv_head}"),
         (heads_ok and args.d_model // args.n_head % 2 == 0,
          f"the head dimension --d-model / --n-head = {args.d_model // max(1, args.n_head)} must be even for RoPE"),
-        (args.vocab_size > 0 and args.vocab_size >= data_ids,
+        (args.vocab_size is None or (args.vocab_size > 0 and args.vocab_size >= data_ids),
          f"--vocab-size {args.vocab_size} is too small: the data's token ids go up to {data_ids - 1}"),
         (not binary or 0 <= args.eot_id < min(args.vocab_size, 2**16),
          f"--eot-id {args.eot_id} must be a uint16 token id below --vocab-size {args.vocab_size}"),
