@@ -197,7 +197,21 @@ def qupdate_seeds(args):
         for loss in ("kd", "ce"):
             m, s = out[loss]["wq"]["mean"][layer], out[loss]["wq"]["std"][layer]
             lines.append(f"| {layer} | {loss.upper()} | " + " | ".join(f"{a:.2f}±{b:.2f}" for a, b in zip(m, s)) + " |")
+    lines.append("")
+    for w in ("wq", "wk"):
+        for layer in range(cfg.n_layer):
+            d = beyond_spread(out["kd"][w], out["ce"][w], layer)
+            args.qupdate.setdefault("kd_vs_ce_beyond_spread", {})[f"{w} layer {layer}"] = d
+            lines.append(f"- {'W_q' if w == 'wq' else 'W_k'} layer {layer}: KD - CE beyond the spread at pairs "
+                         + (", ".join(f"{i} ({v:+.2f})" for i, v in d.items()) or "none"))
     return "\n".join(lines)
+
+
+def beyond_spread(kd, ce, layer, k=3.0):
+    """{pair: KD mean - CE mean} where the difference exceeds k x (std_KD + std_CE) over seeds (our threshold)."""
+    m = np.array(kd["mean"][layer]) - np.array(ce["mean"][layer])
+    s = np.array(kd["std"][layer]) + np.array(ce["std"][layer])
+    return {int(i): float(m[i]) for i in np.flatnonzero(np.abs(m) > k * s)}
 
 
 def check_flags(args):
