@@ -6,7 +6,7 @@ where a CE-only student does not, (b) phase-wise RoPE base scaling (small base i
 phase 1, large base in the long phase 2) works best, and (c) context extension updates the
 query projection in frequency-specific spans. This script runs that grid:
 
-  teacher (once)  ->  phase 1 at the small base b and at 5e5 (--phase1-seeds each)
+  teacher (once)  ->  phase 1 at the small base b (--phase1-seeds, 0 1 2) and at 5e5 (seed 0)
   phase 2: {KD, CE} x 4 schedules x --seeds (phase-2 data-stream seeds):
            b -> 5e5 (phase-wise, the headline), b -> b, 5e5 -> 5e5, and b -> B_men, where
            B_men is rope.py's Men et al. lower bound for the long window (the smallest base
@@ -235,7 +235,7 @@ def main(argv=None):
     p.add_argument("--preset", default="cpu", choices=list(PRESETS), help="train.py preset")
     p.add_argument("--out-dir", default="out", help="folder shared with train.py runs")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="phase-2 seeds of every schedule")
-    p.add_argument("--phase1-seeds", type=int, nargs="+", default=[0, 1], help="phase-1 seeds of the phase-wise "
+    p.add_argument("--phase1-seeds", type=int, nargs="+", default=[0, 1, 2], help="phase-1 seeds of the phase-wise "
                    "schedule (the other schedules use the first)")
     p.add_argument("--jobs", type=int, default=2, help="runs side by side (1 thread each on CPU)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
