@@ -9,6 +9,9 @@ This file scores any model on data.py's fixed, seeded probes:
   value token; one token, so exact match = per-token accuracy), optionally at a depth;
 - in-document accuracy on held-out packed windows of short documents.
 
+A probe with no answer position (a distance that does not fit the window) is not measurable:
+its accuracy is None (JSON null, "-" in tables), never 0.
+
 Used by train.py (end-of-phase tables) and analyze.py (plots).
 """
 import time
@@ -19,8 +22,8 @@ from data import kv_probe, packed_probe, to_device
 
 
 @torch.no_grad()
-def probe_accuracy(model, batch, device, autocast, chunk=4) -> float:
-    """Argmax accuracy at the probe's answer positions, over windows in chunks of `chunk`."""
+def probe_accuracy(model, batch, device, autocast, chunk=4) -> float | None:
+    """Argmax accuracy at the probe's answer positions, over windows in chunks of `chunk`; None if it has none."""
     was_training = model.training
     model.eval()
     hits = total = 0
@@ -33,7 +36,7 @@ def probe_accuracy(model, batch, device, autocast, chunk=4) -> float:
         hits += (logits.argmax(-1)[ans] == y[ans]).sum().item()
         total += ans.sum().item()
     model.train(was_training)
-    return hits / max(total, 1)
+    return hits / total if total else None
 
 
 def evaluate(model, spec, window, distances, max_doc_len, device, autocast, n_windows=16, seed=0) -> dict:
@@ -56,17 +59,23 @@ def depth_sweep(model, spec, window, distances, depths, device, autocast, n_wind
                                       device, autocast) for d in distances} for depth in depths}
 
 
+def format_accuracy(acc) -> str:
+    """Two decimals, or "-" for a probe that is not measurable (None)."""
+    return "-" if acc is None else f"{acc:.2f}"
+
+
 def format_table(rows: dict, max_doc_len: int) -> str:
     """Markdown table: one row per model, key-value accuracy per distance, then in-document accuracy."""
     dists = sorted({int(d) for r in rows.values() for d in r["kv"]})
     head = "| model | " + " | ".join(f"D={d}" + ("*" if d > max_doc_len else "") for d in dists) + " | in-doc |"
     lines = [head, "|" + " --- |" * (len(dists) + 2)]
+    unmeasured = any(v is None for r in rows.values() for v in [*r["kv"].values(), r["in_doc"]])
     for name, r in rows.items():
         kv = {int(k): v for k, v in r["kv"].items()}
-        lines.append(f"| {name} | " + " | ".join(f"{kv[d]:.2f}" if d in kv else "-" for d in dists)
-                     + f" | {r['in_doc']:.2f} |")
+        lines.append(f"| {name} | " + " | ".join(format_accuracy(kv.get(d)) for d in dists)
+                     + f" | {format_accuracy(r['in_doc'])} |")
     lines.append(f"(key-value retrieval accuracy at distance D; * = beyond the longest short document, "
-                 f"{max_doc_len} tokens)")
+                 f"{max_doc_len} tokens" + ("; -: not measurable in this window" if unmeasured else "") + ")")
     return "\n".join(lines)
 
 

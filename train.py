@@ -34,7 +34,7 @@ from tqdm import tqdm
 from config import PRESETS, SHIPPED, build_parser, fail, phase1_name, phase_seed, pick_device, resolve
 from data import DataError, DataSource, TaskSpec, file_windows, read_bin_documents, read_text_documents, to_device
 from distill import kd_loss, load_teacher, teacher_logits
-from evaluate import evaluate, format_table, matmul_peak_flops
+from evaluate import evaluate, format_accuracy, format_table, matmul_peak_flops
 from model import GPT, CheckpointError, GPTConfig, load_checkpoint, load_model, save_checkpoint
 from rope import format_spectrum, spectrum_summary
 
@@ -317,8 +317,8 @@ def quick_eval(model, args, spec, device, autocast, local, step, bar, log):
     """A few probe distances on half the probe windows, printed under the progress bar and logged."""
     quick = evaluate(model, spec, args.window, quick_distances(args), args.max_doc_len, device, autocast,
                      PRESETS[args.preset]["eval_windows"] // 2)
-    bar.write(f"  step {local}: " + ", ".join(f"D={d}: {a:.2f}" for d, a in quick["kv"].items())
-              + f", in-doc {quick['in_doc']:.2f}")
+    bar.write(f"  step {local}: " + ", ".join(f"D={d}: {format_accuracy(a)}" for d, a in quick["kv"].items())
+              + f", in-doc {format_accuracy(quick['in_doc'])}")
     log.write(json.dumps({"step": step, "eval": quick}) + "\n")
 
 

@@ -160,3 +160,16 @@ def test_trains_on_a_real_text_file(tmp_path):
     res = json.load(open(os.path.join(out, "teacher.json")))["results"]["teacher"]
     assert 0 < res["corpus_ce"] < 5.0  # below uniform over 257 byte tokens (5.55 nats): it learned something
     assert load_checkpoint(os.path.join(out, "teacher.pt"))["config"]["vocab_size"] == 257
+
+
+def test_a_probe_distance_that_does_not_fit_the_window_is_not_measurable(tmp_path, capsys):
+    """The tiny probes are at D = 4, 12, 40: in a 41-token window D=40 places no record (it needs 42), so it is
+    reported as null / "-", never as an accuracy of 0.00; the quick checks during training too."""
+    run(["--phase", "teacher", "--out-dir", str(tmp_path), "--window", "41", "--curriculum-steps", "0", "--steps",
+         "4", "--eval-interval", "2"])
+    res = json.load(open(tmp_path / "teacher.json"))["results"]["teacher"]
+    assert res["kv"]["40"] is None and res["kv"]["12"] is not None
+    quick = [r["eval"] for r in map(json.loads, open(tmp_path / "teacher.jsonl")) if "eval" in r]
+    assert quick and all(q["kv"]["40"] is None for q in quick)
+    printed = capsys.readouterr().out
+    assert "D=40: -" in printed and "| - |" in printed
