@@ -36,7 +36,7 @@ import torch
 
 from data import TaskSpec, kv_probe, repeated_tokens_window, to_device
 from distill import forward_kl
-from evaluate import depth_sweep, evaluate
+from evaluate import depth_sweep, evaluate, heuristic_floors
 from model import CheckpointError, Inspect, load_checkpoint, load_model
 from config import fail
 from plots import plot_perturb, plot_qupdate, plot_retrieval, plot_spectrum
@@ -104,10 +104,11 @@ def run_retrieval(args):
         fail(f"--depths must lie in [0, 1], got {args.depths}")
     res = retrieval_results(models, window, distances, args.depths, args.max_doc_len, args.device, args.n_windows,
                             args.seed)
-    paths = plot_retrieval(res, window, distances, args.depths, args.max_doc_len, args.out, args.name)
+    floors = heuristic_floors(TaskSpec(), window, distances, args.n_windows, args.seed)  # the same probes
+    paths = plot_retrieval(res, window, distances, args.depths, args.max_doc_len, args.out, args.name, floors["best"])
     paths.append(write_json(args.out, f"{args.name}.json", {
         "window": window, "max_doc_len": args.max_doc_len, "distances": distances, "depths": args.depths,
-        "n_windows": args.n_windows, "ckpts": dict(zip(res, args.ckpt)), "models": res}))
+        "n_windows": args.n_windows, "ckpts": dict(zip(res, args.ckpt)), "models": res, "floors": floors}))
     for label, r in res.items():
         far = [r["kv"][d] for d in distances if d > args.max_doc_len]
         print(f"{label}: retrieval {np.mean(list(r['kv'].values())):.2f} over all distances, "

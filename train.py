@@ -34,7 +34,7 @@ from tqdm import tqdm
 from config import PRESETS, SHIPPED, build_parser, fail, phase1_name, phase_seed, pick_device, resolve
 from data import DataError, DataSource, TaskSpec, file_windows, read_bin_documents, read_text_documents, to_device
 from distill import kd_loss, load_teacher, teacher_logits
-from evaluate import evaluate, format_accuracy, format_table, matmul_peak_flops
+from evaluate import evaluate, format_accuracy, format_table, heuristic_floors, matmul_peak_flops
 from model import GPT, CheckpointError, GPTConfig, load_checkpoint, load_model, save_checkpoint
 from rope import format_spectrum, spectrum_summary
 
@@ -363,9 +363,10 @@ def report(args, teacher, device, autocast, spec, results_path, speed, model=Non
     else:
         rows = {name: evaluate(m, spec, args.window, dists, args.max_doc_len, device, autocast, n)
                 for name, m in models.items()}
+    floors = None if args.data else heuristic_floors(spec, args.window, dists, n)  # what no retrieval scores
     results = {"run": args.run_name, "phase": args.phase, "window": args.window, "rope_base": args.rope_base,
                "kd_weight": args.kd_weight, "seed": args.seed, "max_doc_len": args.max_doc_len,
-               "results": rows, "speed": speed}
+               "results": rows, "floors": floors, "speed": speed}
     os.makedirs(args.out_dir, exist_ok=True)
     with open(results_path, "w") as f:
         json.dump(results, f, indent=1)
@@ -373,7 +374,7 @@ def report(args, teacher, device, autocast, spec, results_path, speed, model=Non
         print("\n".join(f"{name}: cross-entropy {r['corpus_ce']:.3f} nats/token on 8 corpus batches"
                         for name, r in rows.items()))
     else:
-        print(format_table(rows, args.max_doc_len))
+        print(format_table(rows, args.max_doc_len, floors["best"]))
     print(f"checkpoint: {os.path.join(args.out_dir, args.run_name + '.pt')}\nresults:    {results_path}")
     return results
 
@@ -429,7 +430,7 @@ def main(argv=None):
                 "KD student": results["results"][args.run_name], "CE student": ce["results"][ce_name]}
         print(f"\nShort documents (<= {args.max_doc_len} tokens) packed into {args.window}-token windows; "
               f"phase-1 base {args.phase1_base:g} -> phase-2 base {args.rope_base:g}:")
-        print(format_table(rows, args.max_doc_len))
+        print(format_table(rows, args.max_doc_len, results["floors"]["best"]))
     print(f"wall time: {(time.time() - t0) / 60:.1f} min")
 
 

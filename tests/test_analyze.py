@@ -14,6 +14,7 @@ import torch
 
 import analyze
 from data import TaskSpec
+from evaluate import heuristic_floors
 from model import GPT, GPTConfig, save_checkpoint
 from rope import critical_dimension
 
@@ -85,6 +86,8 @@ def test_retrieval_same_probes_for_every_checkpoint(run_dir, tmp_path):
     for r in res["models"].values():
         assert set(r["kv"]) == {"4", "40"} and set(r["depth"]) == {"0.0", "1.0"}
         assert all(0 <= a <= 1 for a in r["kv"].values())
+    floors = heuristic_floors(TaskSpec(), 64, [4, 40], n_windows=2)  # the floor line: on these very probes
+    assert res["floors"]["best"] == {str(d): a for d, a in floors["best"].items()}
 
 
 def test_zero_perturbation_changes_nothing(run_dir, tmp_path):

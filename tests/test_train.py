@@ -167,9 +167,11 @@ def test_a_probe_distance_that_does_not_fit_the_window_is_not_measurable(tmp_pat
     reported as null / "-", never as an accuracy of 0.00; the quick checks during training too."""
     run(["--phase", "teacher", "--out-dir", str(tmp_path), "--window", "41", "--curriculum-steps", "0", "--steps",
          "4", "--eval-interval", "2"])
-    res = json.load(open(tmp_path / "teacher.json"))["results"]["teacher"]
+    saved = json.load(open(tmp_path / "teacher.json"))
+    res = saved["results"]["teacher"]
     assert res["kv"]["40"] is None and res["kv"]["12"] is not None
+    assert saved["floors"]["best"]["40"] is None and 0 < saved["floors"]["best"]["4"] < 1
     quick = [r["eval"] for r in map(json.loads, open(tmp_path / "teacher.jsonl")) if "eval" in r]
     assert quick and all(q["kv"]["40"] is None for q in quick)
     printed = capsys.readouterr().out
-    assert "D=40: -" in printed and "| - |" in printed
+    assert "D=40: -" in printed and "| - |" in printed and "| floor | " in printed
