@@ -1,10 +1,13 @@
 """Model: causality, document mask, GQA, position override, Llama weights, checkpoints."""
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+from distill import freeze_teacher
 from model import GPT, CheckpointError, GPTConfig, Inspect, load_model, save_checkpoint
+from rope import rope_cos_sin
 
 
 def tiny(**kw):
@@ -141,3 +144,17 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
     (tmp_path / "cut.pt").write_bytes(open(path, "rb").read()[:200])
     with pytest.raises(CheckpointError, match="cut.pt"):
         load_model(str(tmp_path / "cut.pt"))
+
+
+@pytest.mark.parametrize("base", [1e4, 5e5])
+def test_rope_stays_float32_in_a_bf16_teacher(base):
+    """freeze_teacher casts a CUDA teacher with .to(bfloat16); RoPE's inv_freq must not follow (in bf16 it turns
+    the phase at position 4000 by up to 1.75 rad with base 1e4, head_dim 64)."""
+    cfg = GPTConfig(vocab_size=50, n_layer=1, n_head=1, n_kv_head=1, d_model=64, rope_base=base, max_seq_len=4096)
+    ref = GPT(cfg)
+    teacher = freeze_teacher(GPT(cfg), SimpleNamespace(type="cuda"))  # the CUDA path's cast, here on CPU
+    assert teacher.tok_emb.weight.dtype == torch.bfloat16 and teacher.inv_freq.dtype == torch.float32
+    pos = torch.tensor([[4000]])
+    for got, want in zip(rope_cos_sin(pos, teacher.inv_freq), rope_cos_sin(pos, ref.inv_freq)):
+        assert (got - want).abs().max() < 1e-6
+    assert teacher(torch.randint(0, 50, (1, 8))).dtype == torch.bfloat16  # and the bf16 forward still runs
