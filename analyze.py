@@ -264,7 +264,7 @@ def qupdate_results(before, after, batch, device):
     critical = {f"{k} (base {m.config.rope_base:g}, L={m.config.max_seq_len})":
                 critical_pair(cfg.head_dim, m.config.rope_base, m.config.max_seq_len)
                 for k, m in (("before", before), ("after", after))}
-    spans = {key: {str(l): above_percentile_spans(v[l].abs().mean(0).numpy()) for l in range(cfg.n_layer)}
+    spans = {key: {str(l): above_percentile_spans(v[l].abs().mean(0).cpu().numpy()) for l in range(cfg.n_layer)}
              for key, v in (("wq", wq), ("wk", wk), ("q_norm_change", qn))}
     return {"wq": wq.tolist(), "wk": wk.tolist(), "q_norm_change": qn.tolist(), "q_norm_before": nb.tolist(),
             "q_norm_after": na.tolist(), "critical_pairs": critical, "spans_above_p75": spans,

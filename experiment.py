@@ -200,7 +200,7 @@ def qupdate_seeds(args):
     return "\n".join(lines)
 
 
-def main():
+def main(argv=None):
     p = argparse.ArgumentParser(description="Run the paper's KD-vs-CE x RoPE-schedule comparison, with seeds.")
     p.add_argument("--preset", default="cpu", choices=list(PRESETS), help="train.py preset")
     p.add_argument("--out-dir", default="out", help="folder shared with train.py runs")
@@ -212,7 +212,7 @@ def main():
     p.add_argument("--steps", type=int, default=None, help="phase-2 steps (default: the preset's)")
     p.add_argument("--no-analysis", action="store_true", help="skip analyze.py all")
     p.add_argument("--summary-only", action="store_true", help="train nothing: tabulate the runs that exist")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.jobs < 1 or (args.steps is not None and args.steps < 1):
         raise SystemExit("error: --jobs and --steps must be >= 1")
     t0 = time.time()

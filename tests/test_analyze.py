@@ -4,6 +4,7 @@ Each subcommand must write non-empty PNGs and a JSON whose numbers have the prop
 findings rest on: a zero perturbation changes nothing, a perturbation at layer l leaves the
 residual streams 0..l alone, and a W_q edit of one pair is found exactly where it was made.
 """
+import argparse
 import dataclasses
 import json
 import os
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 import analyze
-from data import TaskSpec
+from data import TaskSpec, kv_probe
 from evaluate import heuristic_floors
 from model import GPT, GPTConfig, save_checkpoint
 from rope import critical_dimension
@@ -173,3 +174,37 @@ def test_all_renders_every_figure_the_folder_allows(run_dir, tmp_path):
     for student in ("kd", "ce"):
         res = outputs(tmp_path, f"qupdate-phase2-{student}-b10000-b500000")
         assert res["before"].endswith("phase1-b10000.pt")
+
+
+class CudaLike(torch.Tensor):
+    """A CPU tensor that refuses .numpy() as a CUDA tensor does, until .cpu() brings it to the host."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.numpy:
+            raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() first.")
+        out = super().__torch_function__(func, types, args, kwargs or {})
+        return out.as_subclass(torch.Tensor) if func is torch.Tensor.cpu else out
+
+
+def test_qupdate_numbers_leave_the_device_before_numpy(run_dir, monkeypatch):
+    """--device cuda: the updates and query norms live on the GPU; every numpy conversion must go through .cpu()."""
+    norms, update = analyze.query_pair_norms, analyze.pair_update
+    monkeypatch.setattr(analyze, "query_pair_norms", lambda *a: norms(*a).as_subclass(CudaLike))
+    monkeypatch.setattr(analyze, "pair_update", lambda *a: update(*a).as_subclass(CudaLike))
+    with pytest.raises(TypeError, match="cuda"):
+        analyze.pair_update(torch.ones(4, 2), torch.ones(4, 2), 1).numpy()  # the stand-in does refuse
+    before, _ = analyze.load(str(run_dir / "phase1-b10000.pt"), "cpu")
+    after, _ = analyze.load(str(run_dir / "phase2-kd-b10000-b500000.pt"), "cpu")
+    res = analyze.qupdate_results(before, after, kv_probe(TaskSpec(), 32, 16, n_windows=1), "cpu")
+    assert len(res["wq"]) == N_LAYER and set(res["spans_above_p75"]["wq"]) == {"0", "1", "2"}
+    json.dumps(res)
+
+
+def test_all_passes_the_device_to_every_analysis(run_dir, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(analyze, "main", lambda argv: calls.append(argv) or [])
+    analyze.run_all(argparse.Namespace(dir=str(run_dir), out=str(tmp_path), device=torch.device("cuda"), seed=0,
+                                       n_windows=1))
+    assert [argv[0] for argv in calls] == ["spectrum", "retrieval", "perturb", "qupdate", "qupdate"]
+    assert all(argv[argv.index("--device") + 1] == "cuda" for argv in calls)
