@@ -273,13 +273,7 @@ def train_loop(step_model, model, teacher, opt, args, stages, state, autocast, d
                         group["lr"] = lr_at(local, steps, args)
                     batch = to_device(src.batch(local), device)
                     t0 = time.perf_counter()
-                    try:
-                        loss, ce, kl, acc = train_step(step_model, teacher, opt, batch, args, autocast)
-                    except KeyboardInterrupt:
-                        save_checkpoint(checkpoint_dict(model, opt, args, state, done=False), ckpt_path)
-                        print(f"\ninterrupted: saved a resumable checkpoint at step {state['step']} to {ckpt_path} "
-                              f"(continue with --resume)", file=sys.stderr)
-                        raise SystemExit(130)
+                    loss, ce, kl, acc = train_step(step_model, teacher, opt, batch, args, autocast)
                     if not math.isfinite(loss):
                         fail(f"non-finite loss ({loss}) at step {state['step']}; the last good checkpoint "
                              f"{ckpt_path} is kept")
@@ -305,6 +299,11 @@ def train_loop(step_model, model, teacher, opt, args, stages, state, autocast, d
                     if state["step"] % args.save_interval == 0:
                         log.flush()
                         save_checkpoint(checkpoint_dict(model, opt, args, state, done=False), ckpt_path)
+            except KeyboardInterrupt:  # anywhere in the stage: a step, building a batch, a quick check, a save
+                save_checkpoint(checkpoint_dict(model, opt, args, state, done=False), ckpt_path)
+                print(f"\ninterrupted: saved a resumable checkpoint at step {state['step']} to {ckpt_path} "
+                      f"(continue with --resume)", file=sys.stderr)
+                raise SystemExit(130)
             finally:  # also on Ctrl-C / NaN exits: no stray progress bar
                 bar.close()
             state["stage"] += 1

@@ -113,6 +113,29 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path, monkeypatch):
     assert load_checkpoint(str(tmp_path / "teacher.pt"))["done"]
 
 
+@pytest.mark.parametrize("where, calls, saved_at", [("to_device", 3, 2), ("quick_eval", 1, 4)])
+def test_ctrl_c_outside_the_step_saves_a_resumable_checkpoint(tmp_path, monkeypatch, where, calls, saved_at):
+    """Ctrl-C while a batch is built (3rd batch) or during a quick check (after step 4) saves and exits 130."""
+    real, seen = getattr(train, where), []
+
+    def interrupted(*a, **k):
+        seen.append(1)
+        if len(seen) == calls:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(train, where, interrupted)
+    argv = ["--phase", "teacher", "--out-dir", str(tmp_path), "--curriculum-steps", "0", "--steps", "6",
+            "--eval-interval", "4"]
+    with pytest.raises(SystemExit) as e:
+        run(argv)
+    ckpt = load_checkpoint(str(tmp_path / "teacher.pt"))
+    assert e.value.code == 130 and ckpt["step"] == saved_at and not ckpt["done"]
+    monkeypatch.setattr(train, where, real)
+    run(argv + ["--resume"])
+    assert load_checkpoint(str(tmp_path / "teacher.pt"))["done"]
+
+
 def test_curriculum_doubles_the_window_up_to_the_phase_window():
     args = train.resolve(train.build_parser().parse_args(["--phase", "1", "--window", "256"]))
     stages = train.make_stages(args, train.TaskSpec())
