@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import analyze
+import evaluate
 from data import TaskSpec, kv_probe
 from evaluate import heuristic_floors
 from model import GPT, GPTConfig, save_checkpoint
@@ -77,7 +78,15 @@ def test_spectrum_critical_pair_is_first_pair_without_a_full_turn(tmp_path):
         assert s["utilization"] == pytest.approx((turns >= 1).mean())
 
 
-def test_retrieval_same_probes_for_every_checkpoint(run_dir, tmp_path):
+def test_retrieval_same_probes_for_every_checkpoint(run_dir, tmp_path, monkeypatch):
+    seen = {}  # model -> the probe windows it was scored on, in order
+    score = evaluate.probe_accuracy
+
+    def recorded(model, batch, *a, **k):
+        seen.setdefault(id(model), []).append(batch["tokens"].copy())
+        return score(model, batch, *a, **k)
+
+    monkeypatch.setattr(evaluate, "probe_accuracy", recorded)
     ckpts = [str(run_dir / n) for n in ("teacher.pt", "phase1-b10000.pt", "phase2-kd-b10000-b500000.pt")]
     analyze.main(["retrieval", "--ckpt", *ckpts, "--labels", "T", "P1", "KD", "--distances", "4", "40",
                   "--depths", "0", "1", "--n-windows", "2", "--max-doc-len", "16", "--out", str(tmp_path)])
@@ -87,6 +96,10 @@ def test_retrieval_same_probes_for_every_checkpoint(run_dir, tmp_path):
     for r in res["models"].values():
         assert set(r["kv"]) == {"4", "40"} and set(r["depth"]) == {"0.0", "1.0"}
         assert all(0 <= a <= 1 for a in r["kv"].values())
+    probes = list(seen.values())
+    assert len(probes) == 3 and len(probes[0]) == 2 + 1 + 2 * 2  # kv at 2 distances, in-doc, 2 depths x 2
+    assert all(len(p) == len(probes[0]) and all(np.array_equal(a, b) for a, b in zip(p, probes[0]))
+               for p in probes[1:])
     floors = heuristic_floors(TaskSpec(), 64, [4, 40], n_windows=2)  # the floor line: on these very probes
     assert res["floors"]["best"] == {str(d): a for d, a in floors["best"].items()}
 

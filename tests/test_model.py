@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from distill import freeze_teacher
-from model import GPT, CheckpointError, GPTConfig, Inspect, load_model, save_checkpoint
+from model import GPT, CheckpointError, GPTConfig, Inspect, document_mask, load_model, save_checkpoint
 from rope import rope_cos_sin
 
 
@@ -37,6 +37,18 @@ def test_document_mask_isolates_documents():
     assert torch.allclose(a[:, 8:], b[:, 8:], atol=1e-6)  # document 1 does not see it
     assert not torch.allclose(a[:, 3:8], b[:, 3:8])
     assert not torch.allclose(m(x)[:, 8:], m(y)[:, 8:])  # without the mask it does
+
+
+def test_document_mask_is_causal_inside_a_document():
+    doc = torch.tensor([[0] * 8 + [1] * 12])
+    t, s = torch.meshgrid(torch.arange(20), torch.arange(20), indexing="ij")
+    assert torch.equal(document_mask(doc)[0, 0], (s <= t) & (doc[0, t] == doc[0, s]))
+    m = tiny()
+    x = torch.randint(0, 50, (1, 20))
+    y = x.clone()
+    y[0, 14] = (y[0, 14] + 1) % 50  # a token of document 1
+    a, b = m(x, doc_ids=doc), m(y, doc_ids=doc)
+    assert torch.equal(a[:, :14], b[:, :14]) and not torch.allclose(a[:, 14:], b[:, 14:])
 
 
 @pytest.mark.parametrize("n_kv_head, tie, d_ff", [(4, True, 0), (2, False, 48), (1, True, 48)])
