@@ -37,7 +37,7 @@ import torch
 
 from data import TaskSpec, kv_probe, repeated_tokens_window, to_device
 from distill import forward_kl
-from evaluate import depth_sweep, evaluate
+from evaluate import depth_sweep, evaluate, heuristic_floors
 from hf import load_pretrained
 from model import CheckpointError, Inspect
 from config import check_out_dir, fail
@@ -109,10 +109,11 @@ def run_retrieval(args):
         fail(f"--depths must lie in [0, 1], got {args.depths}")
     res = retrieval_results(models, window, distances, args.depths, args.max_doc_len, args.device, args.n_windows,
                             args.seed)
-    paths = plot_retrieval(res, window, distances, args.depths, args.max_doc_len, args.out, args.name)
+    floors = heuristic_floors(TaskSpec(), window, distances, args.n_windows, args.seed)  # the same probes
+    paths = plot_retrieval(res, window, distances, args.depths, args.max_doc_len, args.out, args.name, floors["best"])
     paths.append(write_json(args.out, f"{args.name}.json", {
         "window": window, "max_doc_len": args.max_doc_len, "distances": distances, "depths": args.depths,
-        "n_windows": args.n_windows, "ckpts": dict(zip(res, args.ckpt)), "models": res}))
+        "n_windows": args.n_windows, "ckpts": dict(zip(res, args.ckpt)), "models": res, "floors": floors}))
     for label, r in res.items():
         far = [r["kv"][d] for d in distances if d > args.max_doc_len]
         print(f"{label}: retrieval {np.mean(list(r['kv'].values())):.2f} over all distances, "
@@ -268,7 +269,7 @@ def qupdate_results(before, after, batch, device):
     critical = {f"{k} (base {m.config.rope_base:g}, L={m.config.max_seq_len})":
                 critical_pair(cfg.head_dim, m.config.rope_base, m.config.max_seq_len)
                 for k, m in (("before", before), ("after", after))}
-    spans = {key: {str(l): above_percentile_spans(v[l].abs().mean(0).numpy()) for l in range(cfg.n_layer)}
+    spans = {key: {str(l): above_percentile_spans(v[l].abs().mean(0).cpu().numpy()) for l in range(cfg.n_layer)}
              for key, v in (("wq", wq), ("wk", wk), ("q_norm_change", qn))}
     return {"wq": wq.tolist(), "wk": wk.tolist(), "q_norm_change": qn.tolist(), "q_norm_before": nb.tolist(),
             "q_norm_after": na.tolist(), "critical_pairs": critical, "spans_above_p75": spans,

@@ -165,12 +165,26 @@ def kd_peak_bytes(vocab, tokens, chunk, device) -> int:
 
 
 def kd_memory(cli) -> dict:
-    """Peak extra MB of kd_loss, chunked (cli.kd_chunk tokens) vs unchunked, and their ratio."""
-    chunked = kd_peak_bytes(cli.kd_vocab, cli.kd_tokens, cli.kd_chunk, cli.dev) / 2**20
-    whole = kd_peak_bytes(cli.kd_vocab, cli.kd_tokens, 0, cli.dev) / 2**20
-    return {"vocab": cli.kd_vocab, "tokens": cli.kd_tokens, "chunk_tokens": cli.kd_chunk,
-            "chunked_peak_mb": chunked, "unchunked_peak_mb": whole,
-            "unchunked_over_chunked": whole / chunked if chunked else float("nan")}
+    """Peak extra MB of kd_loss, chunked (cli.kd_chunk tokens) vs unchunked, and their ratio.
+
+    The loss must at least hold the (N, V) gradient of the student's logits, so a peak of 0 MB is a failed
+    measurement (e.g. the process's peak RSS was not reset): it is flagged on stderr and stored as None.
+    """
+    mb = {}
+    for key, chunk in (("chunked_peak_mb", cli.kd_chunk), ("unchunked_peak_mb", 0)):
+        mb[key] = kd_peak_bytes(cli.kd_vocab, cli.kd_tokens, chunk, cli.dev) / 2**20
+        if mb[key] <= 0:
+            print(f"warning: kd_loss {key.split('_')[0]} peak memory measured {mb[key]:.1f} MB, which cannot be "
+                  f"(the gradient alone needs {cli.kd_tokens * cli.kd_vocab * 4 / 2**20:,.0f} MB): stored as null",
+                  file=sys.stderr)
+            mb[key] = None
+    ratio = None if None in mb.values() else mb["unchunked_peak_mb"] / mb["chunked_peak_mb"]
+    return {"vocab": cli.kd_vocab, "tokens": cli.kd_tokens, "chunk_tokens": cli.kd_chunk, **mb,
+            "unchunked_over_chunked": ratio}
+
+
+def megabytes(mb) -> str:
+    return "not measured" if mb is None else f"{mb:,.1f} MB"
 
 
 def resolve(cli):
@@ -243,10 +257,11 @@ def main(argv=None):
               f"MFU {r['mfu']:.1%}")
     del student, step_student, teacher, opt
     memory = kd_memory(cli)
+    ratio = memory["unchunked_over_chunked"]
     print(f"kd_loss peak memory (V={cli.kd_vocab:,}, N={cli.kd_tokens:,}, fwd+bwd, beyond inputs; "
           f"{'max_memory_allocated' if cuda else 'peak RSS of a fresh process'}): chunked ({cli.kd_chunk} tokens) "
-          f"{memory['chunked_peak_mb']:,.1f} MB | unchunked {memory['unchunked_peak_mb']:,.1f} MB | "
-          f"ratio {memory['unchunked_over_chunked']:.1f}x")
+          f"{megabytes(memory['chunked_peak_mb'])} | unchunked {megabytes(memory['unchunked_peak_mb'])} | "
+          f"ratio {'-' if ratio is None else f'{ratio:.1f}x'}")
     results = {"device": str(cli.dev), "model": cli.model, "config": vars(cli.cfg), "batch": cli.batch,
                "window": cli.window, "compile": cli.compile, "iters": cli.iters, "peak_flops_per_s": peak,
                **speed, "window_sweep": sweep, "kd_memory": memory}

@@ -7,20 +7,26 @@ This file scores any model on data.py's fixed, seeded probes:
 
 - key-value retrieval with the record exactly D tokens before the query (argmax of the
   value token; one token, so exact match = per-token accuracy), optionally at a depth;
-- in-document accuracy on held-out packed windows of short documents.
+- in-document accuracy on held-out packed windows of short documents;
+- the floors of those key-value probes: what two heuristics that need no retrieval score on
+  the same windows (chance, 1/64, is not the floor: at D=16 copying the last value scores 0.67).
+
+A probe with no answer position (a distance that does not fit the window) is not measurable:
+its accuracy is None (JSON null, "-" in tables), never 0.
 
 Used by train.py (end-of-phase tables) and analyze.py (plots).
 """
 import time
 
+import numpy as np
 import torch
 
 from data import kv_probe, packed_probe, to_device
 
 
 @torch.no_grad()
-def probe_accuracy(model, batch, device, autocast, chunk=4) -> float:
-    """Argmax accuracy at the probe's answer positions, over windows in chunks of `chunk`."""
+def probe_accuracy(model, batch, device, autocast, chunk=4) -> float | None:
+    """Argmax accuracy at the probe's answer positions, over windows in chunks of `chunk`; None if it has none."""
     was_training = model.training
     model.eval()
     hits = total = 0
@@ -33,7 +39,7 @@ def probe_accuracy(model, batch, device, autocast, chunk=4) -> float:
         hits += (logits.argmax(-1)[ans] == y[ans]).sum().item()
         total += ans.sum().item()
     model.train(was_training)
-    return hits / max(total, 1)
+    return hits / total if total else None
 
 
 def evaluate(model, spec, window, distances, max_doc_len, device, autocast, n_windows=16, seed=0) -> dict:
@@ -50,23 +56,65 @@ def evaluate(model, spec, window, distances, max_doc_len, device, autocast, n_wi
     return out
 
 
+def floor_accuracies(spec, batch) -> tuple[float, float] | None:
+    """(last_value, uniform_seen) accuracy of two answers that need no retrieval, or None without answers.
+
+    At every answer position a, from tokens[:a]: last_value copies the most recent value token;
+    uniform_seen guesses uniformly among the distinct value tokens seen so far, scored exactly
+    (1/n if the answer is one of the n, else 0).
+    """
+    last = uniform = 0.0
+    total = 0
+    for tokens, answers in zip(batch["tokens"], batch["answers"]):
+        is_value = np.isin(tokens, spec.values())
+        for a in np.flatnonzero(answers):
+            seen = tokens[:a][is_value[:a]]
+            last += bool(len(seen) and seen[-1] == tokens[a])
+            uniform += (tokens[a] in seen) / max(len(set(seen.tolist())), 1)
+            total += 1
+    return (last / total, uniform / total) if total else None
+
+
+def heuristic_floors(spec, window, distances, n_windows=16, seed=0) -> dict:
+    """{"last_value": {D: acc}, "uniform_seen": {D: acc}, "best": {D: the larger}} on evaluate()'s kv probes."""
+    floors = {"last_value": {}, "uniform_seen": {}, "best": {}}
+    for d in distances:
+        acc = floor_accuracies(spec, kv_probe(spec, window, d, n_windows, seed=seed))
+        floors["last_value"][d], floors["uniform_seen"][d] = acc or (None, None)
+        floors["best"][d] = max(acc) if acc else None
+    return floors
+
+
 def depth_sweep(model, spec, window, distances, depths, device, autocast, n_windows=8, seed=0):
     """{depth: {D: acc}}: key-value retrieval with the queries at a relative depth of the window."""
     return {depth: {d: probe_accuracy(model, kv_probe(spec, window, d, n_windows, depth=depth, seed=seed),
                                       device, autocast) for d in distances} for depth in depths}
 
 
-def format_table(rows: dict, max_doc_len: int) -> str:
-    """Markdown table: one row per model, key-value accuracy per distance, then in-document accuracy."""
+def format_accuracy(acc) -> str:
+    """Two decimals, or "-" for a probe that is not measurable (None)."""
+    return "-" if acc is None else f"{acc:.2f}"
+
+
+def format_table(rows: dict, max_doc_len: int, floor: dict | None = None) -> str:
+    """Markdown table: one row per model, key-value accuracy per distance, then in-document accuracy.
+
+    floor: {D: acc}, heuristic_floors()["best"], printed as a last row; "-" marks what was not measured.
+    """
     dists = sorted({int(d) for r in rows.values() for d in r["kv"]})
     head = "| model | " + " | ".join(f"D={d}" + ("*" if d > max_doc_len else "") for d in dists) + " | in-doc |"
     lines = [head, "|" + " --- |" * (len(dists) + 2)]
+    unmeasured = any(v is None for r in rows.values() for v in [*r["kv"].values(), r["in_doc"]])
+    if floor is not None:
+        rows = dict(rows, floor={"kv": floor, "in_doc": None})
     for name, r in rows.items():
         kv = {int(k): v for k, v in r["kv"].items()}
-        lines.append(f"| {name} | " + " | ".join(f"{kv[d]:.2f}" if d in kv else "-" for d in dists)
-                     + f" | {r['in_doc']:.2f} |")
+        lines.append(f"| {name} | " + " | ".join(format_accuracy(kv.get(d)) for d in dists)
+                     + f" | {format_accuracy(r['in_doc'])} |")
     lines.append(f"(key-value retrieval accuracy at distance D; * = beyond the longest short document, "
-                 f"{max_doc_len} tokens)")
+                 f"{max_doc_len} tokens" + ("; floor: the better of copying the last value token and guessing "
+                                             "among the values seen, no retrieval needed" if floor else "")
+                 + ("; -: not measurable in this window" if unmeasured else "") + ")")
     return "\n".join(lines)
 
 

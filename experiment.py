@@ -108,7 +108,7 @@ def load(args, name, key=None):
 
 def cell_stats(runs, dists):
     """(S, D) accuracies and (S,) in-doc accuracies of S runs."""
-    acc = np.array([[r["kv"][str(d)] for d in dists] for r in runs])
+    acc = np.array([[r["kv"][str(d)] for d in dists] for r in runs], dtype=float)  # not measurable (None): nan
     return acc, np.array([r["in_doc"] for r in runs])
 
 

@@ -31,8 +31,12 @@ def mark_critical(ax, pairs: dict):
         ax.axvline(pair - 0.5, color="tab:cyan", ls=style, lw=2, label=label)
 
 
-def plot_retrieval(res, window, distances, depths, max_doc_len, out, name):
+def plot_retrieval(res, window, distances, depths, max_doc_len, out, name, floor=None):
+    """floor: {D: acc} that no retrieval needs (evaluate.heuristic_floors' best), drawn dashed."""
     fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
+    if floor is not None:
+        ax.plot(distances, [floor[d] for d in distances], color="0.5", ls="--",
+                label="floor: copy the last value, or guess among the values seen")
     for label, r in res.items():
         line, = ax.plot(distances, [r["kv"][d] for d in distances], marker="o",
                         label=f"{label} (base {r['rope_base']:g}, in-doc acc {r['in_doc']:.2f})")

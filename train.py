@@ -34,7 +34,7 @@ from tqdm import tqdm
 from config import PRESETS, SHIPPED, build_parser, check_out_dir, fail, phase1_name, phase_seed, pick_device, resolve
 from data import DataError, DataSource, TaskSpec, file_windows, read_bin_documents, read_text_documents, to_device
 from distill import kd_loss, load_teacher, teacher_logits
-from evaluate import evaluate, format_table, matmul_peak_flops
+from evaluate import evaluate, format_accuracy, format_table, heuristic_floors, matmul_peak_flops
 from hf import load_pretrained
 from model import GPT, CheckpointError, GPTConfig, load_checkpoint, load_model, save_checkpoint
 from rope import format_spectrum, spectrum_summary
@@ -346,13 +346,7 @@ def train_loop(step_model, model, teacher, opt, args, stages, state, autocast, d
                         group["lr"] = lr_at(local, steps, args)
                     batch = to_device(src.batch(local), device)
                     t0 = time.perf_counter()
-                    try:
-                        loss, ce, kl, acc = train_step(step_model, teacher, opt, batch, args, autocast)
-                    except KeyboardInterrupt:
-                        save_run(model, opt, args, state, ckpt_path, done=False)
-                        print(f"\ninterrupted: saved a resumable checkpoint at step {state['step']} to {ckpt_path} "
-                              f"(continue with --resume)", file=sys.stderr)
-                        raise SystemExit(130)
+                    loss, ce, kl, acc = train_step(step_model, teacher, opt, batch, args, autocast)
                     if not math.isfinite(loss):
                         raise RunError(f"non-finite loss ({loss}) at step {state['step']}; the last good checkpoint "
                              f"{ckpt_path} is kept")
@@ -378,6 +372,11 @@ def train_loop(step_model, model, teacher, opt, args, stages, state, autocast, d
                     if state["step"] % args.save_interval == 0:
                         log.flush()
                         save_run(model, opt, args, state, ckpt_path, done=False)
+            except KeyboardInterrupt:  # anywhere in the stage: a step, building a batch, a quick check, a save
+                save_run(model, opt, args, state, ckpt_path, done=False)
+                print(f"\ninterrupted: saved a resumable checkpoint at step {state['step']} to {ckpt_path} "
+                      f"(continue with --resume)", file=sys.stderr)
+                raise SystemExit(130)
             finally:  # also on Ctrl-C / NaN exits: no stray progress bar
                 bar.close()
             state["stage"] += 1
@@ -390,8 +389,8 @@ def quick_eval(model, args, spec, device, autocast, local, step, bar, log):
     """A few probe distances on half the probe windows, printed under the progress bar and logged."""
     quick = evaluate(model, spec, args.window, quick_distances(args), args.max_doc_len, device, autocast,
                      PRESETS[args.preset]["eval_windows"] // 2)
-    bar.write(f"  step {local}: " + ", ".join(f"D={d}: {a:.2f}" for d, a in quick["kv"].items())
-              + f", in-doc {quick['in_doc']:.2f}")
+    bar.write(f"  step {local}: " + ", ".join(f"D={d}: {format_accuracy(a)}" for d, a in quick["kv"].items())
+              + f", in-doc {format_accuracy(quick['in_doc'])}")
     log.write(json.dumps({"step": step, "eval": quick}) + "\n")
 
 
@@ -437,9 +436,10 @@ def report(args, teacher, device, autocast, spec, results_path, speed, model=Non
     else:
         rows = {name: evaluate(m, spec, args.window, dists, args.max_doc_len, device, autocast, n)
                 for name, m in models.items()}
+    floors = None if args.data else heuristic_floors(spec, args.window, dists, n)  # what no retrieval scores
     results = {"run": args.run_name, "phase": args.phase, "window": args.window, "rope_base": args.rope_base,
                "kd_weight": args.kd_weight, "seed": args.seed, "max_doc_len": args.max_doc_len,
-               "results": rows, "speed": speed}
+               "results": rows, "floors": floors, "speed": speed}
     os.makedirs(args.out_dir, exist_ok=True)
     with open(results_path, "w") as f:
         json.dump(results, f, indent=1)
@@ -447,7 +447,7 @@ def report(args, teacher, device, autocast, spec, results_path, speed, model=Non
         print("\n".join(f"{name}: cross-entropy {r['corpus_ce']:.3f} nats/token on 8 corpus batches"
                         for name, r in rows.items()))
     else:
-        print(format_table(rows, args.max_doc_len))
+        print(format_table(rows, args.max_doc_len, floors["best"]))
     print(f"checkpoint: {os.path.join(args.out_dir, args.run_name + '.pt')}\nresults:    {results_path}")
     return results
 
@@ -532,7 +532,7 @@ def main(argv=None):
                 "KD student": results["results"][args.run_name], "CE student": ce["results"][ce_name]}
         print(f"\nShort documents (<= {args.max_doc_len} tokens) packed into {args.window}-token windows; "
               f"phase-1 base {args.phase1_base:g} -> phase-2 base {args.rope_base:g}:")
-        print(format_table(rows, args.max_doc_len))
+        print(format_table(rows, args.max_doc_len, results["floors"]["best"]))
     print(f"wall time: {(time.time() - t0) / 60:.1f} min")
 
 

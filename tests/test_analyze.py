@@ -4,6 +4,7 @@ Each subcommand must write non-empty PNGs and a JSON whose numbers have the prop
 findings rest on: a zero perturbation changes nothing, a perturbation at layer l leaves the
 residual streams 0..l alone, and a W_q edit of one pair is found exactly where it was made.
 """
+import argparse
 import dataclasses
 import json
 import os
@@ -13,7 +14,9 @@ import pytest
 import torch
 
 import analyze
-from data import TaskSpec
+import evaluate
+from data import TaskSpec, kv_probe
+from evaluate import heuristic_floors
 from model import GPT, GPTConfig, save_checkpoint
 from rope import critical_dimension
 
@@ -75,7 +78,15 @@ def test_spectrum_critical_pair_is_first_pair_without_a_full_turn(tmp_path):
         assert s["utilization"] == pytest.approx((turns >= 1).mean())
 
 
-def test_retrieval_same_probes_for_every_checkpoint(run_dir, tmp_path):
+def test_retrieval_same_probes_for_every_checkpoint(run_dir, tmp_path, monkeypatch):
+    seen = {}  # model -> the probe windows it was scored on, in order
+    score = evaluate.probe_accuracy
+
+    def recorded(model, batch, *a, **k):
+        seen.setdefault(id(model), []).append(batch["tokens"].copy())
+        return score(model, batch, *a, **k)
+
+    monkeypatch.setattr(evaluate, "probe_accuracy", recorded)
     ckpts = [str(run_dir / n) for n in ("teacher.pt", "phase1-b10000.pt", "phase2-kd-b10000-b500000.pt")]
     analyze.main(["retrieval", "--ckpt", *ckpts, "--labels", "T", "P1", "KD", "--distances", "4", "40",
                   "--depths", "0", "1", "--n-windows", "2", "--max-doc-len", "16", "--out", str(tmp_path)])
@@ -85,6 +96,12 @@ def test_retrieval_same_probes_for_every_checkpoint(run_dir, tmp_path):
     for r in res["models"].values():
         assert set(r["kv"]) == {"4", "40"} and set(r["depth"]) == {"0.0", "1.0"}
         assert all(0 <= a <= 1 for a in r["kv"].values())
+    probes = list(seen.values())
+    assert len(probes) == 3 and len(probes[0]) == 2 + 1 + 2 * 2  # kv at 2 distances, in-doc, 2 depths x 2
+    assert all(len(p) == len(probes[0]) and all(np.array_equal(a, b) for a, b in zip(p, probes[0]))
+               for p in probes[1:])
+    floors = heuristic_floors(TaskSpec(), 64, [4, 40], n_windows=2)  # the floor line: on these very probes
+    assert res["floors"]["best"] == {str(d): a for d, a in floors["best"].items()}
 
 
 def test_zero_perturbation_changes_nothing(run_dir, tmp_path):
@@ -181,3 +198,37 @@ def test_an_hf_folder_is_analyzed_like_the_checkpoint_it_was_exported_from(run_d
     res = outputs(tmp_path, "retrieval")["models"]
     assert list(res) == ["teacher", "teacher-hf"] and res["teacher"]["kv"] == res["teacher-hf"]["kv"]
     assert res["teacher"]["in_doc"] == res["teacher-hf"]["in_doc"]
+
+
+class CudaLike(torch.Tensor):
+    """A CPU tensor that refuses .numpy() as a CUDA tensor does, until .cpu() brings it to the host."""
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.numpy:
+            raise TypeError("can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() first.")
+        out = super().__torch_function__(func, types, args, kwargs or {})
+        return out.as_subclass(torch.Tensor) if func is torch.Tensor.cpu else out
+
+
+def test_qupdate_numbers_leave_the_device_before_numpy(run_dir, monkeypatch):
+    """--device cuda: the updates and query norms live on the GPU; every numpy conversion must go through .cpu()."""
+    norms, update = analyze.query_pair_norms, analyze.pair_update
+    monkeypatch.setattr(analyze, "query_pair_norms", lambda *a: norms(*a).as_subclass(CudaLike))
+    monkeypatch.setattr(analyze, "pair_update", lambda *a: update(*a).as_subclass(CudaLike))
+    with pytest.raises(TypeError, match="cuda"):
+        analyze.pair_update(torch.ones(4, 2), torch.ones(4, 2), 1).numpy()  # the stand-in does refuse
+    before, _ = analyze.load(str(run_dir / "phase1-b10000.pt"), "cpu")
+    after, _ = analyze.load(str(run_dir / "phase2-kd-b10000-b500000.pt"), "cpu")
+    res = analyze.qupdate_results(before, after, kv_probe(TaskSpec(), 32, 16, n_windows=1), "cpu")
+    assert len(res["wq"]) == N_LAYER and set(res["spans_above_p75"]["wq"]) == {"0", "1", "2"}
+    json.dumps(res)
+
+
+def test_all_passes_the_device_to_every_analysis(run_dir, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(analyze, "main", lambda argv: calls.append(argv) or [])
+    analyze.run_all(argparse.Namespace(dir=str(run_dir), out=str(tmp_path), device=torch.device("cuda"), seed=0,
+                                       n_windows=1))
+    assert [argv[0] for argv in calls] == ["spectrum", "retrieval", "perturb", "qupdate", "qupdate"]
+    assert all(argv[argv.index("--device") + 1] == "cuda" for argv in calls)

@@ -1,8 +1,12 @@
 """Model: causality, document mask, GQA, position override, checkpoints (Llama weights: test_hf.py)."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from model import GPT, CheckpointError, GPTConfig, Inspect, load_model, save_checkpoint
+from distill import freeze_teacher
+from model import GPT, CheckpointError, GPTConfig, Inspect, document_mask, load_model, save_checkpoint
+from rope import rope_cos_sin
 
 
 def tiny(**kw):
@@ -32,6 +36,18 @@ def test_document_mask_isolates_documents():
     assert torch.allclose(a[:, 8:], b[:, 8:], atol=1e-6)  # document 1 does not see it
     assert not torch.allclose(a[:, 3:8], b[:, 3:8])
     assert not torch.allclose(m(x)[:, 8:], m(y)[:, 8:])  # without the mask it does
+
+
+def test_document_mask_is_causal_inside_a_document():
+    doc = torch.tensor([[0] * 8 + [1] * 12])
+    t, s = torch.meshgrid(torch.arange(20), torch.arange(20), indexing="ij")
+    assert torch.equal(document_mask(doc)[0, 0], (s <= t) & (doc[0, t] == doc[0, s]))
+    m = tiny()
+    x = torch.randint(0, 50, (1, 20))
+    y = x.clone()
+    y[0, 14] = (y[0, 14] + 1) % 50  # a token of document 1
+    a, b = m(x, doc_ids=doc), m(y, doc_ids=doc)
+    assert torch.equal(a[:, :14], b[:, :14]) and not torch.allclose(a[:, 14:], b[:, 14:])
 
 
 @pytest.mark.parametrize("n_kv_head, tie, d_ff", [(4, True, 0), (2, False, 48), (1, True, 48)])
@@ -147,3 +163,17 @@ def test_load_errors_say_what_is_wrong_and_never_advise_unsafe_loading(kind, say
     msg = str(e.value)
     assert msg.startswith(path) and "\n" not in msg and "weights_only" not in msg
     assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("base", [1e4, 5e5])
+def test_rope_stays_float32_in_a_bf16_teacher(base):
+    """freeze_teacher casts a CUDA teacher with .to(bfloat16); RoPE's inv_freq must not follow (in bf16 it turns
+    the phase at position 4000 by up to 1.75 rad with base 1e4, head_dim 64)."""
+    cfg = GPTConfig(vocab_size=50, n_layer=1, n_head=1, n_kv_head=1, d_model=64, rope_base=base, max_seq_len=4096)
+    ref = GPT(cfg)
+    teacher = freeze_teacher(GPT(cfg), SimpleNamespace(type="cuda"))  # the CUDA path's cast, here on CPU
+    assert teacher.tok_emb.weight.dtype == torch.bfloat16 and teacher.inv_freq.dtype == torch.float32
+    pos = torch.tensor([[4000]])
+    for got, want in zip(rope_cos_sin(pos, teacher.inv_freq), rope_cos_sin(pos, ref.inv_freq)):
+        assert (got - want).abs().max() < 1e-6
+    assert teacher(torch.randint(0, 50, (1, 8))).dtype == torch.bfloat16  # and the bf16 forward still runs

@@ -1,16 +1,20 @@
 """train.py end to end on the tiny preset: three phases, outputs, exact resume, faults, bad input."""
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 
 import pytest
 import torch
 
 import train
-from model import load_checkpoint
+from data import DataSource, TaskSpec, to_device
+from distill import freeze_teacher
+from model import GPT, GPTConfig, load_checkpoint, load_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--preset", "tiny", "--threads", "1", "--device", "cpu"]
@@ -113,6 +117,29 @@ def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path, monkeypatch):
     assert load_checkpoint(str(tmp_path / "teacher.pt"))["done"]
 
 
+@pytest.mark.parametrize("where, calls, saved_at", [("to_device", 3, 2), ("quick_eval", 1, 4)])
+def test_ctrl_c_outside_the_step_saves_a_resumable_checkpoint(tmp_path, monkeypatch, where, calls, saved_at):
+    """Ctrl-C while a batch is built (3rd batch) or during a quick check (after step 4) saves and exits 130."""
+    real, seen = getattr(train, where), []
+
+    def interrupted(*a, **k):
+        seen.append(1)
+        if len(seen) == calls:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(train, where, interrupted)
+    argv = ["--phase", "teacher", "--out-dir", str(tmp_path), "--curriculum-steps", "0", "--steps", "6",
+            "--eval-interval", "4"]
+    with pytest.raises(SystemExit) as e:
+        run(argv)
+    ckpt = load_checkpoint(str(tmp_path / "teacher.pt"))
+    assert e.value.code == 130 and ckpt["step"] == saved_at and not ckpt["done"]
+    monkeypatch.setattr(train, where, real)
+    run(argv + ["--resume"])
+    assert load_checkpoint(str(tmp_path / "teacher.pt"))["done"]
+
+
 def test_curriculum_doubles_the_window_up_to_the_phase_window():
     args = train.resolve(train.build_parser().parse_args(["--phase", "1", "--window", "256"]))
     stages = train.make_stages(args, train.TaskSpec())
@@ -180,3 +207,110 @@ def test_distills_an_hf_folder_teacher_on_text_in_its_own_tokens(tmp_path):
     assert set(res) == {"phase1-b10000", "teacher"} and res["teacher"]["corpus_ce"] > 0
     ckpt = load_checkpoint(os.path.join(out, "phase1-b10000.pt"))
     assert ckpt["config"]["vocab_size"] == len(tok) and ckpt["args"]["kd_weight"] == 0.5
+
+
+def test_a_probe_distance_that_does_not_fit_the_window_is_not_measurable(tmp_path, capsys):
+    """The tiny probes are at D = 4, 12, 40: in a 41-token window D=40 places no record (it needs 42), so it is
+    reported as null / "-", never as an accuracy of 0.00; the quick checks during training too."""
+    run(["--phase", "teacher", "--out-dir", str(tmp_path), "--window", "41", "--curriculum-steps", "0", "--steps",
+         "4", "--eval-interval", "2"])
+    saved = json.load(open(tmp_path / "teacher.json"))
+    res = saved["results"]["teacher"]
+    assert res["kv"]["40"] is None and res["kv"]["12"] is not None
+    assert saved["floors"]["best"]["40"] is None and 0 < saved["floors"]["best"]["4"] < 1
+    quick = [r["eval"] for r in map(json.loads, open(tmp_path / "teacher.jsonl")) if "eval" in r]
+    assert quick and all(q["kv"]["40"] is None for q in quick)
+    printed = capsys.readouterr().out
+    assert "D=40: -" in printed and "| - |" in printed and "| floor | " in printed
+
+
+def test_kd_reaches_the_gradient():
+    """With --kd-weight 1 the student learns from the teacher alone: two teachers give two students, and the KL to
+    its teacher falls step by step."""
+    cpu = torch.device("cpu")
+    args = train.resolve(train.build_parser().parse_args(["--phase", "2", "--preset", "tiny", "--kd-weight", "1"]))
+    batch = to_device(DataSource(TaskSpec(), "packed", 32, 2, seed=0, max_doc_len=16, min_doc_len=8).batch(0), cpu)
+    cfg = GPTConfig(d_model=32, n_head=2, n_kv_head=2, max_seq_len=32)
+    students = []
+    for teacher_seed in (1, 2):
+        torch.manual_seed(0)
+        student = GPT(cfg)
+        torch.manual_seed(teacher_seed)
+        teacher = freeze_teacher(GPT(cfg), cpu)
+        opt = train.make_optimizer(student, args, cpu)
+        kls = [train.train_step(student, teacher, opt, batch, args, nullcontext())[2] for _ in range(4)]
+        assert kls[-1] < kls[0]
+        students.append(student)
+    assert not torch.equal(students[0].tok_emb.weight, students[1].tok_emb.weight)
+
+
+# ----------------------------------------------------------------------------- flags, each on a tiny phase 1
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    run(["--phase", "teacher", "--out-dir", str(out), "--curriculum-steps", "0", "--steps", "3", "--eval-interval",
+         "0"])
+    return str(out / "teacher.pt")
+
+
+def phase1(out, teacher, *flags, steps=4):
+    """A tiny phase-1 run (KD 0.5 from the shared teacher) with extra flags; returns (log records, out folder)."""
+    run(["--phase", "1", "--out-dir", str(out), "--teacher", teacher, "--curriculum-steps", "0", "--steps",
+         str(steps), "--eval-interval", "0", "--peak-flops", "1e9", *flags])
+    recs = [r for r in map(json.loads, open(os.path.join(out, "phase1-b10000.jsonl"))) if "loss" in r]
+    assert len(recs) == steps and all(math.isfinite(r["loss"]) for r in recs)
+    return recs, out
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_teacher, tmp_path_factory):
+    return phase1(tmp_path_factory.mktemp("ref"), tiny_teacher)[0]
+
+
+def test_bf16_autocast_changes_the_numbers_only_slightly(tiny_teacher, reference, tmp_path):
+    bf16, _ = phase1(tmp_path, tiny_teacher, "--dtype", "bfloat16")
+    assert bf16[0]["loss"] != reference[0]["loss"]  # the same weights at step 1: autocast did run
+    assert bf16[0]["loss"] == pytest.approx(reference[0]["loss"], rel=0.02)
+
+
+def test_doc_mask_and_reset_positions(tiny_teacher, reference, tmp_path):
+    masked, _ = phase1(tmp_path / "mask", tiny_teacher, "--doc-mask")
+    assert masked[0]["loss"] != reference[0]["loss"]  # the mask reaches the forward pass
+    args = train.resolve(train.build_parser().parse_args(["--phase", "1", "--preset", "tiny", "--reset-positions"]))
+    positions = train.make_stages(args, TaskSpec())[-1][1].batch(0)["positions"]
+    assert (positions[:, 1:] < positions[:, :-1]).any()  # positions restart at documents
+    reset, _ = phase1(tmp_path / "reset", tiny_teacher, "--doc-mask", "--reset-positions")
+    for a, b in zip(reset, masked):  # within a masked document RoPE sees only differences: the same run
+        assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["forward", "reverse", "jsd"])
+def test_kd_loss_kind_is_the_logged_divergence_and_half_the_loss(tiny_teacher, reference, tmp_path, kind):
+    recs = reference if kind == "forward" else phase1(tmp_path, tiny_teacher, "--kd-loss", kind)[0]
+    for r in recs:  # phase 1: 0.5 CE + 0.5 KD at temperature 1
+        assert r["loss"] == pytest.approx(0.5 * r["ce"] + 0.5 * r["kl"], rel=1e-5)
+        assert r["kl"] > 0
+    if kind != "forward":
+        assert recs[0]["kl"] != reference[0]["kl"]  # same weights and batch at step 1: another divergence
+    if kind == "jsd":
+        assert all(r["kl"] <= math.log(2) for r in recs)
+
+
+def test_cosine_schedule(tiny_teacher, reference, tmp_path):
+    recs, _ = phase1(tmp_path, tiny_teacher, "--schedule", "cosine", steps=6)
+    lr, warmup = 2e-3, 2  # the tiny preset's
+    expect = [lr * (i + 1) / warmup if i < warmup else lr * (0.1 + 0.45 * (1 + math.cos(math.pi * (i - warmup) / 4)))
+              for i in range(6)]
+    assert [r["lr"] for r in recs] == pytest.approx(expect)
+    assert [r["lr"] for r in reference][warmup:] == [lr] * (4 - warmup)  # constant by default
+
+
+def test_yarn_rope_scaling(tiny_teacher, reference, tmp_path):
+    scaling = {"rope_type": "yarn", "factor": 2, "original_max_position_embeddings": 16}
+    recs, out = phase1(tmp_path, tiny_teacher, "--rope-scaling", json.dumps(scaling))
+    model, ckpt = load_model(os.path.join(out, "phase1-b10000.pt"))
+    plain = GPT(GPTConfig(**dict(ckpt["config"], rope_scaling=None)))
+    assert ckpt["config"]["rope_scaling"] == scaling and model.attention_factor > 1
+    assert model.inv_freq[0] == plain.inv_freq[0] and model.inv_freq[-1] == pytest.approx(plain.inv_freq[-1] / 2)
+    assert recs[0]["loss"] != reference[0]["loss"]

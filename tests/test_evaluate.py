@@ -1,0 +1,69 @@
+"""Evaluation: accuracy counts exactly what the model predicts, the heuristic floors, unmeasurable probes."""
+from contextlib import nullcontext
+
+import numpy as np
+import pytest
+import torch
+
+from data import SEP, TaskSpec, kv_probe
+from evaluate import evaluate, floor_accuracies, format_table, heuristic_floors, probe_accuracy
+
+SPEC = TaskSpec()
+CPU = torch.device("cpu")
+
+
+class Rule(torch.nn.Module):
+    """A 'model' whose argmax at position t is rule(x[b, :t + 1]): a heuristic in model form."""
+
+    def __init__(self, rule):
+        super().__init__()
+        self.rule = rule
+
+    def forward(self, x, position_ids=None, doc_ids=None):
+        logits = torch.zeros(*x.shape, SPEC.vocab_size)  # (B, T, V)
+        for b in range(x.shape[0]):
+            for t in range(x.shape[1]):
+                logits[b, t, self.rule(x[b, : t + 1].numpy())] = 1.0
+        return logits
+
+
+def last_value(prefix):
+    seen = prefix[np.isin(prefix, SPEC.values())]
+    return int(seen[-1]) if len(seen) else SEP
+
+
+def test_probe_accuracy_scores_what_the_model_predicts():
+    batch = kv_probe(SPEC, 64, 4, n_windows=2)
+    copier = probe_accuracy(Rule(last_value), batch, CPU, nullcontext())
+    assert copier == pytest.approx(floor_accuracies(SPEC, batch)[0])  # two independent counts of one heuristic
+    assert 0 < copier < 1
+    assert probe_accuracy(Rule(lambda prefix: SEP), batch, CPU, nullcontext()) == 0.0
+
+
+def test_floors_on_a_hand_made_window():
+    k1, k2, v1, v2, f = 1, 2, *SPEC.values()[:2], SPEC.filler_ids()[0]
+    tokens = np.array([[SEP, k1, v1, k2, v2, f, k1, v1, k2, v2]])
+    answers = np.zeros_like(tokens, dtype=bool)
+    answers[0, [7, 9]] = True
+    # answer v1 at 7: last value seen is v2 (miss), 1 of 2 distinct values; v2 at 9: last is v1, 1 of 2
+    assert floor_accuracies(SPEC, {"tokens": tokens, "answers": answers}) == (0.0, 0.5)
+    assert floor_accuracies(SPEC, {"tokens": tokens, "answers": np.zeros_like(answers)}) is None
+
+
+def test_floors_of_the_cpu_preset_probes():
+    """Reference values of the cpu preset's probes (1024-token windows, 16 of them): chance (1/64) is not the floor."""
+    floors = heuristic_floors(SPEC, 1024, [16, 900], n_windows=16)
+    assert floors["last_value"][16] == pytest.approx(0.668, abs=0.005)
+    assert floors["uniform_seen"][900] == pytest.approx(0.070, abs=0.005)
+    assert floors["best"] == {16: floors["last_value"][16], 900: floors["uniform_seen"][900]}
+
+
+def test_a_distance_that_does_not_fit_is_not_measurable():
+    model = Rule(last_value)
+    res = evaluate(model, SPEC, 41, [39, 40], 16, CPU, nullcontext(), n_windows=1)  # D=40 needs a 42-token window
+    assert res["kv"][40] is None and res["kv"][39] is not None
+    floors = heuristic_floors(SPEC, 41, [39, 40], n_windows=1)
+    assert floors["best"][40] is None and floors["last_value"][40] is None and floors["best"][39] is not None
+    table = format_table({"m": res}, 16, floors["best"])
+    assert "| m | " + f"{res['kv'][39]:.2f} | - |" in table
+    assert "| floor | " + f"{floors['best'][39]:.2f} | - | - |" in table
