@@ -313,7 +313,7 @@ def run_all(args):
     teacher = [p for p in [os.path.join(args.dir, "teacher.pt")] if os.path.isfile(p)]
     phase1 = sorted(glob.glob(os.path.join(args.dir, "phase1-b*.pt")))
     phase2 = sorted(glob.glob(os.path.join(args.dir, "phase2-*-b*-b*.pt")))
-    ckpts = {p: load(p, args.device)[1] for p in teacher + phase1 + phase2}  # all sound before anything is drawn
+    ckpts = {p: load(p, "cpu")[1] for p in teacher + phase1 + phase2}  # all sound before anything is drawn
     for p, c in ckpts.items():
         if not c.get("done", True):
             print(f"note: {p} is an unfinished run (step {c['step']})")
