@@ -77,8 +77,12 @@ def ensure_phase1(args):
     """Phase 2's starting point: --init, else the phase-1 run of --phase1-base and --phase1-seed."""
     argv = ["--phase", "1", "--rope-base", f"{args.phase1_base:g}", "--seed", str(args.phase1_seed),
             "--window", str(args.phase1_window)]
-    name = phase1_name(args.phase1_base, args.phase1_seed, args.phase1_window, args.preset)
-    return ensure(args, "phase-1", args.init, name + ".pt", argv + common_argv(args))
+    return ensure(args, "phase-1", args.init, phase1_file(args), argv + common_argv(args))
+
+
+def phase1_file(args):
+    """File name of the phase-1 run that phase 2 starts from (without --init)."""
+    return phase1_name(args.phase1_base, args.phase1_seed, args.phase1_window, args.preset) + ".pt"
 
 
 def common_argv(args):
@@ -255,7 +259,7 @@ def check_inputs(args):
             except CheckpointError as e:
                 fail(str(e))
     if args.phase == "2":
-        name = phase1_name(args.phase1_base, args.phase1_seed, args.phase1_window, args.preset) + ".pt"
+        name = phase1_file(args)
         init = args.init or find_checkpoint(os.path.join(args.out_dir, name), name, args.preset)
         if init is not None:
             load_init(args, init, cpu)
