@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from config import PRESETS, SHIPPED, build_parser, check_out_dir, fail, phase1_name, phase_seed, pick_device, resolve
-from data import DataError, DataSource, TaskSpec, file_windows, read_bin_documents, read_text_documents, to_device
+from data import (DataError, DataSource, TaskSpec, file_windows, hold_out, read_bin_documents, read_text_documents,
+                  to_device)
 from distill import kd_loss, load_teacher, teacher_logits
 from evaluate import evaluate, format_accuracy, format_table, heuristic_floors, matmul_peak_flops
 from hf import load_pretrained
@@ -104,7 +105,8 @@ def lr_at(step, steps, args):
 
 
 def make_stages(args, spec, corpus=None):
-    """[(name, DataSource, steps, stop_at_accuracy)] for this phase; `corpus`: packed windows of a real file."""
+    """[(name, DataSource, steps, stop_at_accuracy)] for this phase; `corpus`: a real file's packed windows
+    (training, held out), from load_corpus."""
     pre = PRESETS[args.preset]
     stages = []
     windows = [w for w in pre["curriculum_windows"] if w < args.window] if args.curriculum_steps else []
@@ -114,7 +116,7 @@ def make_stages(args, spec, corpus=None):
         steps = args.curriculum_steps if i == 0 else max(1, args.curriculum_steps // 6)
         stages.append((f"curriculum-{w}", src, steps, args.curriculum_target))
     if corpus is not None:
-        src = DataSource(spec, "file", args.window, args.batch_size, phase_seed(args, 2), windows=corpus)
+        src = DataSource(spec, "file", args.window, args.batch_size, phase_seed(args, 2), windows=corpus[0])
     elif args.phase == "teacher":
         src = DataSource(spec, "long", args.window, args.batch_size, phase_seed(args, 2), n_pairs=pre["long_pairs"])
     else:
@@ -122,6 +124,17 @@ def make_stages(args, spec, corpus=None):
                          args.min_doc_len, reset_positions=args.reset_positions)
     stages.append(("main", src, args.steps, None))
     return stages
+
+
+def records_placed(stages) -> str:
+    """One line: per synthetic stage, records asked for per window and placed on average in its first batch
+    (data.place_pairs drops a record that finds no free slot: 12-20% in the dense curriculum windows)."""
+    parts = []
+    for name, src, *_ in stages:
+        if src.kind == "long" and src.n_pairs:
+            placed = src.batch(0)["answers"].sum(1).mean()
+            parts.append(f"{name} {src.n_pairs} -> {placed:.1f}")
+    return "  records per window, asked -> placed: " + ", ".join(parts) if parts else None
 
 
 def load_corpus(args):
@@ -133,7 +146,7 @@ def load_corpus(args):
             docs, sep = read_text_documents(args.data, encode=tok.encode), tok.eos_id
         else:
             docs, sep = read_text_documents(args.data), 0
-        return file_windows(docs, args.window, args.max_doc_len, sep)
+        return hold_out(file_windows(docs, args.window, args.max_doc_len, sep))  # (train, held-out) windows
     except DataError as e:
         fail(str(e))
 
@@ -325,8 +338,12 @@ def run_phase(args, inputs=None):
     print(f"== phase {args.phase}: {args.run_name} | window {args.window} | {model.num_params():,} params | "
           f"loss {'CE' if args.kd_weight == 0 else f'{1 - args.kd_weight:g} CE + {args.kd_weight:g} KD({args.kd_loss}, T={args.temperature:g})'} | {device}")
     print("  " + format_spectrum(spectrum_summary(cfg.head_dim, cfg.rope_base, args.window)))
+    stages = make_stages(args, spec, corpus)
+    placed = records_placed(stages)
+    if placed:
+        print(placed)
     step_model = torch.compile(model) if args.compile else model
-    trained_tokens, t_train = train_loop(step_model, model, teacher, opt, args, make_stages(args, spec, corpus),
+    trained_tokens, t_train = train_loop(step_model, model, teacher, opt, args, stages,
                                          state, autocast, device, ckpt_path, log_path, spec)
     save_run(model, opt, args, state, ckpt_path, done=True)
     speed = report_speed(model, args, device, trained_tokens, t_train)
@@ -392,7 +409,8 @@ def train_loop(step_model, model, teacher, opt, args, stages, state, autocast, d
 def quick_eval(model, args, spec, device, autocast, local, step, bar, log):
     """A few probe distances on half the probe windows, printed under the progress bar and logged."""
     quick = evaluate(model, spec, args.window, quick_distances(args), args.max_doc_len, device, autocast,
-                     PRESETS[args.preset]["eval_windows"] // 2)
+                     PRESETS[args.preset]["eval_windows"] // 2, doc_mask=args.doc_mask,
+                     reset_positions=args.reset_positions)
     bar.write(f"  step {local}: " + ", ".join(f"D={d}: {format_accuracy(a)}" for d, a in quick["kv"].items())
               + f", in-doc {format_accuracy(quick['in_doc'])}")
     log.write(json.dumps({"step": step, "eval": quick}) + "\n")
@@ -438,7 +456,8 @@ def report(args, teacher, device, autocast, spec, results_path, speed, model=Non
     if args.data:  # the retrieval probes speak the synthetic language: report the corpus loss instead
         rows = {name: {"corpus_ce": corpus_loss(m, args, corpus, device, autocast)} for name, m in models.items()}
     else:
-        rows = {name: evaluate(m, spec, args.window, dists, args.max_doc_len, device, autocast, n)
+        rows = {name: evaluate(m, spec, args.window, dists, args.max_doc_len, device, autocast, n,  # every row
+                               doc_mask=args.doc_mask, reset_positions=args.reset_positions)  # as the run trained
                 for name, m in models.items()}
     floors = None if args.data else heuristic_floors(spec, args.window, dists, n)  # what no retrieval scores
     results = {"run": args.run_name, "phase": args.phase, "window": args.window, "rope_base": args.rope_base,
@@ -448,7 +467,7 @@ def report(args, teacher, device, autocast, spec, results_path, speed, model=Non
     with open(results_path, "w") as f:
         json.dump(results, f, indent=1)
     if args.data:
-        print("\n".join(f"{name}: cross-entropy {r['corpus_ce']:.3f} nats/token on 8 corpus batches"
+        print("\n".join(f"{name}: cross-entropy {r['corpus_ce']:.3f} nats/token on held-out corpus windows"
                         for name, r in rows.items()))
     else:
         print(format_table(rows, args.max_doc_len, floors["best"]))
@@ -458,22 +477,27 @@ def report(args, teacher, device, autocast, spec, results_path, speed, model=Non
 
 @torch.no_grad()
 def corpus_loss(model, args, corpus, device, autocast, n_batches=8):
-    """Mean next-token cross-entropy on batches of the real corpus drawn with another seed."""
-    src = DataSource(None, "file", args.window, args.batch_size, phase_seed(args, 9), windows=corpus)
-    total = 0.0
-    for i in range(n_batches):
-        x, y, pos, _, _ = to_device(src.batch(i), device)
+    """Mean next-token cross-entropy on the held-out windows of the real corpus (up to n_batches batches)."""
+    held = corpus[1]
+    total = count = 0
+    for i in range(0, min(len(held["tokens"]), n_batches * args.batch_size), args.batch_size):
+        x, y, pos, _, _ = to_device({k: v[i:i + args.batch_size] for k, v in held.items()}, device)
         with autocast:
-            total += F.cross_entropy(model(x, pos).float().flatten(0, 1), y.flatten()).item()
-    return total / n_batches
+            total += F.cross_entropy(model(x, pos).float().flatten(0, 1), y.flatten(), reduction="sum").item()
+        count += y.numel()
+    return total / count
 
 
 def baseline_args(args, argv):
     """Phase 2's CE-only twin: (its name, its argv, its resolved args), args None when its results exist."""
-    ce_name = args.run_name.replace("-kd-", "-ce-") if "-kd-" in args.run_name else args.run_name + "-ce"
+    ce_argv = argv + ["--kd-weight", "0", "--no-baseline", "--no-auto"]
+    # its own default name (a CE run has no divergence or temperature to name), or --run-name's with kd -> ce
+    named = any(a == "--run-name" or a.startswith("--run-name=") for a in argv)
+    ce_name = (resolve(build_parser().parse_args(ce_argv)).run_name if not named else
+               args.run_name.replace("-kd-", "-ce-") if "-kd-" in args.run_name else args.run_name + "-ce")
     if os.path.isfile(os.path.join(args.out_dir, ce_name + ".json")) and not args.overwrite:
         return ce_name, None, None
-    ce_argv = argv + ["--kd-weight", "0", "--no-baseline", "--no-auto", "--run-name", ce_name]
+    ce_argv += ["--run-name", ce_name]
     if args.device == "cpu" and not args.threads:
         ce_argv += ["--threads", "1"]
     return ce_name, ce_argv, resolve(build_parser().parse_args(ce_argv))

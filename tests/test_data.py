@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from data import (SEP, DataError, DataSource, TaskSpec, file_windows, kv_probe, pack_documents,
+from data import (SEP, DataError, DataSource, TaskSpec, file_windows, hold_out, kv_probe, pack_documents,
                   read_bin_documents, read_text_documents, repeated_tokens_window, synthetic_batch)
 
 SPEC = TaskSpec()
@@ -128,3 +128,13 @@ def test_filler_follows_its_markov_chain(order):
                 assert ctx[-1] - f0 in succ[tuple(ctx[:-1] - f0)]
                 checked += 1
     assert checked > 300
+
+
+def test_hold_out_keeps_the_last_windows_away_from_training():
+    packed = {"tokens": np.arange(40 * 9).reshape(40, 9), "positions": np.zeros((40, 9), dtype=int)}
+    train_w, held = hold_out(packed)
+    assert len(train_w["tokens"]) == 38 and len(held["tokens"]) == 2  # 5% of 40
+    assert np.array_equal(np.concatenate([train_w["tokens"], held["tokens"]]), packed["tokens"])  # disjoint, all kept
+    assert len(hold_out({k: v[:3] for k, v in packed.items()})[1]["tokens"]) == 1  # at least one window
+    with pytest.raises(DataError, match="at least 2"):
+        hold_out({k: v[:1] for k, v in packed.items()})

@@ -136,6 +136,7 @@ BAD = {  # case: (script, argv, a phrase the error line must hold); {d} is the w
                                   "divide"),
     "odd head dimension": ("train", ["--phase", "1", "--d-model", "18", "--n-head", "2", "--n-kv-head", "2"], "even"),
     "resume and overwrite": ("train", ["--phase", "1", "--resume", "--overwrite"], "pass one"),
+    "reset positions without doc mask": ("train", ["--phase", "1", "--reset-positions"], "needs --doc-mask"),
     "init outside phase 2": ("train", ["--phase", "1", "--init", "{d}/phase1.pt"], "--phase 2"),
     "probes on --data": ("train", ["--phase", "teacher", "--data", "{d}/corpus.txt", "--eval-interval", "5"],
                          "synthetic language"),
