@@ -128,6 +128,9 @@ def build_parser():
     g.add_argument("--reset-positions", action="store_true", help="restart position ids at each document "
                    "(needs --doc-mask)")
     g.add_argument("--doc-mask", action="store_true", help="block-diagonal attention (no cross-document attention)")
+    g.add_argument("--attention", default="sdpa", choices=["sdpa", "flex"], help="--doc-mask's kernel: sdpa with a "
+                   "dense (B, 1, T, T) mask (no flash), or flex attention with a block mask (CUDA only: no backward "
+                   "on CPU)")
     g.add_argument("--data", default=None, help="train on a real corpus instead: a UTF-8 text file/folder or a .bin")
     g.add_argument("--tokenizer", default=None, help="--data text: tokenize with this folder's byte-level BPE "
                    "(vocab.json, merges.txt; e.g. the teacher's from hf.py convert-gguf) instead of bytes")
@@ -288,6 +291,8 @@ def resolve(args):
          "--curriculum-steps: the curriculum is synthetic key-value data; with --data pass 0 or drop it"),
         (not (args.data and args.reset_positions),
          "--reset-positions applies to the synthetic packed documents, not to --data"),
+        (args.doc_mask or args.attention == "sdpa", "--attention flex is a kernel for --doc-mask: pass --doc-mask "
+         "(without it, causal attention already takes the flash path)"),
         (args.doc_mask or not args.reset_positions,  # issue 16: else 43% of visible pairs had a negative distance
          "--reset-positions needs --doc-mask: restarted positions under cross-document attention give keys of an "
          "earlier document larger positions than the query (negative relative distances)"),

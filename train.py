@@ -198,12 +198,14 @@ def build_student(args, spec, device):
                                   max_seq_len=args.window)
         student = GPT(cfg).to(device)
         student.load_state_dict(model.state_dict())  # same weights; only RoPE's base changes (ABF)
-        return student
-    torch.manual_seed(phase_seed(args))
-    cfg = GPTConfig(vocab_size=args.vocab_size, n_layer=args.n_layer, n_head=args.n_head, n_kv_head=args.n_kv_head,
-                    d_model=args.d_model, d_ff=args.d_ff, rope_base=args.rope_base, rope_scaling=args.scaling,
-                    max_seq_len=args.window)
-    return GPT(cfg).to(device)
+    else:
+        torch.manual_seed(phase_seed(args))
+        cfg = GPTConfig(vocab_size=args.vocab_size, n_layer=args.n_layer, n_head=args.n_head, n_kv_head=args.n_kv_head,
+                        d_model=args.d_model, d_ff=args.d_ff, rope_base=args.rope_base, rope_scaling=args.scaling,
+                        max_seq_len=args.window)
+        student = GPT(cfg).to(device)
+    student.flex = args.attention == "flex"  # --doc-mask as a flex block mask
+    return student
 
 
 def checkpoint_dict(model, opt, args, state, done):
@@ -243,6 +245,8 @@ def check_inputs(args):
     previous checkpoint or None).
     """
     check_out_dir(args.out_dir, "--out-dir")
+    if args.attention == "flex" and not args.device.startswith("cuda"):
+        fail("--attention flex trains on CUDA only (torch has no flex-attention backward on CPU); use --attention sdpa")
     if args.vocab_size is None:  # --data with --tokenizer: the tokenizer's vocabulary (config.resolve left it)
         args.vocab_size = len(load_tokenizer(args))
     corpus = load_corpus(args) if args.data else None
@@ -311,6 +315,7 @@ def run_phase(args, inputs=None):
             teacher = load_teacher(t_path, device, args.vocab_size)
         except CheckpointError as e:
             fail(str(e))
+        teacher.flex = args.attention == "flex"
         print(f"teacher: {t_path} (base {teacher.config.rope_base:g}, frozen)")
     if args.resume and previous is not None and previous.get("done"):
         print(f"{ckpt_path} already finished; its results:")

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from distill import freeze_teacher
-from model import GPT, CheckpointError, GPTConfig, Inspect, document_mask, load_model, save_checkpoint
+from model import (GPT, CheckpointError, GPTConfig, Inspect, document_block_mask, document_mask, load_model,
+                   save_checkpoint)
 from rope import rope_cos_sin
 
 
@@ -48,6 +49,20 @@ def test_document_mask_is_causal_inside_a_document():
     y[0, 14] = (y[0, 14] + 1) % 50  # a token of document 1
     a, b = m(x, doc_ids=doc), m(y, doc_ids=doc)
     assert torch.equal(a[:, :14], b[:, :14]) and not torch.allclose(a[:, 14:], b[:, 14:])
+
+
+@torch.no_grad()
+def test_flex_block_mask_gives_the_dense_masks_logits():
+    """--attention flex: the same attention as the dense document mask (forward only: no flex backward on CPU)."""
+    m = tiny()  # grouped-query attention: 4 query heads, 2 key/value heads
+    x = torch.randint(0, 50, (2, 40))
+    doc = torch.tensor([[0] * 9 + [1] * 20 + [2] * 11, [0] * 30 + [1] * 10])
+    dense = m(x, doc_ids=doc)
+    m.flex = True
+    flex = m(x, doc_ids=doc)
+    assert torch.allclose(flex, dense, atol=1e-5)
+    assert not torch.allclose(flex, m(x), atol=1e-3)  # and not plain causal attention
+    assert document_block_mask(doc).shape == (2, 1, 40, 40)
 
 
 @pytest.mark.parametrize("n_kv_head, tie, d_ff", [(4, True, 0), (2, False, 48), (1, True, 48)])
