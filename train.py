@@ -15,9 +15,14 @@ RoPE base should be small while the window is short and large once it is long:
 
 A phase whose prerequisites are missing trains them first (or exits with --no-auto).
 Each phase ends with the retrieval probes of data.py at distances up to its window,
-printed as a table and saved as JSON beside its checkpoint.
+printed as a table and saved as JSON beside its checkpoint (report.py).
+
+Under torchrun the same script trains data-parallel (dist.py): every rank trains its rows of
+each step's global batch (--batch-size) in --grad-accum micro-batches, with a replica of the
+frozen teacher; rank 0 alone prints, logs, probes and saves.
 
 Main job:  python train.py --phase 2 --rope-base 500000
+           torchrun --nproc_per_node 2 train.py --phase 2 --rope-base 500000 --threads 1
 """
 import dataclasses
 import json
@@ -36,13 +41,11 @@ from config import PRESETS, SHIPPED, build_parser, check_out_dir, fail, phase1_n
 from data import (DataError, DataSource, TaskSpec, file_windows, prefetch, read_bin_documents, read_text_documents,
                   to_device)
 from distill import kd_loss, load_teacher, teacher_logits
-from evaluate import evaluate, format_accuracy, format_table, heuristic_floors, matmul_peak_flops
 from hf import load_pretrained
 from model import GPT, CheckpointError, GPTConfig, load_checkpoint, load_model, save_checkpoint
+from report import START, print_side_by_side, quick_eval, report, report_speed
 from rope import format_spectrum, spectrum_summary
 from tokenizer import Tokenizer
-
-START = "step 0"  # results key of a phase-2 student before its first step (phase 1 + the base switch)
 
 # ----------------------------------------------------------------------------- prerequisites
 
@@ -334,7 +337,7 @@ def run_phase(args, inputs=None):
         print(f"teacher: {t_path} (base {teacher.config.rope_base:g}, frozen)")
     if args.resume and previous is not None and previous.get("done"):
         print(f"{ckpt_path} already finished; its results:")
-        return on_main(report, args, teacher, device, autocast, spec, results_path, None, corpus=corpus)
+        return on_main(final_report, args, teacher, device, autocast, spec, results_path, None, corpus=corpus)
     model = build_student(args, spec, device)
     opt = make_optimizer(model, args, device)
     state = {"step": 0, "stage": 0, "stage_start": 0, "acc_ema": 0.0}
@@ -365,7 +368,17 @@ def run_phase(args, inputs=None):
     spread = dist.weight_spread(model)  # DDP keeps the ranks' weights equal: 0.0
     save_run(model, opt, args, state, ckpt_path, done=True)
     speed = report_speed(model, args, device, trained_tokens, t_train, spread) if dist.is_main() else None
-    return on_main(report, args, teacher, device, autocast, spec, results_path, speed, model, corpus)
+    return on_main(final_report, args, teacher, device, autocast, spec, results_path, speed, model, corpus)
+
+
+def final_report(args, teacher, device, autocast, spec, results_path, speed, model=None, corpus=None):
+    """report.report on the run (from its checkpoint if not given), its teacher and phase 2's starting point."""
+    if model is None:
+        model, _ = load_model(os.path.join(args.out_dir, args.run_name + ".pt"), device)
+    models = {args.run_name: model, **({"teacher": teacher} if teacher is not None else {})}
+    if args.phase == "2":  # the starting point: phase 1's weights with the new base, before any phase-2 step
+        models[START] = build_student(args, spec, device)
+    return report(args, models, device, autocast, spec, results_path, speed, corpus)
 
 
 def on_main(fn, *a, **k):
@@ -459,15 +472,6 @@ def record_step(state, name, metrics, n_tok, seconds, clock, opt, bar, log, ckpt
     bar.update(1)
 
 
-def quick_eval(model, args, spec, device, autocast, local, step, bar, log):
-    """A few probe distances on half the probe windows, printed under the progress bar and logged."""
-    quick = evaluate(model, spec, args.window, quick_distances(args), args.max_doc_len, device, autocast,
-                     PRESETS[args.preset]["eval_windows"] // 2)
-    bar.write(f"  step {local}: " + ", ".join(f"D={d}: {format_accuracy(a)}" for d, a in quick["kv"].items())
-              + f", in-doc {format_accuracy(quick['in_doc'])}")
-    log.write(json.dumps({"step": step, "eval": quick}) + "\n")
-
-
 def truncate_log(log_path, step):
     """Drop log records past the checkpoint's step (written before a crash), so a resumed log is exact."""
     if os.path.exists(log_path):
@@ -476,71 +480,6 @@ def truncate_log(log_path, step):
             # cut the last line short: it lies past the checkpoint (flushed before each save), so it goes too
         with open(log_path, "w") as f:
             f.writelines(keep)
-
-
-def quick_distances(args):
-    ds = [d for d in PRESETS[args.preset]["eval_distances"] if d < args.window]
-    return sorted({ds[1], ds[len(ds) // 2], ds[-2], ds[-1]}) if len(ds) >= 4 else ds
-
-
-def report_speed(model, args, device, tokens, seconds, spread=0.0):
-    """tokens/s of the training steps (all ranks together) and MFU per device (nanoGPT's FLOP count over the
-    device peak, measured on rank 0); under torchrun also the ranks and how far their weights differ (0.0)."""
-    if not tokens:
-        return None
-    tok_s = tokens / seconds
-    peak = args.peak_flops or matmul_peak_flops(device)
-    ranks = dist.world_size()
-    mfu = model.flops_per_token(args.window) * tok_s / ranks / peak
-    # the teacher's forward is not counted: this is the student's MFU
-    print(f"speed: {tok_s:,.0f} tokens/s over {seconds:.0f} s of steps (batches included); student MFU {mfu:.1%} "
-          f"of {peak / 1e9:,.0f} GFLOP/s" + (f" per rank, {ranks} ranks" if ranks > 1 else ""))
-    if ranks > 1:
-        print(f"ranks: {ranks}, their weights " + ("identical" if spread == 0 else f"differ by up to {spread:.3g}"))
-    return {"tokens_per_s": tok_s, "train_seconds": seconds, "mfu": mfu, "peak_flops": peak, "ranks": ranks,
-            "grad_accum": args.grad_accum, "rank_weight_spread": spread}
-
-
-def report(args, teacher, device, autocast, spec, results_path, speed, model=None, corpus=None):
-    """Evaluate the run (and the teacher) on the probes; print the table; save JSON."""
-    if model is None:
-        model, _ = load_model(os.path.join(args.out_dir, args.run_name + ".pt"), device)
-    dists = [d for d in PRESETS[args.preset]["eval_distances"] if d < args.window]
-    n = PRESETS[args.preset]["eval_windows"]
-    models = {args.run_name: model, **({"teacher": teacher} if teacher is not None else {})}
-    if args.phase == "2":  # the starting point: phase 1's weights with the new base, before any phase-2 step
-        models[START] = build_student(args, spec, device)
-    if args.data:  # the retrieval probes speak the synthetic language: report the corpus loss instead
-        rows = {name: {"corpus_ce": corpus_loss(m, args, corpus, device, autocast)} for name, m in models.items()}
-    else:
-        rows = {name: evaluate(m, spec, args.window, dists, args.max_doc_len, device, autocast, n)
-                for name, m in models.items()}
-    floors = None if args.data else heuristic_floors(spec, args.window, dists, n)  # what no retrieval scores
-    results = {"run": args.run_name, "phase": args.phase, "window": args.window, "rope_base": args.rope_base,
-               "kd_weight": args.kd_weight, "seed": args.seed, "max_doc_len": args.max_doc_len,
-               "results": rows, "floors": floors, "speed": speed}
-    os.makedirs(args.out_dir, exist_ok=True)
-    with open(results_path, "w") as f:
-        json.dump(results, f, indent=1)
-    if args.data:
-        print("\n".join(f"{name}: cross-entropy {r['corpus_ce']:.3f} nats/token on 8 corpus batches"
-                        for name, r in rows.items()))
-    else:
-        print(format_table(rows, args.max_doc_len, floors["best"]))
-    print(f"checkpoint: {os.path.join(args.out_dir, args.run_name + '.pt')}\nresults:    {results_path}")
-    return results
-
-
-@torch.no_grad()
-def corpus_loss(model, args, corpus, device, autocast, n_batches=8):
-    """Mean next-token cross-entropy on batches of the real corpus drawn with another seed."""
-    src = DataSource(None, "file", args.window, args.batch_size, phase_seed(args, 9), windows=corpus)
-    total = 0.0
-    for i in range(n_batches):
-        x, y, pos, _, _ = to_device(src.batch(i), device)
-        with autocast:
-            total += F.cross_entropy(model(x, pos).float().flatten(0, 1), y.flatten()).item()
-    return total / n_batches
 
 
 def baseline_args(args, argv):
@@ -626,17 +565,6 @@ def train_phase(args, argv):
                   f"this one again (--resume) for the side-by-side table:\n  torchrun --nproc_per_node "
                   f"{dist.world_size()} train.py {' '.join(ce_argv)}")
     print(f"wall time: {(time.time() - t0) / 60:.1f} min")
-
-
-def print_side_by_side(args, results, ce_name):
-    """Phase 2's table: teacher, step 0, the KD student and its CE-only twin (from its results file)."""
-    with open(os.path.join(args.out_dir, ce_name + ".json")) as f:
-        ce = json.load(f)
-    rows = {"teacher": results["results"]["teacher"], START: results["results"][START],
-            "KD student": results["results"][args.run_name], "CE student": ce["results"][ce_name]}
-    print(f"\nShort documents (<= {args.max_doc_len} tokens) packed into {args.window}-token windows; "
-          f"phase-1 base {args.phase1_base:g} -> phase-2 base {args.rope_base:g}:")
-    print(format_table(rows, args.max_doc_len, results["floors"]["best"]))
 
 
 if __name__ == "__main__":
