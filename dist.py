@@ -61,7 +61,7 @@ def start(args):
     if cuda:
         args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
         torch.cuda.set_device(args.device)
-    tdist.init_process_group(backend)
+    tdist.init_process_group(backend, device_id=torch.device(args.device) if cuda else None)
     if not is_main():
         sys.stdout = open(os.devnull, "w")
 

@@ -416,14 +416,14 @@ def train_loop(step_model, model, teacher, opt, args, stages, state, autocast, d
                     metrics = train_step(step_model, teacher, opt, batch, args, autocast)
                     record_step(state, name, metrics, src.batch_size * src.window, time.perf_counter() - t0, clock,
                                 opt, bar, log, ckpt_path)
-                    done = local + 1
-                    if stop_at is not None and state["acc_ema"] >= stop_at and done >= 50:
-                        bar.write(f"  {name}: answer accuracy {state['acc_ema']:.2f} >= {stop_at} at step {done}; "
-                                  "next stage")
+                    steps_done = local + 1
+                    if stop_at is not None and state["acc_ema"] >= stop_at and steps_done >= 50:
+                        bar.write(f"  {name}: answer accuracy {state['acc_ema']:.2f} >= {stop_at} at step "
+                                  f"{steps_done}; next stage")
                         break
-                    if main and args.eval_interval and name == "main" and done % args.eval_interval == 0 \
-                            and done < steps:
-                        quick_eval(model, args, spec, device, autocast, done, state["step"], bar, log)
+                    if main and args.eval_interval and name == "main" and steps_done % args.eval_interval == 0 \
+                            and steps_done < steps:
+                        quick_eval(model, args, spec, device, autocast, steps_done, state["step"], bar, log)
                     if state["step"] % args.save_interval == 0:
                         log.flush()
                         save_run(model, opt, args, state, ckpt_path, done=False)
