@@ -8,7 +8,8 @@ torchtune do:
 - `start` / `stop`: join and leave the process group that torchrun describes in the
   environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); gloo on CPU, nccl on
   CUDA. Without torchrun there is no process group and every helper is a no-op (rank 0 of 1).
-- `BatchShape`: the one place that splits a step's global batch into ranks and micro-batches.
+- `BatchShape`, `micro_batches`: the one place that splits a step's global batch into ranks,
+  then each rank's rows into micro-batches.
 - `wrap` / `sync_unless`: the student in DDP (gradients averaged across ranks in backward, not
   on the micro-batches before the last); the frozen teacher is replicated, never wrapped.
 - `sum_across_ranks`, `weight_spread`, `barrier`: metrics every rank agrees on (so all ranks
@@ -98,6 +99,12 @@ class BatchShape:
 
     def rows(self, rank: int) -> slice:
         return slice(rank * self.per_rank, (rank + 1) * self.per_rank)
+
+
+def micro_batches(batch, grad_accum: int):
+    """A rank's rows (x, y, pos, doc, ans), each (per_rank, T), as grad_accum micro-batches of BatchShape.micro
+    rows each, in row order: [(x, y, pos, doc, ans) of rows 0..micro-1, ...]."""
+    return list(zip(*(t.chunk(grad_accum) for t in batch)))
 
 
 def wrap(model, device):

@@ -158,10 +158,9 @@ def train_step(model, teacher, opt, batch, args, autocast):
     Returns (loss, ce, kl, answer accuracy) of the whole global batch, as floats, the same on every rank.
     """
     k = args.grad_accum
-    micro_batches = zip(*(t.chunk(k) for t in batch))  # K x (x, y, pos, doc, ans), (B / ranks / K, T) each
     stats = 0  # summed over the micro-batches: loss / K, ce / K, kl / K, correct answers, answers
     opt.zero_grad(set_to_none=True)
-    for i, micro in enumerate(micro_batches):
+    for i, micro in enumerate(dist.micro_batches(batch, k)):  # K x (x, y, pos, doc, ans), (B / ranks / K, T) each
         with dist.sync_unless(model, accumulating=i < k - 1):  # DDP all-reduces the gradients on the last only
             loss, ce, kl, correct, answers = micro_loss(model, teacher, micro, args, autocast)
             (loss / k).backward()

@@ -127,6 +127,9 @@ def test_batch_shape_gives_each_rank_its_rows_of_the_global_batch():
     assert (shape.per_rank, shape.micro) == (4, 2)
     rows = [np.arange(12)[shape.rows(r)] for r in range(3)]
     assert np.array_equal(np.concatenate(rows), np.arange(12))  # every window once, in order
+    x = torch.arange(8).reshape(4, 2)  # one rank's rows: 4 windows of 2 tokens
+    micro = dist.micro_batches((x, -x), grad_accum=2)
+    assert len(micro) == 2 and torch.equal(micro[1][0], x[2:]) and torch.equal(micro[1][1], -x[2:])
     for bad in (dict(global_batch=6, world=4), dict(global_batch=6, world=2, grad_accum=2)):
         with pytest.raises(ValueError, match="do not split"):
             dist.BatchShape(**bad)
