@@ -121,7 +121,7 @@ def build_parser():
     g.add_argument("--batch-size", type=int, default=None, help="windows per optimizer step, all ranks and "
                    "micro-batches together (under torchrun: the global batch)")
     g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step on each rank, "
-                   "gradients summed (the global batch must divide by ranks x this)")
+                   "their gradients averaged (the global batch must divide by ranks x this)")
     g.add_argument("--lr", type=float, default=None, help="peak learning rate")
     g.add_argument("--schedule", default="constant", choices=["constant", "cosine"], help="after warmup")
     g.add_argument("--warmup", type=int, default=None, help="linear warmup steps (each stage)")
