@@ -142,7 +142,10 @@ def build_parser():
         g.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=text)
     g = p.add_argument_group("optimization")
     g.add_argument("--steps", type=int, default=None, help="steps of the phase's main stage")
-    g.add_argument("--batch-size", type=int, default=None, help="windows per step")
+    g.add_argument("--batch-size", type=int, default=None, help="windows per optimizer step, all ranks and "
+                   "micro-batches together (under torchrun: the global batch)")
+    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step on each rank, "
+                   "their gradients averaged (the global batch must divide by ranks x this)")
     g.add_argument("--lr", type=float, default=None, help="peak learning rate")
     g.add_argument("--schedule", default="constant", choices=["constant", "cosine"], help="after warmup")
     g.add_argument("--warmup", type=int, default=None, help="linear warmup steps (each stage)")
@@ -165,7 +168,10 @@ def build_parser():
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="autocast dtype "
                    "(auto: bf16 on CUDA, float32 on CPU)")
     g.add_argument("--compile", action="store_true", help="torch.compile the student")
-    g.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
+    g.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default); per rank under "
+                   "torchrun")
+    g.add_argument("--backend", default="auto", choices=["auto", "gloo", "nccl"], help="torch.distributed "
+                   "backend under torchrun (auto: nccl on CUDA, gloo on CPU)")
     g.add_argument("--seed", type=int, default=0, help="random seed (model init and data stream), 0 <= seed < 2**32")
     g.add_argument("--eval-interval", type=int, default=None, help="steps between quick retrieval checks (0 = off; "
                    "default 250, off with --data: the probes speak the synthetic language)")
@@ -178,8 +184,9 @@ def build_parser():
 
 
 def fail(msg):
-    """One clear line on stderr and a non-zero exit."""
-    print(f"error: {msg}", file=sys.stderr)
+    """One clear line on stderr and a non-zero exit (under torchrun every rank fails alike: rank 0 says it)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"error: {msg}", file=sys.stderr)
     raise SystemExit(2)
 
 
@@ -246,6 +253,7 @@ def resolve(args):
         (args.phase1_window >= 8, f"--phase1-window must be >= 8 tokens, got {args.phase1_window}"),
         (args.steps > 0, f"--steps must be positive, got {args.steps}"),
         (args.batch_size > 0, f"--batch-size must be positive, got {args.batch_size}"),
+        (args.grad_accum >= 1, f"--grad-accum must be >= 1 (micro-batches per step), got {args.grad_accum}"),
         (finite(args.lr) and args.lr > 0, f"--lr must be a finite number > 0, got {args.lr}"),
         (args.warmup >= 0, f"--warmup must be >= 0, got {args.warmup}"),
         (finite(args.weight_decay) and args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}"),
