@@ -36,7 +36,7 @@ from data import DataError, DataSource, TaskSpec, file_windows, read_bin_documen
 from distill import kd_loss, load_teacher, teacher_logits
 from evaluate import evaluate, format_accuracy, format_table, heuristic_floors, matmul_peak_flops
 from hf import load_pretrained
-from model import GPT, CheckpointError, GPTConfig, load_checkpoint, load_model, save_checkpoint
+from model import GPT, CheckpointError, GPTConfig, load_checkpoint, load_model, save_checkpoint, switch_rope
 from rope import format_spectrum, spectrum_summary
 from tokenizer import Tokenizer
 
@@ -181,11 +181,7 @@ def build_student(args, spec, device):
     if args.phase == "2":
         init = ensure_phase1(args)
         model = load_init(args, init, device)
-        cfg = dataclasses.replace(model.config, rope_base=args.rope_base, rope_scaling=args.scaling,
-                                  max_seq_len=args.window)
-        student = GPT(cfg).to(device)
-        student.load_state_dict(model.state_dict())  # same weights; only RoPE's base changes (ABF)
-        return student
+        return switch_rope(model, args.rope_base, args.scaling, args.window)  # same weights, new base (ABF)
     torch.manual_seed(phase_seed(args))
     cfg = GPTConfig(vocab_size=args.vocab_size, n_layer=args.n_layer, n_head=args.n_head, n_kv_head=args.n_kv_head,
                     d_model=args.d_model, d_ff=args.d_ff, rope_base=args.rope_base, rope_scaling=args.scaling,
