@@ -37,7 +37,7 @@ import torch
 
 from data import TaskSpec, kv_probe, repeated_tokens_window, to_device
 from distill import forward_kl
-from evaluate import depth_sweep, evaluate, heuristic_floors
+from evaluate import depth_sweep, evaluate, format_table, heuristic_floors
 from hf import load_pretrained
 from model import CheckpointError, Inspect
 from config import check_out_dir, fail
@@ -117,6 +117,7 @@ def run_retrieval(args):
     paths.append(write_json(args.out, f"{args.name}.json", {
         "window": window, "max_doc_len": args.max_doc_len, "distances": distances, "depths": args.depths,
         "n_windows": args.n_windows, "ckpts": dict(zip(res, args.ckpt)), "models": res, "floors": floors}))
+    print(format_table(res, args.max_doc_len, floors["best"]))
     for label, r in res.items():
         far = [r["kv"][d] for d in distances if d > args.max_doc_len]
         print(f"{label}: retrieval {np.mean(list(r['kv'].values())):.2f} over all distances, "

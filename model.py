@@ -22,7 +22,7 @@ import re
 import tempfile
 import warnings
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn as nn
@@ -251,6 +251,19 @@ class GPT(nn.Module):
             n -= self.tok_emb.weight.numel()
         n -= sum(p.numel() for name, p in self.named_parameters() if "norm" in name)
         return 6 * n + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
+
+
+def switch_rope(model: GPT, rope_base: float, rope_scaling: dict | None = None, max_seq_len: int | None = None) -> GPT:
+    """The same weights under another RoPE: phase 2's base change (ABF, Xiong et al. 2023) or a scaling variant.
+
+    RoPE has no weights (inv_freq is a buffer computed from the config), so switching the base is a new config
+    and a copy of every parameter. Used by train.py (phase 2's start) and the walkthrough.
+    """
+    cfg = replace(model.config, rope_base=rope_base, rope_scaling=rope_scaling,
+                  max_seq_len=max_seq_len or model.config.max_seq_len)
+    switched = GPT(cfg).to(model.inv_freq.device)
+    switched.load_state_dict(model.state_dict())
+    return switched
 
 
 # ----------------------------------------------------------------------------- checkpoints

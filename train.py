@@ -43,7 +43,7 @@ from data import (DataError, DataSource, TaskSpec, file_windows, hold_out, prefe
                   to_device)
 from distill import kd_loss, load_teacher, teacher_logits
 from hf import load_pretrained
-from model import GPT, CheckpointError, GPTConfig, load_checkpoint, load_model, save_checkpoint
+from model import GPT, CheckpointError, GPTConfig, load_checkpoint, load_model, save_checkpoint, switch_rope
 from report import START, print_side_by_side, quick_eval, report, report_speed
 from rope import format_spectrum, spectrum_summary
 from tokenizer import Tokenizer
@@ -220,10 +220,7 @@ def build_student(args, spec, device):
     if args.phase == "2":
         init = ensure_phase1(args)
         model = load_init(args, init, device)
-        cfg = dataclasses.replace(model.config, rope_base=args.rope_base, rope_scaling=args.scaling,
-                                  max_seq_len=args.window)
-        student = GPT(cfg).to(device)
-        student.load_state_dict(model.state_dict())  # same weights; only RoPE's base changes (ABF)
+        student = switch_rope(model, args.rope_base, args.scaling, args.window)  # same weights, new base (ABF)
     else:
         torch.manual_seed(phase_seed(args))
         cfg = GPTConfig(vocab_size=args.vocab_size, n_layer=args.n_layer, n_head=args.n_head, n_kv_head=args.n_kv_head,

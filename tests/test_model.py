@@ -6,7 +6,7 @@ import torch
 
 from distill import freeze_teacher
 from model import (GPT, CheckpointError, GPTConfig, Inspect, document_block_mask, document_mask, load_model,
-                   save_checkpoint)
+                   save_checkpoint, switch_rope)
 from rope import rope_cos_sin
 
 
@@ -192,3 +192,14 @@ def test_rope_stays_float32_in_a_bf16_teacher(base):
     for got, want in zip(rope_cos_sin(pos, teacher.inv_freq), rope_cos_sin(pos, ref.inv_freq)):
         assert (got - want).abs().max() < 1e-6
     assert teacher(torch.randint(0, 50, (1, 8))).dtype == torch.bfloat16  # and the bf16 forward still runs
+
+
+def test_switch_rope_keeps_every_weight_and_changes_only_the_rotation():
+    """Phase 2's base change: the same parameters, a new inv_freq; back to the old base gives the same logits."""
+    m = tiny()
+    x = torch.randint(0, 50, (2, 20))
+    switched = switch_rope(m, 5e5, max_seq_len=128).eval()
+    assert switched.config.rope_base == 5e5 and switched.config.max_seq_len == 128
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), switched.state_dict().values()))
+    assert not torch.allclose(switched.inv_freq, m.inv_freq) and not torch.allclose(switched(x), m(x))
+    assert torch.equal(switch_rope(switched, m.config.rope_base).eval()(x), m(x))
