@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from data import SEP, TaskSpec, kv_probe
-from evaluate import evaluate, floor_accuracies, format_table, heuristic_floors, probe_accuracy
+import evaluate as evaluate_module
+from evaluate import evaluate, floor_accuracies, format_table, heuristic_floors, matmul_peak_flops, probe_accuracy
 
 SPEC = TaskSpec()
 CPU = torch.device("cpu")
@@ -67,3 +68,22 @@ def test_a_distance_that_does_not_fit_is_not_measurable():
     table = format_table({"m": res}, 16, floors["best"])
     assert "| m | " + f"{res['kv'][39]:.2f} | - |" in table
     assert "| floor | " + f"{floors['best'][39]:.2f} | - | - |" in table
+
+
+def test_matmul_peak_is_the_best_run_over_sizes_and_is_measured_once(monkeypatch):
+    """The peak is the best of several timed products over a few sizes (one slow run under load must not lower
+    it), per dtype, and a second call in the same process measures nothing."""
+    monkeypatch.setattr(evaluate_module, "_PEAKS", {})
+    times = iter([4.0, 1.0, 3.0, 2.0, 9.0, 9.0, 8.0, 8.0])  # seconds, in call order
+    calls = []
+
+    def fake_seconds(a, b):
+        calls.append(a.shape[0])
+        return next(times)
+
+    monkeypatch.setattr(evaluate_module, "matmul_seconds", fake_seconds)
+    peak = matmul_peak_flops(CPU, torch.float32, sizes=(8, 16), repeats=2)
+    assert calls == [8, 8, 16, 16] and peak == max(2 * 8**3 / 1.0, 2 * 16**3 / 2.0)
+    assert matmul_peak_flops(CPU, torch.float32, sizes=(8, 16), repeats=2) == peak and len(calls) == 4  # cached
+    other = matmul_peak_flops(CPU, torch.bfloat16, sizes=(8, 16), repeats=2)  # another dtype: its own peak
+    assert len(calls) == 8 and other == 2 * 16**3 / 8.0

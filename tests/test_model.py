@@ -79,10 +79,14 @@ def test_position_override_changes_only_later_layers():
     assert len(clean.q_pre) == 3 and clean.q_pre[0].shape == (1, 4, 16, 8)
 
 
-def test_flops_per_token_follows_nanogpt_formula():
+def test_flops_per_token_counts_the_causal_half_of_attention():
     m = tiny(d_ff=0)
     matmul_params = m.num_params() - sum(p.numel() for n, p in m.named_parameters() if "norm" in n)
-    assert m.flops_per_token(64) == 6 * matmul_params + 12 * 2 * 4 * 8 * 64
+    attention = 12 * 2 * 4 * 8 * 64  # nanoGPT's 12 * L * H * Q * T: the full T x T scores
+    assert m.flops_per_token(64, causal=False) == 6 * matmul_params + attention
+    assert m.flops_per_token(64) == 6 * matmul_params + attention / 2
+    # doubling the window adds only the causal half of the attention term per token
+    assert m.flops_per_token(128) - m.flops_per_token(64) == attention / 2
 
 
 def test_checkpoint_round_trip_and_errors(tmp_path):
