@@ -139,7 +139,7 @@ def build_parser():
     g = p.add_argument_group("system")
     g.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="autocast dtype "
-                   "(auto: bf16 on CUDA, float32 on CPU)")
+                   "(auto: bf16 on CUDA and on CPUs with native bf16 matmuls, AVX512-BF16 or AMX; else float32)")
     g.add_argument("--compile", action="store_true", help="torch.compile the student")
     g.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
     g.add_argument("--seed", type=int, default=0, help="random seed (model init and data stream), 0 <= seed < 2**32")
@@ -310,9 +310,28 @@ def pick_device(args):
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32,
-             "float32": torch.float32, "bfloat16": torch.bfloat16}[args.dtype]
+    dtype = autocast_dtype(device, args.dtype)
+    args.dtype = str(dtype).removeprefix("torch.")  # resolved, like --device: the speed report reads it
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext())
     return device, autocast
+
+
+def cpu_has_native_bf16() -> bool:
+    """True if this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX tiles), where torch's bf16 matmuls beat
+    float32 several times over; elsewhere bf16 is emulated and slower. Read from the CPU's feature flags, not
+    timed, so that the choice (and with it every result) does not depend on the load of the machine."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch >= 2.2 (private, hence getattr)
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def autocast_dtype(device, flag="auto") -> torch.dtype:
+    """--dtype as a torch dtype; auto: bf16 on CUDA and on CPUs with native bf16 matmuls, float32 elsewhere.
+
+    Under bf16 autocast only matmuls and attention run in bf16: RoPE's angles (rope.py), the loss, the KD
+    softmax (distill.py) and the weights and AdamW state stay float32 (tests/test_train.py checks it).
+    """
+    if flag == "auto":
+        return torch.bfloat16 if device.type == "cuda" or cpu_has_native_bf16() else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[flag]

@@ -86,7 +86,8 @@ def phase1_file(args):
 
 
 def common_argv(args):
-    argv = ["--preset", args.preset, "--out-dir", args.out_dir, "--device", args.device]  # shared: seed 0
+    argv = ["--preset", args.preset, "--out-dir", args.out_dir, "--device", args.device,  # shared: seed 0
+            "--dtype", args.dtype]
     return argv + (["--threads", str(args.threads)] if args.threads else [])
 
 
@@ -414,16 +415,17 @@ def quick_distances(args):
 
 
 def report_speed(model, args, device, tokens, seconds):
-    """tokens/s of the training steps and MFU (nanoGPT's FLOP count over the device peak)."""
+    """tokens/s of the training steps and MFU: the causal FLOP count over the matmul peak of the dtype in use."""
     if not tokens:
         return None
     tok_s = tokens / seconds
-    peak = args.peak_flops or matmul_peak_flops(device)
+    dtype = getattr(torch, args.dtype)  # float32 or bfloat16: pick_device resolved auto
+    peak = args.peak_flops or matmul_peak_flops(device, dtype)
     mfu = model.flops_per_token(args.window) * tok_s / peak
     # the teacher's forward is not counted: this is the student's MFU
-    print(f"speed: {tok_s:,.0f} tokens/s over {seconds:.0f} s of steps; student MFU {mfu:.1%} of "
-          f"{peak / 1e9:,.0f} GFLOP/s")
-    return {"tokens_per_s": tok_s, "train_seconds": seconds, "mfu": mfu, "peak_flops": peak}
+    print(f"speed: {tok_s:,.0f} tokens/s over {seconds:.0f} s of steps ({args.dtype}); student MFU {mfu:.1%} of "
+          f"{peak / 1e9:,.0f} GFLOP/s ({args.dtype} matmul peak, {torch.get_num_threads()} threads)")
+    return {"tokens_per_s": tok_s, "train_seconds": seconds, "mfu": mfu, "peak_flops": peak, "dtype": args.dtype}
 
 
 def report(args, teacher, device, autocast, spec, results_path, speed, model=None, corpus=None):

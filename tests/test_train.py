@@ -268,10 +268,34 @@ def reference(tiny_teacher, tmp_path_factory):
     return phase1(tmp_path_factory.mktemp("ref"), tiny_teacher)[0]
 
 
-def test_bf16_autocast_changes_the_numbers_only_slightly(tiny_teacher, reference, tmp_path):
-    bf16, _ = phase1(tmp_path, tiny_teacher, "--dtype", "bfloat16")
-    assert bf16[0]["loss"] != reference[0]["loss"]  # the same weights at step 1: autocast did run
-    assert bf16[0]["loss"] == pytest.approx(reference[0]["loss"], rel=0.02)
+def test_bf16_autocast_changes_the_numbers_only_slightly(tiny_teacher, tmp_path):
+    f32, _ = phase1(tmp_path / "f32", tiny_teacher, "--dtype", "float32")
+    bf16, _ = phase1(tmp_path / "bf16", tiny_teacher, "--dtype", "bfloat16")
+    assert bf16[0]["loss"] != f32[0]["loss"]  # the same weights at step 1: autocast did run
+    for a, b in zip(bf16, f32):
+        assert a["loss"] == pytest.approx(b["loss"], rel=0.02) and a["kl"] == pytest.approx(b["kl"], abs=2e-3)
+
+
+def test_a_bf16_step_keeps_loss_weights_and_optimizer_state_in_float32():
+    """bf16 autocast runs the matmuls in bf16 (student and teacher logits come out bf16); the losses, the weights,
+    the gradients and AdamW's moments stay float32."""
+    cpu = torch.device("cpu")
+    args = train.resolve(train.build_parser().parse_args(["--phase", "2", "--preset", "tiny", "--kd-weight", "0.5"]))
+    batch = to_device(DataSource(TaskSpec(), "packed", 32, 2, seed=0, max_doc_len=16, min_doc_len=8).batch(0), cpu)
+    cfg = GPTConfig(d_model=32, n_head=2, n_kv_head=2, max_seq_len=32)
+    torch.manual_seed(0)
+    student, teacher = GPT(cfg), freeze_teacher(GPT(cfg), cpu)
+    bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
+    with bf16:
+        assert student(batch[0], batch[2]).dtype == torch.bfloat16
+        assert train.teacher_logits(teacher, batch[0], batch[2]).dtype == torch.bfloat16
+    opt = train.make_optimizer(student, args, cpu)
+    loss, ce, kl, _ = train.train_step(student, teacher, opt, batch, args, bf16)
+    assert loss == pytest.approx(0.5 * ce + 0.5 * kl, rel=1e-5)  # summed in float32
+    assert student.inv_freq.dtype == torch.float32
+    for p in student.parameters():
+        state = opt.state[p]
+        assert p.dtype == p.grad.dtype == state["exp_avg"].dtype == state["exp_avg_sq"].dtype == torch.float32
 
 
 def test_doc_mask_and_reset_positions(tiny_teacher, reference, tmp_path):
