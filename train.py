@@ -166,7 +166,7 @@ def train_step(model, teacher, opt, batch, args, autocast):
     if args.grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
     opt.step()
-    acc = (logits.argmax(-1)[ans] == y[ans]).float().mean().item() if ans.any() else float("nan")
+    acc = (logits.detach()[ans].argmax(-1) == y[ans]).float().mean().item() if ans.any() else float("nan")  # answers only
     return loss.item(), ce.item(), kl.item(), acc
 
 
