@@ -132,12 +132,13 @@ def matmul_seconds(a, b) -> float:
     return time.perf_counter() - t0
 
 
-def matmul_peak_flops(device, dtype=torch.float32, sizes=None, repeats=10, seconds=1.0) -> float:
+def matmul_peak_flops(device, dtype=torch.float32, sizes=None, repeats=50, seconds=0.5) -> float:
     """The 'peak' for MFU: the best FLOP/s of square matmuls of a few sizes in `dtype` on `device`.
 
-    Best of up to `repeats` products per size (at least 2, at most about `seconds` of them), so that a moment
+    Best of up to `repeats` products per size (at least 2, as many as fit in about `seconds`), so that a moment
     of load from other processes cannot lower it much: one timed size taken while other jobs ran once read
-    64 GFLOP/s on a core that does 120. Measured once per process for each device, dtype and CPU thread count.
+    64 GFLOP/s on a core that does 120. It cannot undo steady load, though: a process that gets a third of a
+    core reads a third of the peak. Measured once per process for each device, dtype and CPU thread count.
     """
     key = (str(device), dtype, torch.get_num_threads() if device.type == "cpu" else 0)
     if key not in _PEAKS:
