@@ -181,3 +181,30 @@ def test_rope_stays_float32_in_a_bf16_teacher(base):
     for got, want in zip(rope_cos_sin(pos, teacher.inv_freq), rope_cos_sin(pos, ref.inv_freq)):
         assert (got - want).abs().max() < 1e-6
     assert teacher(torch.randint(0, 50, (1, 8))).dtype == torch.bfloat16  # and the bf16 forward still runs
+
+
+def test_cpu_bf16_training_attends_in_float32_below_the_window_threshold(monkeypatch):
+    """Under CPU bf16 autocast a short-window training pass rotates and attends in float32 (torch's bf16 flash
+    backward is slow there); a forward-only pass, and a training pass at long windows, stay bf16."""
+    import model as model_module
+    m = tiny().train()
+    x = torch.randint(0, 50, (2, 16))
+
+    def q_dtype():
+        probe = Inspect()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = m(x, inspect=probe)
+        assert logits.dtype == torch.bfloat16  # the LM head runs in bf16 either way
+        return probe.q_post[0].dtype
+
+    assert q_dtype() == torch.float32
+    with torch.no_grad():
+        assert q_dtype() == torch.bfloat16
+    monkeypatch.setattr(model_module, "FLOAT32_ATTENTION_BELOW", 16)
+    assert q_dtype() == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # and the float32 path computes the same attention
+        a = m(x)
+    monkeypatch.setattr(model_module, "FLOAT32_ATTENTION_BELOW", 1024)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        b = m(x)
+    assert not torch.equal(a, b) and (a.float() - b.float()).abs().max() < 0.05 * a.float().abs().max()
