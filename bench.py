@@ -78,7 +78,8 @@ def build_parser_bench():
     a("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="autocast dtype of the steps, as "
       "train.py's (auto: bf16 on CUDA and on CPUs with native bf16)")
     a("--targets", action="store_true", help="instead: the bf16-vs-float32 targets, each pair of steps timed\n"
-      "side by side (default model, d256 L4, d512 L8 window 2048; with --compile also d256 compiled)")
+      "side by side (default model, d256 L4, d512 L8 window 2048, default model on 32-token windows;\n"
+      "with --compile also d256 compiled)")
     a("--compile", action="store_true", help="torch.compile the student")
     a("--quick", action="store_true", help="tiny sizes and iterations: a smoke run in seconds")
     a("--json", default=None, metavar="PATH", help="also write the figures to this JSON file")
@@ -149,6 +150,7 @@ TARGET_MODELS = {  # architecture, window and batch of each model the targets na
     "default": MODELS["cpu"],  # d128 L2 H4, attention only, window 1024, batch 4
     "d256": dict(MODELS["cpu"], d_model=256, n_layer=4, n_head=8, n_kv_head=8),
     "d512": dict(MODELS["large"], batch=1),  # d512 L8 H8 ff1408, window 2048
+    "short": dict(MODELS["cpu"], window=32, batch=128),  # phase 1's windows (no target: bf16 must not slow it)
 }
 
 

@@ -41,7 +41,7 @@ def test_interleaved_timing_alternates_the_calls_and_keeps_each_ones_best(monkey
 
 def test_targets_measure_mfu_against_the_peak_of_each_dtype(monkeypatch, tmp_path):
     tiny = dict(d_model=32, n_layer=1, n_head=2, n_kv_head=2, d_ff=0, window=64, batch=1)
-    monkeypatch.setattr(bench, "TARGET_MODELS", dict.fromkeys(("default", "d256", "d512"), tiny))
+    monkeypatch.setattr(bench, "TARGET_MODELS", dict.fromkeys(("default", "d256", "d512", "short"), tiny))
     res = bench.main(["--targets", "--quick", "--iters", "1", "--json", str(tmp_path / "t.json")])
     peaks = res["peak_flops_per_s"]
     assert peaks["bfloat16"] != peaks["float32"]
