@@ -328,7 +328,7 @@ def main(argv=None):
     run = build_parser().parse_args(["--phase", "2", "--device", cli.device, "--kd-weight", "0.5"])  # train.py's
     run.lr = PRESETS["gpu" if cli.model != "cpu" else "cpu"]["lr"]  # step settings; kd_chunk, grad_clip: defaults
     run.dtype = cli.dtype
-    cli.dev, autocast = pick_device(run)  # resolves run.dtype (auto -> float32 or bfloat16)
+    cli.dev, autocast = pick_device(run)  # run.autocast_dtype: what --dtype resolved to (phase 2's steps)
     cuda = cli.dev.type == "cuda"
     if cli.targets:
         return dtype_targets(cli, run)
@@ -337,13 +337,14 @@ def main(argv=None):
     step_student = torch.compile(student) if cli.compile else student
     teacher = freeze_teacher(GPT(cli.cfg).to(cli.dev), cli.dev)
     opt = make_optimizer(student, run, cli.dev)
-    peak = matmul_peak_flops(cli.dev, getattr(torch, run.dtype), cli.peak_sizes, seconds=cli.peak_seconds)
-    print(f"device {cli.dev} ({run.dtype}{' autocast' if run.dtype != 'float32' else ''}"
+    dtype = run.autocast_dtype
+    peak = matmul_peak_flops(cli.dev, getattr(torch, dtype), cli.peak_sizes, seconds=cli.peak_seconds)
+    print(f"device {cli.dev} ({dtype}{' autocast' if dtype != 'float32' else ''}"
           f"{', flash attention' if cuda else ''}, {torch.get_num_threads()} threads) | model {cli.model}: "
           f"{student.num_params():,} params, d{cli.cfg.d_model} L{cli.cfg.n_layer} H{cli.cfg.n_head} "
           f"ff{cli.cfg.d_ff} V{cli.vocab} | batch {cli.batch} x window {cli.window} | {cli.iters} iters after "
           f"{cli.warmup} warm-up{' | compiled' if cli.compile else ''}")
-    print(f"matmul peak ({run.dtype}, best of square sizes {cli.peak_sizes or PEAK_SIZES[cli.dev.type]}): "
+    print(f"matmul peak ({dtype}, best of square sizes {cli.peak_sizes or PEAK_SIZES[cli.dev.type]}): "
           f"{peak / 1e12:.3f} TFLOP/s")
     flash = torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION) if cuda else nullcontext()
     with flash:
@@ -366,7 +367,7 @@ def main(argv=None):
           f"{megabytes(memory['chunked_peak_mb'])} | unchunked {megabytes(memory['unchunked_peak_mb'])} | "
           f"ratio {'-' if ratio is None else f'{ratio:.1f}x'}")
     results = {"device": str(cli.dev), "model": cli.model, "config": vars(cli.cfg), "batch": cli.batch,
-               "window": cli.window, "compile": cli.compile, "iters": cli.iters, "dtype": run.dtype,
+               "window": cli.window, "compile": cli.compile, "iters": cli.iters, "dtype": dtype,
                "threads": torch.get_num_threads(), "peak_flops_per_s": peak, "flops": "causal",
                **speed, "window_sweep": sweep, "kd_memory": memory}
     write_json(cli, results)

@@ -419,13 +419,13 @@ def report_speed(model, args, device, tokens, seconds):
     if not tokens:
         return None
     tok_s = tokens / seconds
-    dtype = getattr(torch, args.dtype)  # float32 or bfloat16: pick_device resolved auto
-    peak = args.peak_flops or matmul_peak_flops(device, dtype)
+    dtype = args.autocast_dtype  # float32 or bfloat16: what pick_device resolved --dtype to
+    peak = args.peak_flops or matmul_peak_flops(device, getattr(torch, dtype))
     mfu = model.flops_per_token(args.window) * tok_s / peak
     # the teacher's forward is not counted: this is the student's MFU
-    print(f"speed: {tok_s:,.0f} tokens/s over {seconds:.0f} s of steps ({args.dtype}); student MFU {mfu:.1%} of "
-          f"{peak / 1e9:,.0f} GFLOP/s ({args.dtype} matmul peak, {torch.get_num_threads()} threads)")
-    return {"tokens_per_s": tok_s, "train_seconds": seconds, "mfu": mfu, "peak_flops": peak, "dtype": args.dtype}
+    print(f"speed: {tok_s:,.0f} tokens/s over {seconds:.0f} s of steps ({dtype}); student MFU {mfu:.1%} of "
+          f"{peak / 1e9:,.0f} GFLOP/s ({dtype} matmul peak, {torch.get_num_threads()} threads)")
+    return {"tokens_per_s": tok_s, "train_seconds": seconds, "mfu": mfu, "peak_flops": peak, "dtype": dtype}
 
 
 def report(args, teacher, device, autocast, spec, results_path, speed, model=None, corpus=None):

@@ -46,6 +46,17 @@ def test_three_phases_end_to_end_with_side_by_side_baseline(tmp_path):
     assert all(r["kl"] >= 0 for r in kd_log)
 
 
+def test_auto_dtype_trains_prerequisites_in_float32_and_phase_2_in_bf16_on_a_bf16_cpu(tmp_path, monkeypatch):
+    """--dtype auto reaches the teacher and phase 1 trained on the way as the flag, resolved per phase."""
+    import config
+    monkeypatch.setattr(config, "cpu_has_native_bf16", lambda: True)
+    out = str(tmp_path)
+    run(["--phase", "2", "--out-dir", out, "--no-baseline", "--peak-flops", "1e9"])
+    dtypes = {name: json.load(open(os.path.join(out, name + ".json")))["speed"]["dtype"]
+              for name in ("teacher", "phase1-b10000", "phase2-kd-b10000-b500000")}
+    assert dtypes == {"teacher": "float32", "phase1-b10000": "float32", "phase2-kd-b10000-b500000": "bfloat16"}
+
+
 def test_no_auto_refuses_missing_prerequisites(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(train, "SHIPPED", str(tmp_path / "none"))
     with pytest.raises(SystemExit) as e:
