@@ -7,7 +7,8 @@ and a vocabulary-wide KL. This script measures that price on one device:
 1. tokens/s of a CE train step (forward, CE, backward, AdamW: train.train_step without a
    teacher), of a KD train step with a same-size teacher (kd_weight 0.5), and of the teacher
    forward alone (distill.teacher_logits); the KD/CE step-time ratio; the MFU of the CE step,
-   model.flops_per_token(window) * tokens/s over a matmul peak measured in the same run;
+   model.flops_per_token(window) (causal attention: half the T x T scores) * tokens/s over the
+   matmul peak of the dtype in use (evaluate.matmul_peak_flops: best of several sizes and runs);
 2. the extra peak memory of distill.kd_loss (forward + backward, beyond its two (N, V)
    inputs) chunked vs unchunked: torch.cuda.max_memory_allocated on CUDA; on CPU the
    peak-RSS increase (ru_maxrss) of a fresh process that runs only the loss (Linux: peak
@@ -16,11 +17,15 @@ and a vocabulary-wide KL. This script measures that price on one device:
 4. data parallelism: tokens/s of the KD step on 1 and 2 CPU ranks side by side (torch.distributed,
    gloo, DDP as train.py under torchrun; one thread per rank, each rank on --batch windows), and
    the time train.py's prefetch thread hides: building one numpy batch (data.py).
+5. with --targets instead: bf16 autocast against float32, each pair of steps timed side by
+   side, for the default model, d256 and d512, with the issue's targets marked PASS / MISS.
 
-On CUDA the steps run under bf16 autocast with flash attention pinned (an error if flash
-cannot run). Data: one packed batch of the synthetic language (data.py), reused each step.
+The steps run under train.py's --dtype (auto: bf16 autocast on CUDA and on CPUs with native
+bf16 matmuls); on CUDA with flash attention pinned (an error if flash cannot run). Data: one
+packed batch of the synthetic language (data.py), reused each step.
 
     python bench.py --quick                          # smoke run, CPU, seconds
+    python bench.py --targets --compile              # bf16 vs float32 targets (a few minutes on 2 cores)
     python bench.py --model large --json out/bench-large.json
     python bench.py --model gpt2 --compile --sweep 1024 2048 4096 8192
     python bench.py --cpu-ranks 1 2 4                # data-parallel scaling over 4 CPU ranks
@@ -42,7 +47,7 @@ import torch.multiprocessing as mp
 import dist
 from data import DataSource, TaskSpec, to_device
 from distill import freeze_teacher, kd_loss, teacher_logits
-from evaluate import matmul_peak_flops
+from evaluate import PEAK_SIZES, matmul_peak_flops
 from model import GPT, GPTConfig
 from config import PRESETS, build_parser, check_out_dir, fail, pick_device
 from train import make_optimizer, train_step
@@ -55,8 +60,9 @@ MODELS = {  # architecture, window and batch per --model
     "gpt2": dict(d_model=768, n_layer=12, n_head=12, n_kv_head=12, d_ff=2048, window=4096, batch=8),
 }
 QUICK = dict(batch=1, window=128, iters=2, warmup=1, sweep=[64, 128], kd_vocab=4000, kd_tokens=2048,
-             peak_seconds=0.2)
-DEFAULTS = dict(iters=10, warmup=3, sweep=[512, 1024, 2048, 4096], kd_vocab=32000, kd_tokens=4096, peak_seconds=1.0)
+             peak_seconds=0.2, peak_sizes=[256, 512])
+DEFAULTS = dict(iters=10, warmup=3, sweep=[512, 1024, 2048, 4096], kd_vocab=32000, kd_tokens=4096, peak_seconds=1.0,
+                peak_sizes=None)
 
 
 def build_parser_bench():
@@ -79,6 +85,11 @@ def build_parser_bench():
     a("--device", default="auto", help="auto (cuda if present), cpu or cuda")
     a("--cpu-ranks", type=int, nargs="*", default=[1, 2], help="rank counts of the data-parallel figure, on CPU "
       "(gloo, one thread each; default 1 2; none = skip)")
+    a("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="autocast dtype of the steps, as "
+      "train.py's (auto: bf16 on CUDA and on CPUs with native bf16)")
+    a("--targets", action="store_true", help="instead: the bf16-vs-float32 targets, each pair of steps timed\n"
+      "side by side (default model, d256 L4, d512 L8 window 2048, default model on 32-token windows;\n"
+      "with --compile also d256 compiled)")
     a("--compile", action="store_true", help="torch.compile the student")
     a("--quick", action="store_true", help="tiny sizes and iterations: a smoke run in seconds")
     a("--json", default=None, metavar="PATH", help="also write the figures to this JSON file")
@@ -189,6 +200,93 @@ def batch_build_seconds(cli) -> float:
     return (time.perf_counter() - t0) / cli.iters
 
 
+# The issue's targets for bf16 autocast: (figure, model, threshold, direction). A ratio is float32 step time over
+# bf16 step time (> 1: bf16 is faster); MFU is against the bf16 matmul peak, with the causal FLOP count.
+TARGETS = [("bf16 speed-up, CE step, default model", "default", 1.3, ">="),
+           ("bf16 speed-up, CE step, d256 L4", "d256", 1.8, ">="),
+           ("bf16 MFU, CE step, d512 L8 (window 2048)", "d512", 0.5, ">="),
+           ("KD / CE step time in bf16 (teacher in bf16), default model", "default", 1.45, "<=")]
+TARGET_MODELS = {  # architecture, window and batch of each model the targets name
+    "default": MODELS["cpu"],  # d128 L2 H4, attention only, window 1024, batch 4
+    "d256": dict(MODELS["cpu"], d_model=256, n_layer=4, n_head=8, n_kv_head=8),
+    "d512": dict(MODELS["large"], batch=1),  # d512 L8 H8 ff1408, window 2048
+    "short": dict(MODELS["cpu"], window=32, batch=128),  # phase 1's windows (no target: bf16 must not slow it)
+}
+
+
+def interleaved_seconds(fns: dict, device, warmup, rounds) -> dict:
+    """{name: best seconds per call of fns[name]()}: the calls alternate within each round, so that load from
+    other processes falls on all of them alike; the best of the rounds is the least disturbed one."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            best[name] = min(best[name], time_step(fn, device, 0, 1))
+    return best
+
+
+def dtype_targets(cli, run) -> dict:
+    """bf16 autocast vs float32 CE steps of each TARGET_MODELS model, side by side; MFU against each dtype's
+    matmul peak; the bf16 KD/CE ratio of the default model (and, with --compile, compiled vs eager bf16 at d256).
+    Prints the targets with PASS / MISS and returns every figure."""
+    dev, threads = cli.dev, torch.get_num_threads()
+    bf16 = torch.autocast(dev.type, dtype=torch.bfloat16)
+    peaks = {d: matmul_peak_flops(dev, getattr(torch, d), cli.peak_sizes, seconds=cli.peak_seconds)
+             for d in ("float32", "bfloat16")}
+    print(f"device {dev}, {threads} threads | matmul peak (best of square sizes "
+          f"{cli.peak_sizes or PEAK_SIZES[dev.type]}): float32 {peaks['float32'] / 1e9:,.0f} GFLOP/s, "
+          f"bfloat16 {peaks['bfloat16'] / 1e9:,.0f} GFLOP/s | best of {cli.iters} interleaved rounds after "
+          f"{cli.warmup} warm-up")
+    models = {}
+    for name, spec in TARGET_MODELS.items():
+        cfg = GPTConfig(vocab_size=cli.vocab, max_seq_len=spec["window"], **{k: spec[k] for k in ARCH})
+        batch_size, window = (1, 128) if cli.quick else (spec["batch"], spec["window"])
+        batch = packed_batch(batch_size, window, dev)
+        torch.manual_seed(0)
+        student = GPT(cfg).to(dev)
+        opt = make_optimizer(student, run, dev)
+        fns = {"float32": lambda: train_step(student, None, opt, batch, run, nullcontext()),
+               "bfloat16": lambda: train_step(student, None, opt, batch, run, bf16)}
+        if name == "default":
+            teacher = freeze_teacher(GPT(cfg).to(dev), dev)
+            fns["bfloat16 KD"] = lambda: train_step(student, teacher, opt, batch, run, bf16)
+        if name == "d256" and cli.compile:
+            compiled = torch.compile(student)
+            fns["bfloat16 compiled"] = lambda: train_step(compiled, None, opt, batch, run, bf16)
+        sec = interleaved_seconds(fns, dev, cli.warmup, cli.iters)
+        n_tok, flops = batch[0].numel(), student.flops_per_token(window)
+        r = {"config": vars(cfg), "batch": batch_size, "window": window, "params": student.num_params(),
+             "tokens_per_s": {k: n_tok / v for k, v in sec.items()},
+             "mfu": {k: flops * n_tok / v / peaks[k.split()[0]] for k, v in sec.items()},
+             "bf16_speedup": sec["float32"] / sec["bfloat16"]}
+        if "bfloat16 KD" in sec:
+            r["kd_over_ce_bf16"] = sec["bfloat16 KD"] / sec["bfloat16"]
+        if "bfloat16 compiled" in sec:
+            r["compile_speedup_bf16"] = sec["bfloat16"] / sec["bfloat16 compiled"]
+        models[name] = r
+        print(f"{name:>8} (d{cfg.d_model} L{cfg.n_layer}, batch {batch_size} x {window}): "
+              + " | ".join(f"{k} {v:,.0f} tokens/s (MFU {r['mfu'][k]:.1%})" for k, v in r["tokens_per_s"].items())
+              + f" | bf16 speed-up {r['bf16_speedup']:.2f}x"
+              + (f" | compiled/eager {r['compile_speedup_bf16']:.2f}x" if "compile_speedup_bf16" in r else ""))
+    figure = {"default": [models["default"]["bf16_speedup"], None, None, models["default"]["kd_over_ce_bf16"]],
+              "d256": [None, models["d256"]["bf16_speedup"], None, None],
+              "d512": [None, None, models["d512"]["mfu"]["bfloat16"], None]}
+    table = []
+    for i, (what, model, threshold, op) in enumerate(TARGETS):
+        value = figure[model][i]
+        ok = value >= threshold if op == ">=" else value <= threshold
+        table.append({"target": what, "value": value, "threshold": f"{op} {threshold}", "pass": ok})
+        shown = f"{value:.1%}" if "MFU" in what else f"{value:.2f}x"
+        print(f"  {'PASS' if ok else 'MISS'}  {what}: {shown} (target {op} "
+              f"{f'{threshold:.0%}' if 'MFU' in what else f'{threshold}x'})")
+    results = {"device": str(dev), "threads": threads, "iters": cli.iters, "quick": cli.quick, "flops": "causal",
+               "peak_flops_per_s": peaks, "models": models, "targets": table}
+    write_json(cli, results)
+    return results
+
+
 def kd_peak_rss(vocab, tokens, chunk) -> int:
     """CPU, in a fresh process: bytes the peak RSS grows by while kd_loss runs forward + backward."""
     kd_loss(torch.randn(4, 8, requires_grad=True), torch.randn(4, 8), chunk_size=2)[0].backward()  # load kernels
@@ -291,19 +389,25 @@ def main(argv=None):
     cli = resolve(build_parser_bench().parse_args(argv))
     run = build_parser().parse_args(["--phase", "2", "--device", cli.device, "--kd-weight", "0.5"])  # train.py's
     run.lr = PRESETS["gpu" if cli.model != "cpu" else "cpu"]["lr"]  # step settings; kd_chunk, grad_clip: defaults
-    cli.dev, autocast = pick_device(run)
+    run.dtype = cli.dtype
+    cli.dev, autocast = pick_device(run)  # run.autocast_dtype: what --dtype resolved to (phase 2's steps)
     cuda = cli.dev.type == "cuda"
+    if cli.targets:
+        return dtype_targets(cli, run)
     torch.manual_seed(0)
     student = GPT(cli.cfg).to(cli.dev)
     step_student = torch.compile(student) if cli.compile else student
     teacher = freeze_teacher(GPT(cli.cfg).to(cli.dev), cli.dev)
     opt = make_optimizer(student, run, cli.dev)
-    peak = matmul_peak_flops(cli.dev, seconds=cli.peak_seconds)
-    print(f"device {cli.dev}{' (bf16 autocast, flash attention)' if cuda else ''} | model {cli.model}: "
+    dtype = run.autocast_dtype
+    peak = matmul_peak_flops(cli.dev, getattr(torch, dtype), cli.peak_sizes, seconds=cli.peak_seconds)
+    print(f"device {cli.dev} ({dtype}{' autocast' if dtype != 'float32' else ''}"
+          f"{', flash attention' if cuda else ''}, {torch.get_num_threads()} threads) | model {cli.model}: "
           f"{student.num_params():,} params, d{cli.cfg.d_model} L{cli.cfg.n_layer} H{cli.cfg.n_head} "
           f"ff{cli.cfg.d_ff} V{cli.vocab} | batch {cli.batch} x window {cli.window} | {cli.iters} iters after "
           f"{cli.warmup} warm-up{' | compiled' if cli.compile else ''}")
-    print(f"matmul peak (measured): {peak / 1e12:.3f} TFLOP/s")
+    print(f"matmul peak ({dtype}, best of square sizes {cli.peak_sizes or PEAK_SIZES[cli.dev.type]}): "
+          f"{peak / 1e12:.3f} TFLOP/s")
     flash = torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.FLASH_ATTENTION) if cuda else nullcontext()
     with flash:
         speed = train_throughput(student, step_student, teacher, opt, run, packed_batch(cli.batch, cli.window, cli.dev),
@@ -333,15 +437,20 @@ def main(argv=None):
           f"{megabytes(memory['chunked_peak_mb'])} | unchunked {megabytes(memory['unchunked_peak_mb'])} | "
           f"ratio {'-' if ratio is None else f'{ratio:.1f}x'}")
     results = {"device": str(cli.dev), "model": cli.model, "config": vars(cli.cfg), "batch": cli.batch,
-               "window": cli.window, "compile": cli.compile, "iters": cli.iters, "peak_flops_per_s": peak,
+               "window": cli.window, "compile": cli.compile, "iters": cli.iters, "dtype": run.autocast_dtype,
+               "threads": torch.get_num_threads(), "peak_flops_per_s": peak, "flops": "causal",
                **speed, "window_sweep": sweep, "batch_build_seconds": build, "cpu_ranks_tokens_per_s": ranks,
                "kd_memory": memory}
+    write_json(cli, results)
+    return results
+
+
+def write_json(cli, results):
     if cli.json:
         os.makedirs(os.path.dirname(cli.json) or ".", exist_ok=True)
         with open(cli.json, "w") as f:
             json.dump(results, f, indent=1)
         print(f"wrote {cli.json}")
-    return results
 
 
 if __name__ == "__main__":

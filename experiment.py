@@ -239,6 +239,8 @@ def main(argv=None):
                    "schedule (the other schedules use the first)")
     p.add_argument("--jobs", type=int, default=2, help="runs side by side (1 thread each on CPU)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="train.py's autocast "
+                   "dtype for every run (auto: bf16 on CUDA and on CPUs with native bf16; the README's grid: float32)")
     p.add_argument("--steps", type=int, default=None, help="phase-2 steps (default: the preset's)")
     p.add_argument("--no-analysis", action="store_true", help="skip analyze.py all")
     p.add_argument("--summary-only", action="store_true", help="train nothing: tabulate the runs that exist")
@@ -246,7 +248,7 @@ def main(argv=None):
     check_flags(args)
     t0 = time.time()
     os.makedirs(args.out_dir, exist_ok=True)
-    common = ["--preset", args.preset, "--out-dir", args.out_dir, "--device", args.device]
+    common = ["--preset", args.preset, "--out-dir", args.out_dir, "--device", args.device, "--dtype", args.dtype]
     if args.summary_only:
         print(summarize(args))
         return

@@ -22,6 +22,7 @@ import re
 import tempfile
 import warnings
 import zipfile
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -93,6 +94,9 @@ class Attention(nn.Module):
         q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         v = self.wv(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
+        in_float32 = float32_attention(q)
+        if in_float32:
+            q, k, v = q.float(), k.float(), v.float()
         q_rot, k_rot = apply_rope(q, *rope_q), apply_rope(k, *rope_k)
         if inspect is not None and inspect.record:
             inspect.q_pre.append(q.detach()); inspect.q_post.append(q_rot.detach())
@@ -101,9 +105,26 @@ class Attention(nn.Module):
         if attn_mask is not None and not isinstance(attn_mask, torch.Tensor):  # a flex BlockMask (--attention flex)
             y = flex_attention(q_rot, k_rot, v, attn_mask, gqa)  # (B, H, T, hd)
         else:  # attn_mask None -> is_causal=True, the path that flash attention takes on CUDA
-            y = F.scaled_dot_product_attention(q_rot, k_rot, v, attn_mask=attn_mask, is_causal=attn_mask is None,
-                                               enable_gqa=gqa)  # (B, H, T, hd)
+            with torch.autocast(x.device.type, enabled=False) if in_float32 else nullcontext():
+                y = F.scaled_dot_product_attention(q_rot, k_rot, v, attn_mask=attn_mask, is_causal=attn_mask is None,
+                                                   enable_gqa=gqa)  # (B, H, T, hd)
         return self.wo(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+
+
+# Below this many tokens a CPU training step attends in float32 under bf16 autocast (float32_attention).
+FLOAT32_ATTENTION_BELOW = 1024
+
+
+def float32_attention(q) -> bool:
+    """Whether RoPE and attention run in float32 although autocast made q (B, H, T, hd) bf16: on CPU, when a
+    backward will follow and the window is short. torch 2.13's CPU flash attention is slower in bf16 than in
+    float32 forward + backward, by a cost per (batch, head) that dominates short windows (one thread, 4,096
+    tokens, head_dim 32: x4.5 at T = 64, x3.7 at 128, x1.8 at 256, x1.4 at 512, x1.03 at 1024, x1.05 at
+    2048; x11 at the curriculum's 16), while its bf16 forward alone is faster (x1.5 at 1024). From 1024
+    tokens on, float32 would only add the casts, so a training step there stays bf16, as does every
+    forward-only pass (the teacher, the probes). The projections and the LM head run in bf16 either way."""
+    return (q.dtype == torch.bfloat16 and q.device.type == "cpu" and q.requires_grad and torch.is_grad_enabled()
+            and q.shape[-2] < FLOAT32_ATTENTION_BELOW)
 
 
 class SwiGLU(nn.Module):
@@ -239,18 +260,23 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # tied weights are counted once
 
-    def flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs per token, as nanoGPT's estimate_mfu: 6N + 12 * L * H * Q * T.
+    def flops_per_token(self, seq_len: int, causal: bool = True) -> float:
+        """Training FLOPs per token: 6N for the weights plus the attention scores and their weighted sum.
 
         N counts the weights that take part in matmuls: all parameters except the input
         embedding table (which is a lookup) unless it is tied to the LM head.
+        Attention: nanoGPT's estimate_mfu counts 12 * L * H * Q * T, the full T x T score matrix
+        (causal=False); a causal kernel computes only the lower triangle, about half of it, so the
+        default counts 6 * L * H * Q * T. With the full count MFU rises with the window past what the
+        hardware can do (at window 1024 it is 3/4 of this model's FLOPs).
         """
         cfg = self.config
         n = self.num_params()
         if not cfg.tie_embeddings:
             n -= self.tok_emb.weight.numel()
         n -= sum(p.numel() for name, p in self.named_parameters() if "norm" in name)
-        return 6 * n + 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len
+        attention = 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len  # (Q K^T and A V, fwd + bwd) per token
+        return 6 * n + (attention / 2 if causal else attention)
 
 
 def switch_rope(model: GPT, rope_base: float, rope_scaling: dict | None = None, max_seq_len: int | None = None) -> GPT:

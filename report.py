@@ -40,20 +40,23 @@ def quick_distances(args):
 
 
 def report_speed(model, args, device, tokens, seconds, spread=0.0):
-    """tokens/s of the training steps (all ranks together) and MFU per device (nanoGPT's FLOP count over the
-    device peak, measured on rank 0); under torchrun also the ranks and how far their weights differ (0.0)."""
+    """tokens/s of the training steps (all ranks together) and MFU per device (the causal FLOP count over the matmul
+    peak of the dtype in use, measured on rank 0); under torchrun also the ranks and how far their weights differ (0.0)."""
     if not tokens:
         return None
     tok_s = tokens / seconds
-    peak = args.peak_flops or matmul_peak_flops(device)
+    dtype = args.autocast_dtype  # float32 or bfloat16: what pick_device resolved --dtype to
+    peak = args.peak_flops or matmul_peak_flops(device, getattr(torch, dtype))
     ranks = dist.world_size()
-    mfu = model.flops_per_token(args.window) * tok_s / ranks / peak
+    mfu = model.flops_per_token(args.window) * tok_s / ranks / peak  # causal FLOP count (model.flops_per_token)
     # the teacher's forward is not counted: this is the student's MFU
-    print(f"speed: {tok_s:,.0f} tokens/s over {seconds:.0f} s of steps (batches included); student MFU {mfu:.1%} "
-          f"of {peak / 1e9:,.0f} GFLOP/s" + (f" per rank, {ranks} ranks" if ranks > 1 else ""))
+    print(f"speed: {tok_s:,.0f} tokens/s over {seconds:.0f} s of steps (batches included, {dtype}); student MFU "
+          f"{mfu:.1%} of {peak / 1e9:,.0f} GFLOP/s ({dtype} matmul peak, {torch.get_num_threads()} threads)"
+          + (f" per rank, {ranks} ranks" if ranks > 1 else ""))
     if ranks > 1:
         print(f"ranks: {ranks}, their weights " + ("identical" if spread == 0 else f"differ by up to {spread:.3g}"))
-    return {"tokens_per_s": tok_s, "train_seconds": seconds, "mfu": mfu, "peak_flops": peak, "ranks": ranks,
+    return {"tokens_per_s": tok_s, "train_seconds": seconds, "mfu": mfu, "peak_flops": peak, "dtype": dtype,
+            "ranks": ranks,
             "grad_accum": args.grad_accum, "rank_weight_spread": spread}
 
 

@@ -92,7 +92,8 @@ def phase1_file(args):
 
 
 def common_argv(args):
-    argv = ["--preset", args.preset, "--out-dir", args.out_dir, "--device", args.device]  # shared: seed 0
+    argv = ["--preset", args.preset, "--out-dir", args.out_dir, "--device", args.device,  # shared: seed 0
+            "--dtype", args.dtype]
     argv += ["--grad-accum", str(args.grad_accum)] if args.grad_accum > 1 else []
     argv += ["--backend", args.backend] if args.backend != "auto" else []
     return argv + (["--threads", str(args.threads)] if args.threads else [])
@@ -204,7 +205,7 @@ def micro_loss(model, teacher, batch, args, autocast):
         kd, kl = kd_loss(logits, t_logits, temperature=args.temperature, kind=args.kd_loss, beta=args.jsd_beta,
                          chunk_size=args.kd_chunk)
         loss = (1 - args.kd_weight) * ce + args.kd_weight * kd
-    correct = (logits.detach().argmax(-1)[ans] == y[ans]).float().sum()
+    correct = (logits.detach()[ans].argmax(-1) == y[ans]).float().sum()  # argmax of the answer rows only
     return loss, ce, kl, correct, ans.sum().float()
 
 

@@ -1,7 +1,9 @@
-"""bench.py: the chunked KD loss really holds less memory than the unchunked one; a failed measurement is null."""
+"""bench.py: the chunked KD loss really holds less memory than the unchunked one; a failed measurement is null;
+bf16-vs-float32 steps are timed side by side and their MFU taken against each dtype's peak."""
 import json
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 import bench
@@ -25,3 +27,30 @@ def test_a_zero_memory_measurement_is_flagged_and_stored_as_null(monkeypatch, ca
     assert memory["unchunked_peak_mb"] == 1024
     assert capsys.readouterr().err.startswith("warning: kd_loss chunked peak memory measured 0.0 MB")
     json.dumps(memory, allow_nan=False)
+
+
+def test_interleaved_timing_alternates_the_calls_and_keeps_each_ones_best(monkeypatch):
+    """Side by side: a burst of load hits every variant alike, so the ratio of the bests is fair."""
+    order = []
+    seconds = iter([0.5, 0.9, 0.2, 0.8, 0.4, 0.3])  # a, b, a, b, a, b
+    monkeypatch.setattr(bench, "time_step", lambda fn, device, warmup, iters: (fn(), next(seconds))[1])
+    best = bench.interleaved_seconds({"a": lambda: order.append("a"), "b": lambda: order.append("b")},
+                                     torch.device("cpu"), warmup=1, rounds=3)
+    assert order == ["a", "b"] * 4 and best == {"a": 0.2, "b": 0.3}
+
+
+def test_targets_measure_mfu_against_the_peak_of_each_dtype(monkeypatch, tmp_path):
+    tiny = dict(d_model=32, n_layer=1, n_head=2, n_kv_head=2, d_ff=0, window=64, batch=1)
+    monkeypatch.setattr(bench, "TARGET_MODELS", dict.fromkeys(("default", "d256", "d512", "short"), tiny))
+    res = bench.main(["--targets", "--quick", "--iters", "1", "--json", str(tmp_path / "t.json")])
+    peaks = res["peak_flops_per_s"]
+    assert peaks["bfloat16"] != peaks["float32"]
+    for m in res["models"].values():
+        flops = bench.GPT(bench.GPTConfig(**m["config"])).flops_per_token(m["window"])  # the causal count
+        for mode, tok_s in m["tokens_per_s"].items():
+            assert m["mfu"][mode] * peaks[mode.split()[0]] == pytest.approx(flops * tok_s)
+        assert m["bf16_speedup"] == pytest.approx(m["tokens_per_s"]["bfloat16"] / m["tokens_per_s"]["float32"])
+    for t in res["targets"]:
+        op, threshold = t["threshold"].split()
+        assert t["pass"] == (t["value"] >= float(threshold) if op == ">=" else t["value"] <= float(threshold))
+    assert json.load(open(tmp_path / "t.json"))["targets"] == res["targets"]

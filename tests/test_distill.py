@@ -117,3 +117,24 @@ def test_topk_kl_with_every_token_is_the_forward_kl_and_has_the_analytic_gradien
     # d/ds of -sum_k p_k log softmax(s)_k = (sum_k p_k) softmax(s) - p (on the k ids): zero only if p matches
     expect = logp.exp().sum(-1, keepdim=True) * F.softmax(s, -1) - torch.zeros_like(s).scatter(-1, ids, logp.exp())
     assert torch.allclose(s.grad, expect.detach(), atol=1e-6)
+
+
+def test_kd_softmax_runs_in_float32_for_bf16_logits(monkeypatch):
+    """Under bf16 autocast the logits arrive in bf16; the divergence (its log-softmax) must see float32 chunks,
+    and the gradient goes back in the student's dtype."""
+    import distill
+    seen = []
+    plain = distill.forward_kl
+
+    def spy(s, t):
+        seen.append((s.dtype, t.dtype))
+        return plain(s, t)
+
+    monkeypatch.setattr(distill, "forward_kl", spy)
+    s, t = logits(0).bfloat16().requires_grad_(), logits(1).bfloat16()
+    loss, _ = kd_loss(s, t, chunk_size=4)
+    loss.backward()
+    assert seen and set(seen) == {(torch.float32, torch.float32)}
+    assert loss.dtype == torch.float32 and s.grad.dtype == torch.bfloat16
+    ref, _ = kd_loss(s.detach().float(), t.float())
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-6)  # the same sum as float32 inputs

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from data import SEP, TaskSpec, kv_probe
-from evaluate import evaluate, floor_accuracies, format_table, heuristic_floors, probe_accuracy
+import evaluate as evaluate_module
+from evaluate import evaluate, floor_accuracies, format_table, heuristic_floors, matmul_peak_flops, probe_accuracy
 
 SPEC = TaskSpec()
 CPU = torch.device("cpu")
@@ -90,3 +91,22 @@ def test_in_document_probe_runs_under_the_runs_mask_and_positions(doc_mask, rese
     assert torch.equal(kv_pos, torch.arange(64).expand(2, 64))  # one document per kv window: positions 0..L-1
     restarts = bool((doc_pos[:, 1:] < doc_pos[:, :-1]).any())
     assert restarts == reset  # the packed windows' positions restart at each document only under --reset-positions
+
+
+def test_matmul_peak_is_the_best_run_over_sizes_and_is_measured_once(monkeypatch):
+    """The peak is the best of several timed products over a few sizes (one slow run under load must not lower
+    it), per dtype, and a second call in the same process measures nothing."""
+    monkeypatch.setattr(evaluate_module, "_PEAKS", {})
+    times = iter([4.0, 1.0, 3.0, 2.0, 9.0, 9.0, 8.0, 8.0])  # seconds, in call order
+    calls = []
+
+    def fake_seconds(a, b):
+        calls.append(a.shape[0])
+        return next(times)
+
+    monkeypatch.setattr(evaluate_module, "matmul_seconds", fake_seconds)
+    peak = matmul_peak_flops(CPU, torch.float32, sizes=(8, 16), repeats=2)
+    assert calls == [8, 8, 16, 16] and peak == max(2 * 8**3 / 1.0, 2 * 16**3 / 2.0)
+    assert matmul_peak_flops(CPU, torch.float32, sizes=(8, 16), repeats=2) == peak and len(calls) == 4  # cached
+    other = matmul_peak_flops(CPU, torch.bfloat16, sizes=(8, 16), repeats=2)  # another dtype: its own peak
+    assert len(calls) == 8 and other == 2 * 16**3 / 8.0

@@ -94,10 +94,14 @@ def test_position_override_changes_only_later_layers():
     assert len(clean.q_pre) == 3 and clean.q_pre[0].shape == (1, 4, 16, 8)
 
 
-def test_flops_per_token_follows_nanogpt_formula():
+def test_flops_per_token_counts_the_causal_half_of_attention():
     m = tiny(d_ff=0)
     matmul_params = m.num_params() - sum(p.numel() for n, p in m.named_parameters() if "norm" in n)
-    assert m.flops_per_token(64) == 6 * matmul_params + 12 * 2 * 4 * 8 * 64
+    attention = 12 * 2 * 4 * 8 * 64  # nanoGPT's 12 * L * H * Q * T: the full T x T scores
+    assert m.flops_per_token(64, causal=False) == 6 * matmul_params + attention
+    assert m.flops_per_token(64) == 6 * matmul_params + attention / 2
+    # doubling the window adds only the causal half of the attention term per token
+    assert m.flops_per_token(128) - m.flops_per_token(64) == attention / 2
 
 
 def test_checkpoint_round_trip_and_errors(tmp_path):
@@ -203,3 +207,30 @@ def test_switch_rope_keeps_every_weight_and_changes_only_the_rotation():
     assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), switched.state_dict().values()))
     assert not torch.allclose(switched.inv_freq, m.inv_freq) and not torch.allclose(switched(x), m(x))
     assert torch.equal(switch_rope(switched, m.config.rope_base).eval()(x), m(x))
+
+
+def test_cpu_bf16_training_attends_in_float32_below_the_window_threshold(monkeypatch):
+    """Under CPU bf16 autocast a short-window training pass rotates and attends in float32 (torch's bf16 flash
+    backward is slow there); a forward-only pass, and a training pass at long windows, stay bf16."""
+    import model as model_module
+    m = tiny().train()
+    x = torch.randint(0, 50, (2, 16))
+
+    def q_dtype():
+        probe = Inspect()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = m(x, inspect=probe)
+        assert logits.dtype == torch.bfloat16  # the LM head runs in bf16 either way
+        return probe.q_post[0].dtype
+
+    assert q_dtype() == torch.float32
+    with torch.no_grad():
+        assert q_dtype() == torch.bfloat16
+    monkeypatch.setattr(model_module, "FLOAT32_ATTENTION_BELOW", 16)
+    assert q_dtype() == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # and the float32 path computes the same attention
+        a = m(x)
+    monkeypatch.setattr(model_module, "FLOAT32_ATTENTION_BELOW", 1024)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        b = m(x)
+    assert not torch.equal(a, b) and (a.float() - b.float()).abs().max() < 0.05 * a.float().abs().max()
