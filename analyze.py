@@ -37,7 +37,7 @@ import torch
 
 from data import TaskSpec, kv_probe, repeated_tokens_window, to_device
 from distill import forward_kl
-from evaluate import depth_sweep, evaluate, heuristic_floors
+from evaluate import depth_sweep, evaluate, format_table, heuristic_floors
 from hf import load_pretrained
 from model import CheckpointError, Inspect
 from config import check_out_dir, fail
@@ -60,6 +60,8 @@ def load(path, device):
     data = (ckpt.get("args") or {}).get("data")
     if data:
         fail(f"{path} was trained on --data {data}: the probes speak the synthetic language, not that data's")
+    run = ckpt.get("args") or {}  # the in-document probe runs under the mask and positions the model trained with
+    model.probe_conditions = {"doc_mask": bool(run.get("doc_mask")), "reset_positions": bool(run.get("reset_positions"))}
     return model.eval(), ckpt
 
 
@@ -91,7 +93,8 @@ def retrieval_results(models, window, distances, depths, max_doc_len, device, n_
     """{label: {"kv": {D: acc}, "in_doc": acc, "depth": {depth: {D: acc}}}} on the same probes."""
     spec, autocast, out = TaskSpec(), nullcontext(), {}
     for label, model in models.items():
-        r = evaluate(model, spec, window, distances, max_doc_len, device, autocast, n_windows, seed=seed)
+        r = evaluate(model, spec, window, distances, max_doc_len, device, autocast, n_windows, seed=seed,
+                     **getattr(model, "probe_conditions", {}))
         out[label] = {"kv": r["kv"], "in_doc": r["in_doc"], "max_seq_len": model.config.max_seq_len,
                       "rope_base": model.config.rope_base,
                       "depth": depth_sweep(model, spec, window, distances, depths, device, autocast,
@@ -114,6 +117,7 @@ def run_retrieval(args):
     paths.append(write_json(args.out, f"{args.name}.json", {
         "window": window, "max_doc_len": args.max_doc_len, "distances": distances, "depths": args.depths,
         "n_windows": args.n_windows, "ckpts": dict(zip(res, args.ckpt)), "models": res, "floors": floors}))
+    print(format_table(res, args.max_doc_len, floors["best"]))
     for label, r in res.items():
         far = [r["kv"][d] for d in distances if d > args.max_doc_len]
         print(f"{label}: retrieval {np.mean(list(r['kv'].values())):.2f} over all distances, "

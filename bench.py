@@ -14,7 +14,10 @@ and a vocabulary-wide KL. This script measures that price on one device:
    peak-RSS increase (ru_maxrss) of a fresh process that runs only the loss (Linux: peak
    reset after start-up, every block >= 64 KiB its own mmap, so RSS follows live tensors);
 3. a window sweep: tokens/s and MFU of the CE step at each window, tokens per step constant;
-4. with --targets instead: bf16 autocast against float32, each pair of steps timed side by
+4. data parallelism: tokens/s of the KD step on 1 and 2 CPU ranks side by side (torch.distributed,
+   gloo, DDP as train.py under torchrun; one thread per rank, each rank on --batch windows), and
+   the time train.py's prefetch thread hides: building one numpy batch (data.py).
+5. with --targets instead: bf16 autocast against float32, each pair of steps timed side by
    side, for the default model, d256 and d512, with the issue's targets marked PASS / MISS.
 
 The steps run under train.py's --dtype (auto: bf16 autocast on CUDA and on CPUs with native
@@ -25,18 +28,23 @@ packed batch of the synthetic language (data.py), reused each step.
     python bench.py --targets --compile              # bf16 vs float32 targets (a few minutes on 2 cores)
     python bench.py --model large --json out/bench-large.json
     python bench.py --model gpt2 --compile --sweep 1024 2048 4096 8192
+    python bench.py --cpu-ranks 1 2 4                # data-parallel scaling over 4 CPU ranks
 """
 import argparse
 import json
 import os
 import resource
+import socket
 import subprocess
 import sys
 import time
 from contextlib import nullcontext
 
 import torch
+import torch.distributed as tdist
+import torch.multiprocessing as mp
 
+import dist
 from data import DataSource, TaskSpec, to_device
 from distill import freeze_teacher, kd_loss, teacher_logits
 from evaluate import PEAK_SIZES, matmul_peak_flops
@@ -75,6 +83,8 @@ def build_parser_bench():
     a("--kd-tokens", type=int, default=None, help="tokens of the kd_loss memory test (default 4096)")
     a("--kd-chunk", type=int, default=256, help="tokens per chunk of the chunked kd_loss")
     a("--device", default="auto", help="auto (cuda if present), cpu or cuda")
+    a("--cpu-ranks", type=int, nargs="*", default=[1, 2], help="rank counts of the data-parallel figure, on CPU "
+      "(gloo, one thread each; default 1 2; none = skip)")
     a("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="autocast dtype of the steps, as "
       "train.py's (auto: bf16 on CUDA and on CPUs with native bf16)")
     a("--targets", action="store_true", help="instead: the bf16-vs-float32 targets, each pair of steps timed\n"
@@ -138,6 +148,56 @@ def window_sweep(student, step_student, opt, run, autocast, cli, peak) -> dict:
         out[window] = {"batch": batch[0].shape[0], "tokens_per_s": tok_s,
                        "mfu": student.flops_per_token(window) * tok_s / peak}
     return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_worker(rank, world, port, cli, out):
+    """One CPU rank of ranks_throughput: KD train steps (DDP when world > 1) on its rows of a global batch of
+    world x cli.batch windows; rank 0 puts the tokens/s of all ranks together in `out`."""
+    torch.set_num_threads(1)
+    if world > 1:
+        tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    cpu = torch.device("cpu")
+    run = build_parser().parse_args(["--phase", "2", "--kd-weight", "0.5"])  # train.py's step settings
+    run.lr = PRESETS["cpu"]["lr"]
+    torch.manual_seed(0)
+    student = GPT(cli.cfg)
+    teacher = freeze_teacher(GPT(cli.cfg), cpu)
+    opt = make_optimizer(student, run, cpu)
+    model = dist.wrap(student, cpu)  # DDP on 2+ ranks, as train.py under torchrun
+    rows = dist.BatchShape(world * cli.batch, world).rows(rank)
+    batch = to_device(DataSource(TaskSpec(), "packed", cli.window, world * cli.batch, seed=0).batch(0, rows), cpu)
+    sec = time_step(lambda: train_step(model, teacher, opt, batch, run, nullcontext()), cpu, cli.warmup, cli.iters)
+    if rank == 0:
+        out.put(world * batch[0].numel() / sec)
+    dist.stop()
+
+
+def ranks_throughput(cli) -> dict:
+    """{ranks: tokens/s of the KD step, all ranks together} for each of cli.cpu_ranks, one after the other, each
+    in fresh processes (gloo on 127.0.0.1, one thread per rank). Per-rank batch fixed: ideal scaling is linear."""
+    ctx = mp.get_context("spawn")
+    out = {}
+    for world in cli.cpu_ranks:
+        queue = ctx.SimpleQueue()
+        mp.start_processes(rank_worker, args=(world, free_port(), cli, queue), nprocs=world, start_method="spawn")
+        out[world] = queue.get()
+    return out
+
+
+def batch_build_seconds(cli) -> float:
+    """Seconds to build one packed numpy batch (data.py) of the model's batch and window: what train.py's
+    prefetch thread builds while a step trains, and what the step clock used to leave out."""
+    src = DataSource(TaskSpec(), "packed", cli.window, cli.batch, seed=0)
+    t0 = time.perf_counter()
+    for step in range(cli.iters):
+        src.batch(step)
+    return (time.perf_counter() - t0) / cli.iters
 
 
 # The issue's targets for bf16 autocast: (figure, model, threshold, direction). A ratio is float32 step time over
@@ -313,6 +373,8 @@ def check_flags(cli, spec):
         fail(f"--d-model {spec['d_model']} must split into heads of an even size ({spec['n_head']} heads here)")
     if cli.window < 8 or min(cli.sweep) < 8:
         fail(f"--window and --sweep windows must be >= 8 tokens, got {cli.window} and {cli.sweep}")
+    if any(n < 1 for n in cli.cpu_ranks):
+        fail(f"--cpu-ranks must all be >= 1, got {cli.cpu_ranks}")
     if cli.warmup < 0 or cli.kd_chunk < 0:
         fail(f"--warmup and --kd-chunk must be >= 0, got {cli.warmup} and {cli.kd_chunk}")
     if cli.vocab < TaskSpec().vocab_size:
@@ -360,6 +422,14 @@ def main(argv=None):
         print(f"  window {window:>6} x batch {r['batch']:>4}: {r['tokens_per_s']:>12,.0f} tokens/s | "
               f"MFU {r['mfu']:.1%}")
     del student, step_student, teacher, opt
+    build, kd_step = batch_build_seconds(cli), cli.batch * cli.window / speed["kd_step_tokens_per_s"]
+    print(f"batch build (numpy, {cli.batch} x {cli.window} packed): {build * 1e3:.1f} ms = {build / kd_step:.0%} of a "
+          f"KD step (train.py builds it in a background thread while the step before trains)")
+    ranks = ranks_throughput(cli) if cli.cpu_ranks else {}
+    if ranks:
+        base = ranks.get(1, next(iter(ranks.values())))
+        print(f"data parallel on CPU (KD step, gloo, 1 thread per rank, {cli.batch} x {cli.window} per rank): "
+              + " | ".join(f"{n} rank{'s' * (n > 1)} {t:,.0f} tokens/s ({t / base:.2f}x)" for n, t in ranks.items()))
     memory = kd_memory(cli)
     ratio = memory["unchunked_over_chunked"]
     print(f"kd_loss peak memory (V={cli.kd_vocab:,}, N={cli.kd_tokens:,}, fwd+bwd, beyond inputs; "
@@ -369,7 +439,8 @@ def main(argv=None):
     results = {"device": str(cli.dev), "model": cli.model, "config": vars(cli.cfg), "batch": cli.batch,
                "window": cli.window, "compile": cli.compile, "iters": cli.iters, "dtype": dtype,
                "threads": torch.get_num_threads(), "peak_flops_per_s": peak, "flops": "causal",
-               **speed, "window_sweep": sweep, "kd_memory": memory}
+               **speed, "window_sweep": sweep, "batch_build_seconds": build, "cpu_ranks_tokens_per_s": ranks,
+               "kd_memory": memory}
     write_json(cli, results)
     return results
 

@@ -40,11 +40,13 @@ PRESETS = {
                 steps={"teacher": 600, "1": 200, "2": 1000}, eval_windows=16,
                 eval_distances=[16, 32, 64, 128, 256, 512, 768, 900], phase1_base=10000.0),
     "gpu": dict(d_model=512, n_layer=8, n_head=8, n_kv_head=8, d_ff=1408, long_window=4096, short_window=1024,
-                max_doc_len=512, min_doc_len=64, long_pairs=192, batch_size=16, lr=1e-3, warmup=100,
+                max_doc_len=512, min_doc_len=64, long_pairs=64, batch_size=16, lr=1e-3, warmup=100,
                 curriculum_windows=[16, 32, 64, 128, 256], curriculum_tokens=16384, curriculum_steps=5000,
                 steps={"teacher": 3000, "1": 1000, "2": 3000}, eval_windows=32,
                 eval_distances=[64, 256, 512, 1024, 2048, 3072, 4000], phase1_base=10000.0),
 }
+# long_pairs <= TaskSpec.n_keys (64): keys are unique in a teacher's long document (the gpu preset asked for 192 and
+# silently got 64). Curriculum stages ask for 3 records per 16 tokens and place 80-87% of them (data.place_pairs).
 PHASE_LR = {"teacher": 1.0, "1": 1.0, "2": 0.5}  # phase 2 fine-tunes: half the preset's lr
 # Phase 2 leans on the teacher: with 0.5 the CE half (which rewards looking only inside the current short document)
 # pulled a window-32 student's long-range retrieval back down after step ~750 (0.74-0.87 at D >= 512 after 1,500 steps);
@@ -60,6 +62,23 @@ def phase1_name(base, seed=0, window=None, preset="cpu"):
     is not the preset's short window)."""
     w = f"-w{window}" if window is not None and window != PRESETS[preset]["short_window"] else ""
     return f"phase1-b{base:g}{w}" + (f"-s{seed}" if seed else "")
+
+
+def variant_suffix(args):
+    """The part of a run's name for flags that change what it computes beyond phase, bases and seeds:
+    -yarn4 (--rope-scaling type and factor), -rkl / -jsd0.5 / -T2 (the divergence and its temperature, only when
+    distillation is on), -dm (--doc-mask), -rp (--reset-positions). Empty for the defaults."""
+    s = ""
+    rope_type = (args.scaling or {}).get("rope_type", (args.scaling or {}).get("type"))
+    if rope_type not in (None, "default"):
+        factor = args.scaling.get("factor")
+        s += f"-{rope_type}" + (f"{float(factor):g}" if factor is not None else "")
+    if args.kd_weight > 0:
+        s += {"forward": "", "reverse": "-rkl", "jsd": f"-jsd{args.jsd_beta:g}"}[args.kd_loss]
+        s += f"-T{args.temperature:g}" if args.temperature != 1 else ""
+    s += "-dm" if args.doc_mask else ""
+    s += "-rp" if args.reset_positions else ""
+    return s
 
 
 def phase_seed(args, k=0):
@@ -98,15 +117,20 @@ def build_parser():
     a("--no-baseline", action="store_true", help="phase 2: do not train the CE-only baseline side by side")
     g = p.add_argument_group("RoPE")
     g.add_argument("--rope-base", type=float, default=None, help="RoPE base (default: teacher 10000, phase 1 the "
-                   "preset's phase-1 base, phase 2 500000)")
-    g.add_argument("--rope-scaling", default=None, help='HF-style rope_scaling JSON, e.g. \'{"rope_type":"yarn",...}\'')
+                   "preset's phase-1 base, phase 2 500000, or phase 1's base with --rope-scaling)")
+    g.add_argument("--rope-scaling", default=None, help='HF-style rope_scaling JSON, e.g. \'{"rope_type":"yarn",...}\'; '
+                   "in phase 2 it replaces the base change (the base stays phase 1's unless --rope-base is given)")
     g = p.add_argument_group("data")
     g.add_argument("--window", type=int, default=None, help="training window (default: long for teacher/phase 2, "
                    "short for phase 1)")
     g.add_argument("--max-doc-len", type=int, default=None, help="longest short document, separator included")
     g.add_argument("--min-doc-len", type=int, default=None, help="shortest short document")
-    g.add_argument("--reset-positions", action="store_true", help="restart position ids at each document")
+    g.add_argument("--reset-positions", action="store_true", help="restart position ids at each document "
+                   "(needs --doc-mask)")
     g.add_argument("--doc-mask", action="store_true", help="block-diagonal attention (no cross-document attention)")
+    g.add_argument("--attention", default="sdpa", choices=["sdpa", "flex"], help="--doc-mask's kernel: sdpa with a "
+                   "dense (B, 1, T, T) mask (no flash), or flex attention with a block mask (CUDA only: no backward "
+                   "on CPU)")
     g.add_argument("--data", default=None, help="train on a real corpus instead: a UTF-8 text file/folder or a .bin")
     g.add_argument("--tokenizer", default=None, help="--data text: tokenize with this folder's byte-level BPE "
                    "(vocab.json, merges.txt; e.g. the teacher's from hf.py convert-gguf) instead of bytes")
@@ -118,7 +142,10 @@ def build_parser():
         g.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=text)
     g = p.add_argument_group("optimization")
     g.add_argument("--steps", type=int, default=None, help="steps of the phase's main stage")
-    g.add_argument("--batch-size", type=int, default=None, help="windows per step")
+    g.add_argument("--batch-size", type=int, default=None, help="windows per optimizer step, all ranks and "
+                   "micro-batches together (under torchrun: the global batch)")
+    g.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step on each rank, "
+                   "their gradients averaged (the global batch must divide by ranks x this)")
     g.add_argument("--lr", type=float, default=None, help="peak learning rate")
     g.add_argument("--schedule", default="constant", choices=["constant", "cosine"], help="after warmup")
     g.add_argument("--warmup", type=int, default=None, help="linear warmup steps (each stage)")
@@ -142,7 +169,10 @@ def build_parser():
                    "(auto: bf16 on CUDA; on CPUs with native bf16 matmuls, AVX512-BF16 or AMX, bf16 for phase 2 and "
                    "float32 for the teacher and phase 1; float32 elsewhere)")
     g.add_argument("--compile", action="store_true", help="torch.compile the student")
-    g.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
+    g.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default); per rank under "
+                   "torchrun")
+    g.add_argument("--backend", default="auto", choices=["auto", "gloo", "nccl"], help="torch.distributed "
+                   "backend under torchrun (auto: nccl on CUDA, gloo on CPU)")
     g.add_argument("--seed", type=int, default=0, help="random seed (model init and data stream), 0 <= seed < 2**32")
     g.add_argument("--eval-interval", type=int, default=None, help="steps between quick retrieval checks (0 = off; "
                    "default 250, off with --data: the probes speak the synthetic language)")
@@ -155,8 +185,9 @@ def build_parser():
 
 
 def fail(msg):
-    """One clear line on stderr and a non-zero exit."""
-    print(f"error: {msg}", file=sys.stderr)
+    """One clear line on stderr and a non-zero exit (under torchrun every rank fails alike: rank 0 says it)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"error: {msg}", file=sys.stderr)
     raise SystemExit(2)
 
 
@@ -194,7 +225,9 @@ def resolve(args):
     if args.phase1_base is None:
         args.phase1_base = pre["phase1_base"]
     if args.rope_base is None:
-        args.rope_base = {"teacher": 10000.0, "1": args.phase1_base, "2": 500000.0}[phase]
+        # phase 2 switches the base to 500,000, unless --rope-scaling does the extension instead (on phase 1's base)
+        args.rope_base = {"teacher": 10000.0, "1": args.phase1_base,
+                          "2": args.phase1_base if args.rope_scaling else 500000.0}[phase]
     if args.steps is None:
         args.steps = pre["steps"][phase]
     if args.lr is None:
@@ -221,6 +254,7 @@ def resolve(args):
         (args.phase1_window >= 8, f"--phase1-window must be >= 8 tokens, got {args.phase1_window}"),
         (args.steps > 0, f"--steps must be positive, got {args.steps}"),
         (args.batch_size > 0, f"--batch-size must be positive, got {args.batch_size}"),
+        (args.grad_accum >= 1, f"--grad-accum must be >= 1 (micro-batches per step), got {args.grad_accum}"),
         (finite(args.lr) and args.lr > 0, f"--lr must be a finite number > 0, got {args.lr}"),
         (args.warmup >= 0, f"--warmup must be >= 0, got {args.warmup}"),
         (finite(args.weight_decay) and args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}"),
@@ -266,6 +300,11 @@ def resolve(args):
          "--curriculum-steps: the curriculum is synthetic key-value data; with --data pass 0 or drop it"),
         (not (args.data and args.reset_positions),
          "--reset-positions applies to the synthetic packed documents, not to --data"),
+        (args.doc_mask or args.attention == "sdpa", "--attention flex is a kernel for --doc-mask: pass --doc-mask "
+         "(without it, causal attention already takes the flash path)"),
+        (args.doc_mask or not args.reset_positions,  # issue 16: else 43% of visible pairs had a negative distance
+         "--reset-positions needs --doc-mask: restarted positions under cross-document attention give keys of an "
+         "earlier document larger positions than the query (negative relative distances)"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -285,17 +324,18 @@ def resolve(args):
         if not (torch.isfinite(inv_freq).all() and (inv_freq > 0).all() and math.isfinite(factor) and factor > 0):
             fail(f"--rope-scaling {args.rope_scaling} gives RoPE frequencies that are not finite and positive")
     if args.run_name is None:
+        seed = f"-s{args.seed}" if args.seed else ""
         if phase == "teacher":
-            args.run_name = "teacher" + (f"-s{args.seed}" if args.seed else "")
+            args.run_name = "teacher" + variant_suffix(args) + seed
         elif phase == "1":
-            args.run_name = phase1_name(args.rope_base, args.seed, args.window, args.preset)
+            args.run_name = phase1_name(args.rope_base, 0, args.window, args.preset) + variant_suffix(args) + seed
         else:
             loss = "kd" if args.kd_weight > 0 else "ce"
             args.run_name = f"phase2-{loss}-b{args.phase1_base:g}-b{args.rope_base:g}"
             if args.phase1_window != pre["short_window"]:  # a phase-1 student of another window
                 args.run_name += f"-w{args.phase1_window}"
             args.run_name += f"-p{args.phase1_seed}" if args.phase1_seed else ""  # another phase-1 student
-            args.run_name += f"-s{args.seed}" if args.seed else ""
+            args.run_name += variant_suffix(args) + seed
     return args
 
 

@@ -21,6 +21,8 @@ downloaded here, so this file generates both from a seed:
   `python data.py` prints it.
 - `pack_documents`: documents -> windows of exactly L tokens with position ids
   (continuous, or reset per document) and document ids (for the optional mask).
+- `DataSource`: a step's batch as a pure function of (seed, step), or one rank's rows of it
+  (train.py under torchrun); `prefetch` builds the next one while a step trains.
 - Probes (fixed seeds): key-value retrieval at exact distance D and depth, and the
   repeated-token window of finding 2.
 - Real files: UTF-8 text read as bytes, or nanoGPT `.bin` token files (uint16), split
@@ -30,7 +32,9 @@ Run `python data.py` to print samples.
 """
 import argparse
 import functools
+import itertools
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,7 +115,8 @@ def place_pairs(tokens, answers, rng, keys, distances, query_lo=0, query_hi=None
     tokens (T,) int64; answers (T,) bool marks the query values (the retrieval targets).
     The query key goes to a position q in [query_lo, query_hi], its record key to q - D.
     Returns [(key, record_pos, query_pos)]; a pair that finds no free slot after 20 tries
-    is dropped (rare at the densities used here).
+    is dropped: about 1% of a teacher window's 48 pairs, but 12-20% in the curriculum's dense
+    16-128-token windows (train.py prints asked -> placed per stage).
     """
     T = len(tokens)
     query_hi = T - 2 if query_hi is None else min(query_hi, T - 2)
@@ -257,13 +262,38 @@ class DataSource:
         self.max_doc_len, self.min_doc_len, self.n_pairs = max_doc_len, min_doc_len, n_pairs
         self.reset_positions, self.windows = reset_positions, windows
 
-    def batch(self, step: int):
+    def batch(self, step: int, rows: slice = slice(None)):
+        """The step's batch of windows, or its `rows` (a rank's share, dist.BatchShape): numpy (rows, L+1) arrays.
+
+        The rows are cut from the one global batch of the step, so 2 ranks x b rows see what 1 x 2b does.
+        """
         rng = np.random.default_rng([self.seed, step])
         if self.windows is not None:  # a real corpus, packed once into windows of L+1
-            idx = rng.integers(0, len(self.windows["tokens"]), self.batch_size)
+            idx = rng.integers(0, len(self.windows["tokens"]), self.batch_size)[rows]
             return {k: v[idx] for k, v in self.windows.items()}
-        return synthetic_batch(self.spec, rng, self.kind, self.batch_size, self.window, self.max_doc_len,
+        # synthetic rows share one random stream, so a rank builds the whole batch and keeps its rows
+        full = synthetic_batch(self.spec, rng, self.kind, self.batch_size, self.window, self.max_doc_len,
                                self.min_doc_len, self.n_pairs, self.reset_positions)
+        return {k: v[rows] for k, v in full.items()}
+
+
+def prefetch(make, steps):
+    """make(step) for each of `steps`, the next one built in a background thread while the caller uses this one.
+
+    `make` must be a pure function of the step (DataSource.batch is): prefetching changes when a
+    batch is built, never which batch a step sees. numpy and torch release the GIL in their
+    kernels, so building overlaps the training step. An error in `make` surfaces at its step.
+    """
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+    try:
+        steps = iter(steps)
+        ahead = [pool.submit(make, s) for s in itertools.islice(steps, 1)]  # [] or [future of the next batch]
+        while ahead:
+            current = ahead.pop()
+            ahead = [pool.submit(make, s) for s in itertools.islice(steps, 1)]
+            yield current.result()
+    finally:  # the caller stopped early (a stage ends, Ctrl-C): drop the batch in flight
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 # ----------------------------------------------------------------------------- probes
@@ -303,11 +333,11 @@ def repeated_tokens_window(spec, window, period=64, n_windows=4, seed=0):
             "doc_ids": np.zeros_like(tokens)}
 
 
-def packed_probe(spec, window, max_doc_len, min_doc_len=None, n_windows=16, seed=0):
+def packed_probe(spec, window, max_doc_len, min_doc_len=None, n_windows=16, seed=0, reset_positions=False):
     """In-document accuracy: held-out packed windows of short documents, like the student's data."""
     min_doc_len = min_doc_len or max(2, max_doc_len // 4)
     return synthetic_batch(spec, np.random.default_rng([seed, 11]), "packed", n_windows, window, max_doc_len,
-                           min_doc_len)
+                           min_doc_len, reset_positions=reset_positions)
 
 
 # ----------------------------------------------------------------------------- real files
@@ -370,6 +400,16 @@ def file_windows(docs, window, max_doc_len, sep):
     if len(packed["tokens"]) == 0:
         raise DataError(f"the data holds fewer than {window + 1} tokens: not one window")
     return packed
+
+
+def hold_out(packed, fraction=0.05):
+    """(training windows, held-out windows): the last max(1, fraction * N) windows of a packed corpus are held out
+    for the end-of-run loss, so it is not measured on what the model trained on."""
+    n = len(packed["tokens"])
+    if n < 2:
+        raise DataError(f"the data holds {n} window: need at least 2 (one is held out for the end-of-run loss)")
+    cut = n - max(1, int(fraction * n))
+    return {k: v[:cut] for k, v in packed.items()}, {k: v[cut:] for k, v in packed.items()}
 
 
 # ----------------------------------------------------------------------------- demo

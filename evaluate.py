@@ -25,34 +25,42 @@ from data import kv_probe, packed_probe, to_device
 
 
 @torch.no_grad()
-def probe_accuracy(model, batch, device, autocast, chunk=4) -> float | None:
-    """Argmax accuracy at the probe's answer positions, over windows in chunks of `chunk`; None if it has none."""
+def probe_accuracy(model, batch, device, autocast, chunk=4, doc_mask=False) -> float | None:
+    """Argmax accuracy at the probe's answer positions, over windows in chunks of `chunk`; None if it has none.
+
+    doc_mask: attend within documents only, as a --doc-mask run trained (the batch's positions are used as given).
+    """
     was_training = model.training
     model.eval()
     hits = total = 0
     n = len(batch["tokens"])
     for i in range(0, n, chunk):
         part = {k: v[i:i + chunk] for k, v in batch.items()}
-        x, y, pos, _, ans = to_device(part, device)
+        x, y, pos, doc, ans = to_device(part, device)
         with autocast:
-            logits = model(x, pos)
+            logits = model(x, pos, doc if doc_mask else None)
         hits += (logits.argmax(-1)[ans] == y[ans]).sum().item()
         total += ans.sum().item()
     model.train(was_training)
     return hits / total if total else None
 
 
-def evaluate(model, spec, window, distances, max_doc_len, device, autocast, n_windows=16, seed=0) -> dict:
+def evaluate(model, spec, window, distances, max_doc_len, device, autocast, n_windows=16, seed=0,
+             doc_mask=False, reset_positions=False) -> dict:
     """{"kv": {D: acc}, "in_doc": acc} on windows of `window` tokens.
+
+    doc_mask / reset_positions: score under the attention and positions a run trained with (--doc-mask,
+    --reset-positions). They change only the in-document probe: a key-value probe window is one document.
 
     (A repeated-span copy probe used to sit here; every model, the teacher included, scored at
     chance on it, since nothing in the training data rewards copying filler, so it was dropped.)
     """
     out = {"kv": {}}
     for d in distances:
-        out["kv"][d] = probe_accuracy(model, kv_probe(spec, window, d, n_windows, seed=seed), device, autocast)
-    out["in_doc"] = probe_accuracy(model, packed_probe(spec, window, max_doc_len, n_windows=n_windows, seed=seed),
-                                   device, autocast)
+        out["kv"][d] = probe_accuracy(model, kv_probe(spec, window, d, n_windows, seed=seed), device, autocast,
+                                      doc_mask=doc_mask)
+    in_doc = packed_probe(spec, window, max_doc_len, n_windows=n_windows, seed=seed, reset_positions=reset_positions)
+    out["in_doc"] = probe_accuracy(model, in_doc, device, autocast, doc_mask=doc_mask)
     return out
 
 

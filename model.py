@@ -23,7 +23,7 @@ import tempfile
 import warnings
 import zipfile
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn as nn
@@ -101,10 +101,13 @@ class Attention(nn.Module):
         if inspect is not None and inspect.record:
             inspect.q_pre.append(q.detach()); inspect.q_post.append(q_rot.detach())
             inspect.k_pre.append(k.detach()); inspect.k_post.append(k_rot.detach())
-        # attn_mask None -> is_causal=True, the path that flash attention takes on CUDA
-        with torch.autocast(x.device.type, enabled=False) if in_float32 else nullcontext():
-            y = F.scaled_dot_product_attention(q_rot, k_rot, v, attn_mask=attn_mask, is_causal=attn_mask is None,
-                                               enable_gqa=self.n_kv_head != self.n_head)  # (B, H, T, hd)
+        gqa = self.n_kv_head != self.n_head
+        if attn_mask is not None and not isinstance(attn_mask, torch.Tensor):  # a flex BlockMask (--attention flex)
+            y = flex_attention(q_rot, k_rot, v, attn_mask, gqa)  # (B, H, T, hd)
+        else:  # attn_mask None -> is_causal=True, the path that flash attention takes on CUDA
+            with torch.autocast(x.device.type, enabled=False) if in_float32 else nullcontext():
+                y = F.scaled_dot_product_attention(q_rot, k_rot, v, attn_mask=attn_mask, is_causal=attn_mask is None,
+                                                   enable_gqa=gqa)  # (B, H, T, hd)
         return self.wo(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
 
@@ -155,11 +158,41 @@ class Block(nn.Module):
 
 
 def document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
-    """Block-diagonal causal mask (B, 1, T, T): token t sees token s iff s <= t and same document."""
+    """Block-diagonal causal mask (B, 1, T, T): token t sees token s iff s <= t and same document.
+
+    Dense: B * T^2 bools (268 MB at the gpu preset's 16 x 4096), and SDPA with an explicit mask cannot take the
+    flash kernel. `document_block_mask` is the sparse alternative (--attention flex).
+    """
     T = doc_ids.shape[1]
     causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
     same_doc = doc_ids[:, :, None] == doc_ids[:, None, :]  # (B, T, T)
     return (same_doc & causal).unsqueeze(1)
+
+
+def document_block_mask(doc_ids: torch.Tensor):
+    """The same mask as a flex-attention BlockMask: 128 x 128 tiles, the fully masked ones skipped (PyTorch's
+    FlexAttention, 2024). Memory O(B * (T/128)^2) instead of O(B * T^2)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def same_doc_causal(b, h, q, k):
+        return (q >= k) & (doc_ids[b, q] == doc_ids[b, k])
+    B, T = doc_ids.shape
+    return create_block_mask(same_doc_causal, B, None, T, T, device=doc_ids.device)
+
+
+def flex_attention(q, k, v, block_mask, enable_gqa):
+    """torch's flex_attention, compiled on CUDA (fused kernel); eager elsewhere (unfused, and no backward on CPU)."""
+    from torch.nn.attention.flex_attention import flex_attention as flex
+    global _compiled_flex
+    if q.device.type == "cuda":
+        _compiled_flex = _compiled_flex or torch.compile(flex)
+        return _compiled_flex(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
+    with warnings.catch_warnings():  # torch warns that eager flex is unfused: known, it only checks the CUDA path
+        warnings.simplefilter("ignore")
+        return flex(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
+
+
+_compiled_flex = None
 
 
 class GPT(nn.Module):
@@ -177,6 +210,7 @@ class GPT(nn.Module):
         inv_freq, self.attention_factor = rope_frequencies(cfg.head_dim, cfg.rope_base, cfg.rope_scaling,
                                                            cfg.max_seq_len)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.flex = False  # doc_ids -> a flex-attention BlockMask instead of a dense mask (train.py --attention flex)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2 scaled init of residual projections
             if name.endswith(("wo.weight", "w_down.weight")):
@@ -206,7 +240,7 @@ class GPT(nn.Module):
             position_ids = torch.arange(T, device=idx.device).expand(B, T)
         x = self.tok_emb(idx)  # (B, T, C)
         rope = rope_cos_sin(position_ids, self.inv_freq, self.attention_factor, x.dtype)  # 2 x (B, T, hd)
-        attn_mask = document_mask(doc_ids) if doc_ids is not None else None
+        attn_mask = None if doc_ids is None else document_block_mask(doc_ids) if self.flex else document_mask(doc_ids)
         if inspect is not None and inspect.record:
             inspect.residuals.append(x.detach())
         for layer, block in enumerate(self.blocks):
@@ -243,6 +277,19 @@ class GPT(nn.Module):
         n -= sum(p.numel() for name, p in self.named_parameters() if "norm" in name)
         attention = 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len  # (Q K^T and A V, fwd + bwd) per token
         return 6 * n + (attention / 2 if causal else attention)
+
+
+def switch_rope(model: GPT, rope_base: float, rope_scaling: dict | None = None, max_seq_len: int | None = None) -> GPT:
+    """The same weights under another RoPE: phase 2's base change (ABF, Xiong et al. 2023) or a scaling variant.
+
+    RoPE has no weights (inv_freq is a buffer computed from the config), so switching the base is a new config
+    and a copy of every parameter. Used by train.py (phase 2's start) and the walkthrough.
+    """
+    cfg = replace(model.config, rope_base=rope_base, rope_scaling=rope_scaling,
+                  max_seq_len=max_seq_len or model.config.max_seq_len)
+    switched = GPT(cfg).to(model.inv_freq.device)
+    switched.load_state_dict(model.state_dict())
+    return switched
 
 
 # ----------------------------------------------------------------------------- checkpoints

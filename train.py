@@ -15,9 +15,14 @@ RoPE base should be small while the window is short and large once it is long:
 
 A phase whose prerequisites are missing trains them first (or exits with --no-auto).
 Each phase ends with the retrieval probes of data.py at distances up to its window,
-printed as a table and saved as JSON beside its checkpoint.
+printed as a table and saved as JSON beside its checkpoint (report.py).
+
+Under torchrun the same script trains data-parallel (dist.py): every rank trains its rows of
+each step's global batch (--batch-size) in --grad-accum micro-batches, with a replica of the
+frozen teacher; rank 0 alone prints, logs, probes and saves.
 
 Main job:  python train.py --phase 2 --rope-base 500000
+           torchrun --nproc_per_node 2 train.py --phase 2 --rope-base 500000 --threads 1
 """
 import dataclasses
 import json
@@ -31,16 +36,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import dist
 from config import PRESETS, SHIPPED, build_parser, check_out_dir, fail, phase1_name, phase_seed, pick_device, resolve
-from data import DataError, DataSource, TaskSpec, file_windows, read_bin_documents, read_text_documents, to_device
+from data import (DataError, DataSource, TaskSpec, file_windows, hold_out, prefetch, read_bin_documents,
+                  read_text_documents,
+                  to_device)
 from distill import kd_loss, load_teacher, teacher_logits
-from evaluate import evaluate, format_accuracy, format_table, heuristic_floors, matmul_peak_flops
 from hf import load_pretrained
-from model import GPT, CheckpointError, GPTConfig, load_checkpoint, load_model, save_checkpoint
+from model import GPT, CheckpointError, GPTConfig, load_checkpoint, load_model, save_checkpoint, switch_rope
+from report import START, print_side_by_side, quick_eval, report, report_speed
 from rope import format_spectrum, spectrum_summary
 from tokenizer import Tokenizer
-
-START = "step 0"  # results key of a phase-2 student before its first step (phase 1 + the base switch)
 
 # ----------------------------------------------------------------------------- prerequisites
 
@@ -88,6 +94,8 @@ def phase1_file(args):
 def common_argv(args):
     argv = ["--preset", args.preset, "--out-dir", args.out_dir, "--device", args.device,  # shared: seed 0
             "--dtype", args.dtype]
+    argv += ["--grad-accum", str(args.grad_accum)] if args.grad_accum > 1 else []
+    argv += ["--backend", args.backend] if args.backend != "auto" else []
     return argv + (["--threads", str(args.threads)] if args.threads else [])
 
 
@@ -105,7 +113,8 @@ def lr_at(step, steps, args):
 
 
 def make_stages(args, spec, corpus=None):
-    """[(name, DataSource, steps, stop_at_accuracy)] for this phase; `corpus`: packed windows of a real file."""
+    """[(name, DataSource, steps, stop_at_accuracy)] for this phase; `corpus`: a real file's packed windows
+    (training, held out), from load_corpus."""
     pre = PRESETS[args.preset]
     stages = []
     windows = [w for w in pre["curriculum_windows"] if w < args.window] if args.curriculum_steps else []
@@ -115,7 +124,7 @@ def make_stages(args, spec, corpus=None):
         steps = args.curriculum_steps if i == 0 else max(1, args.curriculum_steps // 6)
         stages.append((f"curriculum-{w}", src, steps, args.curriculum_target))
     if corpus is not None:
-        src = DataSource(spec, "file", args.window, args.batch_size, phase_seed(args, 2), windows=corpus)
+        src = DataSource(spec, "file", args.window, args.batch_size, phase_seed(args, 2), windows=corpus[0])
     elif args.phase == "teacher":
         src = DataSource(spec, "long", args.window, args.batch_size, phase_seed(args, 2), n_pairs=pre["long_pairs"])
     else:
@@ -123,6 +132,17 @@ def make_stages(args, spec, corpus=None):
                          args.min_doc_len, reset_positions=args.reset_positions)
     stages.append(("main", src, args.steps, None))
     return stages
+
+
+def records_placed(stages) -> str:
+    """One line: per synthetic stage, records asked for per window and placed on average in its first batch
+    (data.place_pairs drops a record that finds no free slot: 12-20% in the dense curriculum windows)."""
+    parts = []
+    for name, src, *_ in stages:
+        if src.kind == "long" and src.n_pairs:
+            placed = src.batch(0)["answers"].sum(1).mean()
+            parts.append(f"{name} {src.n_pairs} -> {placed:.1f}")
+    return "  records per window, asked -> placed: " + ", ".join(parts) if parts else None
 
 
 def load_corpus(args):
@@ -134,7 +154,7 @@ def load_corpus(args):
             docs, sep = read_text_documents(args.data, encode=tok.encode), tok.eos_id
         else:
             docs, sep = read_text_documents(args.data), 0
-        return file_windows(docs, args.window, args.max_doc_len, sep)
+        return hold_out(file_windows(docs, args.window, args.max_doc_len, sep))  # (train, held-out) windows
     except DataError as e:
         fail(str(e))
 
@@ -147,11 +167,35 @@ def load_tokenizer(args):
 
 
 def train_step(model, teacher, opt, batch, args, autocast):
-    """One optimizer step; returns (loss, ce, kl, answer accuracy) as floats."""
-    x, y, pos, doc, ans = batch
+    """One optimizer step on this rank's rows of the batch, in --grad-accum micro-batches.
+
+    Returns (loss, ce, kl, answer accuracy) of the whole global batch, as floats, the same on every rank.
+    """
+    k = args.grad_accum
+    stats = 0  # summed over the micro-batches: loss / K, ce / K, kl / K, correct answers, answers
+    opt.zero_grad(set_to_none=True)
+    for i, micro in enumerate(dist.micro_batches(batch, k)):  # K x (x, y, pos, doc, ans), (B / ranks / K, T) each
+        with dist.sync_unless(model, accumulating=i < k - 1):  # DDP all-reduces the gradients on the last only
+            loss, ce, kl, correct, answers = micro_loss(model, teacher, micro, args, autocast)
+            (loss / k).backward()
+        stats = stats + torch.stack([loss.detach() / k, ce.detach() / k, kl.to(loss.device) / k, correct, answers])
+    if args.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+    opt.step()
+    stats = dist.sum_across_ranks(stats)  # the losses are then averaged over ranks, the answers counted
+    loss, ce, kl = (stats[:3] / dist.world_size()).tolist()
+    return loss, ce, kl, (stats[3] / stats[4]).item()  # 0 / 0 = NaN: no answer in the batch
+
+
+def micro_loss(model, teacher, batch, args, autocast):
+    """Loss of one micro-batch: CE, or (1 - w) CE + w KD against the teacher's logits.
+
+    Returns (loss, ce, kl, correct answers, answers) as 0-dim tensors; kl is NaN without a teacher.
+    """
+    x, y, pos, doc, ans = batch  # (b, T) each
     doc = doc if args.doc_mask else None
     with autocast:
-        logits = model(x, pos, doc)  # (B, T, V)
+        logits = model(x, pos, doc)  # (b, T, V)
     ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
     kl = torch.tensor(float("nan"))
     loss = ce
@@ -161,13 +205,8 @@ def train_step(model, teacher, opt, batch, args, autocast):
         kd, kl = kd_loss(logits, t_logits, temperature=args.temperature, kind=args.kd_loss, beta=args.jsd_beta,
                          chunk_size=args.kd_chunk)
         loss = (1 - args.kd_weight) * ce + args.kd_weight * kd
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    if args.grad_clip:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-    opt.step()
-    acc = (logits.detach()[ans].argmax(-1) == y[ans]).float().mean().item() if ans.any() else float("nan")  # answers only
-    return loss.item(), ce.item(), kl.item(), acc
+    correct = (logits.detach()[ans].argmax(-1) == y[ans]).float().sum()  # the answer rows only, not all (B, T, V)
+    return loss, ce, kl, correct, ans.sum().float()
 
 
 def make_optimizer(model, args, device):
@@ -182,16 +221,15 @@ def build_student(args, spec, device):
     if args.phase == "2":
         init = ensure_phase1(args)
         model = load_init(args, init, device)
-        cfg = dataclasses.replace(model.config, rope_base=args.rope_base, rope_scaling=args.scaling,
-                                  max_seq_len=args.window)
+        student = switch_rope(model, args.rope_base, args.scaling, args.window)  # same weights, new base (ABF)
+    else:
+        torch.manual_seed(phase_seed(args))
+        cfg = GPTConfig(vocab_size=args.vocab_size, n_layer=args.n_layer, n_head=args.n_head, n_kv_head=args.n_kv_head,
+                        d_model=args.d_model, d_ff=args.d_ff, rope_base=args.rope_base, rope_scaling=args.scaling,
+                        max_seq_len=args.window)
         student = GPT(cfg).to(device)
-        student.load_state_dict(model.state_dict())  # same weights; only RoPE's base changes (ABF)
-        return student
-    torch.manual_seed(phase_seed(args))
-    cfg = GPTConfig(vocab_size=args.vocab_size, n_layer=args.n_layer, n_head=args.n_head, n_kv_head=args.n_kv_head,
-                    d_model=args.d_model, d_ff=args.d_ff, rope_base=args.rope_base, rope_scaling=args.scaling,
-                    max_seq_len=args.window)
-    return GPT(cfg).to(device)
+    student.flex = args.attention == "flex"  # --doc-mask as a flex block mask
+    return student
 
 
 def checkpoint_dict(model, opt, args, state, done):
@@ -231,9 +269,17 @@ def check_inputs(args):
     previous checkpoint or None).
     """
     check_out_dir(args.out_dir, "--out-dir")
+    if args.attention == "flex" and not args.device.startswith("cuda"):
+        fail("--attention flex trains on CUDA only (torch has no flex-attention backward on CPU); use --attention sdpa")
     if args.vocab_size is None:  # --data with --tokenizer: the tokenizer's vocabulary (config.resolve left it)
         args.vocab_size = len(load_tokenizer(args))
     corpus = load_corpus(args) if args.data else None
+    for name, src, _, _ in make_stages(args, TaskSpec(), corpus):  # each stage's batch over ranks x micro-batches
+        try:
+            dist.BatchShape(src.batch_size, dist.launched_world_size(), args.grad_accum)
+        except ValueError as e:
+            fail(f"--batch-size {src.batch_size}: {e}" if name == "main" else
+                 f"the {name} stage (the preset's batch of {src.batch_size}; --curriculum-steps 0 skips it): {e}")
     ckpt_path = os.path.join(args.out_dir, args.run_name + ".pt")
     previous = None
     if os.path.exists(ckpt_path):
@@ -272,7 +318,10 @@ class RunError(Exception):
 
 
 def save_run(model, opt, args, state, ckpt_path, done):
-    """Save the run's checkpoint; a full disk or unwritable folder keeps the previous file and ends in one line."""
+    """Save the run's checkpoint (rank 0 alone under torchrun); a full disk or unwritable folder keeps the
+    previous file and ends in one line."""
+    if not dist.is_main():
+        return
     try:
         save_checkpoint(checkpoint_dict(model, opt, args, state, done), ckpt_path)
     except OSError as e:
@@ -299,10 +348,11 @@ def run_phase(args, inputs=None):
             teacher = load_teacher(t_path, device, args.vocab_size)
         except CheckpointError as e:
             fail(str(e))
+        teacher.flex = args.attention == "flex"
         print(f"teacher: {t_path} (base {teacher.config.rope_base:g}, frozen)")
     if args.resume and previous is not None and previous.get("done"):
         print(f"{ckpt_path} already finished; its results:")
-        return report(args, teacher, device, autocast, spec, results_path, None, corpus=corpus)
+        return on_main(final_report, args, teacher, device, autocast, spec, results_path, None, corpus=corpus)
     model = build_student(args, spec, device)
     opt = make_optimizer(model, args, device)
     state = {"step": 0, "stage": 0, "stage_start": 0, "acc_ema": 0.0}
@@ -318,85 +368,127 @@ def run_phase(args, inputs=None):
             fail(f"--resume: {ckpt_path} does not match this run's model: {str(e).splitlines()[0][:200]}")
         state = {k: previous[k] for k in state}
         torch.set_rng_state(previous["rng"])
-        truncate_log(log_path, state["step"])
+        if dist.is_main():
+            truncate_log(log_path, state["step"])
         print(f"resuming {ckpt_path} at step {state['step']}")
-    elif os.path.exists(log_path):
+    elif dist.is_main() and os.path.exists(log_path):
         os.remove(log_path)  # --overwrite (or a fresh run): the old log goes with the old run
     cfg = model.config
     print(f"== phase {args.phase}: {args.run_name} | window {args.window} | {model.num_params():,} params | "
           f"loss {'CE' if args.kd_weight == 0 else f'{1 - args.kd_weight:g} CE + {args.kd_weight:g} KD({args.kd_loss}, T={args.temperature:g})'} | {device}")
     print("  " + format_spectrum(spectrum_summary(cfg.head_dim, cfg.rope_base, args.window)))
-    step_model = torch.compile(model) if args.compile else model
-    trained_tokens, t_train = train_loop(step_model, model, teacher, opt, args, make_stages(args, spec, corpus),
+    stages = make_stages(args, spec, corpus)
+    placed = records_placed(stages)
+    if placed:
+        print(placed)
+    step_model = dist.wrap(torch.compile(model) if args.compile else model, device)  # DDP under torchrun
+    trained_tokens, t_train = train_loop(step_model, model, teacher, opt, args, stages,
                                          state, autocast, device, ckpt_path, log_path, spec)
+    spread = dist.weight_spread(model)  # DDP keeps the ranks' weights equal: 0.0
     save_run(model, opt, args, state, ckpt_path, done=True)
-    speed = report_speed(model, args, device, trained_tokens, t_train)
-    return report(args, teacher, device, autocast, spec, results_path, speed, model, corpus)
+    speed = report_speed(model, args, device, trained_tokens, t_train, spread) if dist.is_main() else None
+    return on_main(final_report, args, teacher, device, autocast, spec, results_path, speed, model, corpus)
+
+
+def final_report(args, teacher, device, autocast, spec, results_path, speed, model=None, corpus=None):
+    """report.report on the run (from its checkpoint if not given), its teacher and phase 2's starting point."""
+    if model is None:
+        model, _ = load_model(os.path.join(args.out_dir, args.run_name + ".pt"), device)
+    models = {args.run_name: model, **({"teacher": teacher} if teacher is not None else {})}
+    if args.phase == "2":  # the starting point: phase 1's weights with the new base, before any phase-2 step
+        models[START] = build_student(args, spec, device)
+    return report(args, models, device, autocast, spec, results_path, speed, corpus)
+
+
+def on_main(fn, *a, **k):
+    """fn(*a, **k) on rank 0 (None on the others), then every rank waits for it: what rank 0 writes last
+    (checkpoint, results) is on disk before any rank goes on, e.g. to a phase that reads it."""
+    out = fn(*a, **k) if dist.is_main() else None
+    dist.barrier()
+    return out
 
 
 def train_loop(step_model, model, teacher, opt, args, stages, state, autocast, device, ckpt_path, log_path, spec):
-    """All stages of the phase, resumable from `state`; returns (tokens trained, seconds)."""
-    tokens, seconds = 0, 0.0
-    os.makedirs(args.out_dir, exist_ok=True)
-    with open(log_path, "a") as log:
+    """All stages of the phase, resumable from `state`; returns (tokens trained, seconds of the steps).
+
+    A step's seconds run from asking for its batch to its metrics, so a batch that is not ready
+    counts; quick checks and saves do not. Under torchrun every rank trains the same steps and
+    rank 0 alone logs, probes and saves.
+    """
+    clock = {"tokens": 0, "seconds": 0.0}
+    main = dist.is_main()
+    if main:
+        os.makedirs(args.out_dir, exist_ok=True)
+    with open(log_path if main else os.devnull, "a") as log:
         while state["stage"] < len(stages):
             name, src, steps, stop_at = stages[state["stage"]]
             local = state["step"] - state["stage_start"]
-            bar = tqdm(total=steps, initial=local, desc=f"{args.run_name} {name}", dynamic_ncols=True)
+            bar = tqdm(total=steps, initial=local, desc=f"{args.run_name} {name}", dynamic_ncols=True,
+                       disable=not main)
             try:
-                if args.eval_interval and name == "main" and local == 0 and args.phase == "2":
+                if main and args.eval_interval and name == "main" and local == 0 and args.phase == "2":
                     quick_eval(model, args, spec, device, autocast, 0, state["step"], bar, log)  # the starting point
-                while local < steps:
+                t0 = time.perf_counter()
+                for local, batch in stage_batches(src, local, steps, args, device):
                     for group in opt.param_groups:
                         group["lr"] = lr_at(local, steps, args)
-                    batch = to_device(src.batch(local), device)
-                    t0 = time.perf_counter()
-                    loss, ce, kl, acc = train_step(step_model, teacher, opt, batch, args, autocast)
-                    if not math.isfinite(loss):
-                        raise RunError(f"non-finite loss ({loss}) at step {state['step']}; the last good checkpoint "
-                             f"{ckpt_path} is kept")
-                    dt = time.perf_counter() - t0
-                    n_tok = batch[0].numel()
-                    tokens, seconds = tokens + n_tok, seconds + dt
-                    state["step"] += 1
-                    local += 1
-                    if math.isfinite(acc):
-                        state["acc_ema"] = 0.9 * state["acc_ema"] + 0.1 * acc
-                    rec = {"step": state["step"], "stage": name, "loss": loss, "ce": ce, "kl": kl, "acc": acc,
-                           "lr": opt.param_groups[0]["lr"], "tok_s": n_tok / dt}
-                    log.write(json.dumps(rec) + "\n")
-                    bar.set_postfix(loss=f"{loss:.3f}", kl=f"{kl:.3f}", acc=f"{state['acc_ema']:.2f}",
-                                    tok_s=f"{n_tok / dt:.0f}")
-                    bar.update(1)
-                    if stop_at is not None and state["acc_ema"] >= stop_at and local >= 50:
-                        bar.write(f"  {name}: answer accuracy {state['acc_ema']:.2f} >= {stop_at} at step {local}; "
-                                  "next stage")
+                    metrics = train_step(step_model, teacher, opt, batch, args, autocast)
+                    record_step(state, name, metrics, src.batch_size * src.window, time.perf_counter() - t0, clock,
+                                opt, bar, log, ckpt_path)
+                    steps_done = local + 1
+                    if stop_at is not None and state["acc_ema"] >= stop_at and steps_done >= 50:
+                        bar.write(f"  {name}: answer accuracy {state['acc_ema']:.2f} >= {stop_at} at step "
+                                  f"{steps_done}; next stage")
                         break
-                    if args.eval_interval and name == "main" and local % args.eval_interval == 0 and local < steps:
-                        quick_eval(model, args, spec, device, autocast, local, state["step"], bar, log)
+                    if main and args.eval_interval and name == "main" and steps_done % args.eval_interval == 0 \
+                            and steps_done < steps:
+                        quick_eval(model, args, spec, device, autocast, steps_done, state["step"], bar, log)
                     if state["step"] % args.save_interval == 0:
                         log.flush()
                         save_run(model, opt, args, state, ckpt_path, done=False)
+                    t0 = time.perf_counter()
             except KeyboardInterrupt:  # anywhere in the stage: a step, building a batch, a quick check, a save
                 save_run(model, opt, args, state, ckpt_path, done=False)
-                print(f"\ninterrupted: saved a resumable checkpoint at step {state['step']} to {ckpt_path} "
-                      f"(continue with --resume)", file=sys.stderr)
+                if main:
+                    print(f"\ninterrupted: saved a resumable checkpoint at step {state['step']} to {ckpt_path} "
+                          f"(continue with --resume)", file=sys.stderr)
                 raise SystemExit(130)
             finally:  # also on Ctrl-C / NaN exits: no stray progress bar
                 bar.close()
             state["stage"] += 1
             state["stage_start"] = state["step"]
             state["acc_ema"] = 0.0
-    return tokens, seconds
+    return clock["tokens"], clock["seconds"]
 
 
-def quick_eval(model, args, spec, device, autocast, local, step, bar, log):
-    """A few probe distances on half the probe windows, printed under the progress bar and logged."""
-    quick = evaluate(model, spec, args.window, quick_distances(args), args.max_doc_len, device, autocast,
-                     PRESETS[args.preset]["eval_windows"] // 2)
-    bar.write(f"  step {local}: " + ", ".join(f"D={d}: {format_accuracy(a)}" for d, a in quick["kv"].items())
-              + f", in-doc {format_accuracy(quick['in_doc'])}")
-    log.write(json.dumps({"step": step, "eval": quick}) + "\n")
+def stage_batches(src, start, steps, args, device):
+    """(step, this rank's batch on the device) for steps start..steps-1 of a stage, each built one step ahead.
+
+    dist.BatchShape decides the rows: rank r of N takes rows [r B/N, (r+1) B/N) of the step's global batch.
+    """
+    shape = dist.BatchShape(src.batch_size, dist.world_size(), args.grad_accum)
+    rows = shape.rows(dist.rank())
+    arrays = prefetch(lambda step: src.batch(step, rows), range(start, steps))  # numpy, in a background thread
+    for step, batch in zip(range(start, steps), arrays):
+        yield step, to_device(batch, device)
+
+
+def record_step(state, name, metrics, n_tok, seconds, clock, opt, bar, log, ckpt_path):
+    """After a step: stop on a non-finite loss, count the step, log it (rank 0) and show it on the bar."""
+    loss, ce, kl, acc = metrics
+    if not math.isfinite(loss):
+        raise RunError(f"non-finite loss ({loss}) at step {state['step']}; the last good checkpoint "
+                       f"{ckpt_path} is kept")
+    clock["tokens"] += n_tok
+    clock["seconds"] += seconds
+    state["step"] += 1
+    if math.isfinite(acc):
+        state["acc_ema"] = 0.9 * state["acc_ema"] + 0.1 * acc
+    rec = {"step": state["step"], "stage": name, "loss": loss, "ce": ce, "kl": kl, "acc": acc,
+           "lr": opt.param_groups[0]["lr"], "tok_s": n_tok / seconds}
+    log.write(json.dumps(rec) + "\n")
+    bar.set_postfix(loss=f"{loss:.3f}", kl=f"{kl:.3f}", acc=f"{state['acc_ema']:.2f}", tok_s=f"{n_tok / seconds:.0f}")
+    bar.update(1)
 
 
 def truncate_log(log_path, step):
@@ -409,73 +501,16 @@ def truncate_log(log_path, step):
             f.writelines(keep)
 
 
-def quick_distances(args):
-    ds = [d for d in PRESETS[args.preset]["eval_distances"] if d < args.window]
-    return sorted({ds[1], ds[len(ds) // 2], ds[-2], ds[-1]}) if len(ds) >= 4 else ds
-
-
-def report_speed(model, args, device, tokens, seconds):
-    """tokens/s of the training steps and MFU: the causal FLOP count over the matmul peak of the dtype in use."""
-    if not tokens:
-        return None
-    tok_s = tokens / seconds
-    dtype = args.autocast_dtype  # float32 or bfloat16: what pick_device resolved --dtype to
-    peak = args.peak_flops or matmul_peak_flops(device, getattr(torch, dtype))
-    mfu = model.flops_per_token(args.window) * tok_s / peak
-    # the teacher's forward is not counted: this is the student's MFU
-    print(f"speed: {tok_s:,.0f} tokens/s over {seconds:.0f} s of steps ({dtype}); student MFU {mfu:.1%} of "
-          f"{peak / 1e9:,.0f} GFLOP/s ({dtype} matmul peak, {torch.get_num_threads()} threads)")
-    return {"tokens_per_s": tok_s, "train_seconds": seconds, "mfu": mfu, "peak_flops": peak, "dtype": dtype}
-
-
-def report(args, teacher, device, autocast, spec, results_path, speed, model=None, corpus=None):
-    """Evaluate the run (and the teacher) on the probes; print the table; save JSON."""
-    if model is None:
-        model, _ = load_model(os.path.join(args.out_dir, args.run_name + ".pt"), device)
-    dists = [d for d in PRESETS[args.preset]["eval_distances"] if d < args.window]
-    n = PRESETS[args.preset]["eval_windows"]
-    models = {args.run_name: model, **({"teacher": teacher} if teacher is not None else {})}
-    if args.phase == "2":  # the starting point: phase 1's weights with the new base, before any phase-2 step
-        models[START] = build_student(args, spec, device)
-    if args.data:  # the retrieval probes speak the synthetic language: report the corpus loss instead
-        rows = {name: {"corpus_ce": corpus_loss(m, args, corpus, device, autocast)} for name, m in models.items()}
-    else:
-        rows = {name: evaluate(m, spec, args.window, dists, args.max_doc_len, device, autocast, n)
-                for name, m in models.items()}
-    floors = None if args.data else heuristic_floors(spec, args.window, dists, n)  # what no retrieval scores
-    results = {"run": args.run_name, "phase": args.phase, "window": args.window, "rope_base": args.rope_base,
-               "kd_weight": args.kd_weight, "seed": args.seed, "max_doc_len": args.max_doc_len,
-               "results": rows, "floors": floors, "speed": speed}
-    os.makedirs(args.out_dir, exist_ok=True)
-    with open(results_path, "w") as f:
-        json.dump(results, f, indent=1)
-    if args.data:
-        print("\n".join(f"{name}: cross-entropy {r['corpus_ce']:.3f} nats/token on 8 corpus batches"
-                        for name, r in rows.items()))
-    else:
-        print(format_table(rows, args.max_doc_len, floors["best"]))
-    print(f"checkpoint: {os.path.join(args.out_dir, args.run_name + '.pt')}\nresults:    {results_path}")
-    return results
-
-
-@torch.no_grad()
-def corpus_loss(model, args, corpus, device, autocast, n_batches=8):
-    """Mean next-token cross-entropy on batches of the real corpus drawn with another seed."""
-    src = DataSource(None, "file", args.window, args.batch_size, phase_seed(args, 9), windows=corpus)
-    total = 0.0
-    for i in range(n_batches):
-        x, y, pos, _, _ = to_device(src.batch(i), device)
-        with autocast:
-            total += F.cross_entropy(model(x, pos).float().flatten(0, 1), y.flatten()).item()
-    return total / n_batches
-
-
 def baseline_args(args, argv):
     """Phase 2's CE-only twin: (its name, its argv, its resolved args), args None when its results exist."""
-    ce_name = args.run_name.replace("-kd-", "-ce-") if "-kd-" in args.run_name else args.run_name + "-ce"
+    ce_argv = argv + ["--kd-weight", "0", "--no-baseline", "--no-auto"]
+    # its own default name (a CE run has no divergence or temperature to name), or --run-name's with kd -> ce
+    named = any(a == "--run-name" or a.startswith("--run-name=") for a in argv)
+    ce_name = (resolve(build_parser().parse_args(ce_argv)).run_name if not named else
+               args.run_name.replace("-kd-", "-ce-") if "-kd-" in args.run_name else args.run_name + "-ce")
     if os.path.isfile(os.path.join(args.out_dir, ce_name + ".json")) and not args.overwrite:
         return ce_name, None, None
-    ce_argv = argv + ["--kd-weight", "0", "--no-baseline", "--no-auto", "--run-name", ce_name]
+    ce_argv += ["--run-name", ce_name]
     if args.device == "cpu" and not args.threads:
         ce_argv += ["--threads", "1"]
     return ce_name, ce_argv, resolve(build_parser().parse_args(ce_argv))
@@ -515,10 +550,21 @@ def run_checked(args, inputs=None, twin=None):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = resolve(build_parser().parse_args(argv))
+    pick_device(args)
+    dist.start(args)  # under torchrun: join this run's process group; nothing without it
+    try:
+        train_phase(args, argv)
+    finally:
+        dist.stop()
+
+
+def train_phase(args, argv):
+    """The phase asked for; phase 2 with KD also trains its CE-only twin side by side (one process group per
+    run: under torchrun the twin is its own torchrun job, and the table compares it once its results exist)."""
     t0 = time.time()
     baseline = inputs = None
-    if args.phase == "2" and args.kd_weight > 0 and not args.no_baseline:
-        pick_device(args)
+    twin = args.phase == "2" and args.kd_weight > 0 and not args.no_baseline
+    if twin and dist.world_size() == 1:
         ce_name, ce_argv, ce_args = baseline_args(args, argv)
         inputs = check_inputs(args)  # both runs' inputs, before anything is written or launched
         if ce_args is not None:
@@ -532,13 +578,15 @@ def main(argv=None):
         proc, ce_name = baseline
         if proc is not None and proc.wait() != 0:
             fail(f"the CE baseline failed; see {os.path.join(args.out_dir, ce_name + '.log')}")
-        with open(os.path.join(args.out_dir, ce_name + ".json")) as f:
-            ce = json.load(f)
-        rows = {"teacher": results["results"]["teacher"], START: results["results"][START],
-                "KD student": results["results"][args.run_name], "CE student": ce["results"][ce_name]}
-        print(f"\nShort documents (<= {args.max_doc_len} tokens) packed into {args.window}-token windows; "
-              f"phase-1 base {args.phase1_base:g} -> phase-2 base {args.rope_base:g}:")
-        print(format_table(rows, args.max_doc_len, results["floors"]["best"]))
+        print_side_by_side(args, results, ce_name)
+    elif twin and dist.is_main():
+        ce_name, ce_argv, _ = baseline_args(args, argv)
+        if ce_argv is None:
+            print_side_by_side(args, results, ce_name)
+        else:
+            print(f"\nthe CE-only twin {ce_name} is not trained under torchrun; train it as its own job, then run "
+                  f"this one again (--resume) for the side-by-side table:\n  torchrun --nproc_per_node "
+                  f"{dist.world_size()} train.py {' '.join(ce_argv)}")
     print(f"wall time: {(time.time() - t0) / 60:.1f} min")
 
 

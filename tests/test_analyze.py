@@ -24,7 +24,7 @@ torch.set_num_threads(1)
 HEAD_DIM, N_LAYER = 16, 3
 
 
-def write_ckpt(path, base=10000.0, max_seq_len=64, phase="1", seed=0, edit=None, **cfg_kw):
+def write_ckpt(path, base=10000.0, max_seq_len=64, phase="1", seed=0, edit=None, run_args=None, **cfg_kw):
     """A random model saved with train.checkpoint_dict's layout (the keys analyze.py reads)."""
     torch.manual_seed(seed)
     cfg = GPTConfig(**{"vocab_size": TaskSpec().vocab_size, "d_model": 32, "n_head": 2, "n_kv_head": 2,
@@ -37,7 +37,7 @@ def write_ckpt(path, base=10000.0, max_seq_len=64, phase="1", seed=0, edit=None,
         if edit is not None:
             edit(model)
     save_checkpoint({"model": model.state_dict(), "config": dataclasses.asdict(cfg), "step": 1, "phase": phase,
-                     "done": True}, str(path))
+                     "done": True, **({"args": run_args} if run_args else {})}, str(path))
     return str(path)
 
 
@@ -102,6 +102,22 @@ def test_retrieval_same_probes_for_every_checkpoint(run_dir, tmp_path, monkeypat
                for p in probes[1:])
     floors = heuristic_floors(TaskSpec(), 64, [4, 40], n_windows=2)  # the floor line: on these very probes
     assert res["floors"]["best"] == {str(d): a for d, a in floors["best"].items()}
+
+
+def test_retrieval_scores_in_document_under_the_checkpoints_own_mask(run_dir, tmp_path, monkeypatch):
+    masked = write_ckpt(tmp_path / "masked.pt", phase="2", seed=4, run_args={"doc_mask": True, "reset_positions": True})
+    calls = []  # (doc_mask, positions restart) of each in-document probe call
+    score = evaluate.probe_accuracy
+
+    def recorded(model, batch, *a, doc_mask=False, **k):
+        if len(np.unique(batch["doc_ids"])) > 2:  # a packed window: the in-document probe
+            calls.append((doc_mask, bool((np.diff(batch["positions"], axis=1) < 0).any())))
+        return score(model, batch, *a, doc_mask=doc_mask, **k)
+
+    monkeypatch.setattr(evaluate, "probe_accuracy", recorded)
+    analyze.main(["retrieval", "--ckpt", str(run_dir / "teacher.pt"), masked, "--distances", "4", "--depths", "0",
+                  "--n-windows", "2", "--max-doc-len", "16", "--out", str(tmp_path)])
+    assert calls == [(False, False), (True, True)]  # the teacher as it trained, the masked student as it trained
 
 
 def test_zero_perturbation_changes_nothing(run_dir, tmp_path):

@@ -1,8 +1,10 @@
-"""Data: the packer, the synthetic generator, the probes, and real files."""
+"""Data: the packer, the synthetic generator, batches and their prefetch, the probes, and real files."""
+import time
+
 import numpy as np
 import pytest
 
-from data import (SEP, DataError, DataSource, TaskSpec, file_windows, kv_probe, pack_documents,
+from data import (SEP, DataError, DataSource, TaskSpec, file_windows, hold_out, kv_probe, pack_documents, prefetch,
                   read_bin_documents, read_text_documents, repeated_tokens_window, synthetic_batch)
 
 SPEC = TaskSpec()
@@ -67,6 +69,40 @@ def test_seeds_reproduce_and_differ():
     assert np.array_equal(a["tokens"], b["tokens"]) and not np.array_equal(a["tokens"], c["tokens"])
 
 
+
+@pytest.mark.parametrize("kind", ["packed", "file"])
+def test_a_ranks_rows_are_its_share_of_the_one_global_batch(kind):
+    """Rank r of N gets rows [r B/N, (r+1) B/N) of the batch one process draws (what keeps 1 process bit-exact)."""
+    windows = file_windows([np.arange(1, 40) % 50 + 1 for _ in range(30)], 32, 16, 0) if kind == "file" else None
+    src = DataSource(SPEC, kind, 32, 4, seed=3, max_doc_len=16, min_doc_len=8, windows=windows)
+    whole = src.batch(7)
+    halves = [src.batch(7, slice(0, 2)), src.batch(7, slice(2, 4))]
+    for key, value in whole.items():
+        assert value.shape[0] == 4 and np.array_equal(np.concatenate([h[key] for h in halves]), value)
+    assert not np.array_equal(halves[0]["tokens"], halves[1]["tokens"])
+
+
+def test_prefetch_yields_each_steps_batch_in_order_stops_early_and_raises_at_its_step():
+    def make(step):
+        if step == 6:
+            raise ValueError("bad step 6")
+        return step * 10
+
+    assert list(prefetch(lambda s: s * 10, range(3, 6))) == [30, 40, 50]
+    assert list(prefetch(make, [])) == []
+    got = []
+    with pytest.raises(ValueError, match="bad step 6"):
+        for value in prefetch(make, range(4, 9)):
+            got.append(value)
+    assert got == [40, 50]  # the steps before the bad one arrive; the bad one raises when its turn comes
+    built = []
+    stream = prefetch(lambda s: built.append(s) or s, range(0, 100))
+    assert next(stream) == 0
+    stream.close()  # a stage that ends early: at most the batch in flight is built, not the rest
+    time.sleep(0.05)
+    assert built in ([0], [0, 1])
+
+
 @pytest.mark.parametrize("distance", [5, 100, 900])
 def test_kv_probe_record_exactly_d_before_query(distance):
     probe = kv_probe(SPEC, 1024, distance, n_windows=3, n_pairs=8)
@@ -128,3 +164,13 @@ def test_filler_follows_its_markov_chain(order):
                 assert ctx[-1] - f0 in succ[tuple(ctx[:-1] - f0)]
                 checked += 1
     assert checked > 300
+
+
+def test_hold_out_keeps_the_last_windows_away_from_training():
+    packed = {"tokens": np.arange(40 * 9).reshape(40, 9), "positions": np.zeros((40, 9), dtype=int)}
+    train_w, held = hold_out(packed)
+    assert len(train_w["tokens"]) == 38 and len(held["tokens"]) == 2  # 5% of 40
+    assert np.array_equal(np.concatenate([train_w["tokens"], held["tokens"]]), packed["tokens"])  # disjoint, all kept
+    assert len(hold_out({k: v[:3] for k, v in packed.items()})[1]["tokens"]) == 1  # at least one window
+    with pytest.raises(DataError, match="at least 2"):
+        hold_out({k: v[:1] for k, v in packed.items()})

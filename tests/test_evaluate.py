@@ -70,6 +70,29 @@ def test_a_distance_that_does_not_fit_is_not_measurable():
     assert "| floor | " + f"{floors['best'][39]:.2f} | - | - |" in table
 
 
+class Spy(torch.nn.Module):
+    """Records the positions and document ids each forward call receives; predicts SEP everywhere."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, x, position_ids=None, doc_ids=None):
+        self.calls.append((position_ids, doc_ids))
+        return torch.zeros(*x.shape, SPEC.vocab_size)
+
+
+@pytest.mark.parametrize("doc_mask,reset", [(False, False), (True, False), (True, True)])
+def test_in_document_probe_runs_under_the_runs_mask_and_positions(doc_mask, reset):
+    spy = Spy()
+    evaluate(spy, SPEC, 64, [8], 16, CPU, nullcontext(), n_windows=2, doc_mask=doc_mask, reset_positions=reset)
+    (kv_pos, kv_doc), (doc_pos, doc_ids) = spy.calls[0], spy.calls[-1]  # one chunk each: kv probe, in-doc probe
+    assert (kv_doc is not None) == doc_mask and (doc_ids is not None) == doc_mask
+    assert torch.equal(kv_pos, torch.arange(64).expand(2, 64))  # one document per kv window: positions 0..L-1
+    restarts = bool((doc_pos[:, 1:] < doc_pos[:, :-1]).any())
+    assert restarts == reset  # the packed windows' positions restart at each document only under --reset-positions
+
+
 def test_matmul_peak_is_the_best_run_over_sizes_and_is_measured_once(monkeypatch):
     """The peak is the best of several timed products over a few sizes (one slow run under load must not lower
     it), per dtype, and a second call in the same process measures nothing."""

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from distill import freeze_teacher
-from model import GPT, CheckpointError, GPTConfig, Inspect, document_mask, load_model, save_checkpoint
+from model import (GPT, CheckpointError, GPTConfig, Inspect, document_block_mask, document_mask, load_model,
+                   save_checkpoint, switch_rope)
 from rope import rope_cos_sin
 
 
@@ -48,6 +49,20 @@ def test_document_mask_is_causal_inside_a_document():
     y[0, 14] = (y[0, 14] + 1) % 50  # a token of document 1
     a, b = m(x, doc_ids=doc), m(y, doc_ids=doc)
     assert torch.equal(a[:, :14], b[:, :14]) and not torch.allclose(a[:, 14:], b[:, 14:])
+
+
+@torch.no_grad()
+def test_flex_block_mask_gives_the_dense_masks_logits():
+    """--attention flex: the same attention as the dense document mask (forward only: no flex backward on CPU)."""
+    m = tiny()  # grouped-query attention: 4 query heads, 2 key/value heads
+    x = torch.randint(0, 50, (2, 40))
+    doc = torch.tensor([[0] * 9 + [1] * 20 + [2] * 11, [0] * 30 + [1] * 10])
+    dense = m(x, doc_ids=doc)
+    m.flex = True
+    flex = m(x, doc_ids=doc)
+    assert torch.allclose(flex, dense, atol=1e-5)
+    assert not torch.allclose(flex, m(x), atol=1e-3)  # and not plain causal attention
+    assert document_block_mask(doc).shape == (2, 1, 40, 40)
 
 
 @pytest.mark.parametrize("n_kv_head, tie, d_ff", [(4, True, 0), (2, False, 48), (1, True, 48)])
@@ -181,6 +196,17 @@ def test_rope_stays_float32_in_a_bf16_teacher(base):
     for got, want in zip(rope_cos_sin(pos, teacher.inv_freq), rope_cos_sin(pos, ref.inv_freq)):
         assert (got - want).abs().max() < 1e-6
     assert teacher(torch.randint(0, 50, (1, 8))).dtype == torch.bfloat16  # and the bf16 forward still runs
+
+
+def test_switch_rope_keeps_every_weight_and_changes_only_the_rotation():
+    """Phase 2's base change: the same parameters, a new inv_freq; back to the old base gives the same logits."""
+    m = tiny()
+    x = torch.randint(0, 50, (2, 20))
+    switched = switch_rope(m, 5e5, max_seq_len=128).eval()
+    assert switched.config.rope_base == 5e5 and switched.config.max_seq_len == 128
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), switched.state_dict().values()))
+    assert not torch.allclose(switched.inv_freq, m.inv_freq) and not torch.allclose(switched(x), m(x))
+    assert torch.equal(switch_rope(switched, m.config.rope_base).eval()(x), m(x))
 
 
 def test_cpu_bf16_training_attends_in_float32_below_the_window_threshold(monkeypatch):

@@ -4,7 +4,6 @@ They are the main command's prerequisites: the teacher, the default phase-1 stud
 retrieval with the phase-2 base fails beyond its window (the starting point that phase 2 must *acquire* from),
 and the window-256 phase-1 student whose retrieval the base switch alone extends (the "keep" finding).
 """
-import dataclasses
 import json
 import os
 from contextlib import nullcontext
@@ -14,7 +13,7 @@ import torch
 
 from data import TaskSpec, kv_probe, packed_probe
 from evaluate import probe_accuracy
-from model import GPT, load_model
+from model import load_model, switch_rope
 
 SHIPPED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints")
 CPU = torch.device("cpu")
@@ -32,9 +31,7 @@ def kv(model, window, d, n=4):  # the first n of the probe windows the recorded 
 
 def with_base(model, base, window=1024):
     """The same weights with another RoPE base (phase 2's starting point)."""
-    switched = GPT(dataclasses.replace(model.config, rope_base=base, max_seq_len=window))
-    switched.load_state_dict(model.state_dict())
-    return switched.eval()
+    return switch_rope(model, base, max_seq_len=window).eval()
 
 
 @pytest.mark.parametrize("name, distances", [("teacher", [32, 512, 900]), ("phase1-b10000-w256", [16, 64]),

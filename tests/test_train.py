@@ -190,6 +190,39 @@ def test_default_phase1_is_short_window_and_its_documents_fit_it():
     assert p2.run_name == "phase2-kd-b10000-b500000-p1-s2"
 
 
+YARN = '{"rope_type": "yarn", "factor": 4, "original_max_position_embeddings": 256}'
+
+
+@pytest.mark.parametrize("flags,name,base", [
+    ([], "phase2-kd-b10000-b500000", 5e5),
+    (["--kd-loss", "reverse"], "phase2-kd-b10000-b500000-rkl", 5e5),
+    (["--kd-loss", "jsd", "--jsd-beta", "0.25", "--temperature", "2"], "phase2-kd-b10000-b500000-jsd0.25-T2", 5e5),
+    (["--doc-mask", "--reset-positions", "--seed", "1"], "phase2-kd-b10000-b500000-dm-rp-s1", 5e5),
+    (["--rope-scaling", YARN], "phase2-kd-b10000-b10000-yarn4", 1e4),  # the scaling replaces the base change
+    (["--rope-scaling", YARN, "--rope-base", "20000"], "phase2-kd-b10000-b20000-yarn4", 2e4),
+    (["--kd-weight", "0", "--kd-loss", "reverse", "--temperature", "2"], "phase2-ce-b10000-b500000", 5e5),
+])
+def test_run_names_tell_variants_apart(flags, name, base):
+    args = train.resolve(train.build_parser().parse_args(["--phase", "2", *flags]))
+    assert (args.run_name, args.rope_base) == (name, base)
+
+
+def test_variant_twin_reuses_the_plain_ce_run(tmp_path):
+    args = train.resolve(train.build_parser().parse_args(["--phase", "2", "--kd-loss", "reverse"]))
+    assert train.baseline_args(args, ["--phase", "2", "--kd-loss", "reverse"])[0] == "phase2-ce-b10000-b500000"
+    named = train.resolve(train.build_parser().parse_args(["--phase", "2", "--run-name", "my-kd-run"]))
+    assert train.baseline_args(named, ["--phase", "2", "--run-name", "my-kd-run"])[0] == "my-ce-run"
+
+
+def test_presets_ask_only_for_records_the_data_can_place():
+    assert all(pre["long_pairs"] <= TaskSpec().n_keys for pre in train.PRESETS.values())  # unique keys per document
+    teacher = train.resolve(train.build_parser().parse_args(["--phase", "teacher"]))
+    line = train.records_placed(train.make_stages(teacher, TaskSpec()))  # said, not silent: the curriculum drops some
+    assert "curriculum-16 3 -> 2.4" in line and "curriculum-128 24 -> 21.0" in line and "main 48 -> 48.0" in line
+    assert train.records_placed(train.make_stages(train.resolve(train.build_parser().parse_args(["--phase", "2"])),
+                                                  TaskSpec())) is None  # packed documents: nothing asked per window
+
+
 def test_trains_on_a_real_text_file(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(f"paragraph {i}: " + "some words " * (i % 7 + 1) for i in range(300)))
@@ -267,9 +300,11 @@ def tiny_teacher(tmp_path_factory):
 
 def phase1(out, teacher, *flags, steps=4):
     """A tiny phase-1 run (KD 0.5 from the shared teacher) with extra flags; returns (log records, out folder)."""
-    run(["--phase", "1", "--out-dir", str(out), "--teacher", teacher, "--curriculum-steps", "0", "--steps",
-         str(steps), "--eval-interval", "0", "--peak-flops", "1e9", *flags])
-    recs = [r for r in map(json.loads, open(os.path.join(out, "phase1-b10000.jsonl"))) if "loss" in r]
+    argv = ["--phase", "1", "--out-dir", str(out), "--teacher", teacher, "--curriculum-steps", "0", "--steps",
+            str(steps), "--eval-interval", "0", "--peak-flops", "1e9", *flags]
+    run(argv)
+    name = train.resolve(train.build_parser().parse_args(argv + TINY)).run_name  # flags like --doc-mask name it
+    recs = [r for r in map(json.loads, open(os.path.join(out, name + ".jsonl"))) if "loss" in r]
     assert len(recs) == steps and all(math.isfinite(r["loss"]) for r in recs)
     return recs, out
 
@@ -312,7 +347,8 @@ def test_a_bf16_step_keeps_loss_weights_and_optimizer_state_in_float32():
 def test_doc_mask_and_reset_positions(tiny_teacher, reference, tmp_path):
     masked, _ = phase1(tmp_path / "mask", tiny_teacher, "--doc-mask")
     assert masked[0]["loss"] != reference[0]["loss"]  # the mask reaches the forward pass
-    args = train.resolve(train.build_parser().parse_args(["--phase", "1", "--preset", "tiny", "--reset-positions"]))
+    args = train.resolve(train.build_parser().parse_args(["--phase", "1", "--preset", "tiny", "--reset-positions",
+                                                          "--doc-mask"]))
     positions = train.make_stages(args, TaskSpec())[-1][1].batch(0)["positions"]
     assert (positions[:, 1:] < positions[:, :-1]).any()  # positions restart at documents
     reset, _ = phase1(tmp_path / "reset", tiny_teacher, "--doc-mask", "--reset-positions")
@@ -344,7 +380,7 @@ def test_cosine_schedule(tiny_teacher, reference, tmp_path):
 def test_yarn_rope_scaling(tiny_teacher, reference, tmp_path):
     scaling = {"rope_type": "yarn", "factor": 2, "original_max_position_embeddings": 16}
     recs, out = phase1(tmp_path, tiny_teacher, "--rope-scaling", json.dumps(scaling))
-    model, ckpt = load_model(os.path.join(out, "phase1-b10000.pt"))
+    model, ckpt = load_model(os.path.join(out, "phase1-b10000-yarn2.pt"))
     plain = GPT(GPTConfig(**dict(ckpt["config"], rope_scaling=None)))
     assert ckpt["config"]["rope_scaling"] == scaling and model.attention_factor > 1
     assert model.inv_freq[0] == plain.inv_freq[0] and model.inv_freq[-1] == pytest.approx(plain.inv_freq[-1] / 2)

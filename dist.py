@@ -1,0 +1,152 @@
+"""Data-parallel training over processes started by torchrun: process group, batch shape, ranks agreeing.
+
+Paper idea: "Short Data, Long Context" (arXiv 2604.06070) distills a 17B teacher into a 1.1B
+student on 128K-token windows, a job for many devices. This module is how train.py scales to
+them with PyTorch's own engine (torch.distributed, DistributedDataParallel), as nanoGPT and
+torchtune do:
+
+- `start` / `stop`: join and leave the process group that torchrun describes in the
+  environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); gloo on CPU, nccl on
+  CUDA. Without torchrun there is no process group and every helper is a no-op (rank 0 of 1).
+- `BatchShape`, `micro_batches`: the one place that splits a step's global batch into ranks,
+  then each rank's rows into micro-batches.
+- `wrap` / `sync_unless`: the student in DDP (gradients averaged across ranks in backward, not
+  on the micro-batches before the last); the frozen teacher is replicated, never wrapped.
+- `sum_across_ranks`, `weight_spread`, `barrier`: metrics every rank agrees on (so all ranks
+  take the same decisions), a check that the ranks' weights are the same, and a meeting point.
+
+    torchrun --nproc_per_node 2 train.py --phase 2 --rope-base 500000 --threads 1
+"""
+import os
+import sys
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as tdist
+from torch.nn.parallel import DistributedDataParallel
+
+from config import fail
+
+
+def launched_world_size() -> int:
+    """Processes torchrun started for this run (1 without torchrun); readable before the process group exists."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return tdist.get_rank() if tdist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return tdist.get_world_size() if tdist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    """Rank 0: the one process that prints, logs, runs the probes and writes checkpoints."""
+    return rank() == 0
+
+
+def start(args):
+    """Join torchrun's process group (one per run) and give this rank its device; nothing without torchrun.
+
+    args.device (already resolved by config.pick_device) becomes cuda:LOCAL_RANK on CUDA. The
+    other ranks' stdout goes to /dev/null, so that each line is printed once; stderr stays.
+    """
+    if launched_world_size() == 1 or tdist.is_initialized():
+        return
+    cuda = args.device.startswith("cuda")
+    backend = args.backend if args.backend != "auto" else "nccl" if cuda else "gloo"
+    if backend == "nccl" and not cuda:
+        fail(f"--backend nccl needs CUDA devices, and this run is on --device {args.device} (gloo runs on CPU)")
+    if cuda:
+        args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(args.device)
+    tdist.init_process_group(backend, device_id=torch.device(args.device) if cuda else None)
+    if not is_main():
+        sys.stdout = open(os.devnull, "w")
+
+
+def stop():
+    if tdist.is_initialized():
+        tdist.destroy_process_group()
+
+
+@dataclass(frozen=True)
+class BatchShape:
+    """One optimizer step's windows: the global batch, split over ranks, then into micro-batches on each rank.
+
+    Rank r takes rows [r * per_rank, (r + 1) * per_rank) of the global batch that one process
+    would draw for the step, and feeds them as `grad_accum` micro-batches of `micro` windows; so
+    N ranks x K micro-batches see the same windows as 1 process, whatever N and K.
+    """
+    global_batch: int  # windows per optimizer step, all ranks together (--batch-size)
+    world: int = 1  # ranks
+    grad_accum: int = 1  # micro-batches per rank and step (--grad-accum)
+
+    def __post_init__(self):
+        if self.global_batch % (self.world * self.grad_accum):
+            raise ValueError(f"{self.global_batch} windows per step do not split into {self.world} ranks x "
+                             f"{self.grad_accum} micro-batches (--grad-accum)")
+
+    @property
+    def per_rank(self) -> int:
+        return self.global_batch // self.world
+
+    @property
+    def micro(self) -> int:
+        return self.per_rank // self.grad_accum
+
+    def rows(self, rank: int) -> slice:
+        return slice(rank * self.per_rank, (rank + 1) * self.per_rank)
+
+
+def micro_batches(batch, grad_accum: int):
+    """A rank's rows (x, y, pos, doc, ans), each (per_rank, T), as grad_accum micro-batches of BatchShape.micro
+    rows each, in row order: [(x, y, pos, doc, ans) of rows 0..micro-1, ...]."""
+    return list(zip(*(t.chunk(grad_accum) for t in batch)))
+
+
+def wrap(model, device):
+    """The student in DDP under torchrun (the model itself otherwise).
+
+    DDP broadcasts rank 0's weights and buffers once, then averages gradients across ranks during
+    backward. forward_sync_buffers=False: no broadcast before each forward, as the only buffer is
+    RoPE's inv_freq, which no step changes.
+    """
+    if world_size() == 1:
+        return model
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                   forward_sync_buffers=False)
+
+
+def sync_unless(model, accumulating: bool):
+    """DDP's no_sync while gradients are still being accumulated (micro-batches before the last)."""
+    return model.no_sync() if accumulating and isinstance(model, DistributedDataParallel) else nullcontext()
+
+
+def sum_across_ranks(t: torch.Tensor) -> torch.Tensor:
+    """The sum of `t` over all ranks, the same on every rank (gloo and nccl: a ring or tree all-reduce)."""
+    if world_size() > 1:
+        t = t.clone()
+        tdist.all_reduce(t)
+    return t
+
+
+def weight_spread(model) -> float:
+    """max |w_rank - w_other rank| over every weight: 0.0 when the ranks hold the same model (as DDP must keep)."""
+    if world_size() == 1:
+        return 0.0
+    spread = 0.0
+    for p in model.parameters():
+        hi, lo = p.detach().clone(), p.detach().clone()
+        tdist.all_reduce(hi, tdist.ReduceOp.MAX)
+        tdist.all_reduce(lo, tdist.ReduceOp.MIN)
+        spread = max(spread, (hi - lo).abs().max().item())
+    return spread
+
+
+def barrier():
+    """Wait until every rank gets here (e.g. rank 0 has written the checkpoint the others will read)."""
+    if world_size() > 1:
+        tdist.barrier()

@@ -1,0 +1,199 @@
+"""dist.py and train.py under torchrun (DDP, gloo on CPU, one thread per rank).
+
+2 ranks x b windows train like 1 process x 2b and like 1 process with --grad-accum 2; the ranks
+end with the same weights; a 2-rank run killed with SIGKILL resumes to the same losses; the batch
+split, the metric reduction and the weight check each on their own; bad shapes fail in one line.
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as tdist
+import torch.multiprocessing as mp
+
+import dist
+import train
+from model import load_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--preset", "tiny", "--threads", "1", "--device", "cpu"]
+STEPS = 60
+# phase 1 of the tiny preset: 0.5 CE + 0.5 KD against a teacher replicated on each rank; global batch 4
+PHASE1 = ["--phase", "1", "--curriculum-steps", "0", "--steps", str(STEPS), "--batch-size", "4", "--eval-interval",
+          "0", "--save-interval", "2", "--peak-flops", "1e9"] + TINY
+RUN = "phase1-b10000"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(out, *flags):
+    """A 2-rank torchrun job of train.py (gloo on 127.0.0.1), started in the background; its output in out.log."""
+    os.makedirs(out, exist_ok=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "train.py", "--out-dir", str(out), *flags]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=open(os.path.join(out, "out.log"), "w"), stderr=subprocess.STDOUT)
+
+
+def finish(proc, out):
+    assert proc.wait(timeout=300) == 0, open(os.path.join(out, "out.log")).read()[-3000:]
+
+
+def losses(out):
+    return [r["loss"] for r in map(json.loads, open(os.path.join(out, RUN + ".jsonl"))) if "loss" in r]
+
+
+def weights(out):
+    return load_checkpoint(os.path.join(out, RUN + ".pt"))["model"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A tiny teacher, then the same phase-1 run four ways: 2 ranks x 2 windows (torchrun), 1 process x 4,
+    1 process x 2 micro-batches of 2, and 1 process x 2 windows (another global batch)."""
+    root = tmp_path_factory.mktemp("dist")
+    train.main(["--phase", "teacher", "--out-dir", str(root / "t"), "--curriculum-steps", "0", "--steps", "3",
+                "--eval-interval", "0"] + TINY)
+    argv = PHASE1 + ["--teacher", str(root / "t" / "teacher.pt")]
+    proc = torchrun(root / "ranks2", *argv)  # the single-process runs below train meanwhile
+    train.main(argv + ["--out-dir", str(root / "one")])
+    train.main(argv + ["--out-dir", str(root / "accum"), "--grad-accum", "2"])
+    train.main(argv + ["--out-dir", str(root / "half"), "--batch-size", "2", "--steps", "5"])
+    finish(proc, root / "ranks2")
+    return root, argv
+
+
+def test_two_ranks_train_like_one_process_with_the_same_global_batch(runs):
+    root, _ = runs
+    two = losses(root / "ranks2")
+    assert len(two) == STEPS
+    for other in ("one", "accum"):
+        assert np.abs(np.subtract(two, losses(root / other))).max() <= 1e-5
+        w2, w1 = weights(root / "ranks2"), weights(root / other)
+        assert max((w2[k] - w1[k]).abs().max().item() for k in w2) <= 1e-5
+    assert abs(two[0] - losses(root / "half")[0]) > 1e-3  # rank 0's rows alone are another batch: it tells
+
+
+def test_the_ranks_end_with_identical_weights(runs):
+    speed = json.load(open(root_file(runs, "ranks2", RUN + ".json")))["speed"]
+    assert speed["ranks"] == 2 and speed["rank_weight_spread"] == 0.0
+    log = open(root_file(runs, "ranks2", "out.log")).read()
+    assert log.count("== phase 1") == 1 and "ranks: 2, their weights identical" in log  # rank 0 alone prints
+
+
+def root_file(runs, *parts):
+    return os.path.join(runs[0], *parts)
+
+
+def children(pid):
+    """The processes whose parent is `pid` (Linux /proc): torchrun's ranks."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])  # after "(name)": state, ppid
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if ppid == pid:
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds torchrun's ranks in /proc (Linux)")
+def test_a_killed_two_rank_run_resumes_to_identical_losses(runs):
+    root, argv = runs
+    out = root / "killed"
+    proc = torchrun(out, *argv)
+    ckpt = out / (RUN + ".pt")
+    while not ckpt.exists() and proc.poll() is None:
+        time.sleep(0.005)
+    ranks = children(proc.pid)
+    for pid in [proc.pid] + ranks:  # torchrun and both ranks at once, as when the machine dies
+        os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    assert len(ranks) == 2 and proc.returncode == -signal.SIGKILL
+    killed = load_checkpoint(str(ckpt))
+    assert 0 < killed["step"] < STEPS and not killed["done"]
+    finish(torchrun(out, *argv, "--resume"), out)
+    assert losses(out) == losses(root / "ranks2")  # bit-exact, as for one process
+    assert all(torch.equal(v, weights(root / "ranks2")[k]) for k, v in weights(out).items())
+
+
+# ----------------------------------------------------------------------------- the pieces
+
+
+def test_batch_shape_gives_each_rank_its_rows_of_the_global_batch():
+    shape = dist.BatchShape(global_batch=12, world=3, grad_accum=2)
+    assert (shape.per_rank, shape.micro) == (4, 2)
+    rows = [np.arange(12)[shape.rows(r)] for r in range(3)]
+    assert np.array_equal(np.concatenate(rows), np.arange(12))  # every window once, in order
+    x = torch.arange(8).reshape(4, 2)  # one rank's rows: 4 windows of 2 tokens
+    micro = dist.micro_batches((x, -x), grad_accum=2)
+    assert len(micro) == 2 and torch.equal(micro[1][0], x[2:]) and torch.equal(micro[1][1], -x[2:])
+    for bad in (dict(global_batch=6, world=4), dict(global_batch=6, world=2, grad_accum=2)):
+        with pytest.raises(ValueError, match="do not split"):
+            dist.BatchShape(**bad)
+
+
+def check_collectives(rank, port):
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        assert dist.sum_across_ranks(torch.tensor([1.0, rank])).tolist() == [2.0, 1.0]
+        model = torch.nn.Linear(3, 2)
+        torch.nn.init.constant_(model.weight, 1.0)
+        torch.nn.init.constant_(model.bias, 0.5)
+        assert dist.weight_spread(model) == 0.0
+        with torch.no_grad():
+            model.bias[1] += 0.25 * rank  # rank 1 drifts on one weight
+        assert dist.weight_spread(model) == 0.25
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_metrics_and_weight_check_across_two_processes():
+    mp.start_processes(check_collectives, args=(free_port(),), nprocs=2, start_method="fork")
+
+
+def test_bad_batch_shapes_fail_in_one_line_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(dist, "launched_world_size", lambda: 2)  # as under torchrun --nproc_per_node 2, but
+    monkeypatch.setattr(dist, "start", lambda args: None)  # without joining a process group
+    cases = [(["--phase", "teacher", "--batch-size", "3"], "--batch-size 3: 3 windows per step do not split into "
+              "2 ranks x 1 micro-batches"),
+             (["--phase", "1", "--grad-accum", "2"], "the curriculum-16 stage"),
+             (["--phase", "teacher", "--batch-size", "8", "--grad-accum", "3"], "2 ranks x 3 micro-batches")]
+    for argv, match in cases:
+        with pytest.raises(SystemExit) as e:
+            train.main(argv + ["--out-dir", str(tmp_path / "out")] + TINY)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and len(err) == 1 and match in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_nccl_on_cpu_fails_before_the_process_group(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(SystemExit) as e:
+        train.main(["--phase", "teacher", "--backend", "nccl", "--out-dir", str(tmp_path)] + TINY)
+    assert e.value.code == 2 and "--backend nccl needs CUDA" in capsys.readouterr().err
+    assert not tdist.is_initialized()
+
+
+def test_under_torchrun_phase_2_does_not_launch_its_twin_but_says_how(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(dist, "world_size", lambda: 2)
+    monkeypatch.setattr(train, "launch_baseline", lambda *a: pytest.fail("the CE twin was launched"))
+    monkeypatch.setattr(train, "run_checked", lambda args, inputs, twin: {"results": {}})
+    argv = ["--phase", "2", "--out-dir", str(tmp_path)] + TINY
+    train.train_phase(train.resolve(train.build_parser().parse_args(argv)), argv)
+    hint = capsys.readouterr().out
+    assert "torchrun --nproc_per_node 2 train.py --phase 2" in hint
+    assert "--kd-weight 0 --no-baseline --no-auto --run-name phase2-ce-b10000-b500000" in hint
