@@ -19,7 +19,7 @@ from contextlib import nullcontext
 import torch
 
 from data import TaskSpec
-from rope import rope_frequencies
+from rope import rope_frequencies, scaling_type
 
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints")
 
@@ -69,8 +69,8 @@ def variant_suffix(args):
     -yarn4 (--rope-scaling type and factor), -rkl / -jsd0.5 / -T2 (the divergence and its temperature, only when
     distillation is on), -dm (--doc-mask), -rp (--reset-positions). Empty for the defaults."""
     s = ""
-    rope_type = (args.scaling or {}).get("rope_type", (args.scaling or {}).get("type"))
-    if rope_type not in (None, "default"):
+    rope_type = scaling_type(args.scaling)
+    if rope_type is not None:
         factor = args.scaling.get("factor")
         s += f"-{rope_type}" + (f"{float(factor):g}" if factor is not None else "")
     if args.kd_weight > 0:

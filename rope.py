@@ -103,11 +103,17 @@ def _llama3(head_dim, base, scaling, seq_len):
 ROPE_VARIANTS = {"linear": _linear, "ntk": _ntk, "dynamic": _dynamic, "yarn": _yarn, "llama3": _llama3}
 
 
+def scaling_type(scaling: dict | None) -> str | None:
+    """The rope_scaling dict's variant ("rope_type", or the older "type"); None for no scaling or "default"."""
+    rope_type = (scaling or {}).get("rope_type", (scaling or {}).get("type"))
+    return None if rope_type == "default" else rope_type
+
+
 def rope_frequencies(head_dim: int, base: float, scaling: dict | None = None, seq_len: int | None = None):
     """(inv_freq float32 (head_dim/2,), attention_factor) for a base and an HF-style rope_scaling dict."""
-    if scaling is None or scaling.get("rope_type", scaling.get("type")) in (None, "default"):
+    rope_type = scaling_type(scaling)
+    if rope_type is None:
         return default_inv_freq(head_dim, base), 1.0
-    rope_type = scaling.get("rope_type", scaling.get("type"))
     if rope_type not in ROPE_VARIANTS:
         raise ValueError(f"unknown rope_type {rope_type!r}; choose one of default, {', '.join(ROPE_VARIANTS)}")
     return ROPE_VARIANTS[rope_type](head_dim, base, scaling, seq_len)
