@@ -18,7 +18,7 @@ and a vocabulary-wide KL. This script measures that price on one device:
    gloo, DDP as train.py under torchrun; one thread per rank, each rank on --batch windows), and
    the time train.py's prefetch thread hides: building one numpy batch (data.py).
 5. with --targets instead: bf16 autocast against float32, each pair of steps timed side by
-   side, for the default model, d256 and d512, with the issue's targets marked PASS / MISS.
+   side, for the default model, d256 and d512, with the project's targets marked PASS / MISS.
 
 The steps run under train.py's --dtype (auto: bf16 autocast on CUDA and on CPUs with native
 bf16 matmuls); on CUDA with flash attention pinned (an error if flash cannot run). Data: one
@@ -200,7 +200,7 @@ def batch_build_seconds(cli) -> float:
     return (time.perf_counter() - t0) / cli.iters
 
 
-# The targets for bf16 autocast: (figure, model, threshold, direction). A ratio is float32 step time over
+# The project's targets for bf16 autocast (what a native-bf16 CPU should give this code): (figure, model, threshold, direction). A ratio is float32 step time over
 # bf16 step time (> 1: bf16 is faster); MFU is against the bf16 matmul peak, with the causal FLOP count.
 TARGETS = [("bf16 speed-up, CE step, default model", "default", 1.3, ">="),
            ("bf16 speed-up, CE step, d256 L4", "d256", 1.8, ">="),

@@ -27,7 +27,8 @@ SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints"
 # Teacher and phase 1 start with a dense curriculum: windows of 16 tokens holding one short
 # document with 3 records, then 32, 64, 128 (records scale with the window), each stage ending
 # once the running answer accuracy passes --curriculum-target. Tiny models need the 16-token
-# stage to leave the retrieval plateau in minutes (../shared/RECIPE.md), and the doublings to
+# stage to leave the retrieval plateau in minutes (on 32-token windows a tiny model sits on it for
+# thousands of steps), and the doublings to
 # keep the circuit working at longer range (a jump from 16 straight to 256 tokens breaks it).
 PRESETS = {
     "tiny": dict(d_model=32, n_layer=2, n_head=2, n_kv_head=2, d_ff=0, long_window=64, short_window=32,
@@ -302,7 +303,7 @@ def resolve(args):
          "--reset-positions applies to the synthetic packed documents, not to --data"),
         (args.doc_mask or args.attention == "sdpa", "--attention flex is a kernel for --doc-mask: pass --doc-mask "
          "(without it, causal attention already takes the flash path)"),
-        (args.doc_mask or not args.reset_positions,  # issue 16: else 43% of visible pairs had a negative distance
+        (args.doc_mask or not args.reset_positions,  # else 43% of visible pairs have a negative distance
          "--reset-positions needs --doc-mask: restarted positions under cross-document attention give keys of an "
          "earlier document larger positions than the query (negative relative distances)"),
     ]

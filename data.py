@@ -10,7 +10,7 @@ downloaded here, so this file generates both from a seed:
   sparse Markov chain (each filler token has 4 possible successors), so there is
   something to model besides retrieval. A document holds key-value *records* "k v" and,
   D tokens later, a *query* "k v": predicting v after the second k is retrieval at
-  distance D (multi-query associative recall, ../shared/RECIPE.md).
+  distance D (multi-query associative recall, as in Arora et al. 2023, "Zoology").
 - Long documents (teacher): one fills the window; distances are log-uniform up to it;
   keys are unique within the document.
 - Short documents (student): at most `max_doc_len` tokens (default 1/8 of the window),

@@ -89,26 +89,55 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=False)
 
-    def forward(self, x, rope_q, rope_k, attn_mask=None, inspect=None):
+    def forward(self, x, rope_q, rope_k, attn_mask=None, inspect=None, kernel="sdpa"):
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         v = self.wv(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
-        in_float32 = float32_attention(q)
+        in_float32 = kernel == "sdpa" and float32_attention(q)  # a CPU bf16 speed path (see float32_attention)
         if in_float32:
             q, k, v = q.float(), k.float(), v.float()
-        q_rot, k_rot = apply_rope(q, *rope_q), apply_rope(k, *rope_k)
+        q_rot, k_rot = apply_rope(q, *rope_q), apply_rope(k, *rope_k)  # position enters here, and only here
         if inspect is not None and inspect.record:
             inspect.q_pre.append(q.detach()); inspect.q_post.append(q_rot.detach())
             inspect.k_pre.append(k.detach()); inspect.k_post.append(k_rot.detach())
-        gqa = self.n_kv_head != self.n_head
-        if attn_mask is not None and not isinstance(attn_mask, torch.Tensor):  # a flex BlockMask (--attention flex)
-            y = flex_attention(q_rot, k_rot, v, attn_mask, gqa)  # (B, H, T, hd)
-        else:  # attn_mask None -> is_causal=True, the path that flash attention takes on CUDA
-            with torch.autocast(x.device.type, enabled=False) if in_float32 else nullcontext():
-                y = F.scaled_dot_product_attention(q_rot, k_rot, v, attn_mask=attn_mask, is_causal=attn_mask is None,
-                                                   enable_gqa=gqa)  # (B, H, T, hd)
+        if kernel == "reference":
+            y = reference_attention(q_rot, k_rot, v, attn_mask)  # (B, H, T, hd)
+        elif kernel == "flex":
+            y = flex_attention(q_rot, k_rot, v, attn_mask)
+        else:
+            y = sdpa_attention(q_rot, k_rot, v, attn_mask, in_float32)
         return self.wo(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
+
+
+# ----------------------------------------------------------------------------- attention
+# The formula first, then the kernels that compute the same thing faster. A test
+# (tests/test_model.py) checks every kernel against reference_attention.
+
+
+def reference_attention(q, k, v, mask=None):
+    """softmax(q k^T / sqrt(hd) + mask) v, written out (Vaswani et al. 2017, eq. 1).
+
+    q (B, H, T, hd); k, v (B, Hkv, T, hd) with Hkv dividing H (grouped-query attention: each key/value head
+    serves H / Hkv query heads, Ainslie et al. 2023). mask: None = causal; else a bool (B, 1, T, T), True =
+    may attend (document_mask). Memory O(B * H * T^2): the reading path, not the training one.
+    """
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)  # (B, H, T, hd)
+    T = q.shape[-2]
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (B, H, T, T): query t against key s
+    allowed = torch.ones(T, T, dtype=torch.bool, device=q.device).tril() if mask is None else mask  # s <= t
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    weights = scores.softmax(dim=-1)  # (B, H, T, T), each row sums to 1 over the keys it may see
+    return weights @ v  # (B, H, T, hd)
+
+
+def sdpa_attention(q, k, v, mask=None, in_float32=False):
+    """The same as reference_attention through torch's fused kernel: flash attention when mask is None
+    (is_causal=True; never materialises the T x T scores), a masked kernel for a dense document mask."""
+    with torch.autocast(q.device.type, enabled=False) if in_float32 else nullcontext():
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                              enable_gqa=k.shape[1] != q.shape[1])  # (B, H, T, hd)
 
 
 # Below this many tokens a CPU training step attends in float32 under bf16 autocast (float32_attention).
@@ -116,12 +145,12 @@ FLOAT32_ATTENTION_BELOW = 1024
 
 
 def float32_attention(q) -> bool:
-    """Whether RoPE and attention run in float32 although autocast made q (B, H, T, hd) bf16: on CPU, when a
-    backward will follow and the window is short. torch 2.13's CPU flash attention is slower in bf16 than in
-    float32 forward + backward, by a cost per (batch, head) that dominates short windows (one thread, 4,096
-    tokens, head_dim 32: x4.5 at T = 64, x3.7 at 128, x1.8 at 256, x1.4 at 512, x1.03 at 1024, x1.05 at
-    2048; x11 at the curriculum's 16), while its bf16 forward alone is faster (x1.5 at 1024). From 1024
-    tokens on, float32 would only add the casts, so a training step there stays bf16, as does every
+    """A speed path: whether RoPE and attention run in float32 although autocast made q (B, H, T, hd) bf16:
+    on CPU, when a backward will follow and the window is short. torch 2.13's CPU flash attention is slower in
+    bf16 than in float32 forward + backward, by a cost per (batch, head) that dominates short windows (one
+    thread, 4,096 tokens, head_dim 32: x4.5 at T = 64, x3.7 at 128, x1.8 at 256, x1.4 at 512, x1.03 at 1024,
+    x1.05 at 2048; x11 at the curriculum's 16), while its bf16 forward alone is faster (x1.5 at 1024). From
+    1024 tokens on, float32 would only add the casts, so a training step there stays bf16, as does every
     forward-only pass (the teacher, the probes). The projections and the LM head run in bf16 either way."""
     return (q.dtype == torch.bfloat16 and q.device.type == "cpu" and q.requires_grad and torch.is_grad_enabled()
             and q.shape[-2] < FLOAT32_ATTENTION_BELOW)
@@ -150,8 +179,8 @@ class Block(nn.Module):
         self.mlp_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps) if cfg.d_ff else None
         self.mlp = SwiGLU(cfg) if cfg.d_ff else None
 
-    def forward(self, x, rope_q, rope_k, attn_mask=None, inspect=None):
-        x = x + self.attn(self.attn_norm(x), rope_q, rope_k, attn_mask, inspect)
+    def forward(self, x, rope_q, rope_k, attn_mask=None, inspect=None, kernel="sdpa"):
+        x = x + self.attn(self.attn_norm(x), rope_q, rope_k, attn_mask, inspect, kernel)
         if self.mlp is not None:
             x = x + self.mlp(self.mlp_norm(x))
         return x
@@ -180,10 +209,13 @@ def document_block_mask(doc_ids: torch.Tensor):
     return create_block_mask(same_doc_causal, B, None, T, T, device=doc_ids.device)
 
 
-def flex_attention(q, k, v, block_mask, enable_gqa):
-    """torch's flex_attention, compiled on CUDA (fused kernel); eager elsewhere (unfused, and no backward on CPU)."""
+def flex_attention(q, k, v, block_mask):
+    """A speed path for --doc-mask: torch's flex_attention with a BlockMask (document_block_mask), the same as
+    reference_attention under document_mask; compiled on CUDA (fused kernel), eager elsewhere (unfused, and no
+    backward on CPU)."""
     from torch.nn.attention.flex_attention import flex_attention as flex
     global _compiled_flex
+    enable_gqa = k.shape[1] != q.shape[1]
     if q.device.type == "cuda":
         _compiled_flex = _compiled_flex or torch.compile(flex)
         return _compiled_flex(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
@@ -210,7 +242,7 @@ class GPT(nn.Module):
         inv_freq, self.attention_factor = rope_frequencies(cfg.head_dim, cfg.rope_base, cfg.rope_scaling,
                                                            cfg.max_seq_len)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self.flex = False  # doc_ids -> a flex-attention BlockMask instead of a dense mask (train.py --attention flex)
+        self.attention = "sdpa"  # the kernel: "sdpa" (default), "reference" (the formula) or "flex" (--attention)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2 scaled init of residual projections
             if name.endswith(("wo.weight", "w_down.weight")):
@@ -240,7 +272,10 @@ class GPT(nn.Module):
             position_ids = torch.arange(T, device=idx.device).expand(B, T)
         x = self.tok_emb(idx)  # (B, T, C)
         rope = rope_cos_sin(position_ids, self.inv_freq, self.attention_factor, x.dtype)  # 2 x (B, T, hd)
-        attn_mask = None if doc_ids is None else document_block_mask(doc_ids) if self.flex else document_mask(doc_ids)
+        kernel = self.attention
+        attn_mask = None if doc_ids is None else document_block_mask(doc_ids) if kernel == "flex" else document_mask(doc_ids)
+        if kernel == "flex" and doc_ids is None:
+            kernel = "sdpa"  # plain causal attention: flash is the fast path
         if inspect is not None and inspect.record:
             inspect.residuals.append(x.detach())
         for layer, block in enumerate(self.blocks):
@@ -250,7 +285,7 @@ class GPT(nn.Module):
                     rope_q = rope_cos_sin(inspect.q_positions[layer], self.inv_freq, self.attention_factor, x.dtype)
                 if layer in inspect.k_positions:
                     rope_k = rope_cos_sin(inspect.k_positions[layer], self.inv_freq, self.attention_factor, x.dtype)
-            x = block(x, rope_q, rope_k, attn_mask, inspect)
+            x = block(x, rope_q, rope_k, attn_mask, inspect, kernel)
             if inspect is not None and inspect.record:
                 inspect.residuals.append(x.detach())
         return self.lm_head(self.norm(x))

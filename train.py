@@ -228,7 +228,7 @@ def build_student(args, spec, device):
                         d_model=args.d_model, d_ff=args.d_ff, rope_base=args.rope_base, rope_scaling=args.scaling,
                         max_seq_len=args.window)
         student = GPT(cfg).to(device)
-    student.flex = args.attention == "flex"  # --doc-mask as a flex block mask
+    student.attention = args.attention  # the kernel (--attention flex: --doc-mask as a flex block mask)
     return student
 
 
@@ -348,7 +348,7 @@ def run_phase(args, inputs=None):
             teacher = load_teacher(t_path, device, args.vocab_size)
         except CheckpointError as e:
             fail(str(e))
-        teacher.flex = args.attention == "flex"
+        teacher.attention = args.attention
         print(f"teacher: {t_path} (base {teacher.config.rope_base:g}, frozen)")
     if args.resume and previous is not None and previous.get("done"):
         print(f"{ckpt_path} already finished; its results:")
@@ -423,8 +423,7 @@ def train_loop(step_model, model, teacher, opt, args, stages, state, autocast, d
         while state["stage"] < len(stages):
             name, src, steps, stop_at = stages[state["stage"]]
             local = state["step"] - state["stage_start"]
-            bar = tqdm(total=steps, initial=local, desc=f"{args.run_name} {name}", dynamic_ncols=True,
-                       disable=not main)
+            bar = progress_bar(steps, local, f"{args.run_name} {name}", disable=not main)
             try:
                 if main and args.eval_interval and name == "main" and local == 0 and args.phase == "2":
                     quick_eval(model, args, spec, device, autocast, 0, state["step"], bar, log)  # the starting point
@@ -461,6 +460,13 @@ def train_loop(step_model, model, teacher, opt, args, stages, state, autocast, d
     return clock["tokens"], clock["seconds"]
 
 
+def progress_bar(total, initial, desc, disable=False):
+    """A tqdm bar: redrawn in place on a terminal; in a file or a pipe one line every 30 s, not one per step."""
+    on_terminal = sys.stderr.isatty()
+    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=on_terminal, disable=disable,
+                mininterval=0.1 if on_terminal else 30.0, ncols=None if on_terminal else 100)
+
+
 def stage_batches(src, start, steps, args, device):
     """(step, this rank's batch on the device) for steps start..steps-1 of a stage, each built one step ahead.
 
@@ -487,7 +493,8 @@ def record_step(state, name, metrics, n_tok, seconds, clock, opt, bar, log, ckpt
     rec = {"step": state["step"], "stage": name, "loss": loss, "ce": ce, "kl": kl, "acc": acc,
            "lr": opt.param_groups[0]["lr"], "tok_s": n_tok / seconds}
     log.write(json.dumps(rec) + "\n")
-    bar.set_postfix(loss=f"{loss:.3f}", kl=f"{kl:.3f}", acc=f"{state['acc_ema']:.2f}", tok_s=f"{n_tok / seconds:.0f}")
+    bar.set_postfix(loss=f"{loss:.3f}", kl=f"{kl:.3f}", acc=f"{state['acc_ema']:.2f}", tok_s=f"{n_tok / seconds:.0f}",
+                    refresh=False)  # the bar redraws on its own clock (progress_bar), not every step
     bar.update(1)
 
 

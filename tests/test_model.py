@@ -58,11 +58,43 @@ def test_flex_block_mask_gives_the_dense_masks_logits():
     x = torch.randint(0, 50, (2, 40))
     doc = torch.tensor([[0] * 9 + [1] * 20 + [2] * 11, [0] * 30 + [1] * 10])
     dense = m(x, doc_ids=doc)
-    m.flex = True
+    m.attention = "flex"
     flex = m(x, doc_ids=doc)
     assert torch.allclose(flex, dense, atol=1e-5)
     assert not torch.allclose(flex, m(x), atol=1e-3)  # and not plain causal attention
     assert document_block_mask(doc).shape == (2, 1, 40, 40)
+
+
+@pytest.mark.parametrize("n_kv_head", [4, 2, 1])
+@pytest.mark.parametrize("masked", [False, True])
+def test_reference_attention_equals_the_sdpa_kernel(n_kv_head, masked):
+    """The formula a learner reads (scores, mask, softmax, weighted sum; GQA by repeat) is what SDPA computes:
+    outputs and gradients, causal and under the document mask, for MHA, GQA and MQA."""
+    from model import reference_attention, sdpa_attention
+    torch.manual_seed(0)
+    B, H, T, hd = 2, 4, 24, 8
+    q = torch.randn(B, H, T, hd, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(B, n_kv_head, T, hd, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(B, n_kv_head, T, hd, dtype=torch.float64, requires_grad=True)
+    mask = document_mask(torch.tensor([[0] * 10 + [1] * 14, [0] * 3 + [1] * 21])) if masked else None
+    ref, fast = reference_attention(q, k, v, mask), sdpa_attention(q, k, v, mask)
+    assert torch.allclose(ref, fast, atol=1e-12)
+    g_ref = torch.autograd.grad(ref.square().sum(), (q, k, v))
+    g_fast = torch.autograd.grad(fast.square().sum(), (q, k, v))
+    assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(g_ref, g_fast))
+    # causal: the output at t does not move when a later key changes
+    k2 = k.detach().clone()
+    k2[:, :, -1] += 1.0
+    assert torch.equal(reference_attention(q, k2, v, mask)[:, :, :-1], ref[:, :, :-1])
+
+
+def test_model_with_the_reference_kernel_gives_the_same_logits():
+    m = tiny()  # GQA
+    x = torch.randint(0, 50, (2, 40))
+    doc = torch.tensor([[0] * 9 + [1] * 31, [0] * 30 + [1] * 10])
+    fast, fast_doc = m(x), m(x, doc_ids=doc)
+    m.attention = "reference"
+    assert torch.allclose(m(x), fast, atol=1e-5) and torch.allclose(m(x, doc_ids=doc), fast_doc, atol=1e-5)
 
 
 @pytest.mark.parametrize("n_kv_head, tie, d_ff", [(4, True, 0), (2, False, 48), (1, True, 48)])

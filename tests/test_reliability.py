@@ -88,7 +88,7 @@ def workdir(tmp_path_factory):
 
 
 BAD = {  # case: (script, argv, a phrase the error line must hold); {d} is the work folder, train runs in {d}/out
-    # the six
+    # loading errors: wrong kind of file, truncated, through the CE twin
     "teacher not a checkpoint": ("train", ["--phase", "1", "--teacher", "{d}/text.pt"], "not a checkpoint"),
     "init truncated": ("train", ["--phase", "2", "--init", "{d}/cut.pt"], "truncated or corrupt (5,000 bytes"),
     "phase 2 bad teacher, with twin": ("train", ["--phase", "2", "--teacher", "{d}/text.pt"], "not a checkpoint"),
