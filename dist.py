@@ -17,8 +17,10 @@ torchtune do:
 
     torchrun --nproc_per_node 2 train.py --phase 2 --rope-base 500000 --threads 1
 """
+import gc
 import os
 import sys
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -68,8 +70,39 @@ def start(args):
 
 
 def stop():
-    if tdist.is_initialized():
-        tdist.destroy_process_group()
+    """Leave the process group, every rank together, while the interpreter is fully alive.
+
+    A rank that tore down its gloo connections while its peer still had work in flight on them (the DDP
+    reducer's last all-reduce, the peer's final barrier) could abort at exit ("terminate called without an
+    active exception", exit -6), and torchrun then reports the run failed. So: free what still holds the
+    group (the DDP wrapper), meet at a barrier (no collective left in flight anywhere), destroy the group,
+    and meet once more through the store, so that no rank closes its sockets while another is still
+    destroying its group.
+    """
+    if not tdist.is_initialized():
+        return
+    gc.collect()  # the DDP wrapper and its reducer, which hold the group
+    tdist.barrier()
+    store = _store()
+    tdist.destroy_process_group()
+    if store is None:
+        return
+    try:  # the store may be gone already if the rank that hosts it left first: then there is no one to wait for
+        n = launched_world_size()
+        store.add("left", 1)
+        deadline = time.monotonic() + 60
+        while store.add("left", 0) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+    except (RuntimeError, OSError):
+        pass
+
+
+def _store():
+    """The rendezvous key-value store of the default group (None if it cannot be had)."""
+    try:
+        return tdist.distributed_c10d._get_default_store()
+    except (RuntimeError, AttributeError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -131,6 +164,16 @@ def sum_across_ranks(t: torch.Tensor) -> torch.Tensor:
         t = t.clone()
         tdist.all_reduce(t)
     return t
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if it is True on any (one all-reduce of one number under torchrun)."""
+    if not tdist.is_initialized():
+        return flag
+    device = f"cuda:{torch.cuda.current_device()}" if tdist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([float(flag)], device=device)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 def weight_spread(model) -> float:

@@ -337,24 +337,33 @@ class CheckpointError(ValueError):
 CHECKPOINT_KEYS = ("model", "config", "step")
 
 
-def save_checkpoint(obj: dict, path: str):
-    """Atomic save: write a temp file in the same folder, flush + fsync, then rename over `path`.
+def atomic_write(path: str, write, mode: str = "wb"):
+    """Write `path` atomically: write(f) into a temp file in the same folder, flush + fsync, rename over `path`.
 
-    A kill at any moment leaves either the old or the new file, never a truncated one.
+    A kill at any moment leaves either the old or the new file, never a truncated one. The file gets the
+    permissions a plain open() would give (0666 less the umask), not the temp file's private 0600.
     """
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pt")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, mode) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def save_checkpoint(obj: dict, path: str):
+    """Atomic save of a checkpoint dict (atomic_write)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def archive_problem(path: str) -> str | None:

@@ -20,6 +20,7 @@ import dist
 from config import PRESETS
 from data import to_device
 from evaluate import evaluate, format_accuracy, format_table, heuristic_floors, matmul_peak_flops
+from model import atomic_write
 
 START = "step 0"  # results key of a phase-2 student before its first step (phase 1 + the base switch)
 
@@ -76,8 +77,7 @@ def report(args, models, device, autocast, spec, results_path, speed, corpus=Non
                "kd_weight": args.kd_weight, "seed": args.seed, "max_doc_len": args.max_doc_len,
                "results": rows, "floors": floors, "speed": speed}
     os.makedirs(args.out_dir, exist_ok=True)
-    with open(results_path, "w") as f:
-        json.dump(results, f, indent=1)
+    atomic_write(results_path, lambda f: json.dump(results, f, indent=1), "w")  # a kill leaves old or new
     if args.data:
         print("\n".join(f"{name}: cross-entropy {r['corpus_ce']:.3f} nats/token on held-out corpus windows"
                         for name, r in rows.items()))

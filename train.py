@@ -28,8 +28,10 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import torch
@@ -419,7 +421,15 @@ def train_loop(step_model, model, teacher, opt, args, stages, state, autocast, d
     main = dist.is_main()
     if main:
         os.makedirs(args.out_dir, exist_ok=True)
-    with open(log_path if main else os.devnull, "a") as log:
+
+    def stop_here():  # Ctrl-C was pressed: the weights are those of state["step"], so save them under that label
+        save_run(model, opt, args, state, ckpt_path, done=False)
+        if main:
+            print(f"\ninterrupted: saved a resumable checkpoint at step {state['step']} to {ckpt_path} "
+                  f"(continue with --resume)", file=sys.stderr)
+        raise SystemExit(130)
+
+    with open(log_path if main else os.devnull, "a") as log, StopOnInterrupt() as ctrl_c:
         while state["stage"] < len(stages):
             name, src, steps, stop_at = stages[state["stage"]]
             local = state["step"] - state["stage_start"]
@@ -429,6 +439,8 @@ def train_loop(step_model, model, teacher, opt, args, stages, state, autocast, d
                     quick_eval(model, args, spec, device, autocast, 0, state["step"], bar, log)  # the starting point
                 t0 = time.perf_counter()
                 for local, batch in stage_batches(src, local, steps, args, device):
+                    if ctrl_c.requested():  # between steps: nothing of the next step has touched the weights
+                        stop_here()
                     for group in opt.param_groups:
                         group["lr"] = lr_at(local, steps, args)
                     metrics = train_step(step_model, teacher, opt, batch, args, autocast)
@@ -446,10 +458,11 @@ def train_loop(step_model, model, teacher, opt, args, stages, state, autocast, d
                         log.flush()
                         save_run(model, opt, args, state, ckpt_path, done=False)
                     t0 = time.perf_counter()
-            except KeyboardInterrupt:  # anywhere in the stage: a step, building a batch, a quick check, a save
-                save_run(model, opt, args, state, ckpt_path, done=False)
+                if ctrl_c.requested():
+                    stop_here()
+            except KeyboardInterrupt:  # a second Ctrl-C: stop now; the weights may be mid-step, so save nothing
                 if main:
-                    print(f"\ninterrupted: saved a resumable checkpoint at step {state['step']} to {ckpt_path} "
+                    print(f"\ninterrupted twice: stopped at once; the last saved checkpoint {ckpt_path} is kept "
                           f"(continue with --resume)", file=sys.stderr)
                 raise SystemExit(130)
             finally:  # also on Ctrl-C / NaN exits: no stray progress bar
@@ -465,6 +478,31 @@ def progress_bar(total, initial, desc, disable=False):
     on_terminal = sys.stderr.isatty()
     return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=on_terminal, disable=disable,
                 mininterval=0.1 if on_terminal else 30.0, ncols=None if on_terminal else 100)
+
+
+class StopOnInterrupt:
+    """Ctrl-C (SIGINT) while the loop runs sets a flag that the loop checks between steps, so the checkpoint it
+    then saves holds the weights of the step it is labelled with (an exception raised mid-step could leave
+    the optimizer's update half done, or done but not yet counted). A second Ctrl-C raises KeyboardInterrupt
+    at once. Under torchrun the ranks agree: any rank's flag stops all of them at the same step."""
+
+    def __enter__(self):
+        self.flag, self.previous = False, None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self.handle)
+        return self
+
+    def handle(self, signum, frame):
+        if self.flag:
+            raise KeyboardInterrupt
+        self.flag = True
+
+    def requested(self) -> bool:
+        return dist.any_rank(self.flag)
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
 
 
 def stage_batches(src, start, steps, args, device):

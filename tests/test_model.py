@@ -1,6 +1,7 @@
 """Model: causality, document mask, GQA, position override, checkpoints (Llama weights: test_hf.py)."""
 from types import SimpleNamespace
 
+import os
 import pytest
 import torch
 
@@ -266,3 +267,18 @@ def test_cpu_bf16_training_attends_in_float32_below_the_window_threshold(monkeyp
     with torch.autocast("cpu", dtype=torch.bfloat16):
         b = m(x)
     assert not torch.equal(a, b) and (a.float() - b.float()).abs().max() < 0.05 * a.float().abs().max()
+
+
+def test_checkpoints_get_the_umask_permissions_not_the_temp_files(tmp_path):
+    """A checkpoint written through the private temp file is readable as a plain open() would leave it."""
+    from model import save_checkpoint
+    old = os.umask(0o022)
+    try:
+        save_checkpoint({"x": torch.zeros(1)}, str(tmp_path / "a.pt"))
+        os.umask(0o027)
+        save_checkpoint({"x": torch.zeros(1)}, str(tmp_path / "b.pt"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.pt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.pt").stat().st_mode & 0o777 == 0o640
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]

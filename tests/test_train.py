@@ -109,46 +109,83 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, monkeyp
     assert ckpt["step"] == 4 and not ckpt["done"]
 
 
-def test_ctrl_c_saves_a_resumable_checkpoint(tmp_path, monkeypatch):
-    real, calls = train.train_step, []
+def ctrl_c():
+    """What a terminal does on Ctrl-C: SIGINT to this process."""
+    os.kill(os.getpid(), signal.SIGINT)
 
-    def interrupted(*a, **k):
-        calls.append(1)
-        if len(calls) == 6:
-            raise KeyboardInterrupt
-        return real(*a, **k)
 
-    monkeypatch.setattr(train, "train_step", interrupted)
-    argv = ["--phase", "teacher", "--out-dir", str(tmp_path), "--curriculum-steps", "0", "--steps", "10"]
+def test_ctrl_c_right_after_an_optimizer_step_resumes_bit_for_bit(tmp_path, monkeypatch):
+    """SIGINT just after the optimizer updated the weights (before the step is counted): the checkpoint's step
+    label matches its weights, and the resumed run ends with the losses and weights of an uninterrupted one."""
+    argv = ["--phase", "teacher", "--curriculum-steps", "0", "--steps", "12", "--save-interval", "100",
+            "--eval-interval", "0"]
+    run(argv + ["--out-dir", str(tmp_path / "full")])
+    real_step, steps = torch.optim.AdamW.step, []
+
+    def step_then_ctrl_c(self, *a, **k):
+        out = real_step(self, *a, **k)
+        steps.append(1)
+        if len(steps) == 5:
+            ctrl_c()
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_then_ctrl_c)
+    cut = str(tmp_path / "cut")
     with pytest.raises(SystemExit) as e:
-        run(argv)
-    assert e.value.code == 130 and load_checkpoint(str(tmp_path / "teacher.pt"))["step"] == 5
-    monkeypatch.setattr(train, "train_step", real)
-    run(argv + ["--resume"])
-    assert load_checkpoint(str(tmp_path / "teacher.pt"))["done"]
+        run(argv + ["--out-dir", cut])
+    assert e.value.code == 130 and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ckpt = load_checkpoint(os.path.join(cut, "teacher.pt"))
+    assert ckpt["step"] == 5 and not ckpt["done"]
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    run(argv + ["--out-dir", cut, "--resume"])
+    full = str(tmp_path / "full")
+    assert losses(os.path.join(cut, "teacher.jsonl")) == losses(os.path.join(full, "teacher.jsonl"))
+    a, b = load_checkpoint(os.path.join(cut, "teacher.pt")), load_checkpoint(os.path.join(full, "teacher.pt"))
+    assert a["done"] and all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
 
 
-@pytest.mark.parametrize("where, calls, saved_at", [("to_device", 3, 2), ("quick_eval", 1, 4)])
-def test_ctrl_c_outside_the_step_saves_a_resumable_checkpoint(tmp_path, monkeypatch, where, calls, saved_at):
-    """Ctrl-C while a batch is built (3rd batch) or during a quick check (after step 4) saves and exits 130."""
+@pytest.mark.parametrize("where, calls, saved_at", [("train_step", 6, 6), ("to_device", 3, 2), ("quick_eval", 1, 4)])
+def test_ctrl_c_anywhere_in_a_stage_saves_at_the_next_step_boundary(tmp_path, monkeypatch, where, calls, saved_at):
+    """Ctrl-C inside a step (the 6th) lets it finish; while the 3rd batch is built (after step 2) or during a
+    quick check (after step 4) no step starts: the run saves the last finished step under its own label, exits
+    130, and --resume finishes it."""
     real, seen = getattr(train, where), []
 
     def interrupted(*a, **k):
         seen.append(1)
         if len(seen) == calls:
-            raise KeyboardInterrupt
+            ctrl_c()
         return real(*a, **k)
 
     monkeypatch.setattr(train, where, interrupted)
-    argv = ["--phase", "teacher", "--out-dir", str(tmp_path), "--curriculum-steps", "0", "--steps", "6",
+    argv = ["--phase", "teacher", "--out-dir", str(tmp_path), "--curriculum-steps", "0", "--steps", "8",
             "--eval-interval", "4"]
     with pytest.raises(SystemExit) as e:
         run(argv)
     ckpt = load_checkpoint(str(tmp_path / "teacher.pt"))
     assert e.value.code == 130 and ckpt["step"] == saved_at and not ckpt["done"]
+    assert len(losses(str(tmp_path / "teacher.jsonl"))) == saved_at
     monkeypatch.setattr(train, where, real)
     run(argv + ["--resume"])
     assert load_checkpoint(str(tmp_path / "teacher.pt"))["done"]
+
+
+def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+    real, seen = train.train_step, []
+
+    def twice(*a, **k):
+        seen.append(1)
+        if len(seen) == 7:
+            ctrl_c()
+            ctrl_c()  # raises KeyboardInterrupt here, mid-step
+        return real(*a, **k)
+
+    monkeypatch.setattr(train, "train_step", twice)
+    with pytest.raises(SystemExit) as e:
+        run(["--phase", "teacher", "--out-dir", str(tmp_path), "--curriculum-steps", "0", "--steps", "10",
+             "--save-interval", "4", "--eval-interval", "0"])
+    assert e.value.code == 130 and "interrupted twice" in capsys.readouterr().err
+    assert load_checkpoint(str(tmp_path / "teacher.pt"))["step"] == 4  # the last save, not the half step
 
 
 def test_curriculum_doubles_the_window_up_to_the_phase_window():
