@@ -58,6 +58,24 @@ PHASE_KD = {"teacher": 0.0, "1": 0.5, "2": 0.9}
 PHASE_SEED = {"teacher": 0, "1": 10, "2": 20}
 
 
+# Phase 2's training objective (--arm): the KD student and its CE twin, and the baselines and ablations that ask
+# where the long-range signal comes from. "Recurring" answers (data.recurring_answers) are those whose key stood in
+# an earlier document of the packed window with another value: there the data's label is the recent value while a
+# long-context teacher answers with the far-back one.
+ARMS = {
+    "ce": "CE on the data's labels (the CE-only twin)",
+    "ce-masked": "CE without the recurring answers in the loss (not trained against far retrieval)",
+    "ce-teacher-labels": "CE on the teacher's argmax tokens (hard-label distillation)",
+    "kd": "(1 - w) CE + w KD against the teacher's logits (the KD student)",
+    "kd-masked": "as kd, with the recurring answers removed from the KD term",
+    "kd-teacher-docmask": "as kd, the teacher scored under the document mask (it cannot see other documents)",
+}
+ARM_SUFFIX = {"ce": "", "ce-masked": "-masked", "ce-teacher-labels": "-tlabels", "kd": "", "kd-masked": "-masked",
+              "kd-teacher-docmask": "-tdocmask"}  # run names already say kd or ce
+CE_ARMS = ("ce", "ce-masked", "ce-teacher-labels")  # --kd-weight 0
+MASKED_ARMS = ("ce-masked", "kd-masked")  # their batches carry the recurring-answer mask
+
+
 def phase1_name(base, seed=0, window=None, preset="cpu"):
     """File name (no extension) of the phase-1 run with this RoPE base, --seed and --window (named only when it
     is not the preset's short window)."""
@@ -68,7 +86,8 @@ def phase1_name(base, seed=0, window=None, preset="cpu"):
 def variant_suffix(args):
     """The part of a run's name for flags that change what it computes beyond phase, bases and seeds:
     -yarn4 (--rope-scaling type and factor), -rkl / -jsd0.5 / -T2 (the divergence and its temperature, only when
-    distillation is on), -dm (--doc-mask), -rp (--reset-positions). Empty for the defaults."""
+    distillation is on), -dm (--doc-mask), -rp (--reset-positions), -masked / -tlabels / -tdocmask (phase 2's
+    --arm, ARM_SUFFIX). Empty for the defaults."""
     s = ""
     rope_type = scaling_type(args.scaling)
     if rope_type is not None:
@@ -79,6 +98,7 @@ def variant_suffix(args):
         s += f"-T{args.temperature:g}" if args.temperature != 1 else ""
     s += "-dm" if args.doc_mask else ""
     s += "-rp" if args.reset_positions else ""
+    s += ARM_SUFFIX.get(getattr(args, "arm", None), "")
     return s
 
 
@@ -116,6 +136,9 @@ def build_parser():
     a("--resume", action="store_true", help="continue this run from its checkpoint")
     a("--overwrite", action="store_true", help="retrain even if this run already finished")
     a("--no-baseline", action="store_true", help="phase 2: do not train the CE-only baseline side by side")
+    a("--arm", default=None, choices=list(ARMS), help="phase 2's objective: " + "; ".join(
+      f"{k}: {v}" for k, v in ARMS.items()) + ". Default: kd, or ce with --kd-weight 0. Only kd trains its CE twin "
+      "side by side; every other arm trains alone, with its own run-name suffix")
     g = p.add_argument_group("RoPE")
     g.add_argument("--rope-base", type=float, default=None, help="RoPE base (default: teacher 10000, phase 1 the "
                    "preset's phase-1 base, phase 2 500000, or phase 1's base with --rope-scaling)")
@@ -237,6 +260,7 @@ def resolve(args):
         args.curriculum_steps = 0 if phase == "2" or args.data else pre["curriculum_steps"]
     if args.eval_interval is None:
         args.eval_interval = 0 if args.data else 250
+    resolve_arm(args)
     if phase == "teacher" or args.kd_weight is None:
         args.kd_weight = PHASE_KD[phase]
     binary = bool(args.data) and args.data.endswith(".bin")
@@ -338,6 +362,24 @@ def resolve(args):
             args.run_name += f"-p{args.phase1_seed}" if args.phase1_seed else ""  # another phase-1 student
             args.run_name += variant_suffix(args) + seed
     return args
+
+
+def resolve_arm(args):
+    """Phase 2's --arm, filled from --kd-weight when not given (0: ce, else kd); a CE arm sets --kd-weight 0."""
+    if args.phase != "2":
+        if args.arm is not None:
+            fail(f"--arm {args.arm} is a phase-2 objective: it needs --phase 2")
+        return
+    if args.arm is None:
+        args.arm = "ce" if args.kd_weight == 0 else "kd"
+    elif args.arm in CE_ARMS:
+        if args.kd_weight not in (None, 0):
+            fail(f"--arm {args.arm} trains without the KD term: drop --kd-weight {args.kd_weight:g}")
+        args.kd_weight = 0.0
+    elif args.kd_weight == 0:
+        fail(f"--arm {args.arm} is a KD arm: --kd-weight 0 leaves no KD term (use --arm ce)")
+    if args.arm in MASKED_ARMS and args.data:
+        fail(f"--arm {args.arm} masks the synthetic language's recurring answers; --data has none")
 
 
 def pick_device(args):

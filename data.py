@@ -23,8 +23,12 @@ downloaded here, so this file generates both from a seed:
   (continuous, or reset per document) and document ids (for the optional mask).
 - `DataSource`: a step's batch as a pure function of (seed, step), or one rank's rows of it
   (train.py under torchrun); `prefetch` builds the next one while a step trains.
-- Probes (fixed seeds): key-value retrieval at exact distance D and depth, and the
-  repeated-token window of finding 2.
+- Probes (fixed seeds): key-value retrieval at exact distance D and depth, at a fixed record
+  position (`position_probe`: distance apart from absolute position), a single needle per window
+  (`needle_probe`), and the repeated-token window of finding 2.
+- `recurring_answers`: the answers of a packed window whose key stood in an earlier document
+  with another value (a packed batch carries them as `recurring`; the masked arms of train.py
+  drop them from the loss).
 - Real files: UTF-8 text read as bytes, or nanoGPT `.bin` token files (uint16), split
   into documents and fed to the same packer.
 
@@ -234,11 +238,37 @@ def synthetic_batch(spec, rng, kind, batch_size, window, max_doc_len=128, min_do
             parts = [short_document(spec, rng, b - a - 1, row[a + 1:b]) for a, b in zip(bounds[:-1], bounds[1:])]
         docs += [p[0] for p in parts]
         answers += [p[1] for p in parts]
-    return pack_documents(docs, window + 1, reset_positions=reset_positions, answers=answers)
+    packed = pack_documents(docs, window + 1, reset_positions=reset_positions, answers=answers)
+    if kind == "packed":  # the answers a long-context teacher would answer from an earlier document
+        packed["recurring"] = recurring_answers(spec, packed["tokens"], packed["doc_ids"], packed["answers"])
+    return packed
 
 
-def to_device(batch, device):
-    """numpy windows of L+1 tokens -> torch x, y, positions, doc_ids, answer mask, each (B, L)."""
+def recurring_answers(spec, tokens, doc_ids, answers):
+    """(N, L) bool: the answers whose key already stood in an earlier document of the same window with another value.
+
+    tokens, doc_ids, answers (N, L). The answer at a is the value after the query key at a - 1; it recurs when that
+    key occurs at some j in an earlier document (doc_ids[j] < doc_ids[a - 1]) followed by a value tokens[j + 1]
+    other than tokens[a]. About 44% of a packed phase-2 window's answers: there the local label ("the value in this
+    document") and far-back retrieval ("the value it had before") disagree.
+    """
+    is_key = (tokens >= 1) & (tokens <= spec.n_keys)
+    out = np.zeros(answers.shape, dtype=bool)
+    for r, a in zip(*np.nonzero(answers)):
+        if a < 1 or not is_key[r, a - 1]:
+            continue
+        q = a - 1
+        j = np.flatnonzero((tokens[r, :q] == tokens[r, q]) & (doc_ids[r, :q] < doc_ids[r, q]))  # earlier occurrences
+        out[r, a] = bool((tokens[r, j + 1] != tokens[r, a]).any())  # j + 1 <= q - 1 + 1 = a: in the window
+    return out
+
+
+def to_device(batch, device, recurring=False):
+    """numpy windows of L+1 tokens -> torch x, y, positions, doc_ids, answer mask, each (B, L).
+
+    recurring: also the recurring-answer mask (recurring_answers, aligned with y; all False for a batch without one),
+    as a sixth tensor.
+    """
     def move(a):
         t = torch.from_numpy(np.ascontiguousarray(a))
         return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
@@ -247,7 +277,10 @@ def to_device(batch, device):
     pos = move(batch["positions"][:, :-1])
     doc = move(batch["doc_ids"][:, :-1])
     ans = move(batch["answers"][:, 1:]) if "answers" in batch else torch.zeros_like(y, dtype=torch.bool)
-    return x, y, pos, doc, ans
+    if not recurring:
+        return x, y, pos, doc, ans
+    rec = move(batch["recurring"][:, 1:]) if "recurring" in batch else torch.zeros_like(y, dtype=torch.bool)
+    return x, y, pos, doc, ans, rec
 
 
 class DataSource:
@@ -318,6 +351,40 @@ def kv_probe(spec, window, distance, n_windows=16, n_pairs=16, depth=None, seed=
     for _ in range(n_windows):
         k = min(n_pairs, n_fit)
         tok, ans = kv_document(spec, rng, body, k, np.full(k, distance), lo, hi)
+        docs.append(tok)
+        answers.append(ans)
+    return pack_documents(docs, window + 1, answers=answers)
+
+
+def position_probe(spec, window, distance, record_start, band=64, n_windows=8, n_pairs=16, seed=0):
+    """Key-value retrieval with the records at a fixed place: record keys in [record_start, record_start + band)
+    of the document body (token record_start + 1 of the window, behind its SEP), each query exactly `distance` later.
+
+    Distance and absolute position vary apart (kv_probe's records sit wherever the distance lets them, so its long
+    distances are also records at the window's start). Returns a batch like kv_probe's; a cell where no query fits
+    the window has no answer (probe_accuracy: None).
+    """
+    rng = np.random.default_rng([seed, distance, 2002, record_start, n_pairs])
+    body = window
+    docs, answers = [], []
+    for _ in range(n_windows):
+        tok, ans = kv_document(spec, rng, body, n_pairs, np.full(n_pairs, distance), record_start + distance,
+                               record_start + band - 1 + distance)
+        docs.append(tok)
+        answers.append(ans)
+    return pack_documents(docs, window + 1, answers=answers)
+
+
+def needle_probe(spec, window, distance, n_windows=16, seed=0):
+    """A single needle: one record per window, its query exactly `distance` later, anywhere the pair fits.
+
+    Beside kv_probe's 16 records per window: no other record competes for the query's attention (and, since
+    filler holds no value token, copying the one value seen also answers it: report its floor).
+    """
+    rng = np.random.default_rng([seed, distance, 3003])
+    docs, answers = [], []
+    for _ in range(n_windows):
+        tok, ans = kv_document(spec, rng, window, 1, np.array([distance]), distance, window - 2)
         docs.append(tok)
         answers.append(ans)
     return pack_documents(docs, window + 1, answers=answers)

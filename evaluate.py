@@ -9,7 +9,14 @@ This file scores any model on data.py's fixed, seeded probes:
   value token; one token, so exact match = per-token accuracy), optionally at a depth;
 - in-document accuracy on held-out packed windows of short documents;
 - the floors of those key-value probes: what two heuristics that need no retrieval score on
-  the same windows (chance, 1/64, is not the floor: at D=16 copying the last value scores 0.67).
+  the same windows (chance, 1/64, is not the floor: at D=16 copying the last value scores 0.67);
+- where a model fails: a record-position x distance sweep (`position_sweep`, distance apart from
+  absolute position) and a single needle per window (`needle_sweep`).
+
+Selection vs report: probe seed SELECTION_SEED (0) is the one the quick probes during training
+use and the one any setting was chosen on; every reported number (`evaluate_heldout`, the
+end-of-phase table) is the mean over HELDOUT_SEEDS, windows drawn from other random streams
+that nothing was chosen on.
 
 A probe with no answer position (a distance that does not fit the window) is not measurable:
 its accuracy is None (JSON null, "-" in tables), never 0.
@@ -21,28 +28,42 @@ import time
 import numpy as np
 import torch
 
-from data import kv_probe, packed_probe, to_device
+from data import kv_probe, needle_probe, packed_probe, position_probe, to_device
+
+SELECTION_SEED = 0  # probe seed of the quick probes during training and of every choice of a setting
+HELDOUT_SEEDS = (1, 2, 3)  # probe seeds of every reported number (their mean); never used to choose anything
 
 
 @torch.no_grad()
-def probe_accuracy(model, batch, device, autocast, chunk=4, doc_mask=False) -> float | None:
-    """Argmax accuracy at the probe's answer positions, over windows in chunks of `chunk`; None if it has none.
+def answer_hits(model, batch, device, autocast, chunk=4, doc_mask=False) -> np.ndarray:
+    """(N, L) bool: the model's argmax is the target, at the probe's answer positions (False elsewhere).
 
     doc_mask: attend within documents only, as a --doc-mask run trained (the batch's positions are used as given).
     """
     was_training = model.training
     model.eval()
-    hits = total = 0
-    n = len(batch["tokens"])
-    for i in range(0, n, chunk):
+    hits = []
+    for i in range(0, len(batch["tokens"]), chunk):
         part = {k: v[i:i + chunk] for k, v in batch.items()}
         x, y, pos, doc, ans = to_device(part, device)
         with autocast:
-            logits = model(x, pos, doc if doc_mask else None)
-        hits += (logits.argmax(-1)[ans] == y[ans]).sum().item()
-        total += ans.sum().item()
+            logits = model(x, pos, doc if doc_mask else None)  # (b, L, V)
+        hits.append(((logits.argmax(-1) == y) & ans).cpu().numpy())
     model.train(was_training)
-    return hits / total if total else None
+    return np.concatenate(hits)
+
+
+def probe_accuracy(model, batch, device, autocast, chunk=4, doc_mask=False, where=None) -> float | None:
+    """Argmax accuracy at the probe's answer positions, over windows in chunks of `chunk`; None if it has none.
+
+    where: (N, L + 1) bool aligned with batch["tokens"]: score only the answers it marks (e.g. batch["recurring"]).
+    """
+    answers = batch["answers"][:, 1:] if where is None else batch["answers"][:, 1:] & where[:, 1:]  # (N, L)
+    total = int(answers.sum())
+    if not total:
+        return None
+    hits = answer_hits(model, batch, device, autocast, chunk=chunk, doc_mask=doc_mask)
+    return float((hits & answers).sum()) / total
 
 
 def evaluate(model, spec, window, distances, max_doc_len, device, autocast, n_windows=16, seed=0,
@@ -60,8 +81,47 @@ def evaluate(model, spec, window, distances, max_doc_len, device, autocast, n_wi
         out["kv"][d] = probe_accuracy(model, kv_probe(spec, window, d, n_windows, seed=seed), device, autocast,
                                       doc_mask=doc_mask)
     in_doc = packed_probe(spec, window, max_doc_len, n_windows=n_windows, seed=seed, reset_positions=reset_positions)
-    out["in_doc"] = probe_accuracy(model, in_doc, device, autocast, doc_mask=doc_mask)
+    hits = answer_hits(model, in_doc, device, autocast, doc_mask=doc_mask)  # (N, L): one pass for the three scores
+    ans, rec = in_doc["answers"][:, 1:], in_doc["recurring"][:, 1:]
+    out["in_doc"] = ratio(hits[ans].sum(), ans.sum())
+    out["in_doc_fresh"] = ratio(hits[ans & ~rec].sum(), (ans & ~rec).sum())  # keys new to the window
+    out["in_doc_recurring"] = ratio(hits[ans & rec].sum(), (ans & rec).sum())  # keys an earlier document valued
     return out
+
+
+def ratio(hits, total) -> float | None:
+    return float(hits) / int(total) if total else None
+
+
+def mean_over_seeds(values) -> float | None:
+    """Mean of per-probe-seed accuracies; None if any seed's probe was not measurable."""
+    return None if any(v is None for v in values) else float(np.mean(values))
+
+
+def evaluate_heldout(model, spec, window, distances, max_doc_len, device, autocast, n_windows=16,
+                     seeds=HELDOUT_SEEDS, doc_mask=False, reset_positions=False) -> dict:
+    """evaluate() on each held-out probe seed, every value the mean over them."""
+    runs = [evaluate(model, spec, window, distances, max_doc_len, device, autocast, n_windows, seed, doc_mask,
+                     reset_positions) for seed in seeds]
+    out = {"kv": {d: mean_over_seeds([r["kv"][d] for r in runs]) for d in distances}}
+    for key in ("in_doc", "in_doc_fresh", "in_doc_recurring"):
+        out[key] = mean_over_seeds([r[key] for r in runs])
+    return out
+
+
+def position_sweep(model, spec, window, distances, starts, device, autocast, n_windows=8, seeds=HELDOUT_SEEDS,
+                   band=64) -> dict:
+    """{record start: {D: acc}}: 16 records in [start, start + band), queries D later (data.position_probe); the
+    mean over the probe seeds; None where no query fits the window."""
+    return {s: {d: mean_over_seeds([probe_accuracy(model, position_probe(spec, window, d, s, band, n_windows, seed=k),
+                                                   device, autocast) for k in seeds]) for d in distances}
+            for s in starts}
+
+
+def needle_sweep(model, spec, window, distances, device, autocast, n_windows=16, seeds=HELDOUT_SEEDS) -> dict:
+    """{D: acc}: one record per window, its query D later (data.needle_probe); the mean over the probe seeds."""
+    return {d: mean_over_seeds([probe_accuracy(model, needle_probe(spec, window, d, n_windows, seed=k), device,
+                                               autocast) for k in seeds]) for d in distances}
 
 
 def floor_accuracies(spec, batch) -> tuple[float, float] | None:
@@ -83,13 +143,18 @@ def floor_accuracies(spec, batch) -> tuple[float, float] | None:
     return (last / total, uniform / total) if total else None
 
 
-def heuristic_floors(spec, window, distances, n_windows=16, seed=0) -> dict:
-    """{"last_value": {D: acc}, "uniform_seen": {D: acc}, "best": {D: the larger}} on evaluate()'s kv probes."""
+def heuristic_floors(spec, window, distances, n_windows=16, seed=0, probe=kv_probe) -> dict:
+    """{"last_value": {D: acc}, "uniform_seen": {D: acc}, "best": {D: the larger}} on evaluate()'s kv probes
+    (or `probe`'s, e.g. data.needle_probe), for one probe seed or the mean over a list of them."""
+    seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed]
     floors = {"last_value": {}, "uniform_seen": {}, "best": {}}
     for d in distances:
-        acc = floor_accuracies(spec, kv_probe(spec, window, d, n_windows, seed=seed))
-        floors["last_value"][d], floors["uniform_seen"][d] = acc or (None, None)
-        floors["best"][d] = max(acc) if acc else None
+        accs = [floor_accuracies(spec, probe(spec, window, d, n_windows, seed=k)) for k in seeds]
+        if any(a is None for a in accs):
+            floors["last_value"][d] = floors["uniform_seen"][d] = floors["best"][d] = None
+            continue
+        floors["last_value"][d], floors["uniform_seen"][d] = (float(np.mean(x)) for x in zip(*accs))
+        floors["best"][d] = max(floors["last_value"][d], floors["uniform_seen"][d])
     return floors
 
 

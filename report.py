@@ -4,10 +4,11 @@ Paper idea: "Short Data, Long Context" (arXiv 2604.06070) judges a student by re
 accuracy against distance, next to its teacher and, in phase 2, its starting point (phase 1's
 weights with the new RoPE base, `step 0`) and its CE-only twin. train.py calls these:
 
-- `quick_eval`: a few probe distances every --eval-interval steps, under the progress bar and in the log;
+- `quick_eval`: a few probe distances every --eval-interval steps, under the progress bar and in the log, on the
+  selection probe seed (evaluate.SELECTION_SEED: what a setting may be chosen on);
 - `report_speed`: tokens/s of the steps (all ranks) and the student's MFU per device;
 - `report`: the probes (or the corpus loss with --data) of every model of the run, printed as a table
-  and saved as OUT/<run>.json;
+  and saved as OUT/<run>.json; each number the mean over the held-out probe seeds (evaluate.HELDOUT_SEEDS);
 - `print_side_by_side`: phase 2's table of teacher, step 0, KD student and CE student.
 """
 import json
@@ -19,7 +20,8 @@ import torch.nn.functional as F
 import dist
 from config import PRESETS
 from data import to_device
-from evaluate import evaluate, format_accuracy, format_table, heuristic_floors, matmul_peak_flops
+from evaluate import (HELDOUT_SEEDS, SELECTION_SEED, evaluate, evaluate_heldout, format_accuracy, format_table,
+                      heuristic_floors, matmul_peak_flops)
 from model import atomic_write
 
 START = "step 0"  # results key of a phase-2 student before its first step (phase 1 + the base switch)
@@ -28,7 +30,7 @@ START = "step 0"  # results key of a phase-2 student before its first step (phas
 def quick_eval(model, args, spec, device, autocast, local, step, bar, log):
     """A few probe distances on half the probe windows, printed under the progress bar and logged."""
     quick = evaluate(model, spec, args.window, quick_distances(args), args.max_doc_len, device, autocast,
-                     PRESETS[args.preset]["eval_windows"] // 2, doc_mask=args.doc_mask,
+                     PRESETS[args.preset]["eval_windows"] // 2, seed=SELECTION_SEED, doc_mask=args.doc_mask,
                      reset_positions=args.reset_positions)
     bar.write(f"  step {local}: " + ", ".join(f"D={d}: {format_accuracy(a)}" for d, a in quick["kv"].items())
               + f", in-doc {format_accuracy(quick['in_doc'])}")
@@ -69,12 +71,13 @@ def report(args, models, device, autocast, spec, results_path, speed, corpus=Non
     if args.data:  # the retrieval probes speak the synthetic language: report the corpus loss instead
         rows = {name: {"corpus_ce": corpus_loss(m, args, corpus, device, autocast)} for name, m in models.items()}
     else:
-        rows = {name: evaluate(m, spec, args.window, dists, args.max_doc_len, device, autocast, n,  # every row
-                               doc_mask=args.doc_mask, reset_positions=args.reset_positions)  # as the run trained
-                for name, m in models.items()}
-    floors = None if args.data else heuristic_floors(spec, args.window, dists, n)  # what no retrieval scores
+        rows = {name: evaluate_heldout(m, spec, args.window, dists, args.max_doc_len, device, autocast, n,  # every
+                                       doc_mask=args.doc_mask, reset_positions=args.reset_positions)  # row as the
+                for name, m in models.items()}  # run trained, on the held-out probe seeds
+    floors = None if args.data else heuristic_floors(spec, args.window, dists, n, list(HELDOUT_SEEDS))  # no retrieval
     results = {"run": args.run_name, "phase": args.phase, "window": args.window, "rope_base": args.rope_base,
-               "kd_weight": args.kd_weight, "seed": args.seed, "max_doc_len": args.max_doc_len,
+               "kd_weight": args.kd_weight, "arm": getattr(args, "arm", None), "seed": args.seed,
+               "max_doc_len": args.max_doc_len, "probe_seeds": None if args.data else list(HELDOUT_SEEDS),
                "results": rows, "floors": floors, "speed": speed}
     os.makedirs(args.out_dir, exist_ok=True)
     atomic_write(results_path, lambda f: json.dump(results, f, indent=1), "w")  # a kill leaves old or new
@@ -83,6 +86,7 @@ def report(args, models, device, autocast, spec, results_path, speed, corpus=Non
                         for name, r in rows.items()))
     else:
         print(format_table(rows, args.max_doc_len, floors["best"]))
+        print(f"(each value: the mean over the held-out probe seeds {list(HELDOUT_SEEDS)})")
     print(f"checkpoint: {os.path.join(args.out_dir, args.run_name + '.pt')}\nresults:    {results_path}")
     return results
 

@@ -11,7 +11,9 @@ RoPE base should be small while the window is short and large once it is long:
   --phase 2        the student from phase 1: the same short documents packed into the long
                    window, the base given by --rope-base (the paper's setting), 0.1 CE + 0.9 KD
                    (--kd-weight 0.9); on by default, a CE-only baseline (--kd-weight 0) trains
-                   side by side
+                   side by side. --arm picks another objective (baselines and ablations: CE
+                   without the recurring answers, CE on the teacher's argmax, KD without the
+                   recurring answers, KD from a teacher under the document mask; config.ARMS)
 
 A phase whose prerequisites are missing trains them first (or exits with --no-auto).
 Each phase ends with the retrieval probes of data.py at distances up to its window,
@@ -39,7 +41,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import dist
-from config import PRESETS, SHIPPED, build_parser, check_out_dir, fail, phase1_name, phase_seed, pick_device, resolve
+from config import (MASKED_ARMS, PRESETS, SHIPPED, build_parser, check_out_dir, fail, phase1_name, phase_seed,
+                    pick_device, resolve)
 from data import (DataError, DataSource, TaskSpec, file_windows, hold_out, prefetch, read_bin_documents,
                   read_text_documents,
                   to_device)
@@ -190,25 +193,49 @@ def train_step(model, teacher, opt, batch, args, autocast):
 
 
 def micro_loss(model, teacher, batch, args, autocast):
-    """Loss of one micro-batch: CE, or (1 - w) CE + w KD against the teacher's logits.
+    """Loss of one micro-batch: CE, or (1 - w) CE + w KD against the teacher's logits, as phase 2's --arm says.
 
-    Returns (loss, ce, kl, correct answers, answers) as 0-dim tensors; kl is NaN without a teacher.
+    batch: (x, y, pos, doc, ans) or, for the masked arms, (x, y, pos, doc, ans, recurring), each (b, T).
+    Returns (loss, ce, kl, correct answers, answers) as 0-dim tensors; kl is NaN without a KD term.
     """
-    x, y, pos, doc, ans = batch  # (b, T) each
-    doc = doc if args.doc_mask else None
+    x, y, pos, doc, ans, *recurring = batch  # (b, T) each
+    arm = getattr(args, "arm", None)
     with autocast:
-        logits = model(x, pos, doc)  # (b, T, V)
-    ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        logits = model(x, pos, doc if args.doc_mask else None)  # (b, T, V)
+    t_logits = arm_teacher_logits(teacher, x, pos, doc, args, autocast)  # (b, T, V) or None
+    keep = ~recurring[0] if arm in MASKED_ARMS else None  # (b, T): False = left out of the arm's masked term
+    targets = t_logits.argmax(-1) if arm == "ce-teacher-labels" else y  # hard-label distillation: teacher's argmax
+    ce = masked_cross_entropy(logits, targets, keep if arm == "ce-masked" else None)
     kl = torch.tensor(float("nan"))
     loss = ce
-    if teacher is not None and args.kd_weight > 0:
-        with autocast:
-            t_logits = teacher_logits(teacher, x, pos, doc)
-        kd, kl = kd_loss(logits, t_logits, temperature=args.temperature, kind=args.kd_loss, beta=args.jsd_beta,
-                         chunk_size=args.kd_chunk)
+    if t_logits is not None and args.kd_weight > 0:
+        kd, kl = kd_loss(logits, t_logits, mask=keep if arm == "kd-masked" else None, temperature=args.temperature,
+                         kind=args.kd_loss, beta=args.jsd_beta, chunk_size=args.kd_chunk)
         loss = (1 - args.kd_weight) * ce + args.kd_weight * kd
     correct = (logits.detach()[ans].argmax(-1) == y[ans]).float().sum()  # argmax of the answer rows only
     return loss, ce, kl, correct, ans.sum().float()
+
+
+def arm_teacher_logits(teacher, x, pos, doc, args, autocast):
+    """The teacher's logits (b, T, V) that the arm learns from, or None when it uses none.
+
+    Under the run's --doc-mask, or under the document mask for --arm kd-teacher-docmask (the teacher cannot see
+    other documents, so any long-range signal it passes on is not retrieval from an earlier document).
+    """
+    arm = getattr(args, "arm", None)
+    if teacher is None or not (args.kd_weight > 0 or arm == "ce-teacher-labels"):
+        return None
+    with autocast:
+        return teacher_logits(teacher, x, pos, doc if args.doc_mask or arm == "kd-teacher-docmask" else None)
+
+
+def masked_cross_entropy(logits, targets, keep=None):
+    """Mean next-token cross-entropy over the positions `keep` (b, T) marks (all when None)."""
+    if keep is None:
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+    per_token = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")  # (b T,)
+    keep = keep.flatten().float()
+    return (per_token * keep).sum() / keep.sum().clamp(min=1)
 
 
 def make_optimizer(model, args, device):
@@ -377,7 +404,8 @@ def run_phase(args, inputs=None):
         os.remove(log_path)  # --overwrite (or a fresh run): the old log goes with the old run
     cfg = model.config
     print(f"== phase {args.phase}: {args.run_name} | window {args.window} | {model.num_params():,} params | "
-          f"loss {'CE' if args.kd_weight == 0 else f'{1 - args.kd_weight:g} CE + {args.kd_weight:g} KD({args.kd_loss}, T={args.temperature:g})'} | {device}")
+          f"loss {'CE' if args.kd_weight == 0 else f'{1 - args.kd_weight:g} CE + {args.kd_weight:g} KD({args.kd_loss}, T={args.temperature:g})'}"
+          + (f" (--arm {args.arm})" if args.phase == "2" else "") + f" | {device}")
     print("  " + format_spectrum(spectrum_summary(cfg.head_dim, cfg.rope_base, args.window)))
     stages = make_stages(args, spec, corpus)
     placed = records_placed(stages)
@@ -513,8 +541,9 @@ def stage_batches(src, start, steps, args, device):
     shape = dist.BatchShape(src.batch_size, dist.world_size(), args.grad_accum)
     rows = shape.rows(dist.rank())
     arrays = prefetch(lambda step: src.batch(step, rows), range(start, steps))  # numpy, in a background thread
+    recurring = getattr(args, "arm", None) in MASKED_ARMS  # the masked arms' sixth tensor
     for step, batch in zip(range(start, steps), arrays):
-        yield step, to_device(batch, device)
+        yield step, to_device(batch, device, recurring)
 
 
 def record_step(state, name, metrics, n_tok, seconds, clock, opt, bar, log, ckpt_path):
@@ -548,7 +577,7 @@ def truncate_log(log_path, step):
 
 def baseline_args(args, argv):
     """Phase 2's CE-only twin: (its name, its argv, its resolved args), args None when its results exist."""
-    ce_argv = argv + ["--kd-weight", "0", "--no-baseline", "--no-auto"]
+    ce_argv = argv + ["--kd-weight", "0", "--arm", "ce", "--no-baseline", "--no-auto"]
     # its own default name (a CE run has no divergence or temperature to name), or --run-name's with kd -> ce
     named = any(a == "--run-name" or a.startswith("--run-name=") for a in argv)
     ce_name = (resolve(build_parser().parse_args(ce_argv)).run_name if not named else
@@ -608,7 +637,7 @@ def train_phase(args, argv):
     run: under torchrun the twin is its own torchrun job, and the table compares it once its results exist)."""
     t0 = time.time()
     baseline = inputs = None
-    twin = args.phase == "2" and args.kd_weight > 0 and not args.no_baseline
+    twin = args.phase == "2" and args.arm == "kd" and not args.no_baseline  # the other arms train alone
     if twin and dist.world_size() == 1:
         ce_name, ce_argv, ce_args = baseline_args(args, argv)
         inputs = check_inputs(args)  # both runs' inputs, before anything is written or launched

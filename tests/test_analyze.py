@@ -80,13 +80,13 @@ def test_spectrum_critical_pair_is_first_pair_without_a_full_turn(tmp_path):
 
 def test_retrieval_same_probes_for_every_checkpoint(run_dir, tmp_path, monkeypatch):
     seen = {}  # model -> the probe windows it was scored on, in order
-    score = evaluate.probe_accuracy
+    score = evaluate.answer_hits  # every probe's forward pass goes through it
 
     def recorded(model, batch, *a, **k):
         seen.setdefault(id(model), []).append(batch["tokens"].copy())
         return score(model, batch, *a, **k)
 
-    monkeypatch.setattr(evaluate, "probe_accuracy", recorded)
+    monkeypatch.setattr(evaluate, "answer_hits", recorded)
     ckpts = [str(run_dir / n) for n in ("teacher.pt", "phase1-b10000.pt", "phase2-kd-b10000-b500000.pt")]
     analyze.main(["retrieval", "--ckpt", *ckpts, "--labels", "T", "P1", "KD", "--distances", "4", "40",
                   "--depths", "0", "1", "--n-windows", "2", "--max-doc-len", "16", "--out", str(tmp_path)])
@@ -107,14 +107,14 @@ def test_retrieval_same_probes_for_every_checkpoint(run_dir, tmp_path, monkeypat
 def test_retrieval_scores_in_document_under_the_checkpoints_own_mask(run_dir, tmp_path, monkeypatch):
     masked = write_ckpt(tmp_path / "masked.pt", phase="2", seed=4, run_args={"doc_mask": True, "reset_positions": True})
     calls = []  # (doc_mask, positions restart) of each in-document probe call
-    score = evaluate.probe_accuracy
+    score = evaluate.answer_hits  # every probe's forward pass goes through it
 
     def recorded(model, batch, *a, doc_mask=False, **k):
         if len(np.unique(batch["doc_ids"])) > 2:  # a packed window: the in-document probe
             calls.append((doc_mask, bool((np.diff(batch["positions"], axis=1) < 0).any())))
         return score(model, batch, *a, doc_mask=doc_mask, **k)
 
-    monkeypatch.setattr(evaluate, "probe_accuracy", recorded)
+    monkeypatch.setattr(evaluate, "answer_hits", recorded)
     analyze.main(["retrieval", "--ckpt", str(run_dir / "teacher.pt"), masked, "--distances", "4", "--depths", "0",
                   "--n-windows", "2", "--max-doc-len", "16", "--out", str(tmp_path)])
     assert calls == [(False, False), (True, True)]  # the teacher as it trained, the masked student as it trained

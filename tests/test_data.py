@@ -174,3 +174,59 @@ def test_hold_out_keeps_the_last_windows_away_from_training():
     assert len(hold_out({k: v[:3] for k, v in packed.items()})[1]["tokens"]) == 1  # at least one window
     with pytest.raises(DataError, match="at least 2"):
         hold_out({k: v[:1] for k, v in packed.items()})
+
+
+# ----------------------------------------------------------------------------- recurring answers, new probes
+
+
+def recurring_by_hand(tokens, doc_ids, answers):
+    """The reference: answer a recurs when its key (at a - 1) stood earlier, in an earlier document, before another
+    value."""
+    out = np.zeros_like(answers)
+    for r in range(len(tokens)):
+        for a in np.flatnonzero(answers[r]):
+            k = tokens[r, a - 1]
+            out[r, a] = any(tokens[r, j] == k and doc_ids[r, j] < doc_ids[r, a - 1] and tokens[r, j + 1] != tokens[r, a]
+                            for j in range(a - 1))
+    return out
+
+
+def test_recurring_mask_marks_exactly_the_answers_whose_key_an_earlier_document_valued_otherwise():
+    batch = synthetic_batch(SPEC, np.random.default_rng(3), "packed", 4, 512, 64, 16)
+    rec = batch["recurring"]
+    assert np.array_equal(rec, recurring_by_hand(batch["tokens"], batch["doc_ids"], batch["answers"]))
+    assert not (rec & ~batch["answers"]).any()  # answers only
+    assert 0.2 < rec.sum() / batch["answers"].sum() < 0.7  # the packed windows' recurring share is substantial
+
+
+def test_recurring_mask_on_a_hand_made_window():
+    k, v1, v2, v3 = 1, 70, 71, 72
+    f = 150  # filler
+    doc1 = np.array([k, v1, f, k, v1])  # record and query: its answer is fresh
+    doc2 = np.array([k, v2, f, k, v2])  # k had v1 in doc 1: the answer recurs
+    doc3 = np.array([2, v3, f, 2, v3])  # key 2 is new: fresh
+    packed = pack_documents([doc1, doc2, doc3], 18, answers=[np.array([0, 0, 0, 0, 1], bool)] * 3)
+    from data import recurring_answers
+    rec = recurring_answers(SPEC, packed["tokens"], packed["doc_ids"], packed["answers"])
+    assert np.flatnonzero(packed["answers"][0]).tolist() == [5, 11, 17]
+    assert np.flatnonzero(rec[0]).tolist() == [11]
+
+
+def test_position_probe_puts_records_in_their_band_and_queries_exactly_d_later():
+    from data import position_probe
+    b = position_probe(SPEC, 1024, 512, 256, band=64, n_windows=2, seed=1)
+    for tok, ans in zip(b["tokens"], b["answers"]):
+        qs = np.flatnonzero(ans) - 1  # query keys
+        assert len(qs) >= 8
+        assert all(tok[q - 512] == tok[q] for q in qs)  # the record's key, D before
+        assert all(1 + 256 <= q - 512 < 1 + 256 + 64 for q in qs)  # behind the SEP, in the band
+    assert not position_probe(SPEC, 1024, 900, 512, n_windows=1)["answers"].any()  # does not fit: no answer
+
+
+def test_needle_probe_has_one_record_per_window_and_seeds_draw_other_windows():
+    from data import needle_probe
+    b = needle_probe(SPEC, 256, 100, n_windows=4, seed=1)
+    assert (b["answers"].sum(1) == 1).all()
+    is_value = np.isin(b["tokens"], SPEC.values())
+    assert (is_value.sum(1) == 2).all()  # the record's value and the answer, nothing else
+    assert not np.array_equal(b["tokens"], needle_probe(SPEC, 256, 100, n_windows=4, seed=2)["tokens"])

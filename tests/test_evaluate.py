@@ -110,3 +110,27 @@ def test_matmul_peak_is_the_best_run_over_sizes_and_is_measured_once(monkeypatch
     assert matmul_peak_flops(CPU, torch.float32, sizes=(8, 16), repeats=2) == peak and len(calls) == 4  # cached
     other = matmul_peak_flops(CPU, torch.bfloat16, sizes=(8, 16), repeats=2)  # another dtype: its own peak
     assert len(calls) == 8 and other == 2 * 16**3 / 8.0
+
+
+def test_held_out_probe_windows_are_other_draws_than_the_selection_ones():
+    from evaluate import HELDOUT_SEEDS, SELECTION_SEED
+    assert SELECTION_SEED not in HELDOUT_SEEDS and len(HELDOUT_SEEDS) >= 3
+    for d in (256, 900):
+        sel = kv_probe(SPEC, 1024, d, 16, seed=SELECTION_SEED)["tokens"]
+        for s in HELDOUT_SEEDS:
+            held = kv_probe(SPEC, 1024, d, 16, seed=s)["tokens"]
+            assert not any(np.array_equal(a, b) for a in sel for b in held)  # no selection window is reported
+
+
+def test_evaluate_heldout_is_the_mean_over_the_held_out_seeds():
+    from evaluate import evaluate_heldout
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(d_model=32, n_head=2, n_kv_head=2, max_seq_len=64))
+    per_seed = [evaluate(model, SPEC, 64, [4, 40], 16, CPU, nullcontext(), n_windows=2, seed=s) for s in (1, 2, 3)]
+    mean = evaluate_heldout(model, SPEC, 64, [4, 40], 16, CPU, nullcontext(), n_windows=2)
+    for d in (4, 40):
+        assert mean["kv"][d] == pytest.approx(np.mean([r["kv"][d] for r in per_seed]))
+    assert mean["in_doc"] == pytest.approx(np.mean([r["in_doc"] for r in per_seed]))
+    r = per_seed[0]  # the in-document score splits into fresh and recurring keys
+    assert min(r["in_doc_fresh"], r["in_doc_recurring"]) <= r["in_doc"] <= max(r["in_doc_fresh"], r["in_doc_recurring"])

@@ -35,7 +35,8 @@ def test_three_phases_end_to_end_with_side_by_side_baseline(tmp_path):
         ckpt = load_checkpoint(os.path.join(out, name + ".pt"))
         assert ckpt["done"] and ckpt["step"] > 0
         res = json.load(open(os.path.join(out, name + ".json")))
-        assert set(res["results"][name]) == {"kv", "in_doc"}
+        assert set(res["results"][name]) == {"kv", "in_doc", "in_doc_fresh", "in_doc_recurring"}
+        assert res["probe_seeds"] == [1, 2, 3]  # reported on the held-out probe seeds
         assert len(losses(os.path.join(out, name + ".jsonl"))) == ckpt["step"]
     kd = load_checkpoint(os.path.join(out, "phase2-kd-b10000-b500000.pt"))
     assert kd["config"]["rope_base"] == 500000.0 and kd["config"]["max_seq_len"] == 64
@@ -422,3 +423,96 @@ def test_yarn_rope_scaling(tiny_teacher, reference, tmp_path):
     assert ckpt["config"]["rope_scaling"] == scaling and model.attention_factor > 1
     assert model.inv_freq[0] == plain.inv_freq[0] and model.inv_freq[-1] == pytest.approx(plain.inv_freq[-1] / 2)
     assert recs[0]["loss"] != reference[0]["loss"]
+
+
+# ----------------------------------------------------------------------------- phase 2's arms
+
+
+def arm_args(arm):
+    return train.resolve(train.build_parser().parse_args(["--phase", "2", "--preset", "tiny", "--arm", arm]))
+
+
+@pytest.fixture(scope="module")
+def arm_setup():
+    """A tiny student, a tiny teacher and a packed batch with recurring answers (the sixth tensor)."""
+    cpu = torch.device("cpu")
+    batch = to_device(DataSource(TaskSpec(), "packed", 256, 2, seed=0, max_doc_len=32, min_doc_len=8).batch(0), cpu,
+                      recurring=True)
+    cfg = GPTConfig(d_model=32, n_head=2, n_kv_head=2, max_seq_len=256)
+    torch.manual_seed(0)
+    student = GPT(cfg)
+    torch.manual_seed(1)
+    teacher = freeze_teacher(GPT(cfg), cpu)
+    assert batch[5].any() and (batch[4] & ~batch[5]).any()  # some recurring answers, some fresh
+    return student, teacher, batch
+
+
+def test_arm_flag_sets_the_loss_and_the_run_name():
+    names = {arm: arm_args(arm) for arm in ("ce", "ce-masked", "ce-teacher-labels", "kd", "kd-masked",
+                                              "kd-teacher-docmask")}
+    assert len({a.run_name for a in names.values()}) == 6  # no run overwrites another
+    assert names["kd"].run_name == "phase2-kd-b10000-b500000" and names["ce"].run_name == "phase2-ce-b10000-b500000"
+    assert all((a.kd_weight == 0) == arm.startswith("ce") for arm, a in names.items())
+    default = train.resolve(train.build_parser().parse_args(["--phase", "2", "--preset", "tiny"]))
+    assert default.arm == "kd" and default.kd_weight == 0.9  # the main command keeps its meaning
+    ce = train.resolve(train.build_parser().parse_args(["--phase", "2", "--preset", "tiny", "--kd-weight", "0"]))
+    assert ce.arm == "ce"
+
+
+@pytest.mark.parametrize("argv, msg", [(["--arm", "kd", "--kd-weight", "0"], "KD arm"),
+                                       (["--arm", "ce-masked", "--kd-weight", "0.5"], "without the KD term"),
+                                       (["--arm", "ce", "--phase", "1"], "needs --phase 2")])
+def test_arm_contradictions_fail_in_one_line(argv, msg, capsys):
+    with pytest.raises(SystemExit) as e:
+        train.resolve(train.build_parser().parse_args(["--phase", "2", "--preset", "tiny"] + argv))
+    assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_ce_masked_loss_ignores_the_recurring_answers(arm_setup):
+    student, teacher, batch = arm_setup
+    x, y, pos, doc, ans, rec = batch
+    args = arm_args("ce-masked")
+    loss = train.micro_loss(student, teacher, batch, args, nullcontext())[0]
+    y2 = torch.where(rec, (y + 7) % 193, y)  # other labels at the recurring answers only
+    assert not torch.equal(y2, y)
+    assert train.micro_loss(student, teacher, (x, y2, pos, doc, ans, rec), args, nullcontext())[0].item() == \
+        pytest.approx(loss.item(), abs=1e-6)
+    plain = train.micro_loss(student, teacher, (x, y2, pos, doc, ans, rec), arm_args("ce"), nullcontext())[0]
+    assert plain.item() != pytest.approx(train.micro_loss(student, teacher, batch, arm_args("ce"), nullcontext())[0]
+                                         .item(), abs=1e-4)  # the plain CE arm does see them
+
+
+def test_kd_masked_kd_term_ignores_the_recurring_answers(arm_setup):
+    student, teacher, batch = arm_setup
+    x, y, pos, doc, ans, rec = batch
+    args = arm_args("kd-masked")
+    with torch.no_grad():
+        logits = student(x, pos)
+        t_logits = teacher(x, pos)
+    kd_keep = train.kd_loss(logits, t_logits, mask=~rec)[0]
+    ce = train.masked_cross_entropy(logits, y)
+    loss = train.micro_loss(student, teacher, batch, args, nullcontext())[0]
+    assert loss.item() == pytest.approx((0.1 * ce + 0.9 * kd_keep).item(), rel=1e-5)
+
+
+def test_ce_teacher_labels_targets_are_the_teachers_argmax(arm_setup):
+    student, teacher, batch = arm_setup
+    x, y, pos, doc, ans, rec = batch
+    with torch.no_grad():
+        t_arg = teacher(x, pos).argmax(-1)
+        expected = train.masked_cross_entropy(student(x, pos), t_arg)
+    got = train.micro_loss(student, teacher, batch, arm_args("ce-teacher-labels"), nullcontext())[0]
+    assert got.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert not torch.equal(t_arg, y)
+
+
+def test_kd_teacher_docmask_teacher_sees_only_its_document(arm_setup):
+    _, teacher, batch = arm_setup
+    x, y, pos, doc, ans, rec = batch
+    got = train.arm_teacher_logits(teacher, x, pos, doc, arm_args("kd-teacher-docmask"), nullcontext())
+    with torch.no_grad():
+        assert torch.allclose(got, teacher(x, pos, doc), atol=1e-6)
+        assert not torch.allclose(got, teacher(x, pos), atol=1e-3)  # the mask changes what it predicts
+    plain = train.arm_teacher_logits(teacher, x, pos, doc, arm_args("kd"), nullcontext())
+    assert torch.allclose(plain, teacher(x, pos), atol=1e-6)
+    assert train.arm_teacher_logits(teacher, x, pos, doc, arm_args("ce"), nullcontext()) is None
