@@ -297,9 +297,21 @@ def kd_peak_rss(vocab, tokens, chunk) -> int:
             f.write("5")
     except OSError:
         pass
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = peak_rss_kib()
     kd_loss(student, teacher, chunk_size=chunk)[0].backward()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024  # ru_maxrss: KiB on Linux
+    return (peak_rss_kib() - before) * 1024
+
+
+def peak_rss_kib() -> int:
+    """The process's peak RSS in KiB: Linux's VmHWM, which /proc/self/clear_refs resets. getrusage's ru_maxrss
+    is not enough: it also keeps the peak a thread had when it exited, which no reset clears, so a peak of the
+    start-up could hide the loss's (a measured growth of 0 bytes on a loaded machine, where the thread pool
+    changes)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
 
 
 def kd_peak_bytes(vocab, tokens, chunk, device) -> int:

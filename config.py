@@ -9,6 +9,7 @@ phases is a flag here; a preset (tiny / cpu / gpu) fills in whatever is not give
 Used by train.py (`python train.py --help` lists every flag).
 """
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -19,6 +20,7 @@ from contextlib import nullcontext
 import torch
 
 from data import TaskSpec
+from model import GPTConfig
 from rope import rope_frequencies, scaling_type
 
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints")
@@ -74,6 +76,35 @@ ARM_SUFFIX = {"ce": "", "ce-masked": "-masked", "ce-teacher-labels": "-tlabels",
               "kd-teacher-docmask": "-tdocmask"}  # run names already say kd or ce
 CE_ARMS = ("ce", "ce-masked", "ce-teacher-labels")  # --kd-weight 0
 MASKED_ARMS = ("ce-masked", "kd-masked")  # their batches carry the recurring-answer mask
+
+
+def student_config(args, init_config=None):
+    """The model config a run trains: from the flags (teacher, phase 1), or phase 1's config (init_config) with
+    phase 2's base, scaling and window (the same weights under a new RoPE: model.switch_rope)."""
+    if init_config is not None:
+        return dataclasses.replace(init_config, rope_base=args.rope_base, rope_scaling=args.scaling,
+                                   max_seq_len=args.window)
+    return GPTConfig(vocab_size=args.vocab_size, n_layer=args.n_layer, n_head=args.n_head, n_kv_head=args.n_kv_head,
+                     d_model=args.d_model, d_ff=args.d_ff, rope_base=args.rope_base, rope_scaling=args.scaling,
+                     max_seq_len=args.window)
+
+
+def curriculum_stages(args):
+    """The curriculum before a phase's own data: [(name, window, batch size, records per window, steps)].
+
+    Windows of the preset's curriculum shorter than the phase's, 3 records per 16 tokens and the same tokens per
+    step at every window; the first stage runs up to --curriculum-steps, each later one a sixth of that (each
+    ends early once the running answer accuracy passes --curriculum-target). None with --curriculum-steps 0.
+    """
+    pre = PRESETS[args.preset]
+    windows = [w for w in pre["curriculum_windows"] if w < args.window] if args.curriculum_steps else []
+    return [(f"curriculum-{w}", w, max(1, pre["curriculum_tokens"] // w), max(1, 3 * w // 16),
+             args.curriculum_steps if i == 0 else max(1, args.curriculum_steps // 6)) for i, w in enumerate(windows)]
+
+
+def stage_batch_sizes(args):
+    """[(stage name, windows per step)] of every stage of the phase, the curriculum's and the main one."""
+    return [(name, batch) for name, _, batch, _, _ in curriculum_stages(args)] + [("main", args.batch_size)]
 
 
 def phase1_name(base, seed=0, window=None, preset="cpu"):

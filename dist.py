@@ -8,7 +8,7 @@ torchtune do:
 - `start` / `stop`: join and leave the process group that torchrun describes in the
   environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); gloo on CPU, nccl on
   CUDA. Without torchrun there is no process group and every helper is a no-op (rank 0 of 1).
-- `BatchShape`, `micro_batches`: the one place that splits a step's global batch into ranks,
+- `BatchShape`, `micro_batches`, `accumulate`: the one place that splits a step's global batch into ranks,
   then each rank's rows into micro-batches.
 - `wrap` / `sync_unless`: the student in DDP (gradients averaged across ranks in backward, not
   on the micro-batches before the last); the frozen teacher is replicated, never wrapped.
@@ -21,7 +21,7 @@ import gc
 import os
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +67,16 @@ def start(args):
     tdist.init_process_group(backend, device_id=torch.device(args.device) if cuda else None)
     if not is_main():
         sys.stdout = open(os.devnull, "w")
+
+
+@contextmanager
+def process_group(args):
+    """start(args) ... stop(): the process group for the length of the block (nothing without torchrun)."""
+    start(args)
+    try:
+        yield
+    finally:
+        stop()
 
 
 def stop():
@@ -138,6 +148,25 @@ def micro_batches(batch, grad_accum: int):
     """A rank's rows (x, y, pos, doc, ans), each (per_rank, T), as grad_accum micro-batches of BatchShape.micro
     rows each, in row order: [(x, y, pos, doc, ans) of rows 0..micro-1, ...]."""
     return list(zip(*(t.chunk(grad_accum) for t in batch)))
+
+
+def accumulate(model, batch, grad_accum, loss_fn):
+    """Forward and backward of loss_fn over this rank's rows in grad_accum micro-batches: each loss divided by
+    grad_accum, DDP's gradient all-reduce on the last micro-batch only. The step's optimizer update follows.
+
+    loss_fn(micro) -> (loss, ce, kl, correct answers, answers), 0-dim tensors (train.training_loss). Returns
+    [loss, ce, kl, correct, answers] of the global batch: the losses averaged over micro-batches and ranks, the
+    answers counted over all of them; the same on every rank.
+    """
+    stats = 0
+    for i, micro in enumerate(micro_batches(batch, grad_accum)):  # K x (x, y, ...), (B / ranks / K, T) each
+        with sync_unless(model, accumulating=i < grad_accum - 1):
+            loss, ce, kl, correct, answers = loss_fn(micro)
+            (loss / grad_accum).backward()
+        stats = stats + torch.stack([loss.detach() / grad_accum, ce.detach() / grad_accum,
+                                     kl.to(loss.device) / grad_accum, correct, answers])
+    stats = sum_across_ranks(stats)
+    return torch.cat([stats[:3] / world_size(), stats[3:]])
 
 
 def wrap(model, device):

@@ -37,21 +37,35 @@ def quick_eval(model, args, spec, device, autocast, local, step, bar, log):
     log.write(json.dumps({"step": step, "eval": quick}) + "\n")
 
 
+def records_placed(stages) -> str:
+    """One line: per synthetic stage, records asked for per window and placed on average in its first batch
+    (data.place_pairs drops a record that finds no free slot: 12-20% in the dense curriculum windows)."""
+    parts = []
+    for name, src, *_ in stages:
+        if src.kind == "long" and src.n_pairs:
+            placed = src.batch(0)["answers"].sum(1).mean()
+            parts.append(f"{name} {src.n_pairs} -> {placed:.1f}")
+    return "  records per window, asked -> placed: " + ", ".join(parts) if parts else None
+
+
 def quick_distances(args):
     ds = [d for d in PRESETS[args.preset]["eval_distances"] if d < args.window]
     return sorted({ds[1], ds[len(ds) // 2], ds[-2], ds[-1]}) if len(ds) >= 4 else ds
 
 
-def report_speed(model, args, device, tokens, seconds, spread=0.0):
+def report_speed(model, args, device, tokens, seconds, spread=0.0, flops=None):
     """tokens/s of the training steps (all ranks together) and MFU per device (the causal FLOP count over the matmul
-    peak of the dtype in use, measured on rank 0); under torchrun also the ranks and how far their weights differ (0.0)."""
+    peak of the dtype in use, measured on rank 0); under torchrun also the ranks and how far their weights differ (0.0).
+    flops: the FLOPs of the steps, each stage counted at its own window (the curriculum's are shorter); without
+    it every token is counted at --window."""
     if not tokens:
         return None
     tok_s = tokens / seconds
     dtype = args.autocast_dtype  # float32 or bfloat16: what pick_device resolved --dtype to
     peak = args.peak_flops or matmul_peak_flops(device, getattr(torch, dtype))
     ranks = dist.world_size()
-    mfu = model.flops_per_token(args.window) * tok_s / ranks / peak  # causal FLOP count (model.flops_per_token)
+    flops = flops if flops is not None else model.flops_per_token(args.window) * tokens  # causal count
+    mfu = flops / seconds / ranks / peak
     # the teacher's forward is not counted: this is the student's MFU
     print(f"speed: {tok_s:,.0f} tokens/s over {seconds:.0f} s of steps (batches included, {dtype}); student MFU "
           f"{mfu:.1%} of {peak / 1e9:,.0f} GFLOP/s ({dtype} matmul peak, {torch.get_num_threads()} threads)"
@@ -94,12 +108,12 @@ def report(args, models, device, autocast, spec, results_path, speed, corpus=Non
 @torch.no_grad()
 def corpus_loss(model, args, corpus, device, autocast, n_batches=8):
     """Mean next-token cross-entropy on the held-out windows of the real corpus (up to n_batches batches)."""
-    held = corpus[1]  # (training windows, held-out windows), from train.load_corpus
+    held = corpus[1]  # (training windows, held-out windows), from runs.load_corpus
     total = count = 0
     for i in range(0, min(len(held["tokens"]), n_batches * args.batch_size), args.batch_size):
-        x, y, pos, _, _ = to_device({k: v[i:i + args.batch_size] for k, v in held.items()}, device)
-        with autocast:
-            total += F.cross_entropy(model(x, pos).float().flatten(0, 1), y.flatten(), reduction="sum").item()
+        x, y, pos, doc, _ = to_device({k: v[i:i + args.batch_size] for k, v in held.items()}, device)
+        with autocast:  # under the attention the run trained with
+            total += F.cross_entropy(model(x, pos, doc if args.doc_mask else None).float().flatten(0, 1), y.flatten(), reduction="sum").item()
         count += y.numel()
     return total / count
 

@@ -190,10 +190,12 @@ def test_nccl_on_cpu_fails_before_the_process_group(tmp_path, capsys, monkeypatc
 
 def test_under_torchrun_phase_2_does_not_launch_its_twin_but_says_how(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(dist, "world_size", lambda: 2)
-    monkeypatch.setattr(train, "launch_baseline", lambda *a: pytest.fail("the CE twin was launched"))
-    monkeypatch.setattr(train, "run_checked", lambda args, inputs, twin: {"results": {}})
+    import runs as bookkeeping  # (`runs` is a fixture here)
+    monkeypatch.setattr(bookkeeping.subprocess, "Popen", lambda *a, **k: pytest.fail("the CE twin was launched"))
+    monkeypatch.setattr(train, "train", lambda args, inputs: {"results": {}})
+    monkeypatch.setattr(bookkeeping, "train_prerequisites", lambda args, train: None)
     argv = ["--phase", "2", "--out-dir", str(tmp_path)] + TINY
-    train.train_phase(train.resolve(train.build_parser().parse_args(argv)), argv)
+    train.main(argv)
     hint = capsys.readouterr().out
     assert "torchrun --nproc_per_node 2 train.py --phase 2" in hint
-    assert "--kd-weight 0 --no-baseline --no-auto --run-name phase2-ce-b10000-b500000" in hint
+    assert "--kd-weight 0 --arm ce --no-baseline --no-auto --run-name phase2-ce-b10000-b500000" in hint

@@ -13,6 +13,7 @@ import analyze
 import bench
 import experiment
 import model
+import runs
 import train
 from data import TaskSpec
 from model import GPT, CheckpointError, GPTConfig, load_checkpoint, save_checkpoint
@@ -265,17 +266,17 @@ def test_a_failing_run_stops_its_twin_unless_interrupted(monkeypatch):
         def failing(*a, code=code):
             raise SystemExit(code)
 
-        monkeypatch.setattr(train, "run_phase", failing)
         twin = Twin()
         with pytest.raises(SystemExit):
-            train.run_checked(args, None, twin)
+            with runs.one_line_errors(args, twin):
+                failing()
         assert twin.terminated == stopped and twin.waited
 
 
 def test_resume_drops_a_log_line_cut_by_a_kill(tmp_path):
     log = tmp_path / "run.jsonl"
     log.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.9}\n{"step": 3, "lo')
-    train.truncate_log(str(log), 2)
+    runs.truncate_log(str(log), 2)
     assert log.read_text() == '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.9}\n'
 
 

@@ -11,6 +11,8 @@ from contextlib import nullcontext
 import pytest
 import torch
 
+import report
+import runs
 import train
 from data import DataSource, TaskSpec, to_device
 from distill import freeze_teacher
@@ -59,7 +61,7 @@ def test_auto_dtype_trains_prerequisites_in_float32_and_phase_2_in_bf16_on_a_bf1
 
 
 def test_no_auto_refuses_missing_prerequisites(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(train, "SHIPPED", str(tmp_path / "none"))
+    monkeypatch.setattr(runs, "SHIPPED", str(tmp_path / "none"))
     with pytest.raises(SystemExit) as e:
         run(["--phase", "2", "--out-dir", str(tmp_path), "--no-auto", "--no-baseline"])
     assert e.value.code == 2
@@ -206,17 +208,18 @@ def test_curriculum_doubles_the_window_up_to_the_phase_window():
 
 def test_shipped_prerequisites_serve_only_the_cpu_preset(tmp_path):
     args = train.resolve(train.build_parser().parse_args(["--phase", "2", "--out-dir", str(tmp_path), "--no-auto"]))
-    assert train.ensure(args, "teacher", None, "teacher.pt", []) == os.path.join(train.SHIPPED, "teacher.pt")
-    assert train.ensure(args, "phase-1", None, "phase1-b10000.pt", []).startswith(train.SHIPPED)
-    assert train.ensure_phase1(args) == os.path.join(train.SHIPPED, "phase1-b10000.pt")
+    assert runs.ensure(args, "teacher", None, "teacher.pt", [], None) == os.path.join(runs.SHIPPED, "teacher.pt")
+    assert runs.ensure(args, "phase-1", None, "phase1-b10000.pt", [], None).startswith(runs.SHIPPED)
+    assert runs.train_prerequisites(args, None) == (os.path.join(runs.SHIPPED, "teacher.pt"),
+                                                    os.path.join(runs.SHIPPED, "phase1-b10000.pt"))
     old = train.resolve(train.build_parser().parse_args(["--phase", "2", "--out-dir", str(tmp_path), "--no-auto",
                                                          "--phase1-window", "256"]))
-    assert train.ensure_phase1(old) == os.path.join(train.SHIPPED, "phase1-b10000-w256.pt")
+    assert runs.phase1_path(old) == os.path.join(runs.SHIPPED, "phase1-b10000-w256.pt")
     assert old.run_name == "phase2-kd-b10000-b500000-w256"
     tiny = train.resolve(train.build_parser().parse_args(["--phase", "2", "--out-dir", str(tmp_path), "--no-auto",
                                                           "--preset", "tiny"]))
     with pytest.raises(SystemExit):  # a tiny run must not pick up the cpu-preset teacher
-        train.ensure(tiny, "teacher", None, "teacher.pt", [])
+        runs.ensure(tiny, "teacher", None, "teacher.pt", [], None)
 
 
 def test_default_phase1_is_short_window_and_its_documents_fit_it():
@@ -247,17 +250,17 @@ def test_run_names_tell_variants_apart(flags, name, base):
 
 def test_variant_twin_reuses_the_plain_ce_run(tmp_path):
     args = train.resolve(train.build_parser().parse_args(["--phase", "2", "--kd-loss", "reverse"]))
-    assert train.baseline_args(args, ["--phase", "2", "--kd-loss", "reverse"])[0] == "phase2-ce-b10000-b500000"
+    assert runs.plan_twin(args, ["--phase", "2", "--kd-loss", "reverse"])[0] == "phase2-ce-b10000-b500000"
     named = train.resolve(train.build_parser().parse_args(["--phase", "2", "--run-name", "my-kd-run"]))
-    assert train.baseline_args(named, ["--phase", "2", "--run-name", "my-kd-run"])[0] == "my-ce-run"
+    assert runs.plan_twin(named, ["--phase", "2", "--run-name", "my-kd-run"])[0] == "my-ce-run"
 
 
 def test_presets_ask_only_for_records_the_data_can_place():
     assert all(pre["long_pairs"] <= TaskSpec().n_keys for pre in train.PRESETS.values())  # unique keys per document
     teacher = train.resolve(train.build_parser().parse_args(["--phase", "teacher"]))
-    line = train.records_placed(train.make_stages(teacher, TaskSpec()))  # said, not silent: the curriculum drops some
+    line = report.records_placed(train.make_stages(teacher, TaskSpec()))  # said, not silent: the curriculum drops some
     assert "curriculum-16 3 -> 2.4" in line and "curriculum-128 24 -> 21.0" in line and "main 48 -> 48.0" in line
-    assert train.records_placed(train.make_stages(train.resolve(train.build_parser().parse_args(["--phase", "2"])),
+    assert report.records_placed(train.make_stages(train.resolve(train.build_parser().parse_args(["--phase", "2"])),
                                                   TaskSpec())) is None  # packed documents: nothing asked per window
 
 
@@ -472,13 +475,13 @@ def test_ce_masked_loss_ignores_the_recurring_answers(arm_setup):
     student, teacher, batch = arm_setup
     x, y, pos, doc, ans, rec = batch
     args = arm_args("ce-masked")
-    loss = train.micro_loss(student, teacher, batch, args, nullcontext())[0]
+    loss = train.training_loss(student, teacher, batch, args, nullcontext())[0]
     y2 = torch.where(rec, (y + 7) % 193, y)  # other labels at the recurring answers only
     assert not torch.equal(y2, y)
-    assert train.micro_loss(student, teacher, (x, y2, pos, doc, ans, rec), args, nullcontext())[0].item() == \
+    assert train.training_loss(student, teacher, (x, y2, pos, doc, ans, rec), args, nullcontext())[0].item() == \
         pytest.approx(loss.item(), abs=1e-6)
-    plain = train.micro_loss(student, teacher, (x, y2, pos, doc, ans, rec), arm_args("ce"), nullcontext())[0]
-    assert plain.item() != pytest.approx(train.micro_loss(student, teacher, batch, arm_args("ce"), nullcontext())[0]
+    plain = train.training_loss(student, teacher, (x, y2, pos, doc, ans, rec), arm_args("ce"), nullcontext())[0]
+    assert plain.item() != pytest.approx(train.training_loss(student, teacher, batch, arm_args("ce"), nullcontext())[0]
                                          .item(), abs=1e-4)  # the plain CE arm does see them
 
 
@@ -491,7 +494,7 @@ def test_kd_masked_kd_term_ignores_the_recurring_answers(arm_setup):
         t_logits = teacher(x, pos)
     kd_keep = train.kd_loss(logits, t_logits, mask=~rec)[0]
     ce = train.masked_cross_entropy(logits, y)
-    loss = train.micro_loss(student, teacher, batch, args, nullcontext())[0]
+    loss = train.training_loss(student, teacher, batch, args, nullcontext())[0]
     assert loss.item() == pytest.approx((0.1 * ce + 0.9 * kd_keep).item(), rel=1e-5)
 
 
@@ -501,7 +504,7 @@ def test_ce_teacher_labels_targets_are_the_teachers_argmax(arm_setup):
     with torch.no_grad():
         t_arg = teacher(x, pos).argmax(-1)
         expected = train.masked_cross_entropy(student(x, pos), t_arg)
-    got = train.micro_loss(student, teacher, batch, arm_args("ce-teacher-labels"), nullcontext())[0]
+    got = train.training_loss(student, teacher, batch, arm_args("ce-teacher-labels"), nullcontext())[0]
     assert got.item() == pytest.approx(expected.item(), rel=1e-6)
     assert not torch.equal(t_arg, y)
 
@@ -516,3 +519,68 @@ def test_kd_teacher_docmask_teacher_sees_only_its_document(arm_setup):
     plain = train.arm_teacher_logits(teacher, x, pos, doc, arm_args("kd"), nullcontext())
     assert torch.allclose(plain, teacher(x, pos), atol=1e-6)
     assert train.arm_teacher_logits(teacher, x, pos, doc, arm_args("ce"), nullcontext()) is None
+
+
+def test_a_second_process_into_the_same_run_refuses_while_the_first_trains(tmp_path, capsys):
+    """Two runs of one name into one folder would overwrite each other's checkpoint and log: the second refuses."""
+    import fcntl
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = open(out / ".teacher.lock", "a+")  # what a running first process holds
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    holder.write("pid 12345\n")
+    holder.flush()
+    with pytest.raises(SystemExit) as e:
+        run(["--phase", "teacher", "--out-dir", str(out), "--steps", "4", "--curriculum-steps", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "teacher is being trained" in err[0] and "pid 12345" in err[0]
+    assert sorted(os.listdir(out)) == [".teacher.lock"]  # nothing written
+    holder.close()  # the first process ends: the lock goes with it
+    run(["--phase", "teacher", "--out-dir", str(out), "--steps", "4", "--curriculum-steps", "0"])
+    assert load_checkpoint(str(out / "teacher.pt"))["done"]
+
+
+def test_grad_accum_in_one_process_trains_like_one_batch(tmp_path):
+    """--grad-accum K: K micro-batches of B/K windows, each loss divided by K, give the gradient of the batch."""
+    argv = ["--phase", "teacher", "--curriculum-steps", "0", "--steps", "20", "--batch-size", "4",
+            "--eval-interval", "0"]
+    run(argv + ["--out-dir", str(tmp_path / "one")])
+    run(argv + ["--out-dir", str(tmp_path / "acc"), "--grad-accum", "2"])
+    a, b = (losses(str(tmp_path / d / "teacher.jsonl")) for d in ("one", "acc"))
+    assert len(a) == len(b) == 20
+    assert max(abs(x[1] - y[1]) for x, y in zip(a, b)) < 1e-5  # a mean of two halves vs a mean of four rows
+    wa, wb = (load_checkpoint(str(tmp_path / d / "teacher.pt"))["model"] for d in ("one", "acc"))
+    assert max((wa[k] - wb[k]).abs().max().item() for k in wa) < 1e-5
+
+
+def test_mfu_counts_each_stage_at_its_own_window():
+    """A curriculum stage of 16-token windows costs fewer FLOPs per token than the phase's window."""
+    import report
+    args = train.resolve(train.build_parser().parse_args(["--phase", "teacher", "--peak-flops", "1e9"] + TINY))
+    args.autocast_dtype = "float32"
+    model = GPT(GPTConfig(vocab_size=193, d_model=32, n_layer=2, n_head=2, n_kv_head=2))
+    short, long_ = model.flops_per_token(8), model.flops_per_token(args.window)
+    assert short < long_
+    speed = report.report_speed(model, args, torch.device("cpu"), 2000, 2.0, flops=1000 * short + 1000 * long_)
+    assert speed["mfu"] == pytest.approx((1000 * short + 1000 * long_) / 2.0 / 1e9)
+
+
+def test_accumulated_micro_batches_give_the_batch_gradient():
+    """dist.accumulate over K micro-batches (each loss / K) gives the gradient and the logged loss of one batch."""
+    import dist
+    cpu = torch.device("cpu")
+    args = train.resolve(train.build_parser().parse_args(["--phase", "2", "--preset", "tiny", "--kd-weight", "0.5"]))
+    batch = to_device(DataSource(TaskSpec(), "packed", 32, 4, seed=0, max_doc_len=16, min_doc_len=8).batch(0), cpu)
+    cfg = GPTConfig(d_model=32, n_head=2, n_kv_head=2, max_seq_len=32)
+    torch.manual_seed(0)
+    student, teacher = GPT(cfg), freeze_teacher(GPT(cfg), cpu)
+    whole = train.training_loss(student, teacher, batch, args, nullcontext())
+    whole[0].backward()
+    g_whole = [p.grad.clone() for p in student.parameters()]
+    student.zero_grad(set_to_none=True)
+    stats = dist.accumulate(student, batch, 2, lambda micro: train.training_loss(student, teacher, micro, args,
+                                                                                 nullcontext()))
+    for p, g in zip(student.parameters(), g_whole):
+        assert torch.allclose(p.grad, g, atol=1e-6)
+    assert stats[0].item() == pytest.approx(whole[0].item(), abs=1e-6)
+    assert stats[3:].tolist() == [whole[3].item(), whole[4].item()]  # answers counted, not averaged

@@ -1,0 +1,405 @@
+"""Run bookkeeping around train.py's loop: inputs checked first, prerequisites, checkpoints, the CE twin.
+
+Paper idea: "Short Data, Long Context" (arXiv 2604.06070) trains in phases (a long-context
+teacher, a short-window student, then the student extended with distillation), each phase
+starting from the checkpoints of the one before. This file is what a phase needs around its
+training loop, so that train.py can show the loop, the step and the loss alone:
+
+- `check_inputs`: every check that needs no training (output folder, data, this run's checkpoint
+  against --resume / --overwrite, the teacher and phase-1 checkpoints that exist), before
+  anything is written; bad input ends in one `error:` line (config.fail), exit code 2.
+- `train_prerequisites`: the teacher / phase-1 checkpoints a phase starts from: found in the output
+  folder or in checkpoints/ (shipped), else trained first (or refused with --no-auto).
+- `RunLock`: one process per run: a second process asked to train the same run refuses.
+- `save_run`, `resume_state`, `record_step`, `truncate_log`: checkpoints, resume and the step log.
+- `plan_twin`, `start_twin`, `finish_twin`, `one_line_errors`: phase 2's CE-only twin, trained side
+  by side as another process, and what happens to it when this run fails.
+"""
+import dataclasses
+import fcntl
+import json
+import math
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+
+import torch
+
+import dist
+from config import (SHIPPED, build_parser, check_out_dir, fail, phase1_name, resolve, stage_batch_sizes,
+                    student_config)
+from data import DataError, file_windows, hold_out, read_bin_documents, read_text_documents
+from distill import load_teacher
+from hf import load_pretrained
+from model import CheckpointError, load_checkpoint, save_checkpoint
+from tokenizer import Tokenizer
+
+TRAIN_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
+
+
+class RunError(Exception):
+    """A run that cannot go on (a non-finite loss, a failed save); one_line_errors reports it in one line."""
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def check_inputs(args):
+    """Every check that needs no training, before a file is written or a process launched.
+
+    Returns (corpus or None, this run's previous checkpoint or None).
+    """
+    check_out_dir(args.out_dir, "--out-dir")
+    if args.attention == "flex" and not args.device.startswith("cuda"):
+        fail("--attention flex trains on CUDA only (torch has no flex-attention backward on CPU); use --attention sdpa")
+    if args.vocab_size is None:  # --data with --tokenizer: the tokenizer's vocabulary (config.resolve left it)
+        args.vocab_size = len(load_tokenizer(args))
+    corpus = load_corpus(args) if args.data else None
+    for name, batch in stage_batch_sizes(args):  # each stage's batch over ranks x micro-batches
+        try:
+            dist.BatchShape(batch, dist.launched_world_size(), args.grad_accum)
+        except ValueError as e:
+            fail(f"--batch-size {batch}: {e}" if name == "main" else
+                 f"the {name} stage (the preset's batch of {batch}; --curriculum-steps 0 skips it): {e}")
+    ckpt_path = run_path(args, ".pt")
+    previous = None
+    if os.path.exists(ckpt_path):
+        try:
+            previous = load_checkpoint(ckpt_path)
+        except CheckpointError as e:
+            if args.resume or not args.overwrite:
+                fail(f"{e} (--overwrite replaces it)")
+        if previous is not None and previous.get("phase", args.phase) != args.phase:
+            fail(f"{ckpt_path} holds a phase-{previous['phase']} run, not phase {args.phase}: choose another "
+                 f"--run-name")
+        if previous is not None and previous.get("done") and not args.overwrite and not args.resume:
+            fail(f"{ckpt_path} is a finished run: pass --overwrite to retrain it, or choose another --run-name")
+        if previous is not None and not previous.get("done") and not args.resume and not args.overwrite:
+            fail(f"{ckpt_path} holds an unfinished run: pass --resume to continue it or --overwrite to restart")
+    elif args.resume:
+        fail(f"--resume: no checkpoint at {ckpt_path}")
+    cpu = torch.device("cpu")
+    if needs_teacher(args) and (path := teacher_path(args)) is not None:
+        try:
+            load_teacher(path, cpu, args.vocab_size)
+        except CheckpointError as e:
+            fail(str(e))
+    init = None
+    if args.phase == "2" and (path := phase1_path(args)) is not None:
+        init = load_init(args, path, cpu)
+    if args.resume and previous is not None and (args.phase != "2" or init is not None):
+        old, new = previous["config"], dataclasses.asdict(student_config(args, init.config if init else None))
+        diff = [f"{k} {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k, v) != v]
+        if diff:
+            fail(f"--resume: {ckpt_path} was trained with other settings than this run asks for: {', '.join(diff)}")
+    return corpus, previous
+
+
+def run_path(args, ext):
+    """OUT/<run name><ext>: the run's checkpoint (.pt), results (.json) and step log (.jsonl)."""
+    return os.path.join(args.out_dir, args.run_name + ext)
+
+
+def load_corpus(args):
+    """--data's documents packed into (training, held-out) windows."""
+    try:
+        if args.data.endswith(".bin"):
+            docs, sep = read_bin_documents(args.data, args.eot_id, args.vocab_size), args.eot_id
+        elif args.tokenizer:  # the teacher's tokens, documents behind its end-of-text token
+            tok = load_tokenizer(args)
+            docs, sep = read_text_documents(args.data, encode=tok.encode), tok.eos_id
+        else:
+            docs, sep = read_text_documents(args.data), 0
+        return hold_out(file_windows(docs, args.window, args.max_doc_len, sep))  # (train, held-out) windows
+    except DataError as e:
+        fail(str(e))
+
+
+def load_tokenizer(args):
+    try:
+        return Tokenizer.from_folder(args.tokenizer)
+    except ValueError as e:
+        fail(f"--tokenizer: {e}")
+
+
+def load_init(args, path, device):
+    """Phase 2's starting point: a finished phase-1 checkpoint with this run's vocabulary and asked-for sizes."""
+    try:
+        model, ckpt = load_pretrained(path, device)
+    except CheckpointError as e:
+        fail(str(e))
+    phase = ckpt.get("phase", "1")  # checkpoints made outside train.py carry no phase
+    if phase != "1":
+        fail(f"--init {path} is a {'teacher' if phase == 'teacher' else f'phase-{phase}'} checkpoint, not a "
+             f"phase-1 student")
+    if not ckpt.get("done", True):
+        fail(f"--init {path} is an unfinished phase-1 run (step {ckpt['step']}): finish it first (--resume)")
+    for name in ("d_model", "n_layer", "n_head", "n_kv_head", "d_ff"):
+        if args.explicit.get(name) is not None and args.explicit[name] != getattr(model.config, name):
+            fail(f"--init {path} has {name} {getattr(model.config, name)}, not the {args.explicit[name]} "
+                 f"asked for: phase 2 keeps phase 1's architecture")
+    if model.config.vocab_size != args.vocab_size:
+        fail(f"--init {path} has vocabulary {model.config.vocab_size}, but this run's data needs {args.vocab_size} "
+             f"(--vocab-size)")
+    return model
+
+
+# ----------------------------------------------------------------------------- prerequisites
+
+
+def needs_teacher(args) -> bool:
+    return args.kd_weight > 0 or args.phase == "2"
+
+
+def find_checkpoint(path_in_out, shipped_name, preset):
+    """The run in the output folder if it exists, else the shipped one (trained with the cpu preset), else None."""
+    if os.path.isfile(path_in_out):
+        return path_in_out
+    shipped = os.path.join(SHIPPED, shipped_name)
+    return shipped if preset == "cpu" and os.path.isfile(shipped) else None
+
+
+def teacher_path(args):
+    """--teacher, else OUT/teacher.pt, else the shipped teacher; None when none exists yet."""
+    return args.teacher or find_checkpoint(os.path.join(args.out_dir, "teacher.pt"), "teacher.pt", args.preset)
+
+
+def phase1_file(args):
+    """File name of the phase-1 run that phase 2 starts from (without --init)."""
+    return phase1_name(args.phase1_base, args.phase1_seed, args.phase1_window, args.preset) + ".pt"
+
+
+def phase1_path(args):
+    """--init, else the phase-1 run of --phase1-base / --phase1-seed / --phase1-window; None when none exists yet."""
+    name = phase1_file(args)
+    return args.init or find_checkpoint(os.path.join(args.out_dir, name), name, args.preset)
+
+
+def common_argv(args):
+    """The flags a prerequisite run shares with the run that needs it (its own seed stays 0)."""
+    argv = ["--preset", args.preset, "--out-dir", args.out_dir, "--device", args.device, "--dtype", args.dtype]
+    argv += ["--grad-accum", str(args.grad_accum)] if args.grad_accum > 1 else []
+    argv += ["--backend", args.backend] if args.backend != "auto" else []
+    return argv + (["--threads", str(args.threads)] if args.threads else [])
+
+
+def train_prerequisites(args, train):
+    """The teacher (for KD and phase 2) and the phase-1 student (for phase 2), each trained first with
+    train(args, inputs) if it does not exist yet. Returns their paths (None where not needed)."""
+    teacher = init = None
+    if needs_teacher(args):
+        teacher = ensure(args, "teacher", args.teacher, "teacher.pt", ["--phase", "teacher"] + common_argv(args),
+                         train)
+    if args.phase == "2":
+        argv = ["--phase", "1", "--rope-base", f"{args.phase1_base:g}", "--seed", str(args.phase1_seed),
+                "--window", str(args.phase1_window)]
+        init = ensure(args, "phase-1", args.init, phase1_file(args), argv + common_argv(args), train)
+    return teacher, init
+
+
+def ensure(args, what, path, shipped_name, phase_argv, train):
+    """A checkpoint path for a prerequisite, training it first (with its own prerequisites) if it is missing."""
+    if path is not None:
+        if not os.path.exists(path):
+            fail(f"{what} checkpoint not found: {path}")
+        return path
+    own = os.path.join(args.out_dir, shipped_name)
+    found = find_checkpoint(own, shipped_name, args.preset)
+    if found:
+        return found
+    if args.no_auto:
+        fail(f"no {what} checkpoint at {own} (train it with: python train.py {' '.join(phase_argv)}, "
+             f"or drop --no-auto)")
+    print(f"[auto] no {what} checkpoint at {own}: training it first "
+          f"(python train.py {' '.join(phase_argv)}); --no-auto stops instead", flush=True)
+    sub = resolve(build_parser().parse_args(phase_argv))
+    inputs = check_inputs(sub)
+    train_prerequisites(sub, train)
+    with RunLock(sub), one_line_errors(sub):
+        train(sub, inputs)
+    return own
+
+
+# ----------------------------------------------------------------------------- one process per run
+
+
+class RunLock:
+    """An exclusive lock on OUT/.<run>.lock while a run trains: a second process asked to train the same run
+    into the same folder refuses in one line instead of overwriting the first one's checkpoint and log. The
+    kernel drops the lock when the process ends, however it ends, so a killed run never leaves it stale."""
+
+    def __init__(self, args):
+        self.path = os.path.join(args.out_dir, f".{args.run_name}.lock")
+        self.run, self.file = args.run_name, None
+
+    def __enter__(self):
+        if not dist.is_main():
+            return self
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "another process"
+            self.file.close()
+            fail(f"{self.run} is being trained in {os.path.dirname(self.path)} by {holder}: wait for it, or choose "
+                 f"another --out-dir or --run-name")
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"pid {os.getpid()}\n")
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc):
+        if self.file is not None:
+            self.file.close()  # closing releases the lock
+
+
+# ----------------------------------------------------------------------------- checkpoints and the step log
+
+
+def checkpoint_dict(model, opt, args, state, done):
+    """A checkpoint is a plain dict: weights, optimizer, config, where the run stands, the RNG, the flags."""
+    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "config": dataclasses.asdict(model.config),
+            "step": state["step"], "stage": state["stage"], "stage_start": state["stage_start"],
+            "acc_ema": state["acc_ema"], "rng": torch.get_rng_state(), "args": vars(args), "phase": args.phase,
+            "done": done, "format": 1}
+
+
+def save_run(model, opt, args, state, done):
+    """Save the run's checkpoint (rank 0 alone under torchrun); a full disk or unwritable folder keeps the
+    previous file and ends in one line."""
+    if not dist.is_main():
+        return
+    ckpt_path = run_path(args, ".pt")
+    try:
+        save_checkpoint(checkpoint_dict(model, opt, args, state, done), ckpt_path)
+    except OSError as e:
+        kept = f"the previous {ckpt_path} is kept" if os.path.exists(ckpt_path) else "no checkpoint was written"
+        raise RunError(f"cannot save the checkpoint at step {state['step']}: {e.strerror or e} "
+                       f"({e.filename or ckpt_path}); {kept}") from None
+
+
+def resume_state(args, previous, model, opt):
+    """Where the run stands: a fresh start, or --resume's checkpoint loaded into model and optimizer."""
+    state = {"step": 0, "stage": 0, "stage_start": 0, "acc_ema": 0.0}
+    log_path = run_path(args, ".jsonl")
+    if not args.resume:
+        if dist.is_main() and os.path.exists(log_path):
+            os.remove(log_path)  # --overwrite (or a fresh run): the old log goes with the old run
+        return state
+    ckpt_path = run_path(args, ".pt")  # its config was checked against this run's by check_inputs
+    try:
+        model.load_state_dict(previous["model"])
+        opt.load_state_dict(previous["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        fail(f"--resume: {ckpt_path} does not match this run's model: {str(e).splitlines()[0][:200]}")
+    torch.set_rng_state(previous["rng"])
+    if dist.is_main():
+        truncate_log(log_path, previous["step"])
+    print(f"resuming {ckpt_path} at step {previous['step']}")
+    return {k: previous[k] for k in state}
+
+
+def record_step(state, clock, metrics, stage, n_tok, flops_per_token, seconds, lr, bar, log):
+    """After a step: stop on a non-finite loss, count the step (tokens, FLOPs, time), log it and show it."""
+    loss, ce, kl, acc = metrics
+    if not math.isfinite(loss):
+        raise RunError(f"non-finite loss ({loss}) at step {state['step']}; the last good checkpoint is kept")
+    clock["tokens"] += n_tok
+    clock["flops"] += n_tok * flops_per_token  # the stage's own window: curriculum stages are shorter
+    clock["seconds"] += seconds
+    state["step"] += 1
+    if math.isfinite(acc):
+        state["acc_ema"] = 0.9 * state["acc_ema"] + 0.1 * acc
+    rec = {"step": state["step"], "stage": stage, "loss": loss, "ce": ce, "kl": kl, "acc": acc, "lr": lr,
+           "tok_s": n_tok / seconds}
+    log.write(json.dumps(rec) + "\n")
+    bar.set_postfix(loss=f"{loss:.3f}", kl=f"{kl:.3f}", acc=f"{state['acc_ema']:.2f}", tok_s=f"{n_tok / seconds:.0f}",
+                    refresh=False)  # the bar redraws on its own clock (train.progress_bar), not every step
+    bar.update(1)
+
+
+def truncate_log(log_path, step):
+    """Drop log records past the checkpoint's step (written before a crash), so a resumed log is exact."""
+    if os.path.exists(log_path):
+        with open(log_path) as f:
+            keep = [line for line in f if line.endswith("\n") and json.loads(line)["step"] <= step]  # a kill may
+            # cut the last line short: it lies past the checkpoint (flushed before each save), so it goes too
+        with open(log_path, "w") as f:
+            f.writelines(keep)
+
+
+# ----------------------------------------------------------------------------- phase 2's CE-only twin
+
+
+def wants_twin(args) -> bool:
+    """Phase 2's KD run trains its CE-only twin side by side (the other --arm values train alone)."""
+    return args.phase == "2" and args.arm == "kd" and not args.no_baseline
+
+
+def plan_twin(args, argv):
+    """The CE-only twin: (its name, its argv, its resolved args); argv and args None when its results exist."""
+    ce_argv = argv + ["--kd-weight", "0", "--arm", "ce", "--no-baseline", "--no-auto"]
+    # its own default name (a CE run has no divergence or temperature to name), or --run-name's with kd -> ce
+    named = any(a == "--run-name" or a.startswith("--run-name=") for a in argv)
+    ce_name = (resolve(build_parser().parse_args(ce_argv)).run_name if not named else
+               args.run_name.replace("-kd-", "-ce-") if "-kd-" in args.run_name else args.run_name + "-ce")
+    if os.path.isfile(os.path.join(args.out_dir, ce_name + ".json")) and not args.overwrite:
+        return ce_name, None, None
+    ce_argv += ["--run-name", ce_name]
+    if args.device == "cpu" and not args.threads:
+        ce_argv += ["--threads", "1"]
+    return ce_name, ce_argv, resolve(build_parser().parse_args(ce_argv))
+
+
+def start_twin(args, plan):
+    """The twin as a side process (1 thread each on CPU), unless it already exists; None without a twin.
+    Under torchrun a twin would be a second job inside this one's process group, so it is only planned."""
+    if plan is None or dist.world_size() > 1:
+        return None
+    ce_name, ce_argv, _ = plan
+    if ce_argv is None:
+        print(f"baseline {ce_name} already trained: reusing it")
+        return None
+    log = os.path.join(args.out_dir, ce_name + ".log")
+    os.makedirs(args.out_dir, exist_ok=True)
+    if args.device == "cpu" and not args.threads:
+        torch.set_num_threads(1)
+    print(f"baseline: training the CE-only twin {ce_name} side by side (log: {log})")
+    return subprocess.Popen([sys.executable, TRAIN_PY] + ce_argv, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def finish_twin(args, plan, proc, results, print_side_by_side):
+    """Wait for the twin, then print the KD-vs-CE table (under torchrun: the twin's command, if not yet run)."""
+    if plan is None or not dist.is_main():
+        return
+    ce_name, ce_argv, _ = plan
+    if proc is not None and proc.wait() != 0:
+        fail(f"the CE baseline failed; see {os.path.join(args.out_dir, ce_name + '.log')}")
+    if proc is None and ce_argv is not None:  # under torchrun
+        print(f"\nthe CE-only twin {ce_name} is not trained under torchrun; train it as its own job, then run "
+              f"this one again (--resume) for the side-by-side table:\n  torchrun --nproc_per_node "
+              f"{dist.world_size()} train.py {' '.join(ce_argv)}")
+        return
+    print_side_by_side(args, results, ce_name)
+
+
+@contextmanager
+def one_line_errors(args, twin=None):
+    """A RunError or a failed write (full disk, unwritable folder) ends in one error line, and a failing run
+    stops its side-by-side twin process (on Ctrl-C the twin saves its own checkpoint first)."""
+    try:
+        yield
+    except BaseException as e:
+        if twin is not None and twin.poll() is None:
+            if not (isinstance(e, KeyboardInterrupt) or getattr(e, "code", None) == 130):
+                twin.terminate()
+            twin.wait()
+        if isinstance(e, RunError):
+            fail(str(e))
+        if isinstance(e, OSError):
+            fail(f"cannot write {e.filename or args.out_dir}: {e.strerror or e}")
+        raise
