@@ -198,15 +198,29 @@ def document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     return (same_doc & causal).unsqueeze(1)
 
 
-def document_block_mask(doc_ids: torch.Tensor):
+def document_block_mask(doc_ids: torch.Tensor, compile_mask: bool | None = None):
     """The same mask as a flex-attention BlockMask: 128 x 128 tiles, the fully masked ones skipped (PyTorch's
-    FlexAttention, 2024). Memory O(B * (T/128)^2) instead of O(B * T^2)."""
+    FlexAttention, 2024). Memory O(B * (T/128)^2) instead of O(B * T^2).
+
+    compile_mask (default: on CUDA) builds it with torch.compile, tile by tile: built eagerly, it first
+    materialises the B x T x T bools it summarises (394 MiB at B = 2, T = 4096, more than the dense mask).
+    The mask of the last doc_ids is kept, so a step's student and teacher, which see the same batch, share one.
+    """
     from torch.nn.attention.flex_attention import create_block_mask
+    last = _LAST_BLOCK_MASK.get("doc_ids")
+    if last is not None and last[0] is doc_ids and last[1] == doc_ids._version:
+        return _LAST_BLOCK_MASK["mask"]
 
     def same_doc_causal(b, h, q, k):
         return (q >= k) & (doc_ids[b, q] == doc_ids[b, k])
     B, T = doc_ids.shape
-    return create_block_mask(same_doc_causal, B, None, T, T, device=doc_ids.device)
+    compile_mask = doc_ids.is_cuda if compile_mask is None else compile_mask
+    mask = create_block_mask(same_doc_causal, B, None, T, T, device=doc_ids.device, _compile=compile_mask)
+    _LAST_BLOCK_MASK.update(doc_ids=(doc_ids, doc_ids._version), mask=mask)  # holds doc_ids: its id stays unique
+    return mask
+
+
+_LAST_BLOCK_MASK = {}  # {"doc_ids": (the tensor, its version counter), "mask": its BlockMask}
 
 
 def flex_attention(q, k, v, block_mask):

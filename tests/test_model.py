@@ -282,3 +282,29 @@ def test_checkpoints_get_the_umask_permissions_not_the_temp_files(tmp_path):
     assert (tmp_path / "a.pt").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "b.pt").stat().st_mode & 0o777 == 0o640
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
+
+
+@torch.no_grad()
+def test_a_steps_student_and_teacher_share_one_flex_block_mask(monkeypatch):
+    """--attention flex: the block mask of a batch is built once, not once per model; rebuilt for new doc ids;
+    on CUDA it is built compiled (tile by tile), never from a materialised T x T mask (checked by reading the
+    call here: no GPU in this suite)."""
+    import torch.nn.attention.flex_attention as fa
+    real, calls = fa.create_block_mask, []
+
+    def counting(*a, **k):
+        calls.append(k.get("_compile"))
+        return real(*a, **{**k, "_compile": False})
+
+    monkeypatch.setattr(fa, "create_block_mask", counting)
+    student, teacher = tiny(), tiny()
+    student.attention = teacher.attention = "flex"
+    x = torch.randint(0, 50, (2, 40))
+    doc = torch.tensor([[0] * 9 + [1] * 31, [0] * 30 + [1] * 10])
+    student(x, doc_ids=doc), teacher(x, doc_ids=doc)
+    assert calls == [False]  # once, eager on the CPU
+    student(x, doc_ids=doc.clone())
+    assert len(calls) == 2  # another batch: its own mask
+    from model import document_block_mask
+    document_block_mask(doc.clone(), compile_mask=True)
+    assert calls[-1] is True
