@@ -300,9 +300,25 @@ def stage_batches(src, start, steps, args, device):
 
 def progress_bar(total, initial, desc, disable=False):
     """A tqdm bar: redrawn in place on a terminal; in a file or a pipe one line every 30 s, not one per step."""
-    on_terminal = sys.stderr.isatty()
-    return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=on_terminal, disable=disable,
-                mininterval=0.1 if on_terminal else 30.0, ncols=None if on_terminal else 100)
+    if sys.stderr.isatty():
+        return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, disable=disable)
+    return tqdm(total=total, initial=initial, desc=desc, disable=disable, mininterval=30.0, ncols=100,
+                file=Lines(sys.stderr))
+
+
+class Lines:
+    """A stream for tqdm in a log file: each redraw on a line of its own instead of behind a carriage return."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text):
+        text = text.replace("\r", "")
+        if text.strip():
+            self.stream.write(text if text.endswith("\n") else text + "\n")
+
+    def flush(self):
+        self.stream.flush()
 
 
 class StopOnInterrupt:

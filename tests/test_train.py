@@ -584,3 +584,14 @@ def test_accumulated_micro_batches_give_the_batch_gradient():
         assert torch.allclose(p.grad, g, atol=1e-6)
     assert stats[0].item() == pytest.approx(whole[0].item(), abs=1e-6)
     assert stats[3:].tolist() == [whole[3].item(), whole[4].item()]  # answers counted, not averaged
+
+
+def test_progress_in_a_log_file_is_a_few_lines_not_one_per_step(capsys):
+    """Off a terminal the bar writes whole lines on a 30 s clock: 1,000 quick steps give a start and an end line."""
+    bar = train.progress_bar(1000, 0, "run main")
+    for _ in range(1000):
+        bar.set_postfix(loss="1.0", refresh=False)
+        bar.update(1)
+    bar.close()
+    err = capsys.readouterr().err
+    assert "\r" not in err and 1 <= len(err.splitlines()) <= 3 and "1000/1000" in err.splitlines()[-1]
