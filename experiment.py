@@ -113,9 +113,29 @@ def cell_stats(runs, dists):
 
 
 def row(label, n, acc, in_doc):
-    cells = [f"{m:.2f}" + (f" ± {s:.2f}" if n > 1 else "") for m, s in zip(acc.mean(0), acc.std(0))]
-    doc = f"{in_doc.mean():.2f}" + (f" ± {in_doc.std():.2f}" if n > 1 else "")
+    """One table row: mean ± sample standard deviation (ddof = 1) over the n runs of each column."""
+    std = acc.std(0, ddof=1) if n > 1 else np.zeros(acc.shape[1])
+    cells = [f"{m:.2f}" + (f" ± {sd:.2f}" if n > 1 else "") for m, sd in zip(acc.mean(0), std)]
+    doc = f"{in_doc.mean():.2f}" + (f" ± {in_doc.std(ddof=1):.2f}" if n > 1 else "")
     return f"| {label} | {n} | " + " | ".join(cells) + f" | {doc} |"
+
+
+def grid_markdown(results) -> str:
+    """The grid's table from its JSON (docs/paper_results.json: the teacher, and per schedule the per-seed
+    accuracies of step 0, KD and CE): one place that turns the numbers into the table the docs show."""
+    teacher, table = results["teacher"], results["schedules"]
+    dists = sorted(int(d) for d in teacher["kv"])
+    head = ("| run (phase-1 base -> phase-2 base) | runs | " + " | ".join(f"D={d}" for d in dists)
+            + " | in-doc |\n|" + " --- |" * (len(dists) + 3))
+    t_cells = " | ".join(f"{teacher['kv'][str(d)]:.2f}" for d in dists)
+    rows = [head, f"| teacher (long documents) | 1 | {t_cells} | {teacher['in_doc']:.2f} |"]
+    for label, entry in table.items():
+        for key in ("step 0", "KD", "CE"):
+            if key in entry:
+                acc, in_doc = np.array(entry[key]["per_seed"], dtype=float), np.array(entry[key]["in_doc_per_seed"])
+                rows.append(row(f"{key} {entry['phase1_base']:g} -> {entry['phase2_base']:g} ({label})", len(acc),
+                                acc, in_doc))
+    return "\n".join(rows)
 
 
 def summarize(args):
@@ -123,7 +143,7 @@ def summarize(args):
     the phase-2 seeds whose runs have finished (a missing run is left out and the row says how many it has)."""
     teacher = load(args, "teacher")
     dists = sorted(int(d) for d in teacher["kv"])
-    rows, table = [], {}
+    table = {}
     groups = {}
     for label, b1, b2, p1, seed in phase2_runs(args):
         groups.setdefault((label if p1 == args.phase1_seeds[0] else f"{label}, phase-1 seed {p1}", b1, b2, p1),
@@ -141,15 +161,12 @@ def summarize(args):
             acc, in_doc = cell_stats(runs, dists)
             entry[key] = {"runs": names["kd"][:1] if key == "step 0" else names[key.lower()],
                           "per_seed": acc.tolist(), "in_doc_per_seed": in_doc.tolist(), "mean": acc.mean(0).tolist(),
-                          "std": acc.std(0).tolist(), "min": acc.min(0).tolist(), "max": acc.max(0).tolist(),
-                          "in_doc_mean": float(in_doc.mean()), "in_doc_std": float(in_doc.std())}
-            rows.append(row(f"{key} {b1:g} -> {b2:g} ({label})", len(runs), acc, in_doc))
+                          "std": acc.std(0, ddof=1).tolist() if len(acc) > 1 else [0.0] * len(dists), "min": acc.min(0).tolist(), "max": acc.max(0).tolist(),
+                          "in_doc_mean": float(in_doc.mean()),
+                          "in_doc_std": float(in_doc.std(ddof=1)) if len(in_doc) > 1 else 0.0}
         table[label] = entry
-    head = ("| run (phase-1 base -> phase-2 base) | runs | " + " | ".join(f"D={d}" for d in dists)
-            + " | in-doc |\n|" + " --- |" * (len(dists) + 3))
-    t_cells = " | ".join(f"{teacher['kv'][str(d)]:.2f}" for d in dists)
-    md = "\n".join([head, f"| teacher (long documents) | 1 | {t_cells} | {teacher['in_doc']:.2f} |"] + rows)
-    md += (f"\n\nKey-value retrieval accuracy at distance D (mean ± std over the phase-2 seeds {args.seeds}; "
+    md = grid_markdown({"teacher": teacher, "schedules": table})
+    md += (f"\n\nKey-value retrieval accuracy at distance D (mean ± sample std over the phase-2 seeds {args.seeds}; "
            f"`runs` counts them); `step 0` is the phase-1 student with the phase-2 base, before any phase-2 step "
            f"(the same for every phase-2 seed); students saw only documents of <= "
            f"{PRESETS[args.preset]['max_doc_len']} tokens.")

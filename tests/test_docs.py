@@ -1,0 +1,71 @@
+"""The README and the docs/ pages: a front page of bounded size, links that resolve, generated tables that
+equal what experiment.py makes of the JSON they come from, and text that speaks of the project alone."""
+import json
+import os
+import re
+
+import pytest
+
+import experiment
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAGES = ["README.md", "WALKTHROUGH.md"] + [os.path.join("docs", f) for f in sorted(os.listdir(os.path.join(ROOT, "docs")))
+                                          if f.endswith(".md")]
+
+
+def read(path):
+    with open(os.path.join(ROOT, path), encoding="utf-8") as f:
+        return f.read()
+
+
+def block(text, name):
+    """The text between `<!-- name: ... -->` and `<!-- /name -->`."""
+    m = re.search(rf"<!-- {name}:[^>]*-->\n(.*?)\n<!-- /{name} -->", text, re.S)
+    assert m, f"no generated {name} block"
+    return m.group(1)
+
+
+def test_the_readme_is_a_front_page():
+    readme = read("README.md")
+    assert len(readme) <= 16_000
+    pages = set(re.findall(r"\]\((docs/[\w.-]+\.md)", readme))
+    assert len(pages) >= 2
+    assert readme.index("## The task") < readme.index("## The headline")  # the task is defined before its table
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_relative_link_resolves(page):
+    folder = os.path.dirname(os.path.join(ROOT, page))
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", read(page)):
+        if "://" not in target:
+            assert os.path.exists(os.path.join(folder, target)), f"{page} links to {target}, which does not exist"
+
+
+def test_the_grid_table_is_what_the_json_gives():
+    results = json.loads(read("docs/paper_results.json"))
+    assert block(read("docs/results.md"), "grid") == experiment.grid_markdown(results)
+
+
+def test_the_grid_reports_sample_standard_deviations():
+    """mean ± std over 3 seeds uses ddof = 1 (the sample standard deviation), as a table of 3 seeds should."""
+    table = experiment.grid_markdown({"teacher": {"kv": {"16": 1.0}, "in_doc": 0.5}, "schedules": {"s": {
+        "phase1_base": 1e4, "phase2_base": 5e5, "KD": {"per_seed": [[0.0], [1.0], [0.5]],
+                                                       "in_doc_per_seed": [0.2, 0.2, 0.2]}}}})
+    assert "| KD 10000 -> 500000 (s) | 3 | 0.50 ± 0.50 | 0.20 ± 0.00 |" in table
+
+
+TOLD = re.compile(r"\bissues?\b|\bsessions?\b|\.\./shared|RECIPE\.md|METHOD\.md|\btracker\b", re.I)
+
+
+def test_the_project_speaks_of_itself_alone():
+    """No text refers to how it was made (a tracker, past work sessions) or to files a clone does not have."""
+    found = []
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("out", "figures", "__pycache__")]
+        for f in files:
+            if f.endswith((".py", ".md")) and f != "test_docs.py":
+                path = os.path.join(folder, f)
+                with open(path, encoding="utf-8") as fh:
+                    found += [f"{os.path.relpath(path, ROOT)}:{i}: {line.strip()[:80]}"
+                              for i, line in enumerate(fh, 1) if TOLD.search(line)]
+    assert not found, "\n".join(found)
