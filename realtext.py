@@ -14,7 +14,8 @@ one on CE alone. Then, on long held-out documents (whole stretches of unseen pla
   (teacher-forced: all digits must be the argmax).
 
 The teacher's logits on the training windows are computed once and cached as their top-k
-(distill.teacher_topk); KD is the forward KL over those k tokens. `check` shows that the
+(distill.teacher_topk); KD is the forward KL over those k tokens plus one bucket for the rest of
+the vocabulary (distill.topk_forward_kl, a true divergence). `check` shows that the
 converted teacher is a working LM (loss on an English paragraph, a greedy continuation, and
 the same for llama.cpp's un-unpermuted weights when --gguf is given).
 
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 
 from config import fail
 from data import pack_documents
-from distill import freeze_teacher, teacher_topk, topk_forward_kl
+from distill import freeze_teacher, teacher_topk, topk_coverage, topk_forward_kl
 from hf import load_gguf, load_pretrained, write_json
 from model import GPT, CheckpointError, GPTConfig
 from tokenizer import Tokenizer
@@ -266,7 +267,7 @@ def run_experiment(args):
     top = cached_teacher_topk(teacher, windows, p["topk"], os.path.join(args.out, "teacher-topk.safetensors"),
                               key, device)
     times = {"teacher_topk_s": time.time() - t0}
-    log(f"teacher's top-{p['topk']} mass on the training windows: {top[1].exp().sum(-1).mean():.3f}")
+    log(f"teacher's top-{p['topk']} mass on the training windows: {topk_coverage(top[1]):.3f}")
     cfg = GPTConfig(vocab_size=len(tok), n_layer=p["n_layer"], n_head=p["n_head"], n_kv_head=p["n_head"],
                     d_model=p["d_model"], d_ff=p["d_ff"], rope_base=teacher.config.rope_base, max_seq_len=p["window"])
     models = {"teacher": teacher}
