@@ -10,7 +10,8 @@ project's GPT (model.py), which knows no file format beyond its own checkpoint:
   rejected in one line, before anything is loaded. safetensors only: no file is unpickled.
 - GGUF (llama.cpp): read and dequantize tensors with the `gguf` package, undo llama.cpp's
   row permutation of W_q / W_k (its RoPE pairs adjacent dims; HF and rope.py pair i with
-  i + d/2), and write an HF folder plus the tokenizer (vocab.json, merges.txt; tokenizer.py).
+  i + d/2), and write an HF folder plus the tokenizer (tokenizer.json, tokenizer_config.json,
+  vocab.json, merges.txt; tokenizer.py).
 - `load_pretrained`: a checkpoint file of this project or an HF folder, for --teacher,
   --init (train.py) and --ckpt (analyze.py).
 
@@ -30,6 +31,7 @@ import torch
 
 from model import GPT, CheckpointError, GPTConfig, load_model
 from rope import rope_frequencies
+from tokenizer import Tokenizer
 
 WEIGHTS, INDEX, CONFIG = "model.safetensors", "model.safetensors.index.json", "config.json"
 HF_ROPE_TYPES = ("linear", "dynamic", "yarn", "llama3")  # the HF rope types rope.py computes
@@ -383,10 +385,13 @@ def load_gguf(path: str, unpermute=True):
 
 
 def convert_gguf(path: str, out_dir: str, overwrite=False) -> GPT:
-    """GGUF -> HF folder (config.json, model.safetensors) with the tokenizer's vocab.json and merges.txt."""
-    from tokenizer import Tokenizer
+    """GGUF -> HF folder (config.json, model.safetensors) with the tokenizer's files (tokenizer.json,
+    tokenizer_config.json, vocab.json, merges.txt)."""
     model, reader = load_gguf(path)
-    tok = Tokenizer.from_gguf_reader(reader)
+    try:
+        tok = Tokenizer.from_gguf(lambda key: gguf_field(reader, key))
+    except ValueError as e:
+        raise FormatError(f"{path}: {e}") from None
     save_hf_folder(model, out_dir, tok.files(), overwrite)
     return model
 
@@ -417,7 +422,8 @@ def main(argv=None):
             print(f"wrote {args.out}: {CONFIG}, {WEIGHTS}{note}")
         elif args.cmd == "convert-gguf":
             model = convert_gguf(args.gguf, args.out, args.overwrite)
-            print(f"wrote {args.out}: {model.num_params():,} parameters; {CONFIG}, {WEIGHTS}, vocab.json, merges.txt")
+            print(f"wrote {args.out}: {model.num_params():,} parameters; {CONFIG}, {WEIGHTS}, tokenizer.json, "
+                  "tokenizer_config.json, vocab.json, merges.txt")
         else:
             model, _ = load_pretrained(args.path)
             print(model.config)
