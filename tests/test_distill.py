@@ -228,3 +228,22 @@ def test_kd_softmax_runs_in_float32_for_bf16_logits(monkeypatch):
     assert loss.dtype == torch.float32 and s.grad.dtype == torch.bfloat16
     ref, _ = kd_loss(s.detach().float(), t.float())
     assert loss.item() == pytest.approx(ref.item(), rel=1e-6)  # the same sum as float32 inputs
+
+
+def test_a_hostile_hf_folder_teacher_is_refused_before_anything_is_allocated(tmp_path):
+    """train.py --teacher / --init reach hf.load_hf_folder through here: a config.json declaring absurd sizes
+    is a CheckpointError (train.py prints it as one error line), not an allocation."""
+    import json
+    import os
+
+    import hf
+    from model import CheckpointError
+    m = GPT(GPTConfig(vocab_size=40, d_model=16, n_head=2, n_kv_head=2, n_layer=1, max_seq_len=16))
+    folder = str(tmp_path / "t")
+    hf.save_hf_folder(m, folder)
+    cfg = json.load(open(os.path.join(folder, "config.json")))
+    for change, message in [({"num_hidden_layers": 1_000_000}, "num_hidden_layers must be"),
+                            ({"vocab_size": 4_000_000}, "but the config implies")]:
+        json.dump(dict(cfg, **change), open(os.path.join(folder, "config.json"), "w"))
+        with pytest.raises(CheckpointError, match=message):
+            load_teacher(folder, torch.device("cpu"))

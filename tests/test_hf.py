@@ -213,7 +213,7 @@ def test_bad_input_is_one_error_line_exit_2_nothing_written(tmp_path, capsys, ca
         hf.main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error:")
-    assert case != "shape_mismatch" or "shape mismatch for model.embed_tokens.weight" in err[0]
+    assert case != "shape_mismatch" or "model.embed_tokens.weight has shape (50, 32) but the config implies" in err[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, no temp folder
     assert os.listdir(tmp_path / "full") == ["keep.txt"]
 
@@ -320,3 +320,63 @@ def test_gguf_of_another_architecture_is_refused(tmp_path):
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
     with pytest.raises(FormatError, match="architecture 'qwen2'"):
         hf.load_gguf(str(tmp_path / "q.gguf"))
+
+
+HOSTILE = {"vocab_2e9": {"vocab_size": 2e9}, "vocab_int_2e9": {"vocab_size": 2_000_000_000},
+           "hidden_2e7": {"hidden_size": 20_000_000}, "layers_1e6": {"num_hidden_layers": 1_000_000},
+           "heads_0": {"num_attention_heads": 0}, "vocab_text": {"vocab_size": "50"},
+           # within the bounds, but not what the weights' headers hold: refused before anything is built
+           "vocab_4e6": {"vocab_size": 4_000_000}, "wide": {"hidden_size": 65536, "num_attention_heads": 512,
+                                                            "num_key_value_heads": 512, "intermediate_size": 1 << 20},
+           "layers_1000": {"num_hidden_layers": 1000}}
+
+
+def test_hostile_configs_are_one_error_line_each_in_bounded_memory(tmp_path):
+    """config.json sizes are checked against bounds and against the safetensors headers' shapes before
+    anything is allocated: `hf.py info` on each folder ends in one error line, exit 2, nothing written,
+    all under a 4 GB address-space limit (one subprocess runs every case: torch loads once)."""
+    import subprocess
+    import sys
+    folders = []
+    for case, change in HOSTILE.items():
+        folder = str(tmp_path / case)
+        hf.save_hf_folder(tiny(), folder)
+        cfg = json.load(open(os.path.join(folder, hf.CONFIG)))
+        json.dump(dict(cfg, **change), open(os.path.join(folder, hf.CONFIG), "w"))
+        folders.append(folder)
+    before = {f: sorted(os.listdir(f)) for f in folders}
+    script = """
+import contextlib, io, json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+import hf
+report = []
+for folder in sys.argv[1:]:
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            hf.main(["info", folder])
+            code = 0
+        except SystemExit as e:
+            code = e.code
+    report.append([code, err.getvalue(), out.getvalue()])
+print(json.dumps(report))
+"""
+    here = os.path.dirname(os.path.abspath(hf.__file__))
+    run = subprocess.run([sys.executable, "-c", script, *folders], capture_output=True, text=True, cwd=here,
+                         timeout=300, env={**os.environ, "PYTHONPATH": here})
+    assert run.returncode == 0, run.stderr[-3000:]
+    for case, (code, err, out) in zip(HOSTILE, json.loads(run.stdout)):
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and not out, (case, err)
+    assert {f: sorted(os.listdir(f)) for f in folders} == before and len(os.listdir(tmp_path)) == len(HOSTILE)
+
+
+def test_a_gguf_whose_tensors_do_not_match_its_metadata_is_refused_before_building(tmp_path, monkeypatch):
+    m = tiny(vocab_size=len(tiny_vocab()[0]), d_model=64, n_head=4, n_kv_head=4, d_ff=64, tie_embeddings=False)
+    path = str(tmp_path / "t.gguf")
+    write_gguf(path, m, quantized=False)
+    real = hf.gguf_config
+    monkeypatch.setattr(hf, "gguf_config", lambda r: dict(real(r), intermediate_size=1 << 20))
+    monkeypatch.setattr(hf, "GPT", lambda cfg: pytest.fail("the model was built before the shapes were checked"))
+    with pytest.raises(FormatError, match="mlp.gate_proj.weight has shape .* but the config implies"):
+        hf.load_gguf(path)
