@@ -30,7 +30,7 @@ import tempfile
 import torch
 
 from model import GPT, CheckpointError, GPTConfig, load_model
-from rope import rope_frequencies
+from rope import rope_frequencies, scaling_type
 from tokenizer import Tokenizer
 
 WEIGHTS, INDEX, CONFIG = "model.safetensors", "model.safetensors.index.json", "config.json"
@@ -133,8 +133,10 @@ def rope_from_hf(hf: dict):
         raise FormatError(f"rope_scaling keys {extra} are not supported")
     scaling = {k: v for k, v in params.items() if k not in ("rope_theta", "type")}
     scaling["rope_type"] = rope_type
-    if rope_type in ("dynamic", "yarn"):  # HF falls back to max_position_embeddings
+    if rope_type == "yarn":  # HF falls back to max_position_embeddings
         scaling.setdefault("original_max_position_embeddings", hf.get("max_position_embeddings", 2048))
+    if rope_type == "dynamic":  # HF measures dynamic NTK from max_position_embeddings and does not scale below it
+        scaling["original_max_position_embeddings"] = hf.get("max_position_embeddings", 2048)
     return base, scaling
 
 
@@ -193,9 +195,17 @@ def hf_config(cfg: GPTConfig) -> dict:
     """config.json for LlamaForCausalLM. Attention-only blocks (d_ff 0) cannot be expressed in HF
     Llama; they are written with intermediate_size 1 and zero MLP weights (see export_weights)."""
     base, scaling = cfg.rope_base, cfg.rope_scaling
-    if scaling is not None and scaling.get("rope_type", scaling.get("type")) == "ntk":
+    kind = scaling_type(scaling)
+    if kind == "ntk":
         # NTK-aware scaling is a plain base change: base' = base * s^(d/(d-2)) (rope.py _ntk)
         base, scaling = base * float(scaling["factor"]) ** (cfg.head_dim / (cfg.head_dim - 2)), None
+    elif kind == "dynamic":
+        # rope.py fixes dynamic NTK's base for the model's window (max_seq_len); HF's `dynamic` would measure
+        # from max_position_embeddings and leave every shorter input unscaled. The exact equivalent is the
+        # plain base rope.py uses: base' = base * (s L / L_orig - (s - 1))^(d/(d-2)), L = max_seq_len (rope.py)
+        factor, orig = float(scaling["factor"]), scaling["original_max_position_embeddings"]
+        L = max(cfg.max_seq_len, orig)
+        base, scaling = base * (factor * L / orig - (factor - 1)) ** (cfg.head_dim / (cfg.head_dim - 2)), None
     return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": cfg.vocab_size,
             "hidden_size": cfg.d_model, "intermediate_size": cfg.d_ff or 1, "num_hidden_layers": cfg.n_layer,
             "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_kv_head, "head_dim": cfg.head_dim,
@@ -317,11 +327,27 @@ def export_weights(model: GPT) -> dict:
     return {k: v.clone() for k, v in sd.items()}  # no shared storage (safetensors refuses it)
 
 
+EXPORT_FILES = {CONFIG, WEIGHTS, "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"}
+
+
+def is_previous_export(folder: str) -> bool:
+    """A folder that save_hf_folder wrote: config.json and model.safetensors, and no other files than its own."""
+    if not os.path.isdir(folder) or os.path.islink(folder):
+        return False
+    entries = set(os.listdir(folder))
+    return {CONFIG, WEIGHTS} <= entries and entries <= EXPORT_FILES and \
+        all(os.path.isfile(os.path.join(folder, e)) for e in entries)
+
+
 def write_folder(out_dir: str, files: dict, overwrite=False):
     """Write {name: callable(path)} into a temp folder beside out_dir, then rename it into place:
     a failure or a kill leaves no half-written folder."""
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)) and not overwrite:
-        raise FormatError(f"{out_dir} exists and is not empty (pass --overwrite)")
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+        if not overwrite:
+            raise FormatError(f"{out_dir} exists and is not empty (pass --overwrite)")
+        if not is_previous_export(out_dir):
+            raise FormatError(f"--overwrite replaces only a folder this tool wrote ({CONFIG} and {WEIGHTS}, "
+                              f"nothing else but tokenizer files): {out_dir} is not one, so it is left alone")
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-hf-")
@@ -391,7 +417,8 @@ def gguf_config(reader) -> dict:
     tokens = gguf_field(reader, "tokenizer.ggml.tokens") or []
     hf = {"model_type": "llama", "vocab_size": g("vocab_size", len(tokens)), "hidden_size": g("embedding_length"),
           "num_hidden_layers": g("block_count"), "num_attention_heads": g("attention.head_count"),
-          "num_key_value_heads": g("attention.head_count_kv"), "intermediate_size": g("feed_forward_length"),
+          "num_key_value_heads": g("attention.head_count_kv", g("attention.head_count")),  # llama.cpp's default
+          "intermediate_size": g("feed_forward_length"),
           "max_position_embeddings": g("context_length", 2048), "rope_theta": g("rope.freq_base", 10000.0),
           "rms_norm_eps": g("attention.layer_norm_rms_epsilon", 1e-5),
           "tie_word_embeddings": not any(t.name == "output.weight" for t in reader.tensors)}

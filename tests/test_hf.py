@@ -1,4 +1,5 @@
 """hf.py: Llama names, HF folders (config mapping, safetensors, shards, export), GGUF conversion."""
+import dataclasses
 import json
 import math
 import os
@@ -121,6 +122,7 @@ def test_unsupported_configs_are_named(change, message):
                        "original_max_position_embeddings": 16}),
     dict(rope_scaling={"rope_type": "yarn", "factor": 4, "original_max_position_embeddings": 16}),
     dict(rope_scaling={"rope_type": "ntk", "factor": 4}),  # written as the equivalent plain base
+    dict(rope_scaling={"rope_type": "dynamic", "factor": 4, "original_max_position_embeddings": 16}),  # likewise
 ])
 def test_export_then_read_back_gives_identical_logits(tmp_path, kw):
     m = tiny(**kw)
@@ -256,13 +258,15 @@ def tiny_vocab():
     return tokens, merges
 
 
-def write_gguf(path, m, quantized=True):
+def write_gguf(path, m, quantized=True, head_count_kv=True):
     """A llama.cpp-style GGUF of `m`: permuted W_q / W_k, Q8_0 embedding, Q4_1 matrices, F32 norms."""
     import gguf
     cfg, tokens, merges = m.config, *tiny_vocab()
     w = gguf.GGUFWriter(path, "llama")
     w.add_block_count(cfg.n_layer); w.add_embedding_length(cfg.d_model); w.add_feed_forward_length(cfg.d_ff)
-    w.add_head_count(cfg.n_head); w.add_head_count_kv(cfg.n_kv_head); w.add_rope_freq_base(cfg.rope_base)
+    w.add_head_count(cfg.n_head); w.add_rope_freq_base(cfg.rope_base)
+    if head_count_kv:
+        w.add_head_count_kv(cfg.n_kv_head)
     w.add_layer_norm_rms_eps(cfg.norm_eps); w.add_context_length(cfg.max_seq_len)
     w.add_rope_dimension_count(cfg.head_dim); w.add_vocab_size(cfg.vocab_size)
     w.add_tokenizer_model("gpt2"); w.add_tokenizer_pre("smollm"); w.add_token_list(tokens)
@@ -380,3 +384,66 @@ def test_a_gguf_whose_tensors_do_not_match_its_metadata_is_refused_before_buildi
     monkeypatch.setattr(hf, "GPT", lambda cfg: pytest.fail("the model was built before the shapes were checked"))
     with pytest.raises(FormatError, match="mlp.gate_proj.weight has shape .* but the config implies"):
         hf.load_gguf(path)
+
+
+def hf_dynamic_inv_freq(base, factor, max_position_embeddings, head_dim, seq_len):
+    """transformers' dynamic NTK (_compute_dynamic_ntk_parameters + dynamic_rope_update) for an input of
+    seq_len tokens: measured from max_position_embeddings, unscaled up to it."""
+    seq_len = max(seq_len, max_position_embeddings)
+    base = base * ((factor * seq_len / max_position_embeddings) - (factor - 1)) ** (head_dim / (head_dim - 2))
+    return 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+
+
+def test_dynamic_rope_follows_transformers_convention_both_ways(tmp_path):
+    """Import: an HF dynamic config scales nothing up to max_position_embeddings, whatever
+    original_max_position_embeddings says. Export: a dynamic model is written as the plain base rope.py
+    uses for its window, which transformers computes identically at every length."""
+    from rope import rope_frequencies
+    hd = HF_LLAMA["hidden_size"] // HF_LLAMA["num_attention_heads"]
+    cfg = config_from_hf(dict(HF_LLAMA, rope_scaling={"rope_type": "dynamic", "factor": 4.0,
+                                                      "original_max_position_embeddings": 16}))
+    ours = rope_frequencies(cfg.head_dim, cfg.rope_base, cfg.rope_scaling, cfg.max_seq_len)[0].double()
+    hf_freq = hf_dynamic_inv_freq(1e4, 4.0, HF_LLAMA["max_position_embeddings"], hd, seq_len=40)
+    assert torch.allclose(ours, hf_freq, rtol=1e-6, atol=0)  # inputs within the window: unscaled in both
+    m = tiny(rope_scaling={"rope_type": "dynamic", "factor": 4, "original_max_position_embeddings": 16})
+    conf = hf.hf_config(m.config)
+    assert conf["rope_scaling"] is None and conf["max_position_embeddings"] == m.config.max_seq_len
+    theirs = 1.0 / conf["rope_theta"] ** (torch.arange(0, m.config.head_dim, 2, dtype=torch.float64) / m.config.head_dim)
+    assert torch.allclose(m.inv_freq.double(), theirs, rtol=1e-6, atol=0)
+    assert conf["rope_theta"] > 2 * m.config.rope_base  # the window's stretch is kept, not dropped
+
+
+def test_gguf_without_head_count_kv_defaults_to_head_count(tmp_path):
+    m = tiny(vocab_size=len(tiny_vocab()[0]), d_model=64, n_head=4, n_kv_head=4, d_ff=64, tie_embeddings=False)
+    path = str(tmp_path / "t.gguf")
+    write_gguf(path, m, quantized=False, head_count_kv=False)
+    converted, reader = hf.load_gguf(path)
+    assert hf.gguf_field(reader, "llama.attention.head_count_kv") is None and converted.config.n_kv_head == 4
+    x = torch.randint(0, m.config.vocab_size, (1, 12))
+    assert torch.allclose(converted.eval()(x), m(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("target", ["cwd", "foreign", "extra_file", "export"])
+def test_overwrite_replaces_only_a_previous_export(tmp_path, monkeypatch, capsys, target):
+    m = tiny()
+    ckpt = str(tmp_path / "m.pt")
+    save_checkpoint({"model": m.state_dict(), "config": dataclasses.asdict(m.config), "step": 1}, ckpt)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    out = {"cwd": ".", "foreign": str(work), "extra_file": "prev", "export": "prev"}[target]
+    if target in ("extra_file", "export"):
+        hf.save_hf_folder(m, "prev")
+        if target == "extra_file":
+            (work / "prev" / "notes.txt").write_text("mine")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    if target == "export":
+        hf.main(["export", ckpt, out, "--overwrite"])
+        assert sorted(os.listdir("prev")) == ["config.json", "model.safetensors"]
+        return
+    with pytest.raises(SystemExit) as e:
+        hf.main(["export", ckpt, out, "--overwrite"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "replaces only a folder this tool wrote" in err[0]
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing deleted or written
