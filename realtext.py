@@ -126,9 +126,28 @@ def passkey_prompts(tok, distances, trials, seed=0):
 # ----------------------------------------------------------------------------- teacher cache
 
 
+def teacher_identity(path) -> list:
+    """What makes a teacher this teacher: its path and, for each of its files, size and modification time."""
+    path = os.path.abspath(path)
+    files = sorted(os.listdir(path)) if os.path.isdir(path) else [""]
+    return [path] + [[f, os.stat(os.path.join(path, f)).st_size, os.stat(os.path.join(path, f)).st_mtime_ns]
+                     for f in files if os.path.isfile(os.path.join(path, f))]
+
+
+def cache_key(teacher_path, teacher, device, p, seed) -> str:
+    """The cache's key: the teacher's identity, the device and dtype it ran in, and the windows' settings."""
+    dtype = str(next(teacher.parameters()).dtype)
+    return json.dumps([teacher_identity(teacher_path), str(device), dtype, p["window"], p["min_doc_len"],
+                       p["max_doc_len"], p["train_windows"], p["topk"], seed])
+
+
 @torch.no_grad()
 def cached_teacher_topk(teacher, windows, k, path, key, device):
-    """Teacher top-k (ids, log-probs) on every training window, from `path` when its key matches."""
+    """Teacher top-k (ids, log-probs) on every training window, from `path` when its key matches.
+
+    Position i of window w holds the teacher's prediction after reading w[:i + 1], the target the
+    student is trained toward at the same position (windows[:, :-1] in, windows[:, 1:] out). The file
+    is written to a temporary name first and renamed: a kill never leaves a half-written cache."""
     from safetensors.torch import load_file, save_file
     from safetensors import safe_open
     if os.path.isfile(path):
@@ -144,7 +163,13 @@ def cached_teacher_topk(teacher, windows, k, path, key, device):
         print(f"\r  teacher top-{k}: window {i + 1}/{len(windows)} ({time.time() - t0:.0f} s)", end="", flush=True)
     print()
     ids, logp = torch.cat(ids), torch.cat(logp)  # (N, window, k)
-    save_file({"ids": ids, "logp": logp}, path, metadata={"key": key})
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        save_file({"ids": ids, "logp": logp}, tmp, metadata={"key": key})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return ids.long(), logp
 
 
@@ -240,8 +265,9 @@ def run_check(args):
             raw, _ = load_gguf(args.gguf, unpermute=False)
         except CheckpointError as e:
             fail(str(e))
-        out["paragraph_loss_llama_cpp_layout"] = paragraph_loss(raw.eval(), tok, args.device)
-        out["greedy_llama_cpp_layout"] = greedy(raw.eval(), tok, "The capital of France is", 12, args.device)
+        raw = freeze_teacher(raw.to(args.device), torch.device(args.device))  # where the converted model runs
+        out["paragraph_loss_llama_cpp_layout"] = paragraph_loss(raw, tok, args.device)
+        out["greedy_llama_cpp_layout"] = greedy(raw, tok, "The capital of France is", 12, args.device)
     for k, v in out.items():
         print(f"{k}: {v!r}" if isinstance(v, str) else f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}")
     return out
@@ -261,8 +287,7 @@ def run_experiment(args):
     windows = training_windows(plays, tok, p, args.seed)
     log(f"{len(plays)} training plays -> {len(windows)} windows of {p['window']} tokens (documents of "
         f"{p['min_doc_len']}-{p['max_doc_len']} tokens); held out: {', '.join(held)}")
-    key = json.dumps([os.path.abspath(args.teacher), p["window"], p["min_doc_len"], p["max_doc_len"],
-                      p["train_windows"], p["topk"], args.seed])
+    key = cache_key(args.teacher, teacher, device, p, args.seed)
     t0 = time.time()
     top = cached_teacher_topk(teacher, windows, p["topk"], os.path.join(args.out, "teacher-topk.safetensors"),
                               key, device)
