@@ -177,12 +177,13 @@ def cached_teacher_topk(teacher, windows, k, path, key, device):
 
 
 def train_student(cfg, windows, top, kd_weight, p, device, seed, log):
-    """A student from scratch (same init and batches for every kd_weight): (1-w) CE + w top-k KD."""
+    """A student from scratch (same init and batches for every kd_weight): (1-w) CE + w top-k KD.
+    Returns (model in eval mode, [(step, CE, top-k KL)] at every logged step)."""
     torch.manual_seed(seed)
     model = GPT(cfg).to(device)
     opt_args = SimpleNamespace(lr=p["lr"], warmup=p["warmup"], schedule="cosine", weight_decay=0.1)
     opt = make_optimizer(model, opt_args, device)
-    rng = np.random.default_rng(seed)
+    rng, history = np.random.default_rng(seed), []
     t0 = time.time()
     for step in range(p["steps"]):
         idx = torch.from_numpy(rng.integers(0, len(windows), p["batch_size"]))
@@ -198,8 +199,9 @@ def train_student(cfg, windows, top, kd_weight, p, device, seed, log):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % 25 == 0 or step == p["steps"] - 1:
+            history.append((step, ce.item(), kl.item()))
             log(f"  step {step}: ce {ce.item():.3f}, top-k KL {kl.item():.3f} ({time.time() - t0:.0f} s)")
-    return model.eval()
+    return model.eval(), history
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -292,14 +294,15 @@ def run_experiment(args):
     top = cached_teacher_topk(teacher, windows, p["topk"], os.path.join(args.out, "teacher-topk.safetensors"),
                               key, device)
     times = {"teacher_topk_s": time.time() - t0}
-    log(f"teacher's top-{p['topk']} mass on the training windows: {topk_coverage(top[1]):.3f}")
+    coverage = topk_coverage(top[1])
+    log(f"teacher's top-{p['topk']} mass on the training windows: {coverage:.3f}")
     cfg = GPTConfig(vocab_size=len(tok), n_layer=p["n_layer"], n_head=p["n_head"], n_kv_head=p["n_head"],
                     d_model=p["d_model"], d_ff=p["d_ff"], rope_base=teacher.config.rope_base, max_seq_len=p["window"])
-    models = {"teacher": teacher}
+    models, histories = {"teacher": teacher}, {}
     for name, w in (("KD student", 0.5), ("CE student", 0.0)):
         log(f"{name}: {GPT(cfg).num_params():,} parameters, loss {1 - w:g} CE + {w:g} KD, {p['steps']} steps")
         t0 = time.time()
-        models[name] = train_student(cfg, windows, top, w, p, device, args.seed, log)
+        models[name], histories[name] = train_student(cfg, windows, top, w, p, device, args.seed, log)
         times[name.split()[0] + "_train_s"] = time.time() - t0
     t0 = time.time()
     segs = held_out_segments(held, tok, p["eval_docs"], p["window"])
@@ -307,10 +310,28 @@ def run_experiment(args):
     results = {name: {"buckets": bucket_losses(token_losses(m, segs, device)),
                       "passkey": passkey_accuracy(m, prompts, device)} for name, m in models.items()}
     times["eval_s"], times["total_s"] = time.time() - t0, time.time() - t_start
-    write_json(os.path.join(args.out, "results.json"), {"preset": args.preset, "settings": p, "seed": args.seed,
-                                                        "results": results, "times": times})
+    write_json(os.path.join(args.out, "results.json"), {
+        "preset": args.preset, "settings": p, "seed": args.seed, "results": results, "times": times,
+        "teacher_topk_coverage": coverage, "student_params": GPT(cfg).num_params(),
+        "train_windows": {"n": len(windows), "plays": len(plays), "held_out": list(held)},
+        "train_log": {name: [dict(zip(("step", "ce", "topk_kl"), h)) for h in hist]
+                      for name, hist in histories.items()},
+        "machine": machine()})
     print_tables(results, p, len(segs), times)
     return results
+
+
+def machine() -> dict:
+    """What the run's times were measured on: CPU model, cores, threads, torch version, date."""
+    import platform
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d")}
 
 
 def print_tables(results, p, n_segs, times):
