@@ -11,13 +11,17 @@ positional, long-range information that the short documents alone do not.
   requires_grad False), bf16 on CUDA; a checkpoint must be a finished teacher run, and the
   vocabulary must match the student's.
 - `teacher_logits`: the teacher's forward under torch.inference_mode().
-- `teacher_topk` / `topk_forward_kl`: a teacher's logits cached as their top-k tokens, and
-  the forward KL over those (realtext.py: a real teacher, computed once per window).
-- `kd_loss`: forward KL(teacher || student), reverse KL, or the generalized JSD of GKD
-  (Agarwal et al. 2024), with temperature T (scaled by T^2), averaged over unmasked
-  tokens, in float32 over chunks of tokens: only one chunk of vocabulary-wide float32
-  probabilities exists at a time, in the forward *and* the backward pass (the backward
-  recomputes each chunk), so memory does not grow with B*T*V in float32.
+- `forward_kl` / `plain_kd_loss`: the paper's loss as it writes it, T^2 * mean over tokens of
+  KL(p_t || p_s) = sum_v p_t (log p_t - log p_s): the reference, read this first.
+- `kd_loss`: what train.py calls: the forward KL, the reverse KL, or the generalized JSD of
+  GKD (Agarwal et al. 2024), with temperature T (scaled by T^2), averaged over unmasked
+  tokens, in float32. A memory optimisation, `ChunkedDivergence`, computes it over chunks of
+  tokens: only one chunk of vocabulary-wide float32 probabilities exists at a time, in the
+  forward *and* the backward pass (the backward recomputes each chunk); tested equal, value
+  and gradient, to the plain autograd path (chunk_size 0).
+- `teacher_topk` / `topk_forward_kl`: a teacher's logits cached as their top-k tokens, and the
+  forward KL over those k tokens plus one "rest" bucket (realtext.py: a real teacher,
+  computed once per window).
 """
 import math
 
@@ -27,14 +31,32 @@ import torch.nn.functional as F
 from hf import load_pretrained
 from model import CheckpointError
 
-# ----------------------------------------------------------------------------- divergences
-# Each maps float32 logits (n, V) of student and teacher, already divided by T, to (n,).
+# ----------------------------------------------------------------------------- the paper's loss
 
 
 def forward_kl(s, t):
-    """KL(p_t || p_s) = sum p_t (log p_t - log p_s): mass-covering; the paper's logit KD."""
-    log_ps, log_pt = F.log_softmax(s, -1), F.log_softmax(t, -1)
-    return (log_pt.exp() * (log_pt - log_ps)).sum(-1)
+    """KL(p_t || p_s) = sum_v p_t (log p_t - log p_s), per token (n,): the paper's logit KD (mass-covering).
+
+    s, t: float32 logits (n, V) of student and teacher, already divided by the temperature."""
+    log_ps, log_pt = F.log_softmax(s, -1), F.log_softmax(t, -1)  # (n, V)
+    return (log_pt.exp() * (log_pt - log_ps)).sum(-1)  # (n,)
+
+
+def plain_kd_loss(student_logits, teacher_logits, mask=None, temperature=1.0):
+    """The reference: T^2 * mean over unmasked tokens of KL(p_t || p_s) at temperature T (Hinton et al. 2015).
+
+    student_logits, teacher_logits (B, T, V); mask (B, T) bool, True = use. kd_loss computes the same
+    (chunk_size 0 is exactly this, in float32); it adds other divergences and the chunked option."""
+    V = student_logits.shape[-1]
+    kl = forward_kl(student_logits.reshape(-1, V).float() / temperature,
+                    teacher_logits.reshape(-1, V).detach().float() / temperature)  # (B*T,)
+    if mask is not None:
+        kl = kl[mask.reshape(-1)]
+    return temperature**2 * kl.mean()
+
+
+# ----------------------------------------------------------------------------- other divergences
+# Each maps float32 logits (n, V) of student and teacher, already divided by T, to (n,).
 
 
 def reverse_kl(s, t):
@@ -67,11 +89,21 @@ def divergence_fn(kind: str, beta: float = 0.5):
     raise ValueError(f"unknown KD loss {kind!r}: forward, reverse or jsd")
 
 
-class ChunkedDivergence(torch.autograd.Function):
-    """sum_n weights_n * div(student_n / T, teacher_n / T), chunk by chunk, in float32.
+def weighted_divergence(student, teacher, weights, div, temperature):
+    """sum_n weights_n * div(student_n / T, teacher_n / T) in float32, by plain autograd: the reference."""
+    return (div(student.float() / temperature, teacher.float() / temperature) * weights).sum()
 
-    Forward keeps no float32 vocab-wide tensor beyond one chunk; backward recomputes
-    each chunk under autograd and writes its gradient into the student's dtype.
+
+# ----------------------------------------------------------------------------- memory optimisation: chunks
+
+
+class ChunkedDivergence(torch.autograd.Function):
+    """weighted_divergence, chunk by chunk: the same value and gradient (tested), less memory.
+
+    Plain autograd keeps every float32 (N, V) intermediate of the divergence for the backward pass;
+    this forward keeps none beyond one chunk, and the backward recomputes each chunk under autograd
+    and writes its gradient into the student's dtype. It matters when N * V is large (a real
+    vocabulary on a long window); at this project's vocabulary of 193 it changes nothing.
     """
 
     @staticmethod
@@ -104,7 +136,8 @@ def kd_loss(student_logits, teacher_logits, mask=None, temperature=1.0, kind="fo
     """Distillation loss, averaged over unmasked tokens and scaled by T^2 (Hinton et al. 2015).
 
     student_logits, teacher_logits (B, T, V) or (N, V); mask (B, T) or (N,) bool, True = use.
-    chunk_size: tokens per float32 chunk (0 = all at once).
+    chunk_size: tokens per float32 chunk (ChunkedDivergence); 0 = plain autograd (weighted_divergence,
+    for kind forward exactly plain_kd_loss). Both give the same value and gradient.
     Returns (loss, divergence): `divergence` is the detached per-token divergence itself
     (for kind forward: the true KL at temperature T, 0 when the distributions match).
     """
@@ -114,17 +147,26 @@ def kd_loss(student_logits, teacher_logits, mask=None, temperature=1.0, kind="fo
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     V = student_logits.shape[-1]
-    s, t = student_logits.reshape(-1, V), teacher_logits.reshape(-1, V).detach()
+    s, t = student_logits.reshape(-1, V), teacher_logits.reshape(-1, V).detach()  # (N, V)
     m = torch.ones(s.shape[0], device=s.device) if mask is None else mask.reshape(-1).float()
-    weights = m / m.sum().clamp(min=1)
-    div = ChunkedDivergence.apply(s, t, weights, divergence_fn(kind, beta), float(temperature),
-                                  chunk_size or s.shape[0])
+    weights = m / m.sum().clamp(min=1)  # (N,): a mean over the unmasked tokens
+    div = divergence_fn(kind, beta)
+    if chunk_size:
+        div = ChunkedDivergence.apply(s, t, weights, div, float(temperature), chunk_size)
+    else:
+        div = weighted_divergence(s, t, weights, div, float(temperature))
     return div * temperature**2, div.detach()
 
 
 # ----------------------------------------------------------------------------- cached teacher (top-k)
 # A real teacher costs far more than a small student: its logits can be computed once and kept as
 # their k most likely tokens per position (a (B, T, k) id and log-prob pair instead of (B, T, V)).
+# The loss then compares the two distributions coarsened to k + 1 outcomes: each of the teacher's
+# k tokens, and one bucket "any other token" holding the rest of the mass. That is a true KL
+# (between two distributions on k + 1 outcomes): >= 0, zero with zero gradient when the student
+# equals the teacher, equal to the full forward KL when k = V, and never above it (coarsening
+# cannot increase a KL: the data-processing inequality). Dropping the bucket would not be a
+# divergence: its minimum puts all the student's mass on the k tokens.
 
 
 def teacher_topk(logits, k):
@@ -134,12 +176,24 @@ def teacher_topk(logits, k):
 
 
 def topk_forward_kl(student_logp, top_ids, top_logp):
-    """sum over the teacher's top-k tokens of p_t (log p_t - log p_s), per position (...,).
+    """KL(p_t || p_s) over the teacher's k tokens plus one bucket for the rest, per position (...,).
 
-    The forward KL of kd_loss restricted to those k tokens (p_t not renormalized): the part of
-    the teacher's mass outside them, 1 - sum p_t, gives no gradient. student_logp: log-softmax (..., V).
+    = sum_k p_t (log p_t - log p_s) + r_t (log r_t - log r_s), r = 1 - sum_k p (the mass outside
+    the k tokens). student_logp: log-softmax (..., V); top_ids, top_logp: teacher_topk (..., k).
+    k = V gives forward_kl exactly (no rest).
     """
-    return (top_logp.exp() * (top_logp - student_logp.gather(-1, top_ids))).sum(-1)
+    log_ps = student_logp.gather(-1, top_ids)  # (..., k)
+    kl = (top_logp.exp() * (top_logp - log_ps)).sum(-1)  # (...,)
+    if top_ids.shape[-1] == student_logp.shape[-1]:
+        return kl
+    rest_t = (-torch.expm1(torch.logsumexp(top_logp, -1))).clamp(min=0)  # (...,) teacher mass outside
+    log_rest_s = student_logp.scatter(-1, top_ids, float("-inf")).logsumexp(-1)  # (...,) log of the student's
+    return kl + torch.xlogy(rest_t, rest_t) - rest_t * log_rest_s
+
+
+def topk_coverage(top_logp):
+    """Mean share of the teacher's probability mass its k tokens hold (what the top-k loss sees exactly)."""
+    return top_logp.exp().sum(-1).mean().item()
 
 
 # ----------------------------------------------------------------------------- teacher

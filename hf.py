@@ -10,7 +10,8 @@ project's GPT (model.py), which knows no file format beyond its own checkpoint:
   rejected in one line, before anything is loaded. safetensors only: no file is unpickled.
 - GGUF (llama.cpp): read and dequantize tensors with the `gguf` package, undo llama.cpp's
   row permutation of W_q / W_k (its RoPE pairs adjacent dims; HF and rope.py pair i with
-  i + d/2), and write an HF folder plus the tokenizer (vocab.json, merges.txt; tokenizer.py).
+  i + d/2), and write an HF folder plus the tokenizer (tokenizer.json, tokenizer_config.json,
+  vocab.json, merges.txt; tokenizer.py).
 - `load_pretrained`: a checkpoint file of this project or an HF folder, for --teacher,
   --init (train.py) and --ckpt (analyze.py).
 
@@ -29,7 +30,8 @@ import tempfile
 import torch
 
 from model import GPT, CheckpointError, GPTConfig, load_model
-from rope import rope_frequencies
+from rope import rope_frequencies, scaling_type
+from tokenizer import Tokenizer
 
 WEIGHTS, INDEX, CONFIG = "model.safetensors", "model.safetensors.index.json", "config.json"
 HF_ROPE_TYPES = ("linear", "dynamic", "yarn", "llama3")  # the HF rope types rope.py computes
@@ -57,6 +59,31 @@ def llama_key_map(cfg: GPTConfig) -> dict:
             for proj in ("gate", "up", "down"):
                 m[hf + f"mlp.{proj}_proj.weight"] = me + f"mlp.w_{proj}.weight"
     return m
+
+
+def llama_shapes(cfg: GPTConfig) -> dict:
+    """{HF parameter name: shape} the config implies, computed without allocating anything."""
+    d, hd, ff, V = cfg.d_model, cfg.head_dim, cfg.d_ff, cfg.vocab_size
+    by_suffix = {"embed_tokens.weight": (V, d), "lm_head.weight": (V, d), "norm.weight": (d,),
+                 "layernorm.weight": (d,), "q_proj.weight": (cfg.n_head * hd, d),
+                 "k_proj.weight": (cfg.n_kv_head * hd, d), "v_proj.weight": (cfg.n_kv_head * hd, d),
+                 "o_proj.weight": (d, cfg.n_head * hd), "gate_proj.weight": (ff, d), "up_proj.weight": (ff, d),
+                 "down_proj.weight": (d, ff)}
+    return {name: next(v for k, v in by_suffix.items() if name.endswith(k)) for name in llama_key_map(cfg)}
+
+
+def check_shapes(cfg: GPTConfig, shapes: dict, where: str):
+    """The tensors' {name: shape} (from file headers) against the config, before any model is built."""
+    expected = llama_shapes(cfg)
+    shapes = {k: tuple(v) for k, v in shapes.items() if not k.endswith("rotary_emb.inv_freq")}
+    if cfg.tie_embeddings:
+        shapes.pop("lm_head.weight", None)
+    unknown, missing = sorted(set(shapes) - set(expected)), sorted(set(expected) - set(shapes))
+    if unknown or missing:
+        raise FormatError(f"{where} does not match its config: unknown tensors {unknown[:3]}, missing {missing[:3]}")
+    for name, shape in expected.items():
+        if shapes[name] != shape:
+            raise FormatError(f"{where}: {name} has shape {shapes[name]} but the config implies {shape}")
 
 
 def llama_state_dict(model: GPT) -> dict:
@@ -106,13 +133,34 @@ def rope_from_hf(hf: dict):
         raise FormatError(f"rope_scaling keys {extra} are not supported")
     scaling = {k: v for k, v in params.items() if k not in ("rope_theta", "type")}
     scaling["rope_type"] = rope_type
-    if rope_type in ("dynamic", "yarn"):  # HF falls back to max_position_embeddings
+    if rope_type == "yarn":  # HF falls back to max_position_embeddings
         scaling.setdefault("original_max_position_embeddings", hf.get("max_position_embeddings", 2048))
+    if rope_type == "dynamic":  # HF measures dynamic NTK from max_position_embeddings and does not scale below it
+        scaling["original_max_position_embeddings"] = hf.get("max_position_embeddings", 2048)
     return base, scaling
+
+
+# Sizes a config.json may declare: far above any Llama-family model (vocabularies up to 256K, widths up to
+# 16K, 126 layers), far below what would exhaust memory before the weights' own shapes are compared.
+SIZE_BOUNDS = {"vocab_size": 1 << 22, "hidden_size": 1 << 16, "num_hidden_layers": 1024, "num_attention_heads": 1024,
+               "num_key_value_heads": 1024, "intermediate_size": 1 << 20, "head_dim": 1024,
+               "max_position_embeddings": 1 << 24}
+
+
+def check_sizes(hf: dict):
+    """Every size in config.json an integer in 1..SIZE_BOUNDS (FormatError otherwise): checked before the
+    config is used for anything, so a hostile value (vocab_size 2e9, 1e6 layers) allocates nothing."""
+    for key, bound in SIZE_BOUNDS.items():
+        v = hf.get(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= bound:
+            raise FormatError(f"config.json: {key} must be an integer from 1 to {bound:,}, got {v!r}")
 
 
 def config_from_hf(hf: dict) -> GPTConfig:
     """GPTConfig of an HF Llama config.json; FormatError names the first thing the GPT cannot compute."""
+    check_sizes(hf)
     if hf.get("model_type") != "llama":
         raise FormatError(f"model_type {hf.get('model_type')!r} is not supported (only 'llama')")
     for key in ("attention_bias", "mlp_bias"):
@@ -147,9 +195,17 @@ def hf_config(cfg: GPTConfig) -> dict:
     """config.json for LlamaForCausalLM. Attention-only blocks (d_ff 0) cannot be expressed in HF
     Llama; they are written with intermediate_size 1 and zero MLP weights (see export_weights)."""
     base, scaling = cfg.rope_base, cfg.rope_scaling
-    if scaling is not None and scaling.get("rope_type", scaling.get("type")) == "ntk":
+    kind = scaling_type(scaling)
+    if kind == "ntk":
         # NTK-aware scaling is a plain base change: base' = base * s^(d/(d-2)) (rope.py _ntk)
         base, scaling = base * float(scaling["factor"]) ** (cfg.head_dim / (cfg.head_dim - 2)), None
+    elif kind == "dynamic":
+        # rope.py fixes dynamic NTK's base for the model's window (max_seq_len); HF's `dynamic` would measure
+        # from max_position_embeddings and leave every shorter input unscaled. The exact equivalent is the
+        # plain base rope.py uses: base' = base * (s L / L_orig - (s - 1))^(d/(d-2)), L = max_seq_len (rope.py)
+        factor, orig = float(scaling["factor"]), scaling["original_max_position_embeddings"]
+        L = max(cfg.max_seq_len, orig)
+        base, scaling = base * (factor * L / orig - (factor - 1)) ** (cfg.head_dim / (cfg.head_dim - 2)), None
     return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": cfg.vocab_size,
             "hidden_size": cfg.d_model, "intermediate_size": cfg.d_ff or 1, "num_hidden_layers": cfg.n_layer,
             "num_attention_heads": cfg.n_head, "num_key_value_heads": cfg.n_kv_head, "head_dim": cfg.head_dim,
@@ -182,11 +238,22 @@ def read_safetensors(path: str) -> dict:
         raise FormatError(f"cannot read {path}: {str(e).splitlines()[0][:200]}") from None
 
 
-def read_weights(folder: str) -> dict:
-    """All tensors of an HF folder: model.safetensors, or the shards its index names (all must exist)."""
+def safetensors_shapes(path: str) -> dict:
+    """{name: shape} from a .safetensors file's header only (no tensor is read)."""
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(path, "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (OSError, SafetensorError, ValueError) as e:
+        raise FormatError(f"cannot read {path}: {str(e).splitlines()[0][:200]}") from None
+
+
+def weight_files(folder: str) -> list:
+    """The .safetensors files holding an HF folder's weights: model.safetensors, or the shards its index
+    names (all must exist)."""
     single, index = os.path.join(folder, WEIGHTS), os.path.join(folder, INDEX)
     if os.path.isfile(single):
-        return read_safetensors(single)
+        return [single]
     if not os.path.isfile(index):
         bins = [f for f in os.listdir(folder) if f.endswith((".bin", ".pt", ".pth"))]
         raise FormatError(f"{folder} has no {WEIGHTS} or {INDEX}" +
@@ -194,25 +261,44 @@ def read_weights(folder: str) -> dict:
     weight_map = read_json(index).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise FormatError(f"{index} has no weight_map")
+    if not all(isinstance(v, str) for v in weight_map.values()):
+        raise FormatError(f"{index}: weight_map values must be file names")
     shards = sorted(set(weight_map.values()))
     absent = [s for s in shards if not os.path.isfile(os.path.join(folder, s))]
     if absent:
         raise FormatError(f"{folder}: missing shard(s) {absent[:3]} named in {INDEX}")
+    return [os.path.join(folder, s) for s in shards]
+
+
+def read_weight_shapes(folder: str) -> dict:
+    """{name: shape} of every tensor of an HF folder, from the headers alone."""
+    shapes = {}
+    for path in weight_files(folder):
+        shapes.update(safetensors_shapes(path))
+    index = os.path.join(folder, INDEX)
+    if os.path.isfile(index) and not os.path.isfile(os.path.join(folder, WEIGHTS)):
+        lost = sorted(k for k in read_json(index)["weight_map"] if k not in shapes)
+        if lost:
+            raise FormatError(f"{folder}: tensors {lost[:3]} listed in {INDEX} are not in their shards")
+    return shapes
+
+
+def read_weights(folder: str) -> dict:
+    """All tensors of an HF folder: model.safetensors, or the shards its index names."""
     tensors = {}
-    for shard in shards:
-        tensors.update(read_safetensors(os.path.join(folder, shard)))
-    lost = sorted(k for k in weight_map if k not in tensors)
-    if lost:
-        raise FormatError(f"{folder}: tensors {lost[:3]} listed in {INDEX} are not in their shards")
+    for path in weight_files(folder):
+        tensors.update(read_safetensors(path))
     return tensors
 
 
 def load_hf_folder(folder: str, device="cpu"):
-    """(GPT float32 on `device`, info dict) from an HF Llama folder; every check runs before any copy."""
+    """(GPT float32 on `device`, info dict) from an HF Llama folder. Every check runs before anything is
+    allocated: the config's sizes against bounds, then against the tensors' shapes in the file headers."""
     cfg_path = os.path.join(folder, CONFIG)
     if not os.path.isfile(cfg_path):
         raise FormatError(f"{folder} is not a Hugging Face model folder (no {CONFIG})")
     cfg = config_from_hf(read_json(cfg_path))
+    check_shapes(cfg, read_weight_shapes(folder), folder)
     tensors = {k: v.float() for k, v in read_weights(folder).items()}
     model = GPT(cfg)
     load_llama_state_dict(model, tensors)
@@ -241,11 +327,27 @@ def export_weights(model: GPT) -> dict:
     return {k: v.clone() for k, v in sd.items()}  # no shared storage (safetensors refuses it)
 
 
+EXPORT_FILES = {CONFIG, WEIGHTS, "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"}
+
+
+def is_previous_export(folder: str) -> bool:
+    """A folder that save_hf_folder wrote: config.json and model.safetensors, and no other files than its own."""
+    if not os.path.isdir(folder) or os.path.islink(folder):
+        return False
+    entries = set(os.listdir(folder))
+    return {CONFIG, WEIGHTS} <= entries and entries <= EXPORT_FILES and \
+        all(os.path.isfile(os.path.join(folder, e)) for e in entries)
+
+
 def write_folder(out_dir: str, files: dict, overwrite=False):
     """Write {name: callable(path)} into a temp folder beside out_dir, then rename it into place:
     a failure or a kill leaves no half-written folder."""
-    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)) and not overwrite:
-        raise FormatError(f"{out_dir} exists and is not empty (pass --overwrite)")
+    if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
+        if not overwrite:
+            raise FormatError(f"{out_dir} exists and is not empty (pass --overwrite)")
+        if not is_previous_export(out_dir):
+            raise FormatError(f"--overwrite replaces only a folder this tool wrote ({CONFIG} and {WEIGHTS}, "
+                              f"nothing else but tokenizer files): {out_dir} is not one, so it is left alone")
     parent = os.path.dirname(os.path.abspath(out_dir))
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-hf-")
@@ -315,7 +417,8 @@ def gguf_config(reader) -> dict:
     tokens = gguf_field(reader, "tokenizer.ggml.tokens") or []
     hf = {"model_type": "llama", "vocab_size": g("vocab_size", len(tokens)), "hidden_size": g("embedding_length"),
           "num_hidden_layers": g("block_count"), "num_attention_heads": g("attention.head_count"),
-          "num_key_value_heads": g("attention.head_count_kv"), "intermediate_size": g("feed_forward_length"),
+          "num_key_value_heads": g("attention.head_count_kv", g("attention.head_count")),  # llama.cpp's default
+          "intermediate_size": g("feed_forward_length"),
           "max_position_embeddings": g("context_length", 2048), "rope_theta": g("rope.freq_base", 10000.0),
           "rms_norm_eps": g("attention.layer_norm_rms_epsilon", 1e-5),
           "tie_word_embeddings": not any(t.name == "output.weight" for t in reader.tensors)}
@@ -336,17 +439,21 @@ def gguf_tensor(t) -> torch.Tensor:
     return torch.from_numpy(dequantize(t.data, t.tensor_type).reshape(tuple(reversed(t.shape.tolist()))).copy())
 
 
+def gguf_hf_name(name: str) -> str:
+    """The HF Llama name of a GGUF tensor ("blk.3.attn_q.weight" -> "model.layers.3.self_attn.q_proj.weight")."""
+    parts = name.split(".")
+    if parts[0] == "blk" and len(parts) == 4 and parts[2] in GGUF_NAMES:
+        return f"model.layers.{parts[1]}.{GGUF_NAMES[parts[2]]}.{parts[3]}"
+    if len(parts) == 2 and parts[0] in GGUF_NAMES:
+        return f"{GGUF_NAMES[parts[0]]}.{parts[1]}"
+    raise FormatError(f"GGUF tensor {name!r} has no Llama counterpart")
+
+
 def gguf_state_dict(reader, hf: dict, unpermute=True) -> dict:
     """HF Llama state dict of a GGUF; W_q / W_k un-permuted back to rotate-half unless unpermute=False."""
     sd = {}
     for t in reader.tensors:
-        parts = t.name.split(".")
-        if parts[0] == "blk" and len(parts) == 4 and parts[2] in GGUF_NAMES:
-            name = f"model.layers.{parts[1]}.{GGUF_NAMES[parts[2]]}.{parts[3]}"
-        elif len(parts) == 2 and parts[0] in GGUF_NAMES:
-            name = f"{GGUF_NAMES[parts[0]]}.{parts[1]}"
-        else:
-            raise FormatError(f"GGUF tensor {t.name!r} has no Llama counterpart")
+        name = gguf_hf_name(t.name)
         w = gguf_tensor(t)
         if unpermute and name.endswith("q_proj.weight"):
             w = llama_cpp_unpermute(w, hf["num_attention_heads"])
@@ -373,7 +480,9 @@ def load_gguf(path: str, unpermute=True):
     """(GPT, GGUF reader) from a llama.cpp llama-architecture GGUF file."""
     reader = open_gguf(path)
     hf = gguf_config(reader)
-    model = GPT(config_from_hf(hf))
+    cfg = config_from_hf(hf)
+    check_shapes(cfg, {gguf_hf_name(t.name): tuple(reversed(t.shape.tolist())) for t in reader.tensors}, path)
+    model = GPT(cfg)
     try:
         sd = gguf_state_dict(reader, hf, unpermute)
     except (ValueError, NotImplementedError, RuntimeError) as e:
@@ -383,10 +492,13 @@ def load_gguf(path: str, unpermute=True):
 
 
 def convert_gguf(path: str, out_dir: str, overwrite=False) -> GPT:
-    """GGUF -> HF folder (config.json, model.safetensors) with the tokenizer's vocab.json and merges.txt."""
-    from tokenizer import Tokenizer
+    """GGUF -> HF folder (config.json, model.safetensors) with the tokenizer's files (tokenizer.json,
+    tokenizer_config.json, vocab.json, merges.txt)."""
     model, reader = load_gguf(path)
-    tok = Tokenizer.from_gguf_reader(reader)
+    try:
+        tok = Tokenizer.from_gguf(lambda key: gguf_field(reader, key))
+    except ValueError as e:
+        raise FormatError(f"{path}: {e}") from None
     save_hf_folder(model, out_dir, tok.files(), overwrite)
     return model
 
@@ -417,7 +529,8 @@ def main(argv=None):
             print(f"wrote {args.out}: {CONFIG}, {WEIGHTS}{note}")
         elif args.cmd == "convert-gguf":
             model = convert_gguf(args.gguf, args.out, args.overwrite)
-            print(f"wrote {args.out}: {model.num_params():,} parameters; {CONFIG}, {WEIGHTS}, vocab.json, merges.txt")
+            print(f"wrote {args.out}: {model.num_params():,} parameters; {CONFIG}, {WEIGHTS}, tokenizer.json, "
+                  "tokenizer_config.json, vocab.json, merges.txt")
         else:
             model, _ = load_pretrained(args.path)
             print(model.config)

@@ -14,7 +14,8 @@ one on CE alone. Then, on long held-out documents (whole stretches of unseen pla
   (teacher-forced: all digits must be the argmax).
 
 The teacher's logits on the training windows are computed once and cached as their top-k
-(distill.teacher_topk); KD is the forward KL over those k tokens. `check` shows that the
+(distill.teacher_topk); KD is the forward KL over those k tokens plus one bucket for the rest of
+the vocabulary (distill.topk_forward_kl, a true divergence). `check` shows that the
 converted teacher is a working LM (loss on an English paragraph, a greedy continuation, and
 the same for llama.cpp's un-unpermuted weights when --gguf is given).
 
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 
 from config import fail
 from data import pack_documents
-from distill import freeze_teacher, teacher_topk, topk_forward_kl
+from distill import freeze_teacher, teacher_topk, topk_coverage, topk_forward_kl
 from hf import load_gguf, load_pretrained, write_json
 from model import GPT, CheckpointError, GPTConfig
 from tokenizer import Tokenizer
@@ -125,9 +126,28 @@ def passkey_prompts(tok, distances, trials, seed=0):
 # ----------------------------------------------------------------------------- teacher cache
 
 
+def teacher_identity(path) -> list:
+    """What makes a teacher this teacher: its path and, for each of its files, size and modification time."""
+    path = os.path.abspath(path)
+    files = sorted(os.listdir(path)) if os.path.isdir(path) else [""]
+    return [path] + [[f, os.stat(os.path.join(path, f)).st_size, os.stat(os.path.join(path, f)).st_mtime_ns]
+                     for f in files if os.path.isfile(os.path.join(path, f))]
+
+
+def cache_key(teacher_path, teacher, device, p, seed) -> str:
+    """The cache's key: the teacher's identity, the device and dtype it ran in, and the windows' settings."""
+    dtype = str(next(teacher.parameters()).dtype)
+    return json.dumps([teacher_identity(teacher_path), str(device), dtype, p["window"], p["min_doc_len"],
+                       p["max_doc_len"], p["train_windows"], p["topk"], seed])
+
+
 @torch.no_grad()
 def cached_teacher_topk(teacher, windows, k, path, key, device):
-    """Teacher top-k (ids, log-probs) on every training window, from `path` when its key matches."""
+    """Teacher top-k (ids, log-probs) on every training window, from `path` when its key matches.
+
+    Position i of window w holds the teacher's prediction after reading w[:i + 1], the target the
+    student is trained toward at the same position (windows[:, :-1] in, windows[:, 1:] out). The file
+    is written to a temporary name first and renamed: a kill never leaves a half-written cache."""
     from safetensors.torch import load_file, save_file
     from safetensors import safe_open
     if os.path.isfile(path):
@@ -143,7 +163,13 @@ def cached_teacher_topk(teacher, windows, k, path, key, device):
         print(f"\r  teacher top-{k}: window {i + 1}/{len(windows)} ({time.time() - t0:.0f} s)", end="", flush=True)
     print()
     ids, logp = torch.cat(ids), torch.cat(logp)  # (N, window, k)
-    save_file({"ids": ids, "logp": logp}, path, metadata={"key": key})
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        save_file({"ids": ids, "logp": logp}, tmp, metadata={"key": key})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return ids.long(), logp
 
 
@@ -151,12 +177,13 @@ def cached_teacher_topk(teacher, windows, k, path, key, device):
 
 
 def train_student(cfg, windows, top, kd_weight, p, device, seed, log):
-    """A student from scratch (same init and batches for every kd_weight): (1-w) CE + w top-k KD."""
+    """A student from scratch (same init and batches for every kd_weight): (1-w) CE + w top-k KD.
+    Returns (model in eval mode, [(step, CE, top-k KL)] at every logged step)."""
     torch.manual_seed(seed)
     model = GPT(cfg).to(device)
     opt_args = SimpleNamespace(lr=p["lr"], warmup=p["warmup"], schedule="cosine", weight_decay=0.1)
     opt = make_optimizer(model, opt_args, device)
-    rng = np.random.default_rng(seed)
+    rng, history = np.random.default_rng(seed), []
     t0 = time.time()
     for step in range(p["steps"]):
         idx = torch.from_numpy(rng.integers(0, len(windows), p["batch_size"]))
@@ -172,8 +199,9 @@ def train_student(cfg, windows, top, kd_weight, p, device, seed, log):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % 25 == 0 or step == p["steps"] - 1:
+            history.append((step, ce.item(), kl.item()))
             log(f"  step {step}: ce {ce.item():.3f}, top-k KL {kl.item():.3f} ({time.time() - t0:.0f} s)")
-    return model.eval()
+    return model.eval(), history
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -239,8 +267,9 @@ def run_check(args):
             raw, _ = load_gguf(args.gguf, unpermute=False)
         except CheckpointError as e:
             fail(str(e))
-        out["paragraph_loss_llama_cpp_layout"] = paragraph_loss(raw.eval(), tok, args.device)
-        out["greedy_llama_cpp_layout"] = greedy(raw.eval(), tok, "The capital of France is", 12, args.device)
+        raw = freeze_teacher(raw.to(args.device), torch.device(args.device))  # where the converted model runs
+        out["paragraph_loss_llama_cpp_layout"] = paragraph_loss(raw, tok, args.device)
+        out["greedy_llama_cpp_layout"] = greedy(raw, tok, "The capital of France is", 12, args.device)
     for k, v in out.items():
         print(f"{k}: {v!r}" if isinstance(v, str) else f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}")
     return out
@@ -260,20 +289,20 @@ def run_experiment(args):
     windows = training_windows(plays, tok, p, args.seed)
     log(f"{len(plays)} training plays -> {len(windows)} windows of {p['window']} tokens (documents of "
         f"{p['min_doc_len']}-{p['max_doc_len']} tokens); held out: {', '.join(held)}")
-    key = json.dumps([os.path.abspath(args.teacher), p["window"], p["min_doc_len"], p["max_doc_len"],
-                      p["train_windows"], p["topk"], args.seed])
+    key = cache_key(args.teacher, teacher, device, p, args.seed)
     t0 = time.time()
     top = cached_teacher_topk(teacher, windows, p["topk"], os.path.join(args.out, "teacher-topk.safetensors"),
                               key, device)
     times = {"teacher_topk_s": time.time() - t0}
-    log(f"teacher's top-{p['topk']} mass on the training windows: {top[1].exp().sum(-1).mean():.3f}")
+    coverage = topk_coverage(top[1])
+    log(f"teacher's top-{p['topk']} mass on the training windows: {coverage:.3f}")
     cfg = GPTConfig(vocab_size=len(tok), n_layer=p["n_layer"], n_head=p["n_head"], n_kv_head=p["n_head"],
                     d_model=p["d_model"], d_ff=p["d_ff"], rope_base=teacher.config.rope_base, max_seq_len=p["window"])
-    models = {"teacher": teacher}
+    models, histories = {"teacher": teacher}, {}
     for name, w in (("KD student", 0.5), ("CE student", 0.0)):
         log(f"{name}: {GPT(cfg).num_params():,} parameters, loss {1 - w:g} CE + {w:g} KD, {p['steps']} steps")
         t0 = time.time()
-        models[name] = train_student(cfg, windows, top, w, p, device, args.seed, log)
+        models[name], histories[name] = train_student(cfg, windows, top, w, p, device, args.seed, log)
         times[name.split()[0] + "_train_s"] = time.time() - t0
     t0 = time.time()
     segs = held_out_segments(held, tok, p["eval_docs"], p["window"])
@@ -281,10 +310,28 @@ def run_experiment(args):
     results = {name: {"buckets": bucket_losses(token_losses(m, segs, device)),
                       "passkey": passkey_accuracy(m, prompts, device)} for name, m in models.items()}
     times["eval_s"], times["total_s"] = time.time() - t0, time.time() - t_start
-    write_json(os.path.join(args.out, "results.json"), {"preset": args.preset, "settings": p, "seed": args.seed,
-                                                        "results": results, "times": times})
+    write_json(os.path.join(args.out, "results.json"), {
+        "preset": args.preset, "settings": p, "seed": args.seed, "results": results, "times": times,
+        "teacher_topk_coverage": coverage, "student_params": GPT(cfg).num_params(),
+        "train_windows": {"n": len(windows), "plays": len(plays), "held_out": list(held)},
+        "train_log": {name: [dict(zip(("step", "ce", "topk_kl"), h)) for h in hist]
+                      for name, hist in histories.items()},
+        "machine": machine()})
     print_tables(results, p, len(segs), times)
     return results
+
+
+def machine() -> dict:
+    """What the run's times were measured on: CPU model, cores, threads, torch version, date."""
+    import platform
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "date": time.strftime("%Y-%m-%d")}
 
 
 def print_tables(results, p, n_segs, times):

@@ -38,6 +38,28 @@ def test_chunked_equals_unchunked_values_and_gradients(kind):
     assert torch.allclose(grads[0][1], grads[1][1], atol=1e-7)
 
 
+@pytest.mark.parametrize("T", [1.0, 2.0])
+def test_plain_kd_loss_is_the_forward_kl_as_the_paper_writes_it_and_kd_loss_equals_it(T):
+    """plain_kd_loss against the formula written out token by token; kd_loss chunked and unchunked against it."""
+    from distill import plain_kd_loss
+    s, t = logits(0).double(), logits(1).double()
+    mask = torch.rand(2, 7, generator=torch.Generator().manual_seed(3)) > 0.3
+    pt, ps = F.softmax(t / T, -1), F.softmax(s / T, -1)
+    by_hand = [sum(pt[b, i, v] * (pt[b, i, v].log() - ps[b, i, v].log()) for v in range(33))
+               for b in range(2) for i in range(7) if mask[b, i]]
+    ref = T**2 * sum(by_hand) / len(by_hand)
+    assert plain_kd_loss(s, t, mask, T).item() == pytest.approx(ref.item(), rel=1e-6)
+    grads = []
+    for chunk in (None, 0, 3):
+        s32 = logits(0).requires_grad_()
+        loss = plain_kd_loss(s32, logits(1), mask, T) if chunk is None else \
+            kd_loss(s32, logits(1), mask, temperature=T, chunk_size=chunk)[0]
+        loss.backward()
+        grads.append((loss.item(), s32.grad))
+    for value, grad in grads[1:]:
+        assert value == pytest.approx(grads[0][0], rel=1e-6) and torch.allclose(grad, grads[0][1], atol=1e-7)
+
+
 def reference_forward_kl(s, t, mask, T):
     """float64, plain autograd: T^2 * mean over unmasked tokens of KL(softmax(t/T) || softmax(s/T))."""
     lps, lpt = F.log_softmax(s / T, -1), F.log_softmax(t / T, -1)
@@ -105,18 +127,86 @@ def test_teacher_is_frozen_and_vocab_checked(tmp_path):
         load_teacher(path, torch.device("cpu"), vocab_size=41)
 
 
-def test_topk_kl_with_every_token_is_the_forward_kl_and_has_the_analytic_gradient():
+def topk_case(seed=0, shape=(4, 9, 40)):
+    """float64 student log-probs (requires grad) and teacher logits."""
+    s = logits(seed, shape).double().requires_grad_()
+    return s, logits(seed + 1, shape).double()
+
+
+def test_topk_kl_with_every_token_is_the_full_forward_kl_in_value_and_gradient():
     from distill import forward_kl, teacher_topk, topk_forward_kl
-    s, t = logits(0).requires_grad_(), logits(1)
+    s, t = topk_case()
     ids, logp = teacher_topk(t, k=t.shape[-1])
-    full = topk_forward_kl(F.log_softmax(s, -1), ids, logp)
-    assert torch.allclose(full, forward_kl(s, t), atol=1e-5)
+    assert logp.dtype == torch.float32  # the cache is float32; compare in float64 from here
+    logp = F.log_softmax(t, -1).gather(-1, ids)
+    top = topk_forward_kl(F.log_softmax(s, -1), ids, logp)
+    full = forward_kl(s, t)
+    assert torch.allclose(top, full, atol=1e-12, rtol=0)
+    g_top, = torch.autograd.grad(top.sum(), s)
+    g_full, = torch.autograd.grad(full.sum(), s)
+    assert torch.allclose(g_top, g_full, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("k", [1, 3, 10, 39])
+def test_topk_kl_is_the_kl_of_k_tokens_plus_one_rest_bucket_and_never_above_the_full_kl(k):
+    from distill import forward_kl, topk_forward_kl
+    s, t = topk_case()
+    lpt, lps = F.log_softmax(t, -1), F.log_softmax(s, -1)
+    logp, ids = lpt.topk(k, -1)
+    top = topk_forward_kl(lps, ids, logp)
+    # the reference: both distributions written out on k + 1 outcomes, KL in the plain formula
+    pt = torch.cat([logp.exp(), 1 - logp.exp().sum(-1, keepdim=True)], -1)  # (..., k + 1)
+    ps = torch.cat([lps.exp().gather(-1, ids), 1 - lps.exp().gather(-1, ids).sum(-1, keepdim=True)], -1)
+    ref = (pt * (pt.log() - ps.log())).sum(-1)
+    assert torch.allclose(top, ref, atol=1e-12, rtol=0)
+    full = forward_kl(s, t)
+    assert (top >= 0).all() and (top <= full + 1e-12).all()  # data-processing inequality
+    if k < 39:  # a rest bucket of one token loses nothing; of two or more, it does here
+        assert (top < full - 1e-3).any()
+    else:
+        assert torch.allclose(top, full, atol=1e-12, rtol=0)
+
+
+def test_topk_kl_is_zero_with_zero_gradient_when_the_student_is_the_teacher():
+    from distill import topk_forward_kl
+    _, t = topk_case()
+    s = t.clone().requires_grad_()
+    logp, ids = F.log_softmax(t, -1).topk(5, -1)
+    kl = topk_forward_kl(F.log_softmax(s, -1), ids, logp)
+    kl.sum().backward()
+    assert kl.abs().max() < 1e-12 and s.grad.abs().max() < 1e-12
+    # the loss without the rest bucket is not a divergence: negative, and pulls mass onto the k tokens
+    no_bucket = (logp.exp() * (logp - F.log_softmax(t, -1).gather(-1, ids))).sum(-1)
+    assert no_bucket.abs().max() < 1e-12  # its value is 0 here too, but its gradient is not:
+    s2 = t.clone().requires_grad_()
+    (logp.exp() * (logp - F.log_softmax(s2, -1).gather(-1, ids))).sum().backward()
+    assert s2.grad.abs().max() > 1e-2
+
+
+def test_minimising_the_topk_kl_recovers_the_teachers_coarse_distribution():
+    """Gradient descent on the bucketed loss leaves the student with the teacher's mass on the k tokens
+    (the biased loss would push it to 1)."""
+    from distill import topk_forward_kl
+    t = logits(5, (3, 30)).double()
+    lpt = F.log_softmax(t, -1)
+    logp, ids = lpt.topk(4, -1)
+    s = torch.zeros_like(t, requires_grad=True)
+    opt = torch.optim.Adam([s], lr=0.1)
+    for _ in range(500):
+        opt.zero_grad()
+        topk_forward_kl(F.log_softmax(s, -1), ids, logp).sum().backward()
+        opt.step()
+    mass_s = F.softmax(s, -1).gather(-1, ids).sum(-1)
+    assert torch.allclose(mass_s, logp.exp().sum(-1), atol=1e-3)
+
+
+def test_topk_coverage_is_the_teachers_mass_on_its_k_tokens():
+    from distill import teacher_topk, topk_coverage
+    t = logits(1)
     ids, logp = teacher_topk(t, k=3)
-    assert torch.equal(ids, t.topk(3, -1).indices) and torch.allclose(logp, F.log_softmax(t, -1).topk(3, -1).values)
-    topk_forward_kl(F.log_softmax(s, -1), ids, logp).sum().backward()
-    # d/ds of -sum_k p_k log softmax(s)_k = (sum_k p_k) softmax(s) - p (on the k ids): zero only if p matches
-    expect = logp.exp().sum(-1, keepdim=True) * F.softmax(s, -1) - torch.zeros_like(s).scatter(-1, ids, logp.exp())
-    assert torch.allclose(s.grad, expect.detach(), atol=1e-6)
+    assert torch.equal(ids, t.topk(3, -1).indices)
+    assert topk_coverage(logp) == pytest.approx(F.softmax(t, -1).topk(3, -1).values.sum(-1).mean().item(), rel=1e-6)
+    assert topk_coverage(teacher_topk(t, k=t.shape[-1])[1]) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_kd_softmax_runs_in_float32_for_bf16_logits(monkeypatch):
@@ -138,3 +228,22 @@ def test_kd_softmax_runs_in_float32_for_bf16_logits(monkeypatch):
     assert loss.dtype == torch.float32 and s.grad.dtype == torch.bfloat16
     ref, _ = kd_loss(s.detach().float(), t.float())
     assert loss.item() == pytest.approx(ref.item(), rel=1e-6)  # the same sum as float32 inputs
+
+
+def test_a_hostile_hf_folder_teacher_is_refused_before_anything_is_allocated(tmp_path):
+    """train.py --teacher / --init reach hf.load_hf_folder through here: a config.json declaring absurd sizes
+    is a CheckpointError (train.py prints it as one error line), not an allocation."""
+    import json
+    import os
+
+    import hf
+    from model import CheckpointError
+    m = GPT(GPTConfig(vocab_size=40, d_model=16, n_head=2, n_kv_head=2, n_layer=1, max_seq_len=16))
+    folder = str(tmp_path / "t")
+    hf.save_hf_folder(m, folder)
+    cfg = json.load(open(os.path.join(folder, "config.json")))
+    for change, message in [({"num_hidden_layers": 1_000_000}, "num_hidden_layers must be"),
+                            ({"vocab_size": 4_000_000}, "but the config implies")]:
+        json.dump(dict(cfg, **change), open(os.path.join(folder, "config.json"), "w"))
+        with pytest.raises(CheckpointError, match=message):
+            load_teacher(folder, torch.device("cpu"))

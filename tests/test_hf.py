@@ -1,4 +1,5 @@
 """hf.py: Llama names, HF folders (config mapping, safetensors, shards, export), GGUF conversion."""
+import dataclasses
 import json
 import math
 import os
@@ -121,6 +122,7 @@ def test_unsupported_configs_are_named(change, message):
                        "original_max_position_embeddings": 16}),
     dict(rope_scaling={"rope_type": "yarn", "factor": 4, "original_max_position_embeddings": 16}),
     dict(rope_scaling={"rope_type": "ntk", "factor": 4}),  # written as the equivalent plain base
+    dict(rope_scaling={"rope_type": "dynamic", "factor": 4, "original_max_position_embeddings": 16}),  # likewise
 ])
 def test_export_then_read_back_gives_identical_logits(tmp_path, kw):
     m = tiny(**kw)
@@ -213,7 +215,7 @@ def test_bad_input_is_one_error_line_exit_2_nothing_written(tmp_path, capsys, ca
         hf.main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error:")
-    assert case != "shape_mismatch" or "shape mismatch for model.embed_tokens.weight" in err[0]
+    assert case != "shape_mismatch" or "model.embed_tokens.weight has shape (50, 32) but the config implies" in err[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written, no temp folder
     assert os.listdir(tmp_path / "full") == ["keep.txt"]
 
@@ -256,13 +258,15 @@ def tiny_vocab():
     return tokens, merges
 
 
-def write_gguf(path, m, quantized=True):
+def write_gguf(path, m, quantized=True, head_count_kv=True):
     """A llama.cpp-style GGUF of `m`: permuted W_q / W_k, Q8_0 embedding, Q4_1 matrices, F32 norms."""
     import gguf
     cfg, tokens, merges = m.config, *tiny_vocab()
     w = gguf.GGUFWriter(path, "llama")
     w.add_block_count(cfg.n_layer); w.add_embedding_length(cfg.d_model); w.add_feed_forward_length(cfg.d_ff)
-    w.add_head_count(cfg.n_head); w.add_head_count_kv(cfg.n_kv_head); w.add_rope_freq_base(cfg.rope_base)
+    w.add_head_count(cfg.n_head); w.add_rope_freq_base(cfg.rope_base)
+    if head_count_kv:
+        w.add_head_count_kv(cfg.n_kv_head)
     w.add_layer_norm_rms_eps(cfg.norm_eps); w.add_context_length(cfg.max_seq_len)
     w.add_rope_dimension_count(cfg.head_dim); w.add_vocab_size(cfg.vocab_size)
     w.add_tokenizer_model("gpt2"); w.add_tokenizer_pre("smollm"); w.add_token_list(tokens)
@@ -320,3 +324,126 @@ def test_gguf_of_another_architecture_is_refused(tmp_path):
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
     with pytest.raises(FormatError, match="architecture 'qwen2'"):
         hf.load_gguf(str(tmp_path / "q.gguf"))
+
+
+HOSTILE = {"vocab_2e9": {"vocab_size": 2e9}, "vocab_int_2e9": {"vocab_size": 2_000_000_000},
+           "hidden_2e7": {"hidden_size": 20_000_000}, "layers_1e6": {"num_hidden_layers": 1_000_000},
+           "heads_0": {"num_attention_heads": 0}, "vocab_text": {"vocab_size": "50"},
+           # within the bounds, but not what the weights' headers hold: refused before anything is built
+           "vocab_4e6": {"vocab_size": 4_000_000}, "wide": {"hidden_size": 65536, "num_attention_heads": 512,
+                                                            "num_key_value_heads": 512, "intermediate_size": 1 << 20},
+           "layers_1000": {"num_hidden_layers": 1000}}
+
+
+def test_hostile_configs_are_one_error_line_each_in_bounded_memory(tmp_path):
+    """config.json sizes are checked against bounds and against the safetensors headers' shapes before
+    anything is allocated: `hf.py info` on each folder ends in one error line, exit 2, nothing written,
+    all under a 4 GB address-space limit (one subprocess runs every case: torch loads once)."""
+    import subprocess
+    import sys
+    folders = []
+    for case, change in HOSTILE.items():
+        folder = str(tmp_path / case)
+        hf.save_hf_folder(tiny(), folder)
+        cfg = json.load(open(os.path.join(folder, hf.CONFIG)))
+        json.dump(dict(cfg, **change), open(os.path.join(folder, hf.CONFIG), "w"))
+        folders.append(folder)
+    before = {f: sorted(os.listdir(f)) for f in folders}
+    script = """
+import contextlib, io, json, resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
+import hf
+report = []
+for folder in sys.argv[1:]:
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            hf.main(["info", folder])
+            code = 0
+        except SystemExit as e:
+            code = e.code
+    report.append([code, err.getvalue(), out.getvalue()])
+print(json.dumps(report))
+"""
+    here = os.path.dirname(os.path.abspath(hf.__file__))
+    run = subprocess.run([sys.executable, "-c", script, *folders], capture_output=True, text=True, cwd=here,
+                         timeout=300, env={**os.environ, "PYTHONPATH": here})
+    assert run.returncode == 0, run.stderr[-3000:]
+    for case, (code, err, out) in zip(HOSTILE, json.loads(run.stdout)):
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and not out, (case, err)
+    assert {f: sorted(os.listdir(f)) for f in folders} == before and len(os.listdir(tmp_path)) == len(HOSTILE)
+
+
+def test_a_gguf_whose_tensors_do_not_match_its_metadata_is_refused_before_building(tmp_path, monkeypatch):
+    m = tiny(vocab_size=len(tiny_vocab()[0]), d_model=64, n_head=4, n_kv_head=4, d_ff=64, tie_embeddings=False)
+    path = str(tmp_path / "t.gguf")
+    write_gguf(path, m, quantized=False)
+    real = hf.gguf_config
+    monkeypatch.setattr(hf, "gguf_config", lambda r: dict(real(r), intermediate_size=1 << 20))
+    monkeypatch.setattr(hf, "GPT", lambda cfg: pytest.fail("the model was built before the shapes were checked"))
+    with pytest.raises(FormatError, match="mlp.gate_proj.weight has shape .* but the config implies"):
+        hf.load_gguf(path)
+
+
+def hf_dynamic_inv_freq(base, factor, max_position_embeddings, head_dim, seq_len):
+    """transformers' dynamic NTK (_compute_dynamic_ntk_parameters + dynamic_rope_update) for an input of
+    seq_len tokens: measured from max_position_embeddings, unscaled up to it."""
+    seq_len = max(seq_len, max_position_embeddings)
+    base = base * ((factor * seq_len / max_position_embeddings) - (factor - 1)) ** (head_dim / (head_dim - 2))
+    return 1.0 / base ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+
+
+def test_dynamic_rope_follows_transformers_convention_both_ways(tmp_path):
+    """Import: an HF dynamic config scales nothing up to max_position_embeddings, whatever
+    original_max_position_embeddings says. Export: a dynamic model is written as the plain base rope.py
+    uses for its window, which transformers computes identically at every length."""
+    from rope import rope_frequencies
+    hd = HF_LLAMA["hidden_size"] // HF_LLAMA["num_attention_heads"]
+    cfg = config_from_hf(dict(HF_LLAMA, rope_scaling={"rope_type": "dynamic", "factor": 4.0,
+                                                      "original_max_position_embeddings": 16}))
+    ours = rope_frequencies(cfg.head_dim, cfg.rope_base, cfg.rope_scaling, cfg.max_seq_len)[0].double()
+    hf_freq = hf_dynamic_inv_freq(1e4, 4.0, HF_LLAMA["max_position_embeddings"], hd, seq_len=40)
+    assert torch.allclose(ours, hf_freq, rtol=1e-6, atol=0)  # inputs within the window: unscaled in both
+    m = tiny(rope_scaling={"rope_type": "dynamic", "factor": 4, "original_max_position_embeddings": 16})
+    conf = hf.hf_config(m.config)
+    assert conf["rope_scaling"] is None and conf["max_position_embeddings"] == m.config.max_seq_len
+    theirs = 1.0 / conf["rope_theta"] ** (torch.arange(0, m.config.head_dim, 2, dtype=torch.float64) / m.config.head_dim)
+    assert torch.allclose(m.inv_freq.double(), theirs, rtol=1e-6, atol=0)
+    assert conf["rope_theta"] > 2 * m.config.rope_base  # the window's stretch is kept, not dropped
+
+
+def test_gguf_without_head_count_kv_defaults_to_head_count(tmp_path):
+    m = tiny(vocab_size=len(tiny_vocab()[0]), d_model=64, n_head=4, n_kv_head=4, d_ff=64, tie_embeddings=False)
+    path = str(tmp_path / "t.gguf")
+    write_gguf(path, m, quantized=False, head_count_kv=False)
+    converted, reader = hf.load_gguf(path)
+    assert hf.gguf_field(reader, "llama.attention.head_count_kv") is None and converted.config.n_kv_head == 4
+    x = torch.randint(0, m.config.vocab_size, (1, 12))
+    assert torch.allclose(converted.eval()(x), m(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("target", ["cwd", "foreign", "extra_file", "export"])
+def test_overwrite_replaces_only_a_previous_export(tmp_path, monkeypatch, capsys, target):
+    m = tiny()
+    ckpt = str(tmp_path / "m.pt")
+    save_checkpoint({"model": m.state_dict(), "config": dataclasses.asdict(m.config), "step": 1}, ckpt)
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.txt").write_text("mine")
+    monkeypatch.chdir(work)
+    out = {"cwd": ".", "foreign": str(work), "extra_file": "prev", "export": "prev"}[target]
+    if target in ("extra_file", "export"):
+        hf.save_hf_folder(m, "prev")
+        if target == "extra_file":
+            (work / "prev" / "notes.txt").write_text("mine")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    if target == "export":
+        hf.main(["export", ckpt, out, "--overwrite"])
+        assert sorted(os.listdir("prev")) == ["config.json", "model.safetensors"]
+        return
+    with pytest.raises(SystemExit) as e:
+        hf.main(["export", ckpt, out, "--overwrite"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "replaces only a folder this tool wrote" in err[0]
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing deleted or written

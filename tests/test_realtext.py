@@ -104,6 +104,8 @@ def test_tiny_run_trains_both_students_and_reports_every_model(teacher_dir, play
     saved = json.load(open(os.path.join(out, "results.json")))
     assert saved["results"]["KD student"]["buckets"] != saved["results"]["CE student"]["buckets"]  # the loss differs
     assert set(saved["results"]["teacher"]["passkey"]) == {"8", "20"}
+    assert 0 < saved["teacher_topk_coverage"] <= 1 and saved["machine"]["torch"] == torch.__version__
+    assert [h["step"] for h in saved["train_log"]["KD student"]] == [0, 2]
 
 
 @pytest.mark.parametrize("case", ["no_plays", "no_tokenizer", "not_a_model"])
@@ -120,3 +122,118 @@ def test_bad_input_is_one_error_line_and_exit_2(teacher_dir, plays_dir, tmp_path
         realtext.main(["run", "--teacher", teacher, "--plays", plays, "--out", str(out), "--preset", "tiny"])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error:") and not out.exists()
+
+
+class NextTokenOracle(torch.nn.Module):
+    """A 'teacher' that knows each window: its logits put most mass on the true next token."""
+
+    def __init__(self, windows, vocab):
+        super().__init__()
+        self.windows, self.vocab = windows, vocab
+
+    def forward(self, x):
+        row = next(i for i, w in enumerate(self.windows) if torch.equal(w[:x.shape[1]], x[0]))
+        nxt = self.windows[row, 1:x.shape[1] + 1]
+        return torch.nn.functional.one_hot(nxt, self.vocab).float()[None] * 20 + torch.linspace(0, 1, self.vocab)
+
+
+def test_the_teacher_cache_lines_up_token_for_token_with_the_text(tmp_path):
+    """Position i of the cache is the teacher's prediction of token i + 1 of the window, the student's target there."""
+    windows = torch.randint(0, 30, (3, 17), generator=torch.Generator().manual_seed(0))
+    ids, logp = realtext.cached_teacher_topk(NextTokenOracle(windows, 30), windows, 3, str(tmp_path / "c"), "k", "cpu")
+    assert torch.equal(ids[..., 0], windows[:, 1:])  # top-1 = the next token, at every position
+    assert (logp[..., 0] > -1e-6).all()
+
+
+class BigramTeacher(torch.nn.Module):
+    """Logits that depend on the current token only: next = (current + 1) mod V, with some spread."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.vocab = vocab
+
+    def forward(self, x):
+        return torch.nn.functional.one_hot((x + 1) % self.vocab, self.vocab).float() * 6
+
+
+def teacher_kl(student, teacher, windows):
+    """Mean forward KL(teacher || student) over every position of the windows, aligned (no cache)."""
+    from distill import forward_kl
+    with torch.no_grad():
+        x = windows[:, :-1]
+        return forward_kl(student(x).flatten(0, 1).float(), teacher(x).flatten(0, 1)).mean().item()
+
+
+def test_the_kd_student_moves_toward_the_teacher(tmp_path):
+    """KD alone (kd_weight 1) on the cached top-k: the student's KL to the teacher falls several-fold.
+    A flipped KD sign or a cache shifted by one token (targets unpredictable from the text) does not."""
+    V = 24
+    windows = torch.randint(0, V, (8, 33), generator=torch.Generator().manual_seed(1))
+    teacher = BigramTeacher(V)
+    top = realtext.cached_teacher_topk(teacher, windows, 4, str(tmp_path / "c"), "k", "cpu")
+    cfg = GPTConfig(vocab_size=V, n_layer=1, n_head=2, n_kv_head=2, d_model=32, d_ff=64, max_seq_len=32)
+    p = dict(realtext.PRESETS["tiny"], steps=60, batch_size=4, lr=1e-2, warmup=1)
+    torch.manual_seed(0)
+    before = teacher_kl(GPT(cfg), teacher, windows)  # train_student starts from this same init (seed 0)
+    logs = []
+    student, history = realtext.train_student(cfg, windows, top, 1.0, p, torch.device("cpu"), 0, logs.append)
+    after = teacher_kl(student, teacher, windows)
+    assert after < before / 3, (before, after)
+    kls = [kl for _, _, kl in history]
+    assert kls[-1] < kls[0] and min(kls) >= 0 and len(logs) == len(history)  # the logged KL: a divergence
+
+
+def test_the_cache_key_names_the_device_the_dtype_and_the_teachers_files(teacher_dir):
+    model, _ = hf.load_hf_folder(teacher_dir)
+    p = realtext.PRESETS["tiny"]
+    key = realtext.cache_key(teacher_dir, model, "cpu", p, 0)
+    assert key == realtext.cache_key(teacher_dir, model, "cpu", p, 0)
+    assert key != realtext.cache_key(teacher_dir, model, "cuda", p, 0)
+    assert key != realtext.cache_key(teacher_dir, model.to(torch.bfloat16), "cpu", p, 0)
+    model.float()
+    weights = os.path.join(teacher_dir, hf.WEIGHTS)
+    st = os.stat(weights)
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # the same path, another file
+    try:
+        assert key != realtext.cache_key(teacher_dir, model, "cpu", p, 0)
+    finally:
+        os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_the_cache_is_written_atomically(tmp_path, monkeypatch):
+    """A failure while writing leaves the previous cache as it was and no temporary file."""
+    import safetensors.torch
+    torch.manual_seed(0)
+    teacher = GPT(GPTConfig(vocab_size=30, n_layer=1, n_head=2, n_kv_head=2, d_model=16)).eval()
+    windows = torch.randint(0, 30, (2, 9))
+    path = tmp_path / "cache.safetensors"
+    realtext.cached_teacher_topk(teacher, windows, 4, str(path), "a", "cpu")
+    old = path.read_bytes()
+    real_save = safetensors.torch.save_file
+
+    def dies_halfway(tensors, p, metadata=None):
+        real_save(tensors, p, metadata=metadata)
+        open(p, "r+b").truncate(10)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.torch, "save_file", dies_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        realtext.cached_teacher_topk(teacher, windows, 4, str(path), "b", "cpu")
+    assert path.read_bytes() == old and os.listdir(tmp_path) == ["cache.safetensors"]
+
+
+def test_check_with_gguf_runs_the_llama_cpp_layout_model_on_the_chosen_device(teacher_dir, monkeypatch):
+    """A fake-device check (no GPU here): the GGUF model is moved with .to(--device) before it is scored."""
+    moved = []
+
+    class Spy(GPT):
+        def to(self, *args, **kwargs):
+            moved.append(args[0] if args else kwargs.get("device"))
+            return super().to(*args, **kwargs)
+
+    model, _ = hf.load_hf_folder(teacher_dir)
+    spy = Spy(model.config)
+    spy.load_state_dict(model.state_dict())
+    monkeypatch.setattr(realtext, "load_gguf", lambda path, unpermute: (spy, None))
+    out = realtext.main(["check", "--model", teacher_dir, "--gguf", "any.gguf", "--device", "cpu"])
+    assert [str(d) for d in moved] == ["cpu"] and out["paragraph_loss_llama_cpp_layout"] > 0
