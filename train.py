@@ -39,7 +39,7 @@ import runs
 from config import (MASKED_ARMS, PRESETS, build_parser, curriculum_stages, fail, phase_seed, pick_device, resolve,
                     student_config)
 from data import DataSource, TaskSpec, prefetch, to_device
-from distill import kd_loss, load_teacher, teacher_logits
+from distill import chunked_cross_entropy, kd_loss, load_teacher, teacher_logits
 from model import GPT, CheckpointError, load_model, switch_rope
 from report import START, print_side_by_side, quick_eval, records_placed, report, report_speed
 from rope import format_spectrum, spectrum_summary
@@ -178,7 +178,7 @@ def training_loss(model, teacher, batch, args, autocast):
     t_logits = arm_teacher_logits(teacher, x, pos, doc, args, autocast)  # (b, T, V) or None
     keep = ~recurring[0] if arm in MASKED_ARMS else None  # (b, T): False = left out of the arm's masked term
     targets = t_logits.argmax(-1) if arm == "ce-teacher-labels" else y  # hard-label distillation: teacher's argmax
-    ce = masked_cross_entropy(logits, targets, keep if arm == "ce-masked" else None)
+    ce = masked_cross_entropy(logits, targets, keep if arm == "ce-masked" else None, args.kd_chunk)
     kl = torch.tensor(float("nan"))
     loss = ce
     if t_logits is not None and args.kd_weight > 0:  # the paper's loss: (1 - w) CE + w T^2 KL(p_t || p_s)
@@ -202,13 +202,22 @@ def arm_teacher_logits(teacher, x, pos, doc, args, autocast):
         return teacher_logits(teacher, x, pos, doc if args.doc_mask or arm == "kd-teacher-docmask" else None)
 
 
-def masked_cross_entropy(logits, targets, keep=None):
-    """Mean next-token cross-entropy over the positions `keep` (b, T) marks (all when None)."""
+def masked_cross_entropy(logits, targets, keep=None, chunk_size=0):
+    """Mean next-token cross-entropy over the positions `keep` (b, T) marks (all when None).
+
+    Logits of more than CHUNK_CE_ABOVE floats (a real vocabulary on long windows) go through
+    distill.chunked_cross_entropy in chunks of chunk_size (--kd-chunk) tokens: no float32 copy of them all.
+    """
+    if chunk_size and logits.numel() > CHUNK_CE_ABOVE:
+        return chunked_cross_entropy(logits, targets, keep, chunk_size)
     if keep is None:
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
     per_token = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")  # (b T,)
     keep = keep.flatten().float()
     return (per_token * keep).sum() / keep.sum().clamp(min=1)
+
+
+CHUNK_CE_ABOVE = 2**26  # logits (256 MB in float32) above which the CE is chunked; the default model's are 0.8M
 
 
 def loss_name(args) -> str:

@@ -595,3 +595,16 @@ def test_progress_in_a_log_file_is_a_few_lines_not_one_per_step(capsys):
     bar.close()
     err = capsys.readouterr().err
     assert "\r" not in err and 1 <= len(err.splitlines()) <= 3 and "1000/1000" in err.splitlines()[-1]
+
+
+def test_large_logits_take_the_chunked_cross_entropy(monkeypatch):
+    """Above CHUNK_CE_ABOVE floats the CE goes through chunks (no float32 copy of all logits): the same value."""
+    torch.manual_seed(0)
+    logits, targets = torch.randn(2, 40, 30, requires_grad=True), torch.randint(0, 30, (2, 40))
+    plain = train.masked_cross_entropy(logits, targets, None, chunk_size=16)
+    monkeypatch.setattr(train, "CHUNK_CE_ABOVE", 0)
+    calls = []
+    real = train.chunked_cross_entropy
+    monkeypatch.setattr(train, "chunked_cross_entropy", lambda *a: calls.append(1) or real(*a))
+    chunked = train.masked_cross_entropy(logits, targets, None, chunk_size=16)
+    assert calls and chunked.item() == pytest.approx(plain.item(), rel=1e-6)
