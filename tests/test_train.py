@@ -608,3 +608,23 @@ def test_large_logits_take_the_chunked_cross_entropy(monkeypatch):
     monkeypatch.setattr(train, "chunked_cross_entropy", lambda *a: calls.append(1) or real(*a))
     chunked = train.masked_cross_entropy(logits, targets, None, chunk_size=16)
     assert calls and chunked.item() == pytest.approx(plain.item(), rel=1e-6)
+
+
+def test_the_held_out_corpus_loss_is_measured_under_the_runs_document_mask(tmp_path):
+    """A --doc-mask run's corpus loss attends within documents, as it trained; a plain run's across them."""
+    import report
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join(f"paragraph {i}: " + "some words " * (i % 7 + 1) for i in range(300)))
+    args = train.resolve(train.build_parser().parse_args(["--phase", "teacher", "--data", str(corpus),
+                                                          "--doc-mask"] + TINY))
+    held = runs.load_corpus(args)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=257, d_model=32, n_head=2, n_kv_head=2, max_seq_len=args.window))
+    masked = report.corpus_loss(model, args, held, torch.device("cpu"), nullcontext())
+    x, y, pos, doc, _ = to_device({k: v[:args.batch_size] for k, v in held[1].items()}, torch.device("cpu"))
+    want = torch.nn.functional.cross_entropy(model(x, pos, doc).flatten(0, 1), y.flatten())
+    args.doc_mask = False
+    plain = report.corpus_loss(model, args, held, torch.device("cpu"), nullcontext())
+    assert masked != pytest.approx(plain, abs=1e-6)
+    if len(held[1]["tokens"]) <= args.batch_size:  # one batch: the value itself
+        assert masked == pytest.approx(want.item(), rel=1e-5)
