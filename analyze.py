@@ -35,7 +35,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from data import TaskSpec, kv_probe, repeated_tokens_window, to_device
+from data import TaskSpec, kv_probe, packed_probe, repeated_tokens_window, to_device
 from distill import forward_kl
 from evaluate import depth_sweep, evaluate, format_table, heuristic_floors
 from hf import load_pretrained
@@ -198,7 +198,10 @@ def perturbation_propagation(model, batch, layers, perturbations, target="q", de
 def run_perturb(args):
     models = load_all(args.ckpt, args.labels, args.device)
     window = args.window or max(m.config.max_seq_len for m in models.values())
-    batch = repeated_tokens_window(TaskSpec(), window, args.period, args.n_windows, args.seed)
+    if args.inputs == "packed":  # what the students train on: short documents of the synthetic language, packed
+        batch = packed_probe(TaskSpec(), window, args.max_doc_len, n_windows=args.n_windows, seed=args.seed)
+    else:  # a random sequence of --period tokens repeated back to back
+        batch = repeated_tokens_window(TaskSpec(), window, args.period, args.n_windows, args.seed)
     perturbations = [("shift", float(s)) for s in args.shift] + [("noise", float(s)) for s in args.noise]
     if not perturbations:
         fail("give at least one --shift or --noise size")
@@ -217,9 +220,9 @@ def run_perturb(args):
                   f"{'reaches' if run['reaches_logits'] else 'does not reach'} the logits")
         print(f"{label}: the perturbation reaches the logits (mean KL > {REACHES_LOGITS_KL:g} nats) in "
               f"{sum(run['reaches_logits'] for run in runs)} of {len(runs)} runs")
-    paths = plot_perturb(res, args.period, args.target, args.out, args.name)
+    paths = plot_perturb(res, args.period if args.inputs == "repeated" else None, args.target, args.out, args.name)
     return paths + [write_json(args.out, f"{args.name}.json", {
-        "window": window, "period": args.period, "target": args.target, "n_windows": args.n_windows,
+        "window": window, "inputs": args.inputs, "period": args.period, "target": args.target, "n_windows": args.n_windows,
         "seed": args.seed, "reaches_logits_kl": REACHES_LOGITS_KL, "models": res})]
 
 
@@ -388,6 +391,10 @@ def build_parser():
     a("--shift", type=float, nargs="*", default=[1, 4, 16], help="constant position shifts (tokens); default 1 4 16")
     a("--noise", type=float, nargs="*", default=[], help="stds of Gaussian position noise (tokens); default none")
     a("--period", type=int, default=64, help="length of the repeated token sequence (tokens); default 64")
+    a("--inputs", choices=["repeated", "packed"], default="repeated", help="what the models read: a random sequence "
+      "repeated (--period), or packed short documents of the synthetic language, the students' training data; "
+      "default repeated")
+    a("--max-doc-len", type=int, default=128, help="--inputs packed: the longest document (tokens); default 128")
     a = command("qupdate", "per RoPE pair updates of W_q / W_k and query norms, phase 1 -> 2 (finding 3)", 4)
     a("--before", required=True, help="phase-1 checkpoint")
     a("--after", required=True, help="phase-2 checkpoint of the same architecture")

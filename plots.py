@@ -104,7 +104,8 @@ def plot_perturb(res, period, target, out, name, smooth=16):
         ax.set_xticks(range(len(r["runs"][0]["rel_change"])))
         ax.set(title=f"{label}: {target} positions of one layer moved", ylabel="relative L2 change ||h' - h|| / ||h||",
                xlabel="residual stream (0 = embedding, j = after block j-1)")
-        ax2.axvline(period, color="k", ls="--", lw=1, label=f"first repeat (period {period})")
+        if period is not None:
+            ax2.axvline(period, color="k", ls="--", lw=1, label=f"first repeat (period {period})")
         if max((v for run in r["runs"] for v in run["kl_per_position"]), default=0) > 0:
             ax2.set_yscale("log")
         ax2.set(title=f"{label}: next-token KL(clean || perturbed)", xlabel="position in window (tokens)",

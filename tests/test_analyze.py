@@ -146,6 +146,16 @@ def test_shifting_queries_and_keys_together_is_invisible(run_dir, tmp_path):
     assert qk["rel_change"][-1] < 1e-4 < q["rel_change"][-1]
 
 
+def test_on_the_students_packed_windows_too_only_relative_positions_count(run_dir, tmp_path):
+    """--inputs packed (the training data, not a repeated random sequence): a q shift reaches the logits, the
+    same shift of q and k does not."""
+    (qk,) = perturb(run_dir, tmp_path, "--target", "qk", "--layers", "0", "--shift", "16", "--inputs", "packed",
+                    "--max-doc-len", "16")
+    (q,) = perturb(run_dir, tmp_path, "--target", "q", "--layers", "0", "--shift", "16", "--inputs", "packed",
+                   "--max-doc-len", "16")
+    assert qk["kl_mean"] < 1e-6 < q["kl_mean"] and outputs(tmp_path, "perturb")["inputs"] == "packed"
+
+
 def test_qupdate_of_a_checkpoint_against_itself_is_zero(run_dir, tmp_path):
     p1 = str(run_dir / "phase1-b10000.pt")
     analyze.main(["qupdate", "--before", p1, "--after", p1, "--n-windows", "1", "--out", str(tmp_path)])
