@@ -10,6 +10,7 @@ replaced by a temporary folder, and compares stdout with the text line by line:
   `tol` (absolute; 0 when not given, i.e. equal at the printed precision).
 Blocks tagged `slow` (training runs of minutes) run only with WALKTHROUGH_SLOW=1. The functions the text tells a
 reader to read (`file.py`: `name`, ...) must exist, and every figure it shows must be in the repository.
+WALKTHROUGH.md states these rules in its last section, after the method (a test below keeps them there).
 """
 import ast
 import os
