@@ -14,6 +14,15 @@ spectrum as it can. This file makes every quantity behind that statement explici
   Liu et al. 2023, spectrum utilization, and the lower bound on the base of
   Men et al. 2024.
 
+Pairs and dimensions, one vocabulary: a head of d dimensions holds d/2 frequency pairs;
+pair i turns at the frequency base^(-2i/d). Counted in dimensions, as Su et al. and
+Liu et al. do (their interleaved layout stores pair i at dimensions 2i and 2i + 1),
+dimension 2i belongs to pair i; the rotate-half layout used here stores the same pair at
+dimensions i and i + d/2, which changes where it sits in memory, not its frequency. So a
+critical dimension d_extra (Liu et al.'s number, printed as "crit dim") is always even
+and names the critical pair d_extra / 2: for d = 32 and a 1,024-token window, critical
+dimension 18 is pair 9 at base 1e4, and 14 is pair 7 at base 5e5.
+
 Run `python rope.py --head-dim 64 --window 1024 --base 10000 500000` for a table.
 """
 import argparse
@@ -80,6 +89,7 @@ def _yarn(head_dim, base, scaling, seq_len):
     ramp = ((torch.arange(head_dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
     inv = default_inv_freq(head_dim, base)
     inv_freq = (inv / factor) * ramp + inv * (1 - ramp)  # interpolate slow pairs, keep fast ones
+    # attention_factor multiplies cos and sin (rope_cos_sin), so q.k by its square: 0.1 ln s + 1 on each of q, k
     attention_factor = scaling.get("attention_factor")
     if attention_factor is None:
         attention_factor = 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
@@ -126,6 +136,8 @@ def rope_cos_sin(position_ids: torch.Tensor, inv_freq: torch.Tensor, attention_f
                  dtype: torch.dtype = torch.float32):
     """cos, sin of shape (B, T, head_dim) for position ids (B, T), which may be non-integer.
 
+    attention_factor (YaRN's, 1 otherwise) multiplies both cos and sin, as in HF: the rotated
+    q and k each grow by it, so every attention score q.k grows by its square.
     Angles are formed in float32 with autocast off (bf16 cannot even hold integer
     positions above 256 exactly); only the final cos/sin are cast to `dtype`.
     """
@@ -165,14 +177,16 @@ def rotations(inv_freq: torch.Tensor, window: int) -> torch.Tensor:
 def critical_dimension(head_dim: int, base: float, window: int) -> int:
     """d_extra = 2*ceil((d/2) * log_base(L / 2pi)) (Liu et al. 2023, arXiv 2310.05209, eq. 6).
 
-    Dimensions at or above d_extra (pairs >= d_extra/2) never complete a full rotation
-    inside L tokens, so their angles at distances beyond L are never seen in training.
+    Counted in dimensions (dimension 2i belongs to pair i, see the top of this file), so
+    d_extra is even and critical_pair = d_extra / 2. Dimensions at or above d_extra (pairs
+    >= d_extra/2) never complete a full rotation inside L tokens, so their angles at
+    distances beyond L are never seen in training.
     """
     return int(2 * math.ceil((head_dim / 2) * math.log(window / (2 * math.pi)) / math.log(base)))
 
 
 def critical_pair(head_dim: int, base: float, window: int) -> int:
-    """Pair index d_extra/2, clamped to [0, d/2]: pairs from here on never turn once in the window."""
+    """The critical pair d_extra/2, clamped to [0, d/2]: the first pair that never turns once in the window."""
     return int(min(max(critical_dimension(head_dim, base, window) // 2, 0), head_dim // 2))
 
 
@@ -224,6 +238,7 @@ def spectrum_summary(head_dim: int, base: float, window: int) -> dict:
 
 
 def format_spectrum(s: dict) -> str:
+    """One line of spectrum figures; "critical dim" is Liu et al.'s d_extra, i.e. critical pair d_extra / 2."""
     return (f"RoPE base {s['base']:g}, window {s['window']}, head_dim {s['head_dim']}: critical dim "
             f"{s['critical_dim']}, utilization {s['utilization']:.2f}, slowest pair turns "
             f"{s['slowest_rotations']:.3g}x (full-rotation base {s['full_rotation_base']:.3g})")
@@ -239,6 +254,7 @@ def main():
         print(f"head_dim {args.head_dim}, window {args.window}; full-rotation base "
               f"{full_rotation_base(args.head_dim, args.window):.4g}; Men lower bound "
               f"{men_lower_bound(args.head_dim, args.window):.4g}")
+        # crit dim: the critical dimension d_extra (pair d_extra / 2 is the first that never turns once)
         print(f"{'base':>10} {'crit dim':>9} {'util':>6} {'slowest turns':>14} {'fastest wavelength':>19}")
         for base in args.base:
             s = spectrum_summary(args.head_dim, base, args.window)

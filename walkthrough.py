@@ -28,7 +28,8 @@ from config import SHIPPED, build_parser as train_parser, check_out_dir, resolve
 from data import SEP, TaskSpec, kv_probe, render, to_device
 from distill import kd_loss, load_teacher, teacher_logits
 from model import Inspect, load_model, switch_rope
-from rope import apply_rope, critical_pair, default_inv_freq, rope_cos_sin, rotations, spectrum_utilization
+from rope import (apply_rope, critical_dimension, critical_pair, default_inv_freq, rope_cos_sin, rotations,
+                  spectrum_utilization)
 from train import make_optimizer, make_stages, train_step
 
 CPU = torch.device("cpu")
@@ -73,6 +74,12 @@ def recurring_records(spec, tokens, doc_ids, answers):
     return out
 
 
+def same_within(a, b, tol):
+    """'equal within tol' when |a - b| < tol, else the difference: float rounding differs from CPU to CPU."""
+    diff = abs(float(a) - float(b))
+    return f"equal within {tol:.0e}" if diff < tol else f"difference {diff:.1e}, above {tol:.0e}"
+
+
 def save(fig, out, name):
     import matplotlib.pyplot as plt
     os.makedirs(out, exist_ok=True)
@@ -101,8 +108,9 @@ def run_batch(args):
     B, L1 = batch["tokens"].shape
     print(f"train.py's phase-2 stream (make_stages -> DataSource.batch(0)): {B} windows of {L1} tokens "
           f"(window {targs.window} + 1)")
-    print(f"window 0: {len(starts)} documents, lengths {lengths.min()}..{lengths.max()} tokens (separator included), "
-          f"starting at {starts.tolist()}")
+    print(f"window 0: {len(starts)} documents starting at {starts.tolist()}")
+    print(f"  lengths {lengths.min()}..{lengths.max()} tokens (separator included): each drawn uniformly from "
+          f"{targs.min_doc_len}..{targs.max_doc_len}, except the last, which takes the {lengths[-1]} tokens left")
     print(f"  tokens     {render(tok, spec, ans, 16)} ...")
     print(f"  positions  {' '.join(map(str, pos[:6]))} ... {pos[-1]} (continuous across documents)")
     print(f"  doc_ids    {' '.join(map(str, doc[:6]))} ... {doc[-1]} (+1 at every separator)")
@@ -134,7 +142,8 @@ def run_batch(args):
         ax2.text(i + 0.5, 0.5, render([tok[i]], spec, [ans[i]], 1), ha="center", va="center", fontsize=6.5,
                  rotation=90, color="r" if i in (q, e) else "k")
     ax2.set(xlim=(lo, hi), ylim=(0, 1), yticks=[], xlabel=f"positions {lo}..{hi - 1}: the key {token_name(spec, tok[q])} "
-            f"(red) of document {doc[e]} recurs in document {doc[q]} with another value ([V]: an answer the loss scores)")
+            f"(red) of document {doc[e]} recurs in document {doc[q]} with another value ([V]: a query's answer, what "
+            f"the retrieval probes check)")
     print(f"figure: {save(fig, args.out, 'packed_window.png')}")
 
 
@@ -155,15 +164,18 @@ def run_rope(args):
 
     a, b = score(600, 100), score(510, 10)
     print(f"relative: q.k with q at 600, k at 100 = {a:.4f}; q at 510, k at 10 = {b:.4f} "
-          f"(difference {abs(a - b):.0e}): only m - n matters")
+          f"({same_within(a, b, 1e-4)}): only m - n matters")
     settings = [("teacher", 1e4, 1024), ("phase 1", 1e4, 32), ("phase 2", 5e5, 1024)]
     print(f"full turns within the window, pairs 0..{d // 2 - 1}:")
     for name, base, L in settings:
         r = rotations(default_inv_freq(d, base), L)
         print(f"  {name:8s} base {base:<6g} L={L:<5d}" + " ".join(f"{v:.0f}" if v >= 10 else f"{v:.2g}" for v in r.tolist()))
-    print("first pair that never turns once (critical pair) and the share of pairs that do (utilization):")
+    print("first pair that never turns once (the critical pair i; rope.py and train.py print the critical "
+          "dimension 2i) and the share of pairs that do (utilization):")
     for name, base, L in settings:
-        print(f"  {name:8s} pair {critical_pair(d, base, L):2d}, utilization {spectrum_utilization(d, base, L):.2f}")
+        pair = critical_pair(d, base, L)
+        print(f"  {name:8s} pair {pair:2d} (dimension {critical_dimension(d, base, L):2d}), "
+              f"utilization {spectrum_utilization(d, base, L):.2f}")
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 3.8), layout="constrained", sharey=True)
     m = np.arange(1024)
@@ -265,7 +277,7 @@ def run_kd(args):
     loss = (1 - targs.kd_weight) * ce + targs.kd_weight * kd
     print(f"over all {x.numel():,} tokens: CE {ce:.4f}, KL {kl:.4f}, loss {1 - targs.kd_weight:g} * CE + "
           f"{targs.kd_weight:g} * KL = {loss:.4f}")
-    print(f"  KL in chunks of {targs.kd_chunk} tokens vs all at once: difference {abs(kl - kl_whole):.0e}")
+    print(f"  KL in chunks of {targs.kd_chunk} tokens vs all at once: {same_within(kl, kl_whole, 1e-5)}")
     opt = make_optimizer(student.train(), targs, CPU)
     t_loss, t_ce, t_kl, t_acc = train_step(student, teacher, opt, (x, y, pos, doc, ans), targs, F32)
     print(f"train.py's train_step on the same batch: loss {t_loss:.4f}, CE {t_ce:.4f}, KL {t_kl:.4f} "

@@ -10,6 +10,7 @@ replaced by a temporary folder, and compares stdout with the text line by line:
   `tol` (absolute; 0 when not given, i.e. equal at the printed precision).
 Blocks tagged `slow` (training runs of minutes) run only with WALKTHROUGH_SLOW=1. The functions the text tells a
 reader to read (`file.py`: `name`, ...) must exist, and every figure it shows must be in the repository.
+WALKTHROUGH.md states these rules in its last section, after the method (a test below keeps them there).
 """
 import ast
 import os
@@ -172,3 +173,13 @@ def test_the_matcher_accepts_tolerance_and_wildcards_and_refuses_the_rest():
     assert "13 is not 12" in match(want, ["KD | 0.67 | 0.75 | 13 docs", "end"], tol=0.03)
     assert "words differ" in match(want, ["CE | 0.67 | 0.75 | 12 docs", "end"], tol=0.03)
     assert match(["a 1.5"], ["a 1.5", "b"], tol=0) is not None  # no wildcard: nothing may follow
+
+
+def test_the_method_comes_first_and_the_harness_rules_last():
+    last = TEXT.rindex("\n## ")
+    assert TEXT[last:].startswith("\n## How this text is kept true"), "the harness section must be the last one"
+    for rule in ("WALKTHROUGH_SLOW", "`tol=0.01` means", "a line `...` stands"):
+        assert TEXT.index(rule) > last, f"{rule} is explained before the method: move it to the last section"
+    first_stop = TEXT.index("\n## Stop 1")
+    for term in ("finding 1", "finding 2", "finding 3", "**floor**", "**KD**", "**CE**"):
+        assert TEXT.index(term) < first_stop, f"{term} must be defined on the first screen"
