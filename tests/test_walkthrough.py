@@ -183,3 +183,15 @@ def test_the_method_comes_first_and_the_harness_rules_last():
     first_stop = TEXT.index("\n## Stop 1")
     for term in ("finding 1", "finding 2", "finding 3", "**floor**", "**KD**", "**CE**"):
         assert TEXT.index(term) < first_stop, f"{term} must be defined on the first screen"
+
+
+def test_stop_5_points_at_the_phase_2_step_in_one_sitting():
+    """Stop 5 names at most 150 lines of train.py, and they hold main -> train -> train_step -> training_loss."""
+    stop5 = TEXT[TEXT.index("## Stop 5"):TEXT.index("## Stop 6")]
+    first, last = map(int, re.search(r"\*\*Read\*\* `train\.py` lines (\d+)-(\d+)", stop5).groups())
+    assert last - first + 1 <= 150
+    with open(os.path.join(ROOT, "train.py")) as f:
+        lines = f.read().splitlines()[first - 1:last]
+    defs = [m.group(1) for line in lines if (m := re.match(r"def (\w+)\(", line))]
+    assert defs == ["main", "train", "train_step", "training_loss"]
+    assert lines[-1].strip().startswith("return")  # the range ends with training_loss's last line
