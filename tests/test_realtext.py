@@ -237,3 +237,17 @@ def test_check_with_gguf_runs_the_llama_cpp_layout_model_on_the_chosen_device(te
     monkeypatch.setattr(realtext, "load_gguf", lambda path, unpermute: (spy, None))
     out = realtext.main(["check", "--model", teacher_dir, "--gguf", "any.gguf", "--device", "cpu"])
     assert [str(d) for d in moved] == ["cpu"] and out["paragraph_loss_llama_cpp_layout"] > 0
+
+
+def test_the_real_models_page_says_what_its_results_json_holds():
+    """docs/real-models.md quotes the Shakespeare run: its tables and the teacher's top-k coverage must be the
+    ones in docs/realtext/results.json, that run's own output."""
+    root = os.path.dirname(os.path.abspath(realtext.__file__))
+    page = open(os.path.join(root, "docs", "real-models.md"), encoding="utf-8").read()
+    saved = json.load(open(os.path.join(root, "docs", "realtext", "results.json")))
+    for name, r in saved["results"].items():
+        label = "teacher (SmolLM2-135M)" if name == "teacher" else name
+        assert f"| {label} | " + " | ".join(f"{v:.3f}" for v in r["buckets"].values()) + " |" in page, name
+        assert f"| {label} | " + " | ".join(f"{v:.2f}" for v in r["passkey"].values()) + " |" in page, name
+    assert f"{saved['teacher_topk_coverage']:.3f} of its probability mass" in page
+    assert f"{saved['settings']['steps']} steps" in page and saved["settings"]["topk"] == 32
