@@ -311,8 +311,8 @@ def progress_bar(total, initial, desc, disable=False):
     """A tqdm bar: redrawn in place on a terminal; in a file or a pipe one line every 30 s, not one per step."""
     if sys.stderr.isatty():
         return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, disable=disable)
-    return tqdm(total=total, initial=initial, desc=desc, disable=disable, mininterval=30.0, ncols=100,
-                file=Lines(sys.stderr))
+    return tqdm(total=total, initial=initial, desc=desc, disable=disable, mininterval=30.0, maxinterval=60.0,
+                ncols=100, file=Lines(sys.stderr))  # maxinterval: tqdm's monitor would otherwise redraw every 10 s
 
 
 class Lines:
