@@ -312,7 +312,7 @@ def progress_bar(total, initial, desc, disable=False):
     if sys.stderr.isatty():
         return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, disable=disable)
     return tqdm(total=total, initial=initial, desc=desc, disable=disable, mininterval=30.0, maxinterval=60.0,
-                ncols=100, file=Lines(sys.stderr))  # maxinterval: tqdm's monitor would otherwise redraw every 10 s
+                file=Lines(sys.stderr))  # maxinterval: tqdm's monitor would otherwise redraw every 10 s
 
 
 class Lines:
