@@ -237,7 +237,7 @@ CRITERION_ARMS = ("step0", "kd", "ce", "ce-masked")  # at every D >= min_distanc
 SWEEP_STARTS = (0, 128, 256, 384, 512, 640, 768, 896)  # record positions of the position x distance probe
 SWEEP_DISTANCES = (16, 64, 256, 512, 768, 900, 1000)  # also D = 1000: beyond the reported probes
 SWEEP_BAND = 64  # the 16 records of a cell lie in [start, start + band)
-SWEEP_WINDOWS = 8  # windows per cell and probe seed
+SWEEP_WINDOWS = 4  # windows per cell and probe seed (16 records each: 64 answers per cell and seed)
 NEEDLE_DISTANCES = (16, 64, 256, 512, 768, 900, 1000)
 
 
@@ -285,7 +285,7 @@ def robustness_rows(args, grid):
             continue
         if (p1, seed) not in teachers:
             teachers[(p1, seed)] = res["results"]["teacher"]
-            rows.append(schema_row(p1, seed, "step0", res["results"]["step 0"]))
+            rows.append(schema_row(p1, seed, "step0", res["results"]["step 0"]) | {"_extra": res["results"]["step 0"]})
         rows.append(schema_row(p1, seed, arm, res["results"][name]) | {"_extra": res["results"][name]})
     return rows, teachers
 
@@ -334,30 +334,33 @@ def fmt(acc):
 TABLE_DISTANCES = (256, 512, 768, 900)
 
 
-def robustness_markdown(rows, teachers, verdict):
-    """docs/robustness.md: the per-arm means (phase-2 seeds of each phase-1 seed), per-seed rows, pass/fail."""
+def robustness_markdown(rows, teachers, verdict, steps):
+    """docs/robustness.md: the per-arm means (phase-2 seeds of each phase-1 seed), per-seed rows, and (for the
+    recipe's step count, not for a shorter screen) pass/fail per combination with the pass count."""
     from evaluate import HELDOUT_SEEDS
-    head = "| {} | runs | " + " | ".join(f"D={d}" for d in TABLE_DISTANCES) + " | in-doc |"
-    rule = "|" + " --- |" * (len(TABLE_DISTANCES) + 3)
+    head = "| {} | steps | runs | " + " | ".join(f"D={d}" for d in TABLE_DISTANCES) + " | in-doc |"
+    rule = "|" + " --- |" * (len(TABLE_DISTANCES) + 4)
     out = [f"Held-out probe seeds {list(HELDOUT_SEEDS)} (each value the mean over them).", ""]
     for p1 in sorted({r["phase1_seed"] for r in rows}):
         out += [f"Phase-1 seed {p1}: mean over the phase-2 seeds per arm", "", head.format("arm"), rule]
         t = [teachers[k] for k in sorted(teachers) if k[0] == p1][0]
-        out.append("| teacher | 1 | " + " | ".join(fmt(t["kv"].get(str(d))) for d in TABLE_DISTANCES)
+        out.append("| teacher | - | 1 | " + " | ".join(fmt(t["kv"].get(str(d))) for d in TABLE_DISTANCES)
                    + f" | {fmt(t['in_doc'])} |")
         for arm in ["step0"] + list(ARMS):
             runs = [r for r in rows if r["phase1_seed"] == p1 and r["arm"] == arm]
             if runs:
                 cells = [fmt(mean_cell(runs, d)) for d in TABLE_DISTANCES]
-                out.append(f"| {arm} | {len(runs)} | " + " | ".join(cells)
+                out.append(f"| {arm} | {steps} | {len(runs)} | " + " | ".join(cells)
                            + f" | {fmt(float(np.mean([r['in_doc'] for r in runs])))} |")
         out.append("")
-    out += ["Per seed", "", "| phase-1 seed | phase-2 seed | arm | " + " | ".join(f"D={d}" for d in TABLE_DISTANCES)
-            + " | in-doc |", "|" + " --- |" * (len(TABLE_DISTANCES) + 4)]
+    out += ["Per seed", "", "| steps | phase-1 seed | phase-2 seed | arm | " + " | ".join(f"D={d}" for d in
+            TABLE_DISTANCES) + " | in-doc |", "|" + " --- |" * (len(TABLE_DISTANCES) + 5)]
     for r in rows:
         kv = dict(zip(r["distances"], r["kv"]))
-        out.append(f"| {r['phase1_seed']} | {r['phase2_seed']} | {r['arm']} | "
+        out.append(f"| {steps} | {r['phase1_seed']} | {r['phase2_seed']} | {r['arm']} | "
                    + " | ".join(fmt(kv.get(d)) for d in TABLE_DISTANCES) + f" | {fmt(r['in_doc'])} |")
+    if verdict is None:
+        return "\n".join(out) + "\n"
     decided = {k: v for k, v in verdict.items() if v[0] is not None}
     k = sum(v[0] for v in decided.values())
     lo, hi = wilson_interval(k, len(decided))
@@ -394,10 +397,17 @@ def probe_models(args, grid, done_names):
 
     models = {"teacher": lambda: load_model(teacher)[0]}
     for p1, seed, arm, name, _ in grid:
+        if os.path.isfile(os.path.join(args.out_dir, phase1_name(b1, p1) + ".pt")) or p1 == 0:
+            models.setdefault(f"p{p1}-step0", lambda p1=p1: phase1(p1))  # the same for every phase-2 seed and arm
         if name in done_names:
-            models.setdefault(f"p{p1}-s{seed}-step0", lambda p1=p1: phase1(p1))
             models[f"p{p1}-s{seed}-{arm}"] = lambda name=name: load_model(os.path.join(args.out_dir, name + ".pt"))[0]
     return models
+
+
+def results_suffix(args):
+    """'' for the preset's phase-2 steps (docs/robustness.json), '-steps<N>' for a shorter screen (--steps N): the
+    criterion is the recipe's, so rows of another step budget go to their own files."""
+    return "" if args.steps is None or args.steps == PRESETS[args.preset]["steps"]["2"] else f"-steps{args.steps}"
 
 
 def run_probes(args, grid, done_names):
@@ -406,8 +416,8 @@ def run_probes(args, grid, done_names):
     import torch
     from contextlib import nullcontext
     from data import TaskSpec, needle_probe
-    from evaluate import HELDOUT_SEEDS, heuristic_floors, needle_sweep, position_sweep
-    path = os.path.join(args.docs_dir, "probes.json")
+    from evaluate import HELDOUT_SEEDS, heuristic_floors, needle_sweep, position_sweep, recurring_signal
+    path = os.path.join(args.docs_dir, f"probes{results_suffix(args)}.json")
     setup = {"probe_seeds": list(HELDOUT_SEEDS), "starts": list(SWEEP_STARTS), "distances": list(SWEEP_DISTANCES),
              "band": SWEEP_BAND, "windows_per_cell": SWEEP_WINDOWS, "needle_distances": list(NEEDLE_DISTANCES)}
     old = json.load(open(path)) if os.path.isfile(path) else {}
@@ -415,15 +425,28 @@ def run_probes(args, grid, done_names):
     spec, window, cpu = TaskSpec(), PRESETS[args.preset]["long_window"], torch.device("cpu")
     res["needle_floor"] = {str(d): v for d, v in heuristic_floors(spec, window, NEEDLE_DISTANCES, 16, list(HELDOUT_SEEDS),
                                                                   probe=needle_probe)["best"].items()}
-    todo = {k: v for k, v in probe_models(args, grid, done_names).items() if k not in res["models"]}
+    max_doc_len = PRESETS[args.preset]["max_doc_len"]
+
+    def measures(key):  # {field: function of the model}: what each model is probed with
+        out = {"position": lambda m: (lambda pos: [[pos[s][d] for d in SWEEP_DISTANCES] for s in SWEEP_STARTS])(
+                   position_sweep(m, spec, window, SWEEP_DISTANCES, SWEEP_STARTS, cpu, nullcontext(), SWEEP_WINDOWS,
+                                  band=SWEEP_BAND)),
+               "needle": lambda m: list(needle_sweep(m, spec, window, NEEDLE_DISTANCES, cpu, nullcontext()).values()),
+               "recurring": lambda m: recurring_signal(m, spec, window, max_doc_len, cpu, nullcontext())}
+        if key == "teacher":  # what the teacher says at recurring keys when it cannot see other documents
+            out["recurring_docmask"] = lambda m: recurring_signal(m, spec, window, max_doc_len, cpu, nullcontext(),
+                                                                  doc_mask=True)
+        return out
+
+    models = probe_models(args, grid, done_names)
+    todo = {k: v for k, v in models.items() if set(measures(k)) - set(res["models"].get(k, {}))}
     for i, (key, load) in enumerate(todo.items()):
         print(f"  [{i + 1}/{len(todo)}] probes of {key}", flush=True)
         model = load().eval()
-        pos = position_sweep(model, spec, window, SWEEP_DISTANCES, SWEEP_STARTS, cpu, nullcontext(), SWEEP_WINDOWS,
-                             band=SWEEP_BAND)
-        needle = needle_sweep(model, spec, window, NEEDLE_DISTANCES, cpu, nullcontext())
-        res["models"][key] = {"position": [[pos[s][d] for d in SWEEP_DISTANCES] for s in SWEEP_STARTS],
-                              "needle": [needle[d] for d in NEEDLE_DISTANCES]}
+        entry = res["models"].setdefault(key, {})
+        for field, measure in measures(key).items():
+            if field not in entry:
+                entry[field] = measure(model)
         os.makedirs(args.docs_dir, exist_ok=True)
         with open(path, "w") as f:  # after every model: a killed run keeps what it measured
             json.dump(res, f, indent=1)
@@ -485,7 +508,7 @@ def robustness(args):
     for r in rows:
         extra = r.pop("_extra", None)
         if probes is not None:
-            key = f"p{r['phase1_seed']}-s{r['phase2_seed']}-{r['arm']}"
+            key = f"p{r['phase1_seed']}-" + ("step0" if r["arm"] == "step0" else f"s{r['phase2_seed']}-{r['arm']}")
             if key in probes["models"] and extra is not None:
                 probes["models"][key]["in_doc_fresh"] = extra.get("in_doc_fresh")
                 probes["models"][key]["in_doc_recurring"] = extra.get("in_doc_recurring")
@@ -493,15 +516,17 @@ def robustness(args):
         for (p1, seed), t in teachers.items():
             probes.setdefault("teachers", {})[f"p{p1}-s{seed}"] = schema_row(p1, seed, "teacher", t) | {
                 "in_doc_fresh": t.get("in_doc_fresh"), "in_doc_recurring": t.get("in_doc_recurring")}
-        with open(os.path.join(args.docs_dir, "probes.json"), "w") as f:
+        with open(os.path.join(args.docs_dir, f"probes{results_suffix(args)}.json"), "w") as f:
             json.dump(probes, f, indent=1)
-        plot_probes(probes, os.path.join(args.docs_dir, "probes.png"))
+        plot_probes(probes, os.path.join(args.docs_dir, f"probes{results_suffix(args)}.png"))
     print("4/4 results")
     os.makedirs(args.docs_dir, exist_ok=True)
-    with open(os.path.join(args.docs_dir, "robustness.json"), "w") as f:
+    with open(os.path.join(args.docs_dir, f"robustness{results_suffix(args)}.json"), "w") as f:
         json.dump({"criterion": CRITERION, "probe_seeds": list(HELDOUT_SEEDS), "runs": rows}, f, indent=1)
-    md = robustness_markdown(rows, teachers, verdicts(rows)) if rows else "no finished run yet\n"
-    with open(os.path.join(args.docs_dir, "robustness.md"), "w") as f:
+    steps = args.steps or PRESETS[args.preset]["steps"]["2"]
+    md = (robustness_markdown(rows, teachers, None if results_suffix(args) else verdicts(rows), steps) if rows
+          else "no finished run yet\n")
+    with open(os.path.join(args.docs_dir, f"robustness{results_suffix(args)}.md"), "w") as f:
         f.write(md)
     print(md)
 

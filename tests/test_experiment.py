@@ -45,7 +45,7 @@ def test_robustness_writes_the_schema_from_finished_runs_and_resumes(tmp_path, m
         assert set(r) == {"phase1_seed", "phase2_seed", "arm", "distances", "kv", "in_doc"}
         assert r["distances"] == [4, 12, 40] and len(r["kv"]) == 3 and (r["phase1_seed"], r["phase2_seed"]) == (0, 0)
     probes = json.load(open(tmp_path / "docs" / "probes.json"))
-    assert {"teacher", "p0-s0-step0", "p0-s0-kd", "p0-s0-ce", "p0-s0-ce-masked"} == set(probes["models"])
+    assert {"teacher", "p0-step0", "p0-s0-kd", "p0-s0-ce", "p0-s0-ce-masked"} == set(probes["models"])
     assert (tmp_path / "docs" / "probes.png").is_file()
     n_trained = len(trained)
     experiment.main(argv)  # resumable: every run is reused
