@@ -196,4 +196,4 @@ def test_under_torchrun_phase_2_does_not_launch_its_twin_but_says_how(tmp_path, 
     train.train_phase(train.resolve(train.build_parser().parse_args(argv)), argv)
     hint = capsys.readouterr().out
     assert "torchrun --nproc_per_node 2 train.py --phase 2" in hint
-    assert "--kd-weight 0 --no-baseline --no-auto --run-name phase2-ce-b10000-b500000" in hint
+    assert "--kd-weight 0 --arm ce --no-baseline --no-auto --run-name phase2-ce-b10000-b500000" in hint
