@@ -35,22 +35,55 @@ HELDOUT_SEEDS = (1, 2, 3)  # probe seeds of every reported number (their mean); 
 
 
 @torch.no_grad()
-def answer_hits(model, batch, device, autocast, chunk=4, doc_mask=False) -> np.ndarray:
-    """(N, L) bool: the model's argmax is the target, at the probe's answer positions (False elsewhere).
+def predictions(model, batch, device, autocast, chunk=4, doc_mask=False) -> np.ndarray:
+    """(N, L) int64: the model's argmax next token after each input position of the windows.
 
     doc_mask: attend within documents only, as a --doc-mask run trained (the batch's positions are used as given).
     """
     was_training = model.training
     model.eval()
-    hits = []
+    out = []
     for i in range(0, len(batch["tokens"]), chunk):
         part = {k: v[i:i + chunk] for k, v in batch.items()}
-        x, y, pos, doc, ans = to_device(part, device)
+        x, _, pos, doc, _ = to_device(part, device)
         with autocast:
-            logits = model(x, pos, doc if doc_mask else None)  # (b, L, V)
-        hits.append(((logits.argmax(-1) == y) & ans).cpu().numpy())
+            out.append(model(x, pos, doc if doc_mask else None).argmax(-1).cpu().numpy())  # (b, L)
     model.train(was_training)
-    return np.concatenate(hits)
+    return np.concatenate(out)
+
+
+def answer_hits(model, batch, device, autocast, chunk=4, doc_mask=False) -> np.ndarray:
+    """(N, L) bool: the model's argmax is the target, at the probe's answer positions (False elsewhere)."""
+    pred = predictions(model, batch, device, autocast, chunk=chunk, doc_mask=doc_mask)
+    return (pred == batch["tokens"][:, 1:]) & batch["answers"][:, 1:]
+
+
+def earlier_values(batch) -> np.ndarray:
+    """(N, L + 1) int64: at each recurring answer (batch["recurring"]), the value its key had at its last occurrence
+    in an earlier document (the far-back answer); -1 elsewhere."""
+    tok, doc = batch["tokens"], batch["doc_ids"]
+    out = np.full(tok.shape, -1, dtype=np.int64)
+    for r, a in zip(*np.nonzero(batch["recurring"])):
+        j = np.flatnonzero((tok[r, :a - 1] == tok[r, a - 1]) & (doc[r, :a - 1] < doc[r, a - 1]))
+        out[r, a] = tok[r, j[-1] + 1]
+    return out
+
+
+def recurring_signal(model, spec, window, max_doc_len, device, autocast, n_windows=16, seeds=HELDOUT_SEEDS,
+                     doc_mask=False) -> dict:
+    """What a model answers at the recurring answers of held-out packed windows (mean over the probe seeds):
+    {"local": the value of this document (the label), "far_back": the value of the key's earlier document,
+    "fresh": accuracy at the other answers}. For the teacher this is the long-range signal KD passes on."""
+    res = {"local": [], "far_back": [], "fresh": []}
+    for seed in seeds:
+        batch = packed_probe(spec, window, max_doc_len, n_windows=n_windows, seed=seed)
+        pred = predictions(model, batch, device, autocast, doc_mask=doc_mask)  # (N, L), aligned with tokens[:, 1:]
+        rec, ans, y = batch["recurring"][:, 1:], batch["answers"][:, 1:], batch["tokens"][:, 1:]
+        far = earlier_values(batch)[:, 1:]
+        res["local"].append(ratio((pred == y)[rec].sum(), rec.sum()))
+        res["far_back"].append(ratio((pred == far)[rec].sum(), rec.sum()))
+        res["fresh"].append(ratio((pred == y)[ans & ~rec].sum(), (ans & ~rec).sum()))
+    return {k: mean_over_seeds(v) for k, v in res.items()}
 
 
 def probe_accuracy(model, batch, device, autocast, chunk=4, doc_mask=False, where=None) -> float | None:

@@ -1,4 +1,6 @@
 """experiment.py: the grid it launches (nothing is trained here)."""
+import pytest
+
 import experiment
 
 
@@ -14,3 +16,52 @@ def test_device_and_dtype_reach_every_training_run_and_the_analysis(tmp_path, mo
     assert all(argv[argv.index("--dtype") + 1] == "float32" for _, argv in jobs)  # the README grid pins it
     (cmd,) = commands
     assert cmd[cmd.index("all") - 1].endswith("analyze.py") and cmd[cmd.index("--device") + 1] == "cuda"
+
+
+def test_robustness_writes_the_schema_from_finished_runs_and_resumes(tmp_path, monkeypatch):
+    """The tiny preset end to end (runs in-process): teacher, phase 1, three arms; then nothing is retrained."""
+    import json
+
+    import train
+    trained = []
+
+    def run_in_process(jobs, args, done=None):
+        done = done or (lambda n: experiment.results_path(args, n) is not None)
+        for name, argv in jobs:
+            if not done(name):
+                trained.append(name)
+                train.main(argv + ["--threads", "1"])
+
+    monkeypatch.setattr(experiment, "run_all", run_in_process)
+    argv = ["robustness", "--preset", "tiny", "--device", "cpu", "--dtype", "float32", "--out-dir",
+            str(tmp_path / "out"), "--docs-dir", str(tmp_path / "docs"), "--seeds", "0", "--phase1-seeds", "0",
+            "--arms", "ce-masked", "kd", "ce"]
+    experiment.main(argv)
+    res = json.load(open(tmp_path / "docs" / "robustness.json"))
+    assert res["criterion"] == {"min_distance": 512, "step0_max": 0.3, "kd_min": 0.9, "ce_max": 0.3}
+    assert res["probe_seeds"] == [1, 2, 3]
+    assert [r["arm"] for r in res["runs"]] == ["step0", "ce", "ce-masked", "kd"]  # the criterion's arms first
+    for r in res["runs"]:
+        assert set(r) == {"phase1_seed", "phase2_seed", "arm", "distances", "kv", "in_doc"}
+        assert r["distances"] == [4, 12, 40] and len(r["kv"]) == 3 and (r["phase1_seed"], r["phase2_seed"]) == (0, 0)
+    probes = json.load(open(tmp_path / "docs" / "probes.json"))
+    assert {"teacher", "p0-step0", "p0-s0-kd", "p0-s0-ce", "p0-s0-ce-masked"} == set(probes["models"])
+    assert (tmp_path / "docs" / "probes.png").is_file()
+    n_trained = len(trained)
+    experiment.main(argv)  # resumable: every run is reused
+    assert len(trained) == n_trained and json.load(open(tmp_path / "docs" / "robustness.json")) == res
+
+
+def test_criterion_verdicts_and_the_wilson_interval():
+    def row(arm, kv, seed=0):
+        return {"phase1_seed": 0, "phase2_seed": seed, "arm": arm, "distances": [256, 512, 900], "kv": kv,
+                "in_doc": 0.9}
+    good = [row("step0", [0.5, 0.1, 0.0]), row("kd", [1, 0.95, 0.9]), row("ce", [0.9, 0.3, 0.1]),
+            row("ce-masked", [0.9, 0.2, 0.2])]
+    bad = [dict(r, phase2_seed=1) for r in good[:3]] + [row("ce-masked", [0.1, 0.31, 0.0], seed=1)]
+    half = [dict(r, phase2_seed=2) for r in good[:3]]  # ce-masked not run: undecided
+    v = experiment.verdicts(good + bad + half)
+    assert v[(0, 0)] == (True, []) and v[(0, 1)] == (False, ["ce-masked 0.31 at D=512"]) and v[(0, 2)][0] is None
+    lo, hi = experiment.wilson_interval(5, 10)  # Wilson (1927): 0.237 .. 0.763
+    assert round(lo, 3) == 0.237 and round(hi, 3) == 0.763
+    assert experiment.wilson_interval(0, 4)[0] == 0 and experiment.wilson_interval(4, 4)[1] == pytest.approx(1)

@@ -1,0 +1,142 @@
+"""docs/robustness.json (what experiment.py robustness wrote) has its schema, and every number of docs/causal.md's
+tables is the JSON's value as printed (two decimals): the page cannot drift from the measurements."""
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+
+import experiment
+from evaluate import HELDOUT_SEEDS
+
+DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
+ARMS = {"step0", "ce", "ce-masked", "ce-teacher-labels", "kd", "kd-masked", "kd-teacher-docmask"}
+
+
+def load(name):
+    with open(os.path.join(DOCS, name)) as f:
+        return json.load(f)
+
+
+def tables(md):
+    """[(header cells, [row cells])] of every markdown table in the text."""
+    out, lines = [], md.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("|") and i + 1 < len(lines) and re.match(r"^\|( -+ \|)+$", lines[i + 1].strip()):
+            if i > 0 and lines[i - 1].startswith("|"):
+                continue
+            rows, j = [], i + 2
+            while j < len(lines) and lines[j].startswith("|"):
+                rows.append([c.strip() for c in lines[j].strip().strip("|").split("|")])
+                j += 1
+            out.append(([c.strip() for c in line.strip().strip("|").split("|")], rows))
+    return out
+
+
+def printed(v):
+    return "-" if v is None else f"{v:.2f}"
+
+
+def results_files():
+    """[(steps, robustness JSON, probes JSON or None)]: the recipe's (1,000 steps) and any shorter screen's."""
+    out = []
+    for name in sorted(os.listdir(DOCS)):
+        m = re.fullmatch(r"robustness(-steps(\d+))?\.json", name)
+        if m:
+            probes = os.path.join(DOCS, name.replace("robustness", "probes"))
+            out.append((int(m.group(2) or 1000), load(name), load(os.path.basename(probes))
+                        if os.path.isfile(probes) else None))
+    return out
+
+
+def test_robustness_json_schema():
+    files = results_files()
+    assert files and files[0][0] in (1000, 250) and os.path.isfile(os.path.join(DOCS, "robustness.json"))
+    for steps, res, _ in files:
+        assert set(res) == {"criterion", "probe_seeds", "runs"}
+        assert res["criterion"] == {"min_distance": 512, "step0_max": 0.3, "kd_min": 0.9, "ce_max": 0.3}
+        assert res["probe_seeds"] == list(HELDOUT_SEEDS) and 0 not in res["probe_seeds"]  # 0: the selection seed
+        seen = set()
+        for r in res["runs"]:
+            assert set(r) == {"phase1_seed", "phase2_seed", "arm", "distances", "kv", "in_doc"}
+            assert isinstance(r["phase1_seed"], int) and isinstance(r["phase2_seed"], int) and r["arm"] in ARMS
+            key = (r["phase1_seed"], r["phase2_seed"], r["arm"])
+            assert key not in seen
+            seen.add(key)
+            assert r["distances"] == sorted(r["distances"]) and len(r["kv"]) == len(r["distances"])
+            assert all(a is None or 0 <= a <= 1 for a in r["kv"]) and 0 <= r["in_doc"] <= 1
+        for p1, p2, arm in seen:  # every combination with a trained arm has its starting point
+            assert (p1, p2, "step0") in seen
+
+
+def test_causal_md_tables_equal_the_json():
+    files = {steps: (res, probes) for steps, res, probes in results_files()}
+    with_probes = [p for _, p in files.values() if p is not None]
+    files["-"] = (None, with_probes[0] if with_probes else None)  # teacher and step 0: trained by no arm
+    with open(os.path.join(DOCS, "causal.md")) as f:
+        md = f.read()
+    checked = 0
+    for head, rows in tables(md):
+        dists = [int(h[2:]) for h in head if h.startswith("D=")]
+        if head[:4] == ["steps", "phase-1 seed", "phase-2 seed", "arm"]:  # per-seed rows
+            for cells in rows:
+                runs = files[int(cells[0])][0]["runs"]
+                (r,) = [r for r in runs
+                        if (str(r["phase1_seed"]), str(r["phase2_seed"]), r["arm"]) == tuple(cells[1:4])]
+                kv = dict(zip(r["distances"], r["kv"]))
+                assert cells[4:] == [printed(kv[d]) for d in dists] + [printed(r["in_doc"])], cells
+                checked += 1
+        elif head[:3] == ["arm", "steps", "runs"]:  # per arm: mean over the phase-2 seeds of phase-1 seed 0
+            for cells in rows:
+                if cells[0] == "teacher":
+                    t = [p for _, p in files.values() if p and "teachers" in p][0]["teachers"]["p0-s0"]  # held-out
+                    kv = dict(zip(t["distances"], t["kv"]))
+                    assert cells[3:] == [printed(kv[d]) for d in dists] + [printed(t["in_doc"])], cells
+                else:
+                    sel = [r for r in files[int(cells[1])][0]["runs"] if r["arm"] == cells[0] and r["phase1_seed"] == 0]
+                    assert cells[2] == str(len(sel)), cells
+                    mean = [float(np.mean([dict(zip(r["distances"], r["kv"]))[d] for r in sel])) for d in dists]
+                    in_doc = float(np.mean([r["in_doc"] for r in sel]))
+                    assert cells[3:] == [printed(m) for m in mean] + [printed(in_doc)], cells
+                checked += 1
+        elif head[:3] == ["model", "steps", "probe"]:  # position / needle rows from the probes JSON
+            for cells in rows:
+                probes = files[cells[1] if cells[1] == "-" else int(cells[1])][1]
+                m = probes["models"].get(cells[0])
+                if cells[2] == "needle":
+                    nd = dict(zip(probes["needle_distances"], m["needle"]))
+                    assert cells[3:] == [printed(nd[d]) for d in dists], cells
+                elif cells[2] == "needle floor":
+                    assert cells[3:] == [printed(probes["needle_floor"][str(d)]) for d in dists], cells
+                else:  # "record at S": a row of the record-position x distance grid
+                    s = probes["starts"].index(int(cells[2].split()[-1]))
+                    grid = dict(zip(probes["distances"], m["position"][s]))
+                    assert cells[3:] == [printed(grid[d]) for d in dists], cells
+                checked += 1
+        elif head[:3] == ["model", "steps", "local"]:  # answers at recurring keys: local / far-back / fresh
+            for cells in rows:
+                name, _, docmask = cells[0].partition(" (doc mask)")
+                model = files[cells[1] if cells[1] == "-" else int(cells[1])][1]["models"][name]
+                rec = model["recurring_docmask" if docmask == "" and cells[0] != name else "recurring"]
+                assert cells[2:] == [printed(rec[k]) for k in ("local", "far_back", "fresh")], cells
+                checked += 1
+    assert checked >= sum(len(res["runs"]) for res, _ in files.values() if res)  # every run appears at least once
+
+
+def test_causal_md_pass_count_is_the_criterion_on_the_json():
+    res = load("robustness.json")  # the recipe's runs (a shorter screen is not held to the criterion)
+    with open(os.path.join(DOCS, "causal.md")) as f:
+        md = f.read()
+    verdict = experiment.verdicts(res["runs"])
+    decided = [ok for ok, _ in verdict.values() if ok is not None]
+    m = re.search(r"Pass count: (\d+) of (\d+)", md)
+    assert m and (int(m.group(1)), int(m.group(2))) == (sum(decided), len(decided))
+    if decided:
+        lo, hi = experiment.wilson_interval(sum(decided), len(decided))
+        assert f"[{lo:.2f}, {hi:.2f}]" in md
+
+
+@pytest.mark.parametrize("name", ["robustness.json", "causal.md"])
+def test_results_files_exist(name):
+    assert os.path.isfile(os.path.join(DOCS, name))
