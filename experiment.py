@@ -548,6 +548,28 @@ def robustness(args):
     print(md)
 
 
+
+HEADLINE_ARMS = ("step0", "kd", "ce", "ce-masked", "ce-teacher-labels", "kd-masked", "kd-teacher-docmask")
+HEADLINE_LABELS = {"step0": "step 0 (phase 1 + base 5e5)", "kd": "KD student (0.1 CE + 0.9 KD)", "ce": "CE student",
+                   "ce-masked": "CE, recurring answers masked", "ce-teacher-labels": "CE on the teacher's argmax",
+                   "kd-masked": "KD, recurring answers masked", "kd-teacher-docmask": "KD, teacher under the doc mask"}
+
+
+def headline_markdown(robustness) -> str:
+    """The README's table from a robustness JSON: per arm, the mean over its runs at D = 256 ... 900 and in-doc,
+    on the held-out probe seeds; one place that turns docs/robustness*.json into the headline."""
+    rows = robustness["runs"]
+    out = ["| model | runs | " + " | ".join(f"D={d}" for d in TABLE_DISTANCES) + " | in-doc |",
+           "|" + " --- |" * (len(TABLE_DISTANCES) + 3)]
+    for arm in HEADLINE_ARMS:
+        runs = [r for r in rows if r["arm"] == arm]
+        if runs:
+            cells = [fmt(mean_cell(runs, d)) for d in TABLE_DISTANCES]
+            out.append(f"| {HEADLINE_LABELS[arm]} | {len(runs)} | " + " | ".join(cells)
+                       + f" | {fmt(float(np.mean([r['in_doc'] for r in runs])))} |")
+    return "\n".join(out)
+
+
 def check_flags(args):
     """Every flag, before a folder is made or a run launched."""
     if args.jobs < 1:

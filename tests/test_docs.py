@@ -69,3 +69,16 @@ def test_the_project_speaks_of_itself_alone():
                     found += [f"{os.path.relpath(path, ROOT)}:{i}: {line.strip()[:80]}"
                               for i, line in enumerate(fh, 1) if TOLD.search(line)]
     assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize("name, source", [("headline", "docs/robustness.json"),
+                                          ("screen", "docs/robustness-steps250.json")])
+def test_the_readme_tables_are_what_the_robustness_json_gives(name, source):
+    assert block(read("README.md"), name) == experiment.headline_markdown(json.loads(read(source)))
+
+
+def test_the_headline_averages_each_arms_runs_on_the_held_out_probes():
+    rows = [{"phase1_seed": 0, "phase2_seed": s, "arm": "kd", "distances": [256, 512, 768, 900],
+             "kv": [1.0, 0.5 + 0.5 * s, 1.0, None if s else 1.0], "in_doc": 0.6} for s in (0, 1)]
+    table = experiment.headline_markdown({"runs": rows})
+    assert "| KD student (0.1 CE + 0.9 KD) | 2 | 1.00 | 0.75 | 1.00 | - | 0.60 |" in table  # None: not measurable
