@@ -338,7 +338,8 @@ class StopOnInterrupt:
 
     def __enter__(self):
         self.flag, self.previous = False, None
-        if threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a background job ignores Ctrl-C: so do we
             self.previous = signal.signal(signal.SIGINT, self.handle)
         return self
 

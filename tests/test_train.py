@@ -117,7 +117,15 @@ def ctrl_c():
     os.kill(os.getpid(), signal.SIGINT)
 
 
-def test_ctrl_c_right_after_an_optimizer_step_resumes_bit_for_bit(tmp_path, monkeypatch):
+@pytest.fixture
+def terminal():
+    """SIGINT handled as in a foreground process (a background job, such as a CI run, starts with it ignored)."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+def test_ctrl_c_right_after_an_optimizer_step_resumes_bit_for_bit(tmp_path, monkeypatch, terminal):
     """SIGINT just after the optimizer updated the weights (before the step is counted): the checkpoint's step
     label matches its weights, and the resumed run ends with the losses and weights of an uninterrupted one."""
     argv = ["--phase", "teacher", "--curriculum-steps", "0", "--steps", "12", "--save-interval", "100",
@@ -136,7 +144,7 @@ def test_ctrl_c_right_after_an_optimizer_step_resumes_bit_for_bit(tmp_path, monk
     cut = str(tmp_path / "cut")
     with pytest.raises(SystemExit) as e:
         run(argv + ["--out-dir", cut])
-    assert e.value.code == 130 and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert e.value.code == 130 and signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
     ckpt = load_checkpoint(os.path.join(cut, "teacher.pt"))
     assert ckpt["step"] == 5 and not ckpt["done"]
     monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
@@ -148,7 +156,8 @@ def test_ctrl_c_right_after_an_optimizer_step_resumes_bit_for_bit(tmp_path, monk
 
 
 @pytest.mark.parametrize("where, calls, saved_at", [("train_step", 6, 6), ("to_device", 3, 2), ("quick_eval", 1, 4)])
-def test_ctrl_c_anywhere_in_a_stage_saves_at_the_next_step_boundary(tmp_path, monkeypatch, where, calls, saved_at):
+def test_ctrl_c_anywhere_in_a_stage_saves_at_the_next_step_boundary(tmp_path, monkeypatch, where, calls, saved_at,
+                                                                    terminal):
     """Ctrl-C inside a step (the 6th) lets it finish; while the 3rd batch is built (after step 2) or during a
     quick check (after step 4) no step starts: the run saves the last finished step under its own label, exits
     130, and --resume finishes it."""
@@ -173,7 +182,7 @@ def test_ctrl_c_anywhere_in_a_stage_saves_at_the_next_step_boundary(tmp_path, mo
     assert load_checkpoint(str(tmp_path / "teacher.pt"))["done"]
 
 
-def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys):
+def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, capsys, terminal):
     real, seen = train.train_step, []
 
     def twice(*a, **k):
@@ -628,3 +637,15 @@ def test_the_held_out_corpus_loss_is_measured_under_the_runs_document_mask(tmp_p
     assert masked != pytest.approx(plain, abs=1e-6)
     if len(held[1]["tokens"]) <= args.batch_size:  # one batch: the value itself
         assert masked == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_a_run_that_ignores_sigint_keeps_ignoring_it(tmp_path):
+    """Started with SIGINT ignored (a background job), the loop installs no handler and training is not stopped."""
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with train.StopOnInterrupt() as c:
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            ctrl_c()
+            assert not c.requested()
+    finally:
+        signal.signal(signal.SIGINT, old)
