@@ -331,7 +331,7 @@ def test_kd_reaches_the_gradient():
         student = GPT(cfg)
         torch.manual_seed(teacher_seed)
         teacher = freeze_teacher(GPT(cfg), cpu)
-        opt = train.make_optimizer(student, args, cpu)
+        opt = train.make_optimizer(student, args, torch.device("cpu"))
         kls = [train.train_step(student, teacher, opt, batch, args, nullcontext())[2] for _ in range(4)]
         assert kls[-1] < kls[0]
         students.append(student)
@@ -372,20 +372,26 @@ def test_bf16_autocast_changes_the_numbers_only_slightly(tiny_teacher, tmp_path)
         assert a["loss"] == pytest.approx(b["loss"], rel=0.02) and a["kl"] == pytest.approx(b["kl"], abs=2e-3)
 
 
+def tiny_kd_setup(windows):
+    """Phase-2 flags with 0.5 CE + 0.5 KD, a packed batch of `windows` x 32 tokens, a tiny student and teacher."""
+    cpu = torch.device("cpu")
+    args = train.resolve(train.build_parser().parse_args(["--phase", "2", "--preset", "tiny", "--kd-weight", "0.5"]))
+    batch = to_device(DataSource(TaskSpec(), "packed", 32, windows, seed=0, max_doc_len=16, min_doc_len=8).batch(0),
+                      cpu)
+    cfg = GPTConfig(d_model=32, n_head=2, n_kv_head=2, max_seq_len=32)
+    torch.manual_seed(0)
+    return args, batch, GPT(cfg), freeze_teacher(GPT(cfg), cpu)
+
+
 def test_a_bf16_step_keeps_loss_weights_and_optimizer_state_in_float32():
     """bf16 autocast runs the matmuls in bf16 (student and teacher logits come out bf16); the losses, the weights,
     the gradients and AdamW's moments stay float32."""
-    cpu = torch.device("cpu")
-    args = train.resolve(train.build_parser().parse_args(["--phase", "2", "--preset", "tiny", "--kd-weight", "0.5"]))
-    batch = to_device(DataSource(TaskSpec(), "packed", 32, 2, seed=0, max_doc_len=16, min_doc_len=8).batch(0), cpu)
-    cfg = GPTConfig(d_model=32, n_head=2, n_kv_head=2, max_seq_len=32)
-    torch.manual_seed(0)
-    student, teacher = GPT(cfg), freeze_teacher(GPT(cfg), cpu)
+    args, batch, student, teacher = tiny_kd_setup(2)
     bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
     with bf16:
         assert student(batch[0], batch[2]).dtype == torch.bfloat16
         assert train.teacher_logits(teacher, batch[0], batch[2]).dtype == torch.bfloat16
-    opt = train.make_optimizer(student, args, cpu)
+    opt = train.make_optimizer(student, args, torch.device("cpu"))
     loss, ce, kl, _ = train.train_step(student, teacher, opt, batch, args, bf16)
     assert loss == pytest.approx(0.5 * ce + 0.5 * kl, rel=1e-5)  # summed in float32
     assert student.inv_freq.dtype == torch.float32
@@ -577,12 +583,7 @@ def test_mfu_counts_each_stage_at_its_own_window():
 def test_accumulated_micro_batches_give_the_batch_gradient():
     """dist.accumulate over K micro-batches (each loss / K) gives the gradient and the logged loss of one batch."""
     import dist
-    cpu = torch.device("cpu")
-    args = train.resolve(train.build_parser().parse_args(["--phase", "2", "--preset", "tiny", "--kd-weight", "0.5"]))
-    batch = to_device(DataSource(TaskSpec(), "packed", 32, 4, seed=0, max_doc_len=16, min_doc_len=8).batch(0), cpu)
-    cfg = GPTConfig(d_model=32, n_head=2, n_kv_head=2, max_seq_len=32)
-    torch.manual_seed(0)
-    student, teacher = GPT(cfg), freeze_teacher(GPT(cfg), cpu)
+    args, batch, student, teacher = tiny_kd_setup(4)
     whole = train.training_loss(student, teacher, batch, args, nullcontext())
     whole[0].backward()
     g_whole = [p.grad.clone() for p in student.parameters()]
