@@ -229,15 +229,18 @@ def run_perturb(args):
 # ----------------------------------------------------------------------------- query updates (finding 3)
 
 
-def pair_update(w_before, w_after, n_heads):
-    """Relative update ||W_after - W_before|| / ||W_before|| per head and RoPE pair: (H, hd/2).
+def pair_norm(w, n_heads):
+    """Frobenius norm of each head's RoPE pair of a q or k projection: (H, hd/2).
 
-    W is a q or k projection (n_heads * hd, d_model); pair i of a head is its rows i and
-    i + hd/2 (rotate-half layout), so (H, 2, hd/2, d_model) groups them.
+    W is (n_heads * hd, d_model); pair i of a head is its rows i and i + hd/2 (rotate-half
+    layout), so (H, 2, hd/2, d_model) groups them.
     """
-    b = w_before.detach().float().reshape(n_heads, 2, -1, w_before.shape[1])
-    a = w_after.detach().float().reshape(n_heads, 2, -1, w_after.shape[1])
-    return (a - b).norm(dim=(1, 3)) / b.norm(dim=(1, 3)).clamp_min(1e-12)
+    return w.detach().float().reshape(n_heads, 2, -1, w.shape[1]).norm(dim=(1, 3))
+
+
+def pair_update(w_before, w_after, n_heads):
+    """Relative update ||W_after - W_before|| / ||W_before|| per head and RoPE pair: (H, hd/2)."""
+    return pair_norm(w_after.float() - w_before.float(), n_heads) / pair_norm(w_before, n_heads).clamp_min(1e-12)
 
 
 @torch.no_grad()

@@ -102,9 +102,17 @@ def curriculum_stages(args):
              args.curriculum_steps if i == 0 else max(1, args.curriculum_steps // 6)) for i, w in enumerate(windows)]
 
 
+def ramp_stages(args):
+    """Phase 2's window ramp (--ramp-windows): [(name, window, batch size, steps)], the packed short documents of
+    the main stage in shorter windows, with the main stage's tokens per step. Empty without the flag."""
+    return [(f"ramp-{w}", w, max(1, args.batch_size * args.window // w), args.ramp_steps)
+            for w in (args.ramp_windows or [])]
+
+
 def stage_batch_sizes(args):
-    """[(stage name, windows per step)] of every stage of the phase, the curriculum's and the main one."""
-    return [(name, batch) for name, _, batch, _, _ in curriculum_stages(args)] + [("main", args.batch_size)]
+    """[(stage name, windows per step)] of every stage of the phase: the curriculum's, the ramp's, the main one."""
+    return ([(name, batch) for name, _, batch, _, _ in curriculum_stages(args)]
+            + [(name, batch) for name, _, batch, _ in ramp_stages(args)] + [("main", args.batch_size)])
 
 
 def phase1_name(base, seed=0, window=None, preset="cpu"):
@@ -129,6 +137,7 @@ def variant_suffix(args):
         s += f"-T{args.temperature:g}" if args.temperature != 1 else ""
     s += "-dm" if args.doc_mask else ""
     s += "-rp" if args.reset_positions else ""
+    s += "-ramp" + ".".join(str(w) for w in args.ramp_windows) + f"x{args.ramp_steps}" if args.ramp_windows else ""
     s += ARM_SUFFIX.get(getattr(args, "arm", None), "")
     return s
 
@@ -210,6 +219,10 @@ def build_parser():
                    "stage, 1/6 of it for each later one (teacher and phase 1; 0 = no curriculum)")
     g.add_argument("--curriculum-target", type=float, default=0.95, help="end the warm-up once answer accuracy "
                    "(running mean) reaches this")
+    g.add_argument("--ramp-windows", type=int, nargs="+", default=None, help="phase 2: before the main stage, "
+                   "train on the same packed short documents in these shorter windows, in order (e.g. 128 256 512; "
+                   "default: none), each for --ramp-steps steps with the main stage's tokens per step")
+    g.add_argument("--ramp-steps", type=int, default=150, help="steps per --ramp-windows window")
     g = p.add_argument_group("distillation")
     g.add_argument("--kd-weight", type=float, default=None, help="loss = (1-w) CE + w KD; 0 = CE-only baseline "
                    "(default: phase 1 0.5, phase 2 0.9)")
@@ -316,6 +329,12 @@ def resolve(args):
         (finite(args.weight_decay) and args.weight_decay >= 0, f"--weight-decay must be >= 0, got {args.weight_decay}"),
         (finite(args.grad_clip) and args.grad_clip >= 0, f"--grad-clip must be >= 0 (0 = off), got {args.grad_clip}"),
         (args.curriculum_steps >= 0, f"--curriculum-steps must be >= 0, got {args.curriculum_steps}"),
+        (not args.ramp_windows or (phase == "2" and not args.data),
+         "--ramp-windows is phase 2's ramp over packed synthetic documents: it needs --phase 2 and no --data"),
+        (not args.ramp_windows or all(args.max_doc_len <= w < args.window for w in args.ramp_windows),
+         f"--ramp-windows must lie in [--max-doc-len {args.max_doc_len}, --window {args.window}), "
+         f"got {args.ramp_windows}"),
+        (args.ramp_steps >= 1, f"--ramp-steps must be >= 1, got {args.ramp_steps}"),
         (0 < args.curriculum_target <= 1, f"--curriculum-target must lie in (0, 1], got {args.curriculum_target}"),
         (args.temperature > 0 and finite(args.temperature), f"--temperature must be > 0, got {args.temperature}"),
         (0 <= args.kd_weight <= 1, f"--kd-weight must lie in [0, 1], got {args.kd_weight}"),

@@ -36,8 +36,8 @@ from tqdm import tqdm
 
 import dist
 import runs
-from config import (MASKED_ARMS, PRESETS, build_parser, curriculum_stages, fail, phase_seed, pick_device, resolve,
-                    student_config)
+from config import (MASKED_ARMS, PRESETS, build_parser, curriculum_stages, fail, phase_seed, pick_device, ramp_stages,
+                    resolve, student_config)
 from data import DataSource, TaskSpec, prefetch, to_device
 from distill import chunked_cross_entropy, kd_loss, load_teacher, teacher_logits
 from model import GPT, CheckpointError, load_model, switch_rope
@@ -101,7 +101,7 @@ def train(args, inputs):
             local = state["step"] - state["stage_start"]  # steps already done in this stage (on --resume)
             bar = progress_bar(steps, local, f"{args.run_name} {name}", disable=not main_rank)
             try:
-                if quick and name == "main" and local == 0 and args.phase == "2":
+                if quick and state["step"] == 0 and args.phase == "2":
                     quick_eval(model, args, spec, device, autocast, 0, state["step"], bar, log)  # step 0
                 t0 = time.perf_counter()
                 for local, batch in stage_batches(src, local, steps, args, device):
@@ -279,6 +279,10 @@ def make_stages(args, spec, corpus=None):
     for i, (name, window, batch, n_pairs, steps) in enumerate(curriculum_stages(args)):  # long documents
         src = DataSource(spec, "long", window, batch, phase_seed(args, 1 if i == 0 else 2 + i), n_pairs=n_pairs)
         stages.append((name, src, steps, args.curriculum_target))
+    for j, (name, window, batch, steps) in enumerate(ramp_stages(args)):  # phase 2: shorter packed windows first
+        src = DataSource(spec, "packed", window, batch, phase_seed(args, 30 + j), args.max_doc_len, args.min_doc_len,
+                         reset_positions=args.reset_positions)
+        stages.append((name, src, steps, None))
     if corpus is not None:
         src = DataSource(spec, "file", args.window, args.batch_size, phase_seed(args, 2), windows=corpus[0])
     elif args.phase == "teacher":

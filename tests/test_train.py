@@ -243,6 +243,29 @@ def test_default_phase1_is_short_window_and_its_documents_fit_it():
 YARN = '{"rope_type": "yarn", "factor": 4, "original_max_position_embeddings": 256}'
 
 
+def test_window_ramp_trains_the_main_stages_packed_documents_in_shorter_windows_first():
+    args = train.resolve(train.build_parser().parse_args(["--phase", "2", "--ramp-windows", "128", "512",
+                                                          "--ramp-steps", "7"]))
+    stages = train.make_stages(args, train.TaskSpec())
+    assert [name for name, *_ in stages] == ["ramp-128", "ramp-512", "main"]
+    for _, src, steps, stop in stages:
+        assert src.kind == "packed" and src.window * src.batch_size == 4 * 1024 and stop is None
+        assert (src.max_doc_len, src.min_doc_len) == (128, 32)
+    assert [steps for _, _, steps, _ in stages] == [7, 7, 1000]
+    assert len({src.seed for _, src, *_ in stages}) == 3  # every stage its own stream
+    plain = train.resolve(train.build_parser().parse_args(["--phase", "2"]))
+    assert [name for name, *_ in train.make_stages(plain, train.TaskSpec())] == ["main"]  # the recipe: no ramp
+
+
+@pytest.mark.parametrize("argv, msg", [(["--phase", "1", "--ramp-windows", "16"], "needs --phase 2"),
+                                       (["--ramp-windows", "2048"], "must lie in [--max-doc-len 128, --window 1024)"),
+                                       (["--ramp-windows", "256", "--ramp-steps", "0"], "--ramp-steps must be >= 1")])
+def test_window_ramp_nonsense_fails_in_one_line(argv, msg, capsys):
+    with pytest.raises(SystemExit) as e:
+        train.resolve(train.build_parser().parse_args(["--phase", "2"] + argv))
+    assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("flags,name,base", [
     ([], "phase2-kd-b10000-b500000", 5e5),
     (["--kd-loss", "reverse"], "phase2-kd-b10000-b500000-rkl", 5e5),
@@ -251,6 +274,7 @@ YARN = '{"rope_type": "yarn", "factor": 4, "original_max_position_embeddings": 2
     (["--rope-scaling", YARN], "phase2-kd-b10000-b10000-yarn4", 1e4),  # the scaling replaces the base change
     (["--rope-scaling", YARN, "--rope-base", "20000"], "phase2-kd-b10000-b20000-yarn4", 2e4),
     (["--kd-weight", "0", "--kd-loss", "reverse", "--temperature", "2"], "phase2-ce-b10000-b500000", 5e5),
+    (["--ramp-windows", "128", "256", "--ramp-steps", "50"], "phase2-kd-b10000-b500000-ramp128.256x50", 5e5),
 ])
 def test_run_names_tell_variants_apart(flags, name, base):
     args = train.resolve(train.build_parser().parse_args(["--phase", "2", *flags]))
