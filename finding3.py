@@ -158,6 +158,16 @@ def markdown(res, crit):
                 lines.append(f"| {'W_q' if w == 'wq' else 'W_k'} | {sp['layer']} | {student} | {len(s['seeds'])} | "
                              f"{s[w]['layer_total_mean'][sp['layer']]:.2f} | {sp['pairs'][0]}-{sp['pairs'][1]} | "
                              f"{sp['mean']:.2f} | {sp['p']:.4f} | {sp['p_holm']:.4f} |")
+    first = next(iter(res["students"].values()))["wq"]["normalised_mean"]
+    lines += ["", "W_q per pair, ‖ΔW‖ / layer mean (mean ± sample std over phase-1 seeds):", "",
+              "| layer | student | " + " | ".join(f"p{i}" for i in range(len(first[0]))) + " |",
+              "|" + " --- |" * (len(first[0]) + 2)]
+    for layer in range(len(first)):
+        for student, s in res["students"].items():
+            per_seed = np.array(s["wq"]["normalised_per_seed"])[:, layer]  # (S, P)
+            sd = per_seed.std(0, ddof=1) if len(per_seed) > 1 else np.zeros(per_seed.shape[1])
+            lines.append(f"| {layer} | {student} | " + " | ".join(f"{m:.2f}±{e:.2f}" for m, e in
+                                                               zip(per_seed.mean(0), sd)) + " |")
     lines += ["", f"Critical pairs: {crit}."]
     for w, layers in ((w, res["kd_vs_ce"].get(w, [])) for w in ("wq", "wk")):
         for entry in layers:
