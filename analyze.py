@@ -39,7 +39,7 @@ from data import TaskSpec, kv_probe, packed_probe, repeated_tokens_window, to_de
 from distill import forward_kl
 from evaluate import depth_sweep, evaluate, format_table, heuristic_floors
 from hf import load_pretrained
-from model import CheckpointError, Inspect
+from model import CheckpointError, Inspect, atomic_write
 from config import check_out_dir, fail
 from plots import plot_perturb, plot_qupdate, plot_retrieval, plot_spectrum
 from rope import critical_pair, default_inv_freq, men_lower_bound, rotations, spectrum_summary
@@ -74,9 +74,9 @@ def load_all(paths, labels, device):
 
 
 def write_json(out, name, obj):
+    """OUT/name, written atomically (a kill leaves the old file or the new one)."""
     path = os.path.join(out, name)
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=1)
+    atomic_write(path, lambda f: json.dump(obj, f, indent=1), mode="w")
     return path
 
 

@@ -48,7 +48,7 @@ import dist
 from data import DataSource, TaskSpec, to_device
 from distill import freeze_teacher, kd_loss, teacher_logits
 from evaluate import PEAK_SIZES, matmul_peak_flops
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, atomic_write
 from config import PRESETS, build_parser, check_out_dir, fail, pick_device
 from train import make_optimizer, train_step
 
@@ -459,9 +459,7 @@ def main(argv=None):
 
 def write_json(cli, results):
     if cli.json:
-        os.makedirs(os.path.dirname(cli.json) or ".", exist_ok=True)
-        with open(cli.json, "w") as f:
-            json.dump(results, f, indent=1)
+        atomic_write(cli.json, lambda f: json.dump(results, f, indent=1), mode="w")  # makes the folder too
         print(f"wrote {cli.json}")
 
 

@@ -41,6 +41,7 @@ import time
 import numpy as np
 
 from config import ARMS, PRESETS, build_parser, check_out_dir, fail, phase1_name, resolve
+from model import atomic_write
 from rope import critical_pair, men_lower_bound
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -539,18 +540,17 @@ def robustness(args):
         for (p1, seed), t in teachers.items():
             probes.setdefault("teachers", {})[f"p{p1}-s{seed}"] = schema_row(p1, seed, "teacher", t) | {
                 "in_doc_fresh": t.get("in_doc_fresh"), "in_doc_recurring": t.get("in_doc_recurring")}
-        with open(os.path.join(args.docs_dir, f"probes{results_suffix(args)}.json"), "w") as f:
-            json.dump(probes, f, indent=1)
+        atomic_write(os.path.join(args.docs_dir, f"probes{results_suffix(args)}.json"),
+                     lambda f: json.dump(probes, f, indent=1), mode="w")
         plot_probes(probes, os.path.join(args.docs_dir, f"probes{results_suffix(args)}.png"))
     print("4/4 results")
     os.makedirs(args.docs_dir, exist_ok=True)
-    with open(os.path.join(args.docs_dir, f"robustness{results_suffix(args)}.json"), "w") as f:
-        json.dump({"criterion": CRITERION, "probe_seeds": list(HELDOUT_SEEDS), "runs": rows}, f, indent=1)
+    atomic_write(os.path.join(args.docs_dir, f"robustness{results_suffix(args)}.json"), lambda f: json.dump(
+        {"criterion": CRITERION, "probe_seeds": list(HELDOUT_SEEDS), "runs": rows}, f, indent=1), mode="w")
     steps = args.steps or PRESETS[args.preset]["steps"]["2"]
     md = (robustness_markdown(rows, teachers, None if results_suffix(args) else verdicts(rows), steps) if rows
           else "no finished run yet\n")
-    with open(os.path.join(args.docs_dir, f"robustness{results_suffix(args)}.md"), "w") as f:
-        f.write(md)
+    atomic_write(os.path.join(args.docs_dir, f"robustness{results_suffix(args)}.md"), lambda f: f.write(md), mode="w")
     print(md)
 
 

@@ -30,6 +30,7 @@ import os
 import numpy as np
 
 from config import PRESETS, fail, phase1_name
+from model import atomic_write
 from rope import critical_pair
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -235,11 +236,9 @@ def main(argv=None):
             f"base 5e5, L={pre['long_window']}": critical_pair(cfg.head_dim, 5e5, pre["long_window"])}
     res = analyse(found, args.width, args.n_perm) | {"critical_pairs": crit}
     os.makedirs(args.docs_dir, exist_ok=True)
-    with open(os.path.join(args.docs_dir, "finding3.json"), "w") as f:
-        json.dump(res, f, indent=1)
+    atomic_write(os.path.join(args.docs_dir, "finding3.json"), lambda f: json.dump(res, f, indent=1), mode="w")
     md = markdown(res, crit)
-    with open(os.path.join(args.docs_dir, "finding3.md"), "w") as f:
-        f.write(md)
+    atomic_write(os.path.join(args.docs_dir, "finding3.md"), lambda f: f.write(md), mode="w")
     plot(res, crit, os.path.join(args.docs_dir, "finding3.png"))
     print(md)
 
