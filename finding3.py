@@ -74,15 +74,16 @@ def span_test(profiles, width, n_perm, rng):
     stat, start = span_statistic(profiles.mean(0), width)
     null = np.array([span_statistic(np.stack([rng.permutation(p) for p in profiles]).mean(0), width)[0]
                      for _ in range(n_perm)])
-    return stat, start, float((1 + (null >= stat - 1e-12).sum()) / (1 + n_perm))
+    return stat, start, float((1 + (null >= stat * (1 - 1e-9)).sum()) / (1 + n_perm))
 
 
 def sign_flip_maxt(diff):
     """diff (S, P): per pair, the maxT-adjusted p of mean_s diff != 0 under every sign pattern of the seeds."""
-    obs = np.abs(diff.mean(0))
-    signs = np.array(list(itertools.product((1.0, -1.0), repeat=diff.shape[0])))  # (2^S, S)
+    diff = np.asarray(diff, dtype=np.float64)
+    signs = np.array(list(itertools.product((1.0, -1.0), repeat=diff.shape[0])))  # (2^S, S); row 0: as observed
     null_max = np.abs(signs @ diff / diff.shape[0]).max(1)  # (2^S,)
-    return [float((null_max >= o - 1e-12).mean()) for o in obs]
+    obs = np.abs(signs[0] @ diff / diff.shape[0])  # the same arithmetic as the null, so ties compare equal
+    return [float((null_max >= o * (1 - 1e-9)).mean()) for o in obs]
 
 
 def holm(pvalues):
@@ -115,7 +116,8 @@ def collect(out_dir, seeds, preset="cpu"):
             entry["seeds"].append(p1)
             for w in ("wq", "wk"):
                 entry[w].append(prof[w])
-    return {k: {"seeds": v["seeds"], "wq": np.array(v["wq"]), "wk": np.array(v["wk"])} for k, v in found.items()}, cfg
+    return {k: {"seeds": v["seeds"], "wq": np.array(v["wq"], dtype=np.float64), "wk": np.array(v["wk"], dtype=np.float64)}
+            for k, v in found.items()}, cfg
 
 
 def analyse(found, width=4, n_perm=10000, seed=0):

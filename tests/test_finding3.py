@@ -56,6 +56,12 @@ def test_sign_flip_maxt_exact_values():
     assert p[1] == pytest.approx(1.0)
 
 
+def test_sign_flip_p_never_falls_below_what_the_seeds_allow():
+    """float32 profiles (as torch gives them): the observed pattern is one of the 2^S, so p >= 2 / 2^S."""
+    diff = np.random.default_rng(0).normal(0.2, 0.01, size=(5, 16)).astype(np.float32)
+    assert min(finding3.sign_flip_maxt(diff)) == pytest.approx(2 / 32)
+
+
 def test_holm_matches_the_step_down_rule():
     assert finding3.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     assert finding3.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
