@@ -1,5 +1,6 @@
-"""docs/robustness.json (what experiment.py robustness wrote) has its schema, and every number of docs/causal.md's
-tables is the JSON's value as printed (two decimals): the page cannot drift from the measurements."""
+"""docs/robustness.json (what experiment.py robustness wrote) has its schema, and every number of the tables of
+docs/seeds.md and docs/causal.md is the JSON's value as printed (two decimals): the pages cannot drift from the
+measurements."""
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import experiment
 from evaluate import HELDOUT_SEEDS
 
 DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
+PAGES = ("seeds.md", "causal.md")  # the pages whose tables come from docs/robustness*.json and probes*.json
 ARMS = {"step0", "ce", "ce-masked", "ce-teacher-labels", "kd", "kd-masked", "kd-teacher-docmask"}
 
 
@@ -70,12 +72,11 @@ def test_robustness_json_schema():
             assert (p1, p2, "step0") in seen
 
 
-def test_causal_md_tables_equal_the_json():
+def test_the_pages_tables_equal_the_json():
     files = {steps: (res, probes) for steps, res, probes in results_files()}
     with_probes = [p for _, p in files.values() if p is not None]
     files["-"] = (None, with_probes[0] if with_probes else None)  # teacher and step 0: trained by no arm
-    with open(os.path.join(DOCS, "causal.md")) as f:
-        md = f.read()
+    md = "\n\n".join(open(os.path.join(DOCS, page)).read() for page in PAGES)
     checked = 0
     for head, rows in tables(md):
         dists = [int(h[2:]) for h in head if h.startswith("D=")]
@@ -124,9 +125,9 @@ def test_causal_md_tables_equal_the_json():
     assert checked >= sum(len(res["runs"]) for res, _ in files.values() if res)  # every run appears at least once
 
 
-def test_causal_md_pass_count_is_the_criterion_on_the_json():
+def test_seeds_md_pass_count_is_the_criterion_on_the_json():
     res = load("robustness.json")  # the recipe's runs (a shorter screen is not held to the criterion)
-    with open(os.path.join(DOCS, "causal.md")) as f:
+    with open(os.path.join(DOCS, "seeds.md")) as f:
         md = f.read()
     verdict = experiment.verdicts(res["runs"])
     decided = [ok for ok, _ in verdict.values() if ok is not None]
@@ -137,6 +138,6 @@ def test_causal_md_pass_count_is_the_criterion_on_the_json():
         assert f"[{lo:.2f}, {hi:.2f}]" in md
 
 
-@pytest.mark.parametrize("name", ["robustness.json", "causal.md"])
+@pytest.mark.parametrize("name", ["robustness.json", "seeds.md", "causal.md"])
 def test_results_files_exist(name):
     assert os.path.isfile(os.path.join(DOCS, name))
