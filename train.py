@@ -101,8 +101,8 @@ def train(args, inputs):
             local = state["step"] - state["stage_start"]  # steps already done in this stage (on --resume)
             bar = progress_bar(steps, local, f"{args.run_name} {name}", disable=not main_rank)
             try:
-                if quick and state["step"] == 0 and args.phase == "2":
-                    quick_eval(model, args, spec, device, autocast, 0, state["step"], bar, log)  # step 0
+                if quick and args.phase == "2" and (state["step"] == 0 or (name == "main" and local == 0)):
+                    quick_eval(model, args, spec, device, autocast, 0, state["step"], bar, log)  # step 0; main's start
                 t0 = time.perf_counter()
                 for local, batch in stage_batches(src, local, steps, args, device):
                     if ctrl_c.requested():  # between steps: nothing of this step has touched the weights yet
