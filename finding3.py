@@ -30,12 +30,14 @@ import os
 import numpy as np
 
 from config import PRESETS, fail, phase1_name
+from experiment import LARGE, run_name
 from model import atomic_write
 from rope import critical_pair
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-STUDENTS = {"kd": "phase2-kd-b10000-b500000", "ce": "phase2-ce-b10000-b500000",
-            "kd 1e4->1e4": "phase2-kd-b10000-b10000"}  # the last: same phase 2 without the base change (a null)
+SMALL = PRESETS["cpu"]["phase1_base"]  # phase 1's base; phase 2 switches to LARGE
+STUDENTS = {"kd": ("kd", LARGE), "ce": ("ce", LARGE),
+            "kd 1e4->1e4": ("kd", SMALL)}  # (loss, phase-2 base); the last keeps the base: a null for the switch
 
 
 def checkpoint(out_dir, name):
@@ -102,13 +104,13 @@ def collect(out_dir, seeds, preset="cpu"):
     from model import load_model
     found, cfg = {}, None
     for p1 in seeds:
-        before_path = checkpoint(out_dir, phase1_name(1e4, p1, preset=preset))
+        before_path = checkpoint(out_dir, phase1_name(SMALL, p1, preset=preset))
         if before_path is None:
             continue
         before, _ = load_model(before_path, "cpu")
         cfg = before.config
-        for student, stem in STUDENTS.items():
-            path = checkpoint(out_dir, stem + (f"-p{p1}" if p1 else ""))
+        for student, (loss, base) in STUDENTS.items():
+            path = checkpoint(out_dir, run_name(loss, SMALL, base, 0, p1))  # phase-2 seed 0
             if path is None:
                 continue
             prof = update_profiles(before, load_model(path, "cpu")[0])
@@ -234,8 +236,10 @@ def main(argv=None):
     if args.width > cfg.head_dim // 2:
         fail(f"--width must be at most {cfg.head_dim // 2} (pairs per head), got {args.width}")
     pre = PRESETS["cpu"]
-    crit = {f"base 1e4, L={pre['short_window']}": critical_pair(cfg.head_dim, 1e4, pre["short_window"]),
-            f"base 5e5, L={pre['long_window']}": critical_pair(cfg.head_dim, 5e5, pre["long_window"])}
+    crit = {f"base {SMALL:.0e}".replace("e+0", "e") + f", L={pre['short_window']}":
+            critical_pair(cfg.head_dim, SMALL, pre["short_window"]),
+            f"base {LARGE:.0e}".replace("e+0", "e") + f", L={pre['long_window']}":
+            critical_pair(cfg.head_dim, LARGE, pre["long_window"])}
     res = analyse(found, args.width, args.n_perm) | {"critical_pairs": crit}
     os.makedirs(args.docs_dir, exist_ok=True)
     atomic_write(os.path.join(args.docs_dir, "finding3.json"), lambda f: json.dump(res, f, indent=1), mode="w")
