@@ -11,7 +11,8 @@ import pytest
 import experiment
 from evaluate import HELDOUT_SEEDS
 
-DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = os.path.join(ROOT, "docs")
 PAGES = ("seeds.md", "causal.md")  # the pages whose tables come from docs/robustness*.json and probes*.json
 ARMS = {"step0", "ce", "ce-masked", "ce-teacher-labels", "kd", "kd-masked", "kd-teacher-docmask"}
 
@@ -133,9 +134,12 @@ def test_seeds_md_pass_count_is_the_criterion_on_the_json():
     decided = [ok for ok, _ in verdict.values() if ok is not None]
     m = re.search(r"Pass count: (\d+) of (\d+)", md)
     assert m and (int(m.group(1)), int(m.group(2))) == (sum(decided), len(decided))
+    with open(os.path.join(ROOT, "README.md")) as f:
+        readme = f.read()
+    assert f"passes for **{sum(decided)} of {len(decided)}**" in readme  # the headline's sentence
     if decided:
         lo, hi = experiment.wilson_interval(sum(decided), len(decided))
-        assert f"[{lo:.2f}, {hi:.2f}]" in md
+        assert f"[{lo:.2f}, {hi:.2f}]" in md and f"[{lo:.2f}, {hi:.2f}]" in readme
 
 
 @pytest.mark.parametrize("name", ["robustness.json", "seeds.md", "causal.md"])
