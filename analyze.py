@@ -13,6 +13,9 @@ Each subcommand shows one part of that on this project's own checkpoints:
              stream and the KL at the logits. A nonzero KL is positional signal in the logits.
 - qupdate    (finding 3) per layer, head and frequency pair, the relative update of W_q / W_k
              and of the query norms on a fixed probe, phase-1 -> phase-2 checkpoint.
+- alias      (a check of the baselines) retrieval by distance for records at the window's start, one
+             checkpoint under several RoPE bases, beside the distances where one RoPE pair has turned
+             a whole number of times: a bump that moves with those is a phase alias, not long range.
 - all        every analysis that the checkpoints in a training folder allow.
 
 Only the model's `Inspect` hooks and data.py's probes are used, never a copy of the forward
@@ -23,6 +26,7 @@ pass. Each subcommand writes PNGs and a JSON of its numbers into --out (default 
   python analyze.py spectrum --head-dim 32 --bases 10000 500000 --windows 256 1024
   python analyze.py perturb --ckpt out/teacher.pt --target q --layers 0 1 --shift 1 4 16
   python analyze.py qupdate --before out/phase1-b10000.pt --after out/phase2-kd-b10000-b500000.pt
+  python analyze.py alias --ckpt out/phase2-ce-b10000-b500000.pt --bases 300000 500000 800000 --pair 5
 """
 import argparse
 import glob
@@ -37,11 +41,11 @@ import torch
 
 from data import TaskSpec, kv_probe, packed_probe, repeated_tokens_window, to_device
 from distill import forward_kl
-from evaluate import depth_sweep, evaluate, format_table, heuristic_floors
+from evaluate import HELDOUT_SEEDS, depth_sweep, evaluate, format_table, heuristic_floors, position_sweep
 from hf import load_pretrained
-from model import CheckpointError, Inspect, atomic_write
+from model import CheckpointError, Inspect, atomic_write, switch_rope
 from config import check_out_dir, fail
-from plots import plot_perturb, plot_qupdate, plot_retrieval, plot_spectrum
+from plots import plot_alias, plot_perturb, plot_qupdate, plot_retrieval, plot_spectrum
 from rope import critical_pair, default_inv_freq, men_lower_bound, rotations, spectrum_summary
 
 REACHES_LOGITS_KL = 1e-6  # nats; our choice: a mean KL above this is a real change, not float rounding
@@ -313,6 +317,47 @@ def run_qupdate(args):
     return paths
 
 
+# ----------------------------------------------------------------------------- alias
+
+
+def turn_distances(head_dim, base, pair, max_distance):
+    """[D <= max_distance] where RoPE pair `pair` has turned k = 1, 2, ... whole times: D = 2 pi k / theta_pair,
+    theta_pair = base^(-2 pair / head_dim) (rope.py's frequencies). At such a D that pair's rotation is the
+    identity, as at D = 0, so a query-key match that relies on it looks like a short-range one there."""
+    period = 2 * math.pi / float(default_inv_freq(head_dim, base)[pair])
+    return [period * k for k in range(1, int(max_distance // period) + 1)]
+
+
+def run_alias(args):
+    """One checkpoint's weights under each --bases: accuracy by distance for 16 records at the window's start
+    (data.position_probe, held-out probe seeds), and the whole-turn distances of --pair under each base."""
+    if len(args.ckpt) != 1:
+        fail(f"alias reads one checkpoint, got {len(args.ckpt)}")
+    model, _ = load(args.ckpt[0], args.device)
+    window = args.window or model.config.max_seq_len
+    distances = sorted(args.distances or range(args.max_doc_len, window - 16, 32))
+    if not distances or distances[0] < 2 or distances[-1] > window - 17:
+        fail(f"--distances must lie in [2, {window - 17}] for a {window}-token window, got {distances}")
+    if not 0 <= args.pair < model.config.head_dim // 2:
+        fail(f"--pair must lie in [0, {model.config.head_dim // 2 - 1}] (head_dim {model.config.head_dim}), got {args.pair}")
+    res = {"ckpt": args.ckpt[0], "window": window, "record_start": 0, "probe_seeds": list(HELDOUT_SEEDS),
+           "n_windows": args.n_windows, "distances": distances, "pair": args.pair, "peak_from": args.peak_from,
+           "bases": {}}
+    for base in args.bases:
+        moved = switch_rope(model, base, None, window).eval()  # the same weights, another base
+        acc = position_sweep(moved, TaskSpec(), window, distances, [0], args.device, nullcontext(), args.n_windows,
+                             HELDOUT_SEEDS)[0]
+        far = [d for d in distances if d >= args.peak_from and acc[d] is not None]
+        res["bases"][f"{base:g}"] = {"acc": [acc[d] for d in distances],
+                                     "peak": max(far, key=lambda d: acc[d]) if far else None,
+                                     "turns": turn_distances(model.config.head_dim, base, args.pair, window)}
+        b = res["bases"][f"{base:g}"]
+        peak = f"D = {b['peak']} ({acc[b['peak']]:.2f})" if far else "none measured"
+        print(f"base {base:g}: best from D = {args.peak_from} on at {peak}; pair {args.pair} turns whole at D = "
+              + ", ".join(f"{t:.0f}" for t in b["turns"]))
+    return [plot_alias(res, args.out, args.name), write_json(args.out, f"{args.name}.json", res)]
+
+
 # ----------------------------------------------------------------------------- all
 
 
@@ -403,6 +448,14 @@ def build_parser():
     a("--after", required=True, help="phase-2 checkpoint of the same architecture")
     a("--probe-window", type=int, help="window of the fixed kv probe (tokens); default: --after's max_seq_len")
     a("--probe-distance", type=int, help="record-query distance of the probe (tokens); default window/2")
+    a = command("alias", "retrieval by distance of one checkpoint under several RoPE bases, with one pair's "
+                "whole turns marked: is a bump a phase alias?", 4, "the checkpoint (one)")
+    a("--bases", type=float, nargs="+", default=[3e5, 5e5, 8e5], help="RoPE bases; default 300000 500000 800000")
+    a("--pair", type=int, default=5, help="the RoPE pair whose whole turns are marked; default 5")
+    a("--distances", type=int, nargs="+", help="record-query distances; default every 32 from --max-doc-len")
+    a("--max-doc-len", type=int, default=128, help="the student's longest document (tokens); default 128")
+    a("--peak-from", type=int, default=512, help="the best distance is looked for from here on; default 512 (the "
+      "long range of the seeds criterion)")
     a = command("all", "every analysis that the checkpoints in a training folder allow", 8)  # 8: retrieval's
     a("--dir", default="out", help="train.py's output folder; default out")
     return p
@@ -432,7 +485,7 @@ def check_flags(args):
 
 
 COMMANDS = {"retrieval": run_retrieval, "spectrum": run_spectrum, "perturb": run_perturb, "qupdate": run_qupdate,
-            "all": run_all}
+            "alias": run_alias, "all": run_all}
 
 
 def main(argv=None):

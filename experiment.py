@@ -621,7 +621,8 @@ def main(argv=None):
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="train.py's autocast "
                    "dtype for every run (auto: bf16 on CUDA and on CPUs with native bf16; the README's grid: float32)")
     p.add_argument("--steps", type=int, default=None, help="phase-2 steps (default: the preset's)")
-    p.add_argument("--no-analysis", action="store_true", help="skip analyze.py all")
+    p.add_argument("--no-analysis", action="store_true", help="grid: skip analyze.py all; robustness: skip the "
+                   "position and needle probes (docs/probes.json)")
     p.add_argument("--summary-only", action="store_true", help="train nothing: tabulate the runs that exist")
     args = p.parse_args(argv)
     check_flags(args)

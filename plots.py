@@ -167,3 +167,18 @@ def plot_qupdate_seeds(res, out, name):
     axes[0, 0].legend(fontsize=7)
     fig.suptitle("Finding 3 over seeds: per-pair update, phase 1 -> phase 2 (mean over heads; band: ± std)")
     return [save(fig, out, f"{name}.png")]
+
+
+def plot_alias(res, out, name):
+    """Accuracy by distance, one line per RoPE base, with the marked pair's whole-turn distances in its colour."""
+    fig, ax = plt.subplots(figsize=(8, 4), layout="constrained")
+    for (base, b), color in zip(res["bases"].items(), plt.cm.viridis(np.linspace(0, 0.85, len(res["bases"])))):
+        ax.plot(res["distances"], [np.nan if a is None else a for a in b["acc"]], marker="o", ms=3, color=color,
+                label=f"base {float(base):.0e}")
+        for t in b["turns"]:
+            ax.axvline(t, color=color, ls="--", lw=1)
+    ax.set(xlabel="distance D (records at the window's start)", ylabel="retrieval accuracy", ylim=(0, 1),
+           title=f"{os.path.basename(res['ckpt'])}: dashed, pair {res['pair']} has turned a whole number of times")
+    ax.legend(fontsize=8)
+    return save(fig, out, f"{name}.png")
+

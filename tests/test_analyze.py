@@ -182,7 +182,7 @@ def test_qupdate_finds_the_one_edited_pair(run_dir, tmp_path):
     assert res["spans_above_p75"]["wq"][str(layer)][0]["pairs"] == [pair, pair]
 
 
-@pytest.mark.parametrize("case", ["missing", "garbage", "architecture"])
+@pytest.mark.parametrize("case", ["missing", "garbage", "architecture", "pair"])
 def test_bad_input_is_one_error_line_and_exit_2(run_dir, tmp_path, capsys, case):
     good = str(run_dir / "teacher.pt")
     if case == "missing":
@@ -190,6 +190,8 @@ def test_bad_input_is_one_error_line_and_exit_2(run_dir, tmp_path, capsys, case)
     elif case == "garbage":
         (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
         argv = ["retrieval", "--ckpt", good, str(tmp_path / "bad.pt")]
+    elif case == "pair":
+        argv = ["alias", "--ckpt", good, "--pair", "8", "--distances", "16"]  # head_dim 16: pairs 0-7
     else:
         other = write_ckpt(tmp_path / "wide.pt", n_kv_head=1)
         argv = ["qupdate", "--before", good, "--after", other]
@@ -199,6 +201,8 @@ def test_bad_input_is_one_error_line_and_exit_2(run_dir, tmp_path, capsys, case)
     assert e.value.code == 2 and err.startswith("error:") and len(err.splitlines()) == 1
     if case == "architecture":
         assert "architectures differ" in err
+    if case == "pair":
+        assert "--pair must lie in [0, 7]" in err and not os.path.exists(tmp_path / "alias.json")
 
 
 def test_all_renders_every_figure_the_folder_allows(run_dir, tmp_path):
@@ -258,3 +262,25 @@ def test_all_passes_the_device_to_every_analysis(run_dir, tmp_path, monkeypatch)
                                        n_windows=1))
     assert [argv[0] for argv in calls] == ["spectrum", "retrieval", "perturb", "qupdate", "qupdate"]
     assert all(argv[argv.index("--device") + 1] == "cuda" for argv in calls)
+
+
+def test_turn_distances_are_whole_turns_of_the_pair():
+    assert analyze.turn_distances(16, 1e4, 0, 20) == pytest.approx([2 * np.pi, 4 * np.pi, 6 * np.pi])
+    two_turns = analyze.turn_distances(32, 5e5, 5, 1024)[1]  # the CE students' bump near D = 768 (docs/causal.md)
+    assert two_turns == pytest.approx(4 * np.pi * 5e5 ** (10 / 32), rel=1e-6) and 740 < two_turns < 780
+
+
+def test_alias_probes_one_checkpoint_under_each_base(run_dir, tmp_path):
+    path = write_ckpt(tmp_path / "long.pt", base=5e5, max_seq_len=256, phase="2", seed=4)
+    analyze.main(["alias", "--ckpt", path, "--bases", "500000", "1000000", "--distances", "32", "96", "160",
+                  "--max-doc-len", "16", "--peak-from", "90", "--n-windows", "1", "--pair", "1", "--out", str(tmp_path)])
+    res = outputs(tmp_path, "alias")
+    assert list(res["bases"]) == ["500000", "1e+06"] and res["distances"] == [32, 96, 160]
+    for base, b in res["bases"].items():
+        assert len(b["acc"]) == 3 and all(0 <= a <= 1 for a in b["acc"]) and b["peak"] in (96, 160)
+        assert b["turns"] and b["turns"] == pytest.approx(analyze.turn_distances(16, float(base), 1, 256))
+    # the same weights under the base they were saved with score what the checkpoint itself scores there
+    cpu = torch.device("cpu")
+    direct = evaluate.position_sweep(analyze.load(path, cpu)[0], TaskSpec(), 256, [96], [0], cpu,
+                                     __import__("contextlib").nullcontext(), 1, evaluate.HELDOUT_SEEDS)[0][96]
+    assert res["bases"]["500000"]["acc"][1] == pytest.approx(direct)
