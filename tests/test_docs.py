@@ -52,6 +52,16 @@ def test_the_finding3_tables_are_what_its_json_gives():
     assert block(read("docs/results.md"), "finding3").strip() == finding3.markdown(res, res["critical_pairs"]).strip()
 
 
+def test_the_alias_table_is_what_its_json_gives():
+    res = json.loads(read("docs/alias-ce.json"))
+    page = read("docs/causal.md")
+    for base, b in res["bases"].items():
+        acc = dict(zip(res["distances"], b["acc"]))
+        two_turns = b["turns"][1]  # analyze.turn_distances: test_analyze.py checks the formula
+        label = f"{float(base):.0e}".replace("e+0", "e") + (" (its own)" if float(base) == experiment.LARGE else "")
+        assert f"| {label} | {b['peak']} ({acc[b['peak']]:.2f}) | {two_turns:.0f} |" in page
+
+
 def test_the_grid_reports_sample_standard_deviations():
     """mean ± std over 3 seeds uses ddof = 1 (the sample standard deviation), as a table of 3 seeds should."""
     table = experiment.grid_markdown({"teacher": {"kv": {"16": 1.0}, "in_doc": 0.5}, "schedules": {"s": {
