@@ -98,3 +98,9 @@ def test_the_headline_averages_each_arms_runs_on_the_held_out_probes():
     table = experiment.headline_markdown({"runs": rows})
     # None: not measurable; neither run is within KD's bound (0.50 at D = 512; D = 900 not measurable)
     assert "| KD student (0.1 CE + 0.9 KD) | 2 | 1.00 | 0.75 | 1.00 | - | 0.60 | 0 of 2 |" in table
+
+
+def test_the_finding1_table_is_what_its_json_gives():
+    import finding1
+    rows = json.loads(read("docs/finding1.json"))["rows"]
+    assert block(read("docs/results.md"), "finding1").strip() == finding1.markdown(rows).strip()
