@@ -46,6 +46,7 @@ from rope import critical_pair, men_lower_bound
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 LARGE = 500000.0  # the paper's phase-2 base
+SMALL = PRESETS["cpu"]["phase1_base"]  # the cpu preset's phase-1 base (finding1.py, finding3.py)
 
 
 def schedules(preset):

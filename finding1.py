@@ -32,12 +32,11 @@ import os
 
 import numpy as np
 
-from config import PRESETS, fail
-from experiment import LARGE, run_name
+from config import fail
+from experiment import LARGE, SMALL, run_name
 from model import atomic_write
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-SMALL = PRESETS["cpu"]["phase1_base"]
 SCHEDULES = {"phase-wise 1e4->5e5": LARGE, "small kept 1e4->1e4": SMALL}  # label -> phase-2 base
 DISTANCES = (256, 512, 768, 900)  # the held-out columns
 LONG = 256  # quick-probe distances at or beyond this count as long range

@@ -30,12 +30,11 @@ import os
 import numpy as np
 
 from config import PRESETS, fail, phase1_name
-from experiment import LARGE, run_name
+from experiment import LARGE, SMALL, run_name
 from model import atomic_write
 from rope import critical_pair
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-SMALL = PRESETS["cpu"]["phase1_base"]  # phase 1's base; phase 2 switches to LARGE
 STUDENTS = {"kd": ("kd", LARGE), "ce": ("ce", LARGE),
             "kd 1e4->1e4": ("kd", SMALL)}  # (loss, phase-2 base); the last keeps the base: a null for the switch
 
