@@ -42,10 +42,10 @@ import torch
 from data import TaskSpec, kv_probe, packed_probe, repeated_tokens_window, to_device
 from distill import forward_kl
 from evaluate import HELDOUT_SEEDS, depth_sweep, evaluate, format_table, heuristic_floors, position_sweep
-from hf import load_pretrained
+from formats.hf import load_pretrained
 from model import CheckpointError, Inspect, atomic_write, switch_rope
 from config import check_out_dir, fail
-from plots import plot_alias, plot_perturb, plot_qupdate, plot_retrieval, plot_spectrum
+from viz.plots import plot_alias, plot_perturb, plot_qupdate, plot_retrieval, plot_spectrum
 from rope import critical_pair, default_inv_freq, men_lower_bound, rotations, spectrum_summary
 
 REACHES_LOGITS_KL = 1e-6  # nats; our choice: a mean KL above this is a real change, not float rounding

@@ -197,7 +197,7 @@ def build_parser():
                    "on CPU)")
     g.add_argument("--data", default=None, help="train on a real corpus instead: a UTF-8 text file/folder or a .bin")
     g.add_argument("--tokenizer", default=None, help="--data text: tokenize with this folder's byte-level BPE "
-                   "(vocab.json, merges.txt; e.g. the teacher's from hf.py convert-gguf) instead of bytes")
+                   "(vocab.json, merges.txt; e.g. the teacher's from formats/hf.py convert-gguf) instead of bytes")
     g.add_argument("--eot-id", type=int, default=50256, help=".bin data: end-of-text id that splits documents")
     g.add_argument("--vocab-size", type=int, default=None, help="model vocabulary (default: 193 for the synthetic "
                    "language, 257 for text, 50304 for .bin)")

@@ -416,7 +416,7 @@ class DataError(ValueError):
 
 def read_text_documents(path, min_len=1, encode=None):
     """UTF-8 text as bytes (token = byte + 1; 0 is SEP; vocabulary 257), or as the ids of
-    `encode(text)` (a teacher's tokenizer, tokenizer.py).
+    `encode(text)` (a teacher's tokenizer, formats/tokenizer.py).
 
     A folder gives one document per file (sorted by name); a file gives one document per
     paragraph (split at blank lines).

@@ -7,7 +7,7 @@ distribution depends on what lies far back in the window (finding 2), the KL car
 positional, long-range information that the short documents alone do not.
 
 - `load_teacher`: a checkpoint written by train.py (loaded with weights_only=True) or a
-  Hugging Face Llama folder (hf.py, e.g. SmolLM2 converted from GGUF), frozen (eval,
+  Hugging Face Llama folder (formats/hf.py, e.g. SmolLM2 converted from GGUF), frozen (eval,
   requires_grad False), bf16 on CUDA; a checkpoint must be a finished teacher run, and the
   vocabulary must match the student's.
 - `teacher_logits`: the teacher's forward under torch.inference_mode().
@@ -20,7 +20,7 @@ positional, long-range information that the short documents alone do not.
   forward *and* the backward pass (the backward recomputes each chunk); tested equal, value
   and gradient, to the plain autograd path (chunk_size 0).
 - `teacher_topk` / `topk_forward_kl`: a teacher's logits cached as their top-k tokens, and the
-  forward KL over those k tokens plus one "rest" bucket (realtext.py: a real teacher,
+  forward KL over those k tokens plus one "rest" bucket (research/realtext.py: a real teacher,
   computed once per window).
 """
 import math
@@ -28,7 +28,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from hf import load_pretrained
+from formats.hf import load_pretrained
 from model import CheckpointError
 
 # ----------------------------------------------------------------------------- the paper's loss

@@ -5,7 +5,7 @@ teacher into a student through its logits; both are decoder-only transformers wh
 only notion of position is RoPE applied to queries and keys. This file is that model:
 pre-norm blocks (RMSNorm -> attention with RoPE -> residual; RMSNorm -> SwiGLU MLP ->
 residual), grouped-query attention, optional attention-only blocks (d_ff = 0),
-tied or untied LM head, no biases: the Llama architecture, so that hf.py can load and
+tied or untied LM head, no biases: the Llama architecture, so that formats/hf.py can load and
 write Hugging Face Llama and llama.cpp GGUF weights (this file knows only its own checkpoint).
 
 It can also be looked inside (analyze.py needs this for findings 2 and 3): pass an

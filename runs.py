@@ -26,14 +26,14 @@ from contextlib import contextmanager
 
 import torch
 
-import dist
+from scale import dist
 from config import (SHIPPED, build_parser, check_out_dir, fail, phase1_name, resolve, stage_batch_sizes,
                     student_config)
 from data import DataError, file_windows, hold_out, read_bin_documents, read_text_documents
 from distill import load_teacher
-from hf import load_pretrained
+from formats.hf import load_pretrained
 from model import CheckpointError, load_checkpoint, save_checkpoint
-from tokenizer import Tokenizer
+from formats.tokenizer import Tokenizer
 
 TRAIN_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
 

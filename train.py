@@ -17,7 +17,7 @@ RoPE base should be small while the window is short and large once it is long:
 
 How to read it: `main` -> `train` (the loop) -> `train_step` -> `training_loss`. Everything a run
 needs around them (input checks, prerequisites, checkpoints, the CE twin) is in runs.py, the
-printed tables in report.py, and data parallelism under torchrun in dist.py, which wraps the
+printed tables in evaluate.py, and data parallelism under torchrun in scale/dist.py, which wraps the
 step without changing it.
 
 Main job:  python train.py --phase 2 --rope-base 500000
@@ -34,14 +34,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import dist
+from scale import dist
 import runs
 from config import (MASKED_ARMS, PRESETS, build_parser, curriculum_stages, fail, phase_seed, pick_device, ramp_stages,
                     resolve, student_config)
 from data import DataSource, TaskSpec, prefetch, to_device
 from distill import chunked_cross_entropy, kd_loss, load_teacher, teacher_logits
 from model import GPT, CheckpointError, load_model, switch_rope
-from report import START, print_side_by_side, quick_eval, records_placed, report, report_speed
+from evaluate import START, print_side_by_side, quick_eval, records_placed, report, report_speed
 from rope import format_spectrum, spectrum_summary
 
 

@@ -220,7 +220,7 @@ def test_all_renders_every_figure_the_folder_allows(run_dir, tmp_path):
 
 
 def test_an_hf_folder_is_analyzed_like_the_checkpoint_it_was_exported_from(run_dir, tmp_path):
-    import hf
+    from formats import hf
     folder = str(tmp_path / "teacher-hf")
     hf.main(["export", str(run_dir / "teacher.pt"), folder])
     analyze.main(["retrieval", "--ckpt", str(run_dir / "teacher.pt"), folder, "--distances", "4", "40",

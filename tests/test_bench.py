@@ -1,4 +1,4 @@
-"""bench.py: the chunked KD loss really holds less memory than the unchunked one; a failed measurement is null;
+"""scale/bench.py: the chunked KD loss really holds less memory than the unchunked one; a failed measurement is null;
 bf16-vs-float32 steps are timed side by side and their MFU taken against each dtype's peak."""
 import json
 from types import SimpleNamespace
@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import bench
+from scale import bench
 
 
 def test_chunked_kd_loss_peak_memory_is_lower():

@@ -1,4 +1,4 @@
-"""dist.py and train.py under torchrun (DDP, gloo on CPU, one thread per rank).
+"""scale/dist.py and train.py under torchrun (DDP, gloo on CPU, one thread per rank).
 
 2 ranks x b windows train like 1 process x 2b and like 1 process with --grad-accum 2; the ranks
 end with the same weights; a 2-rank run killed with SIGKILL resumes to the same losses; the batch
@@ -18,7 +18,7 @@ import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
 
-import dist
+from scale import dist
 import train
 from model import load_checkpoint
 

@@ -236,7 +236,7 @@ def test_a_hostile_hf_folder_teacher_is_refused_before_anything_is_allocated(tmp
     import json
     import os
 
-    import hf
+    from formats import hf
     from model import CheckpointError
     m = GPT(GPTConfig(vocab_size=40, d_model=16, n_head=2, n_kv_head=2, n_layer=1, max_seq_len=16))
     folder = str(tmp_path / "t")

@@ -1,12 +1,12 @@
 """The README and the docs/ pages: a front page of bounded size, links that resolve, generated tables that
-equal what experiment.py makes of the JSON they come from, and text that speaks of the project alone."""
+equal what research/experiment.py makes of the JSON they come from, and text that speaks of the project alone."""
 import json
 import os
 import re
 
 import pytest
 
-import experiment
+from research import experiment
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGES = ["README.md", "WALKTHROUGH.md"] + [os.path.join("docs", f) for f in sorted(os.listdir(os.path.join(ROOT, "docs")))
@@ -47,7 +47,7 @@ def test_the_grid_table_is_what_the_json_gives():
 
 
 def test_the_finding3_tables_are_what_its_json_gives():
-    import finding3
+    from research import finding3
     res = json.loads(read("docs/finding3.json"))
     assert block(read("docs/results.md"), "finding3").strip() == finding3.markdown(res, res["critical_pairs"]).strip()
 
@@ -101,6 +101,6 @@ def test_the_headline_averages_each_arms_runs_on_the_held_out_probes():
 
 
 def test_the_finding1_table_is_what_its_json_gives():
-    import finding1
+    from research import finding1
     rows = json.loads(read("docs/finding1.json"))["rows"]
     assert block(read("docs/results.md"), "finding1").strip() == finding1.markdown(rows).strip()

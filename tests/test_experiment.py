@@ -1,7 +1,7 @@
-"""experiment.py: the grid it launches (nothing is trained here)."""
+"""research/experiment.py: the grid it launches (nothing is trained here)."""
 import pytest
 
-import experiment
+from research import experiment
 
 
 def test_device_and_dtype_reach_every_training_run_and_the_analysis(tmp_path, monkeypatch):

@@ -1,10 +1,10 @@
-"""finding1.py: the learning-curve area and the paired phase-wise vs small-kept table."""
+"""research/finding1.py: the learning-curve area and the paired phase-wise vs small-kept table."""
 import json
 import os
 
 import pytest
 
-import finding1
+from research import finding1
 from evaluate import HELDOUT_SEEDS
 
 

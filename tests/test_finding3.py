@@ -1,4 +1,4 @@
-"""finding3.py: per-pair update norms and the permutation tests behind the finding-3 table."""
+"""research/finding3.py: per-pair update norms and the permutation tests behind the finding-3 table."""
 import dataclasses
 import json
 import os
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-import finding3
+from research import finding3
 from analyze import pair_norm, pair_update
 from model import GPT, GPTConfig, save_checkpoint
 

@@ -1,4 +1,4 @@
-"""hf.py: Llama names, HF folders (config mapping, safetensors, shards, export), GGUF conversion."""
+"""formats/hf.py: Llama names, HF folders (config mapping, safetensors, shards, export), GGUF conversion."""
 import dataclasses
 import json
 import math
@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import hf
-from hf import FormatError, config_from_hf, load_hf_folder, load_llama_state_dict, llama_state_dict
+from formats import hf
+from formats.hf import FormatError, config_from_hf, load_hf_folder, load_llama_state_dict, llama_state_dict
 from model import GPT, GPTConfig, save_checkpoint
-from tokenizer import Tokenizer, bytes_to_unicode
+from formats.tokenizer import Tokenizer, bytes_to_unicode
 
 
 def tiny(**kw):
@@ -337,7 +337,7 @@ HOSTILE = {"vocab_2e9": {"vocab_size": 2e9}, "vocab_int_2e9": {"vocab_size": 2_0
 
 def test_hostile_configs_are_one_error_line_each_in_bounded_memory(tmp_path):
     """config.json sizes are checked against bounds and against the safetensors headers' shapes before
-    anything is allocated: `hf.py info` on each folder ends in one error line, exit 2, nothing written,
+    anything is allocated: `formats/hf.py info` on each folder ends in one error line, exit 2, nothing written,
     all under a 4 GB address-space limit (one subprocess runs every case: torch loads once)."""
     import subprocess
     import sys
@@ -352,7 +352,7 @@ def test_hostile_configs_are_one_error_line_each_in_bounded_memory(tmp_path):
     script = """
 import contextlib, io, json, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))
-import hf
+from formats import hf
 report = []
 for folder in sys.argv[1:]:
     err, out = io.StringIO(), io.StringIO()
@@ -365,7 +365,7 @@ for folder in sys.argv[1:]:
     report.append([code, err.getvalue(), out.getvalue()])
 print(json.dumps(report))
 """
-    here = os.path.dirname(os.path.abspath(hf.__file__))
+    here = os.path.dirname(os.path.dirname(os.path.abspath(hf.__file__)))
     run = subprocess.run([sys.executable, "-c", script, *folders], capture_output=True, text=True, cwd=here,
                          timeout=300, env={**os.environ, "PYTHONPATH": here})
     assert run.returncode == 0, run.stderr[-3000:]

@@ -1,23 +1,43 @@
-"""No import circle among the project's modules: each script can be read bottom-up."""
+"""The project's modules form layers: each imports only from layers below it (never up, never in a circle),
+so every script can be read bottom-up and the core at the top level never needs a research folder."""
 import ast
 import os
+import subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# Lowest first. A module may import modules of its own layer or a lower one, never of a higher one.
+LAYERS = [
+    {"rope", "data", "formats.tokenizer"},  # positions, the task, text into ids
+    {"model"},  # the GPT and its checkpoints
+    {"formats.hf", "config", "viz.plots"},  # real-model files into the model; flags and presets; figures
+    {"distill", "scale.dist"},  # the loss and the teacher; data parallelism
+    {"evaluate"},  # probes, tables, what a run prints
+    {"runs"},  # inputs, prerequisites, checkpoints around the loop
+    {"train", "analyze"},  # the entry points of the core
+    {"scale.bench", "research.experiment", "research.finding1", "research.finding3", "research.realtext",
+     "walkthrough.demos", "walkthrough.__main__"},  # built on the core; nothing in it imports them
+]
+
+
+def project_files():
+    """The project's own .py files (what git tracks), outside tests/ and without the packages' __init__.py."""
+    out = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return [f for f in out.split() if not f.startswith("tests/") and not f.endswith("__init__.py")]
+
 
 def project_imports():
-    """{module: set of project modules it imports anywhere (top level or inside functions)}."""
-    modules = {f[:-3] for f in os.listdir(ROOT) if f.endswith(".py")}
+    """{module: set of project modules it imports anywhere (top level or inside functions)}, dotted names."""
+    modules = {f[:-3].replace("/", "."): f for f in project_files()}
     graph = {}
-    for m in modules:
-        tree = ast.parse(open(os.path.join(ROOT, m + ".py"), encoding="utf-8").read())
+    for m, f in modules.items():
         names = set()
-        for node in ast.walk(tree):
+        for node in ast.walk(ast.parse(open(os.path.join(ROOT, f), encoding="utf-8").read())):
             if isinstance(node, ast.Import):
-                names |= {a.name.split(".")[0] for a in node.names}
+                names |= {a.name for a in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names.add(node.module.split(".")[0])
-        graph[m] = (names & modules) - {m}
+                names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        graph[m] = (names & set(modules)) - {m}
     return graph
 
 
@@ -43,13 +63,32 @@ def find_cycle(graph):
     return None
 
 
+def upward_imports(graph, layers):
+    """Every (importer, imported) pair where the imported module sits in a higher layer than its importer."""
+    rank = {m: i for i, layer in enumerate(layers) for m in layer}
+    return sorted((a, b) for a in graph for b in graph[a] if rank[b] > rank[a])
+
+
 def test_the_cycle_finder_finds_a_circle():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
 
 
-def test_no_project_module_imports_itself_through_others():
+def test_the_layer_check_finds_an_upward_import():
+    assert upward_imports({"model": {"train"}, "train": {"model"}}, [{"model"}, {"train"}]) == [("model", "train")]
+    assert upward_imports({"model": set(), "train": {"model"}}, [{"model"}, {"train"}]) == []
+
+
+def test_every_module_has_a_layer_and_imports_only_downwards():
     graph = project_imports()
-    assert {"hf", "tokenizer", "distill", "model"} <= set(graph)
-    assert "hf" not in graph["tokenizer"]  # the circle there was once: hf -> tokenizer only
+    assert {"formats.hf", "formats.tokenizer", "distill", "model"} <= set(graph)
+    assert set(graph) == set().union(*LAYERS), "a module without a layer (or a layer entry without a file)"
+    assert "formats.hf" not in graph["formats.tokenizer"]  # the circle there was once: hf -> tokenizer only
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+    assert upward_imports(graph, LAYERS) == []
+
+
+def test_the_top_level_holds_the_core_and_at_most_nine_scripts():
+    top = [f for f in project_files() if "/" not in f]
+    assert {"data.py", "rope.py", "model.py", "distill.py", "train.py", "analyze.py"} <= set(top)
+    assert len(top) <= 9, top

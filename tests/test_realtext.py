@@ -1,4 +1,4 @@
-"""realtext.py: data, passkey prompts, teacher cache, scoring, and a tiny end-to-end run."""
+"""research/realtext.py: data, passkey prompts, teacher cache, scoring, and a tiny end-to-end run."""
 import json
 import os
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-import hf
-import realtext
+from formats import hf
+from research import realtext
 from model import GPT, GPTConfig
 from test_tokenizer import make
 
@@ -242,7 +242,7 @@ def test_check_with_gguf_runs_the_llama_cpp_layout_model_on_the_chosen_device(te
 def test_the_real_models_page_says_what_its_results_json_holds():
     """docs/real-models.md quotes the Shakespeare run: its tables and the teacher's top-k coverage must be the
     ones in docs/realtext/results.json, that run's own output."""
-    root = os.path.dirname(os.path.abspath(realtext.__file__))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(realtext.__file__)))
     page = open(os.path.join(root, "docs", "real-models.md"), encoding="utf-8").read()
     saved = json.load(open(os.path.join(root, "docs", "realtext", "results.json")))
     for name, r in saved["results"].items():

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 import analyze
-import bench
-import experiment
+from scale import bench
+from research import experiment
 import model
 import runs
 import train
@@ -171,12 +171,12 @@ BAD = {  # case: (script, argv, a phrase the error line must hold); {d} is the w
     "analyze: out is a file": ("analyze", ["spectrum", "--out", "{d}/text.pt"], "not a folder"),
     "analyze: all, one bad checkpoint": ("analyze", ["all", "--dir", "{d}/run", "--out", "{d}/figs"],
                                          "phase1-b10000.pt is truncated"),
-    # experiment.py
+    # research/experiment.py
     "experiment: no jobs": ("experiment", ["--jobs", "0", "--out-dir", "{d}/exp"], "--jobs"),
     "experiment: a seed twice": ("experiment", ["--seeds", "0", "0", "--out-dir", "{d}/exp"], "distinct"),
     "experiment: zero steps": ("experiment", ["--steps", "0", "--out-dir", "{d}/exp"], "--steps"),
     "experiment: out is a file": ("experiment", ["--out-dir", "{d}/text.pt"], "not a folder"),
-    # bench.py
+    # scale/bench.py
     "bench: vocabulary too small": ("bench", ["--quick", "--vocab", "10", "--json", "{d}/b/x.json"], "--vocab"),
     "bench: odd head size": ("bench", ["--quick", "--d-model", "33"], "even"),
     "bench: zero batch": ("bench", ["--quick", "--batch", "0"], "--batch"),

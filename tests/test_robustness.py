@@ -1,4 +1,4 @@
-"""docs/robustness.json (what experiment.py robustness wrote) has its schema, and every number of the tables of
+"""docs/robustness.json (what research/experiment.py robustness wrote) has its schema, and every number of the tables of
 docs/seeds.md and docs/causal.md is the JSON's value as printed (two decimals): the pages cannot drift from the
 measurements."""
 import json
@@ -8,7 +8,7 @@ import re
 import numpy as np
 import pytest
 
-import experiment
+from research import experiment
 from evaluate import HELDOUT_SEEDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

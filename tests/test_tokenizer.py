@@ -1,10 +1,10 @@
-"""tokenizer.py: byte-level BPE round trips, merges by rank, digit splitting, files."""
+"""formats/tokenizer.py: byte-level BPE round trips, merges by rank, digit splitting, files."""
 import json
 import os
 
 import pytest
 
-from tokenizer import Tokenizer, bytes_to_unicode
+from formats.tokenizer import Tokenizer, bytes_to_unicode
 
 
 MERGES = ("Ġ t", "Ġt h", "Ġth e", "t h", "th e", "Ġ a", "Ġa n", "Ġan d", "1 2", "e e", "ee e")

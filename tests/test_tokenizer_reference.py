@@ -1,4 +1,4 @@
-"""tokenizer.py against the `tokenizers` library: identical ids on >= 100 KB of varied text.
+"""formats/tokenizer.py against the `tokenizers` library: identical ids on >= 100 KB of varied text.
 
 The reference is configured as SmolLM2's tokenizer.json defines it: pre-tokenizer
 Sequence[Digits(individual_digits=True), ByteLevel(add_prefix_space=False, use_regex=True)],
@@ -9,7 +9,7 @@ with the project), so the merge table is a real one (about 900 ranks).
 import numpy as np
 import pytest
 
-from tokenizer import Tokenizer
+from formats.tokenizer import Tokenizer
 
 tokenizers = pytest.importorskip("tokenizers", reason="the reference tokenizer: pip install tokenizers")
 
@@ -99,8 +99,8 @@ def test_ids_equal_the_tokenizers_library_on_100kb_of_varied_text(trained, pre):
 
 
 def test_the_written_tokenizer_json_gives_the_same_ids_in_the_tokenizers_library(trained, tmp_path):
-    """What hf.py convert-gguf writes: tokenizers.Tokenizer.from_file(DIR/tokenizer.json), the file that
-    transformers' AutoTokenizer.from_pretrained(DIR) reads, encodes as tokenizer.py does."""
+    """What formats/hf.py convert-gguf writes: tokenizers.Tokenizer.from_file(DIR/tokenizer.json), the file that
+    transformers' AutoTokenizer.from_pretrained(DIR) reads, encodes as formats/tokenizer.py does."""
     from tokenizers import Tokenizer as HFTokenizer
     vocab, merges = trained
     ours = Tokenizer(dict(vocab), merges, "smollm", special=["<|endoftext|>"])

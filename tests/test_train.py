@@ -11,7 +11,7 @@ from contextlib import nullcontext
 import pytest
 import torch
 
-import report
+import evaluate as report
 import runs
 import train
 from data import DataSource, TaskSpec, to_device
@@ -309,7 +309,7 @@ def test_trains_on_a_real_text_file(tmp_path):
 
 def test_distills_an_hf_folder_teacher_on_text_in_its_own_tokens(tmp_path):
     """--teacher an HF Llama folder, --tokenizer its BPE: the student gets the teacher's vocabulary."""
-    import hf
+    from formats import hf
     from model import GPT, GPTConfig
     from test_tokenizer import make
     tok = make()
@@ -594,7 +594,7 @@ def test_grad_accum_in_one_process_trains_like_one_batch(tmp_path):
 
 def test_mfu_counts_each_stage_at_its_own_window():
     """A curriculum stage of 16-token windows costs fewer FLOPs per token than the phase's window."""
-    import report
+    import evaluate as report
     args = train.resolve(train.build_parser().parse_args(["--phase", "teacher", "--peak-flops", "1e9"] + TINY))
     args.autocast_dtype = "float32"
     model = GPT(GPTConfig(vocab_size=193, d_model=32, n_layer=2, n_head=2, n_kv_head=2))
@@ -606,7 +606,7 @@ def test_mfu_counts_each_stage_at_its_own_window():
 
 def test_accumulated_micro_batches_give_the_batch_gradient():
     """dist.accumulate over K micro-batches (each loss / K) gives the gradient and the logged loss of one batch."""
-    import dist
+    from scale import dist
     args, batch, student, teacher = tiny_kd_setup(4)
     whole = train.training_loss(student, teacher, batch, args, nullcontext())
     whole[0].backward()
@@ -646,7 +646,7 @@ def test_large_logits_take_the_chunked_cross_entropy(monkeypatch):
 
 def test_the_held_out_corpus_loss_is_measured_under_the_runs_document_mask(tmp_path):
     """A --doc-mask run's corpus loss attends within documents, as it trained; a plain run's across them."""
-    import report
+    import evaluate as report
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n\n".join(f"paragraph {i}: " + "some words " * (i % 7 + 1) for i in range(300)))
     args = train.resolve(train.build_parser().parse_args(["--phase", "teacher", "--data", str(corpus),

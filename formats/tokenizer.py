@@ -20,7 +20,7 @@ Any other pre-tokenizer name is refused: its ids would differ silently. Tested i
 against the `tokenizers` library configured as SmolLM2's tokenizer.json defines it.
 `\\p{L}` / `\\p{N}` need the `regex` package (Python's `re` has no Unicode classes).
 
-  python tokenizer.py out/smollm2 "The capital of France is"
+  python -m formats.tokenizer out/smollm2 "The capital of France is"
 """
 import argparse
 import json
@@ -264,7 +264,7 @@ def parse_tokenizer_json(full: dict):
 
 def main():
     p = argparse.ArgumentParser(description="Tokenize text with a model folder's byte-level BPE and show the tokens.")
-    p.add_argument("folder", help="folder with tokenizer.json, or vocab.json and merges.txt (hf.py convert-gguf)")
+    p.add_argument("folder", help="folder with tokenizer.json, or vocab.json and merges.txt (formats/hf.py convert-gguf)")
     p.add_argument("text", help="the text to tokenize")
     args = p.parse_args()
     try:

@@ -19,7 +19,7 @@ permutation tests whose null is built from the same numbers:
 The relative update ||dW|| / ||W_before|| used elsewhere divides by the phase-1 weights, so it
 also tracks 1 / ||W_before||; the absolute and layer-normalised profiles here do not.
 
-  python finding3.py --out-dir out --phase1-seeds 0 1 2 3 4
+  python -m research.finding3 --out-dir out --phase1-seeds 0 1 2 3 4
 writes docs/finding3.json, docs/finding3.md (the table of docs/results.md) and docs/finding3.png.
 """
 import argparse
@@ -30,11 +30,11 @@ import os
 import numpy as np
 
 from config import PRESETS, fail, phase1_name
-from experiment import LARGE, SMALL, run_name
+from research.experiment import LARGE, SMALL, run_name
 from model import atomic_write
 from rope import critical_pair
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STUDENTS = {"kd": ("kd", LARGE), "ce": ("ce", LARGE),
             "kd 1e4->1e4": ("kd", SMALL)}  # (loss, phase-2 base); the last keeps the base: a null for the switch
 

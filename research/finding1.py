@@ -1,7 +1,7 @@
 """Finding 1 per phase-1 student: does switching the RoPE base for phase 2 beat keeping the small one?
 
 Paper idea (arXiv 2604.06070, finding 1): phase-wise base scaling works best, a small base while the
-window is short and a large one once it is long. The schedule grid of `experiment.py` compares four
+window is short and a large one once it is long. The schedule grid of `research/experiment.py` compares four
 schedules over phase-2 seeds from ONE phase-1 student, and phase-1 students differ a lot (docs/seeds.md);
 this script repeats the central contrast per phase-1 student, paired: for every phase-1 seed (base 1e4,
 32-token windows) that has both KD students,
@@ -23,7 +23,7 @@ The third schedule of the paper's contrast, the large base in both phases, needs
 seed at 5e5 and is in the one-student grid only.
 
   python train.py --phase 2 --rope-base 10000 --phase1-seed N --no-baseline    # the small-kept student
-  python finding1.py --out-dir out --phase1-seeds 0 1 3
+  python -m research.finding1 --out-dir out --phase1-seeds 0 1 3
 writes docs/finding1.json and docs/finding1.md (the table of docs/results.md).
 """
 import argparse
@@ -33,10 +33,10 @@ import os
 import numpy as np
 
 from config import fail
-from experiment import LARGE, SMALL, run_name
+from research.experiment import LARGE, SMALL, run_name
 from model import atomic_write
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCHEDULES = {"phase-wise 1e4->5e5": LARGE, "small kept 1e4->1e4": SMALL}  # label -> phase-2 base
 DISTANCES = (256, 512, 768, 900)  # the held-out columns
 LONG = 256  # quick-probe distances at or beyond this count as long range

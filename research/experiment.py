@@ -18,17 +18,17 @@ that already exist are reused and killed ones resumed. It writes OUT/paper_resul
 .json (every run, per seed, and mean / std over seeds), the query-update comparison of
 finding 3 over seeds (qupdate_seeds.png), then runs `analyze.py all`.
 
-    python experiment.py                      # cpu preset, seeds 0 1 2 (about 3 h on 2 cores)
-    python experiment.py --preset gpu --jobs 1 --device cuda
+    python -m research.experiment                      # cpu preset, seeds 0 1 2 (about 3 h on 2 cores)
+    python -m research.experiment --preset gpu --jobs 1 --device cuda
 
-`python experiment.py robustness` asks whether the claim holds and where its signal comes from: the
+`python -m research.experiment robustness` asks whether the claim holds and where its signal comes from: the
 (phase-1 seed, phase-2 seed, --arm) grid of the headline schedule (the KD student, its CE twin, and the
 baselines and ablations of train.py --arm), every number on the held-out probe seeds, a criterion fixed
 before the runs (CRITERION), the pass count with a Wilson 95% interval, and the record-position x
 distance and single-needle probes of each model. It writes docs/robustness.json (one row per run),
 docs/robustness.md (its tables), docs/probes.json and docs/probes.png:
 
-    python experiment.py robustness --phase1-seeds 0 --seeds 0 1 2
+    python -m research.experiment robustness --phase1-seeds 0 --seeds 0 1 2
 """
 import argparse
 import json
@@ -44,9 +44,9 @@ from config import ARMS, PRESETS, build_parser, check_out_dir, fail, phase1_name
 from model import atomic_write
 from rope import critical_pair, men_lower_bound
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LARGE = 500000.0  # the paper's phase-2 base
-SMALL = PRESETS["cpu"]["phase1_base"]  # the cpu preset's phase-1 base (finding1.py, finding3.py)
+SMALL = PRESETS["cpu"]["phase1_base"]  # the cpu preset's phase-1 base (research/finding1.py, research/finding3.py)
 
 
 def schedules(preset):
@@ -202,7 +202,7 @@ def qupdate_seeds(args):
     import torch  # the analysis needs the checkpoints themselves
     from analyze import pair_update
     from model import load_model
-    from plots import plot_qupdate_seeds
+    from viz.plots import plot_qupdate_seeds
     _, b1, b2 = schedules(args.preset)[0]
     p1 = os.path.join(args.out_dir, phase1_name(b1) + ".pt")
     p1 = p1 if os.path.isfile(p1) else os.path.join(ROOT, "checkpoints", phase1_name(b1) + ".pt")

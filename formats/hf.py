@@ -11,13 +11,13 @@ project's GPT (model.py), which knows no file format beyond its own checkpoint:
 - GGUF (llama.cpp): read and dequantize tensors with the `gguf` package, undo llama.cpp's
   row permutation of W_q / W_k (its RoPE pairs adjacent dims; HF and rope.py pair i with
   i + d/2), and write an HF folder plus the tokenizer (tokenizer.json, tokenizer_config.json,
-  vocab.json, merges.txt; tokenizer.py).
+  vocab.json, merges.txt; formats/tokenizer.py).
 - `load_pretrained`: a checkpoint file of this project or an HF folder, for --teacher,
   --init (train.py) and --ckpt (analyze.py).
 
-  python hf.py export out/teacher.pt out/teacher-hf          # LlamaForCausalLM.from_pretrained loads it
-  python hf.py convert-gguf SmolLM2-135M-Instruct.Q4_1.gguf out/smollm2
-  python hf.py info out/smollm2                                # what the folder maps to
+  python -m formats.hf export out/teacher.pt out/teacher-hf          # LlamaForCausalLM.from_pretrained loads it
+  python -m formats.hf convert-gguf SmolLM2-135M-Instruct.Q4_1.gguf out/smollm2
+  python -m formats.hf info out/smollm2                                # what the folder maps to
 """
 import argparse
 import dataclasses
@@ -31,7 +31,7 @@ import torch
 
 from model import GPT, CheckpointError, GPTConfig, load_model
 from rope import rope_frequencies, scaling_type
-from tokenizer import Tokenizer
+from formats.tokenizer import Tokenizer
 
 WEIGHTS, INDEX, CONFIG = "model.safetensors", "model.safetensors.index.json", "config.json"
 HF_ROPE_TYPES = ("linear", "dynamic", "yarn", "llama3")  # the HF rope types rope.py computes

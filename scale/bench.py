@@ -24,11 +24,11 @@ The steps run under train.py's --dtype (auto: bf16 autocast on CUDA and on CPUs 
 bf16 matmuls); on CUDA with flash attention pinned (an error if flash cannot run). Data: one
 packed batch of the synthetic language (data.py), reused each step.
 
-    python bench.py --quick                          # smoke run, CPU, seconds
-    python bench.py --targets --compile              # bf16 vs float32 targets (a few minutes on 2 cores)
-    python bench.py --model large --json out/bench-large.json
-    python bench.py --model gpt2 --compile --sweep 1024 2048 4096 8192
-    python bench.py --cpu-ranks 1 2 4                # data-parallel scaling over 4 CPU ranks
+    python -m scale.bench --quick                          # smoke run, CPU, seconds
+    python -m scale.bench --targets --compile              # bf16 vs float32 targets (a few minutes on 2 cores)
+    python -m scale.bench --model large --json out/bench-large.json
+    python -m scale.bench --model gpt2 --compile --sweep 1024 2048 4096 8192
+    python -m scale.bench --cpu-ranks 1 2 4                # data-parallel scaling over 4 CPU ranks
 """
 import argparse
 import json
@@ -44,7 +44,7 @@ import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
 
-import dist
+from scale import dist
 from data import DataSource, TaskSpec, to_device
 from distill import freeze_teacher, kd_loss, teacher_logits
 from evaluate import PEAK_SIZES, matmul_peak_flops
@@ -318,8 +318,8 @@ def kd_peak_bytes(vocab, tokens, chunk, device) -> int:
     """Extra peak memory (bytes) of kd_loss forward + backward beyond its (N, V) inputs; chunk 0 = unchunked."""
     if device.type != "cuda":  # glibc: each block >= 64 KiB its own mmap, returned when freed, so RSS = live bytes
         env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-        code = f"import bench; print(bench.kd_peak_rss({vocab}, {tokens}, {chunk}))"
-        out = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(os.path.abspath(__file__)), env=env,
+        code = f"from scale import bench; print(bench.kd_peak_rss({vocab}, {tokens}, {chunk}))"
+        out = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=env,
                              capture_output=True, text=True)
         if out.returncode:
             raise RuntimeError(f"kd_loss memory subprocess failed:\n{out.stderr[-2000:]}")

@@ -1,0 +1,3 @@
+"""Running bigger: data parallelism under torchrun (dist.py, wrapped around train.py's loop) and the
+benchmarks that measure speed and memory (bench.py: `python -m scale.bench --help`).
+"""
