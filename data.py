@@ -29,15 +29,14 @@ downloaded here, so this file generates both from a seed:
 - `recurring_answers`: the answers of a packed window whose key stood in an earlier document
   with another value (a packed batch carries them as `recurring`; the masked arms of train.py
   drop them from the loss).
-- Real files: UTF-8 text read as bytes, or nanoGPT `.bin` token files (uint16), split
-  into documents and fed to the same packer.
+- Real files (UTF-8 text, nanoGPT `.bin` token files) are read into documents for the same
+  packer by formats/text.py.
 
 Run `python data.py` to print samples.
 """
 import argparse
 import functools
 import itertools
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -405,78 +404,6 @@ def packed_probe(spec, window, max_doc_len, min_doc_len=None, n_windows=16, seed
     min_doc_len = min_doc_len or max(2, max_doc_len // 4)
     return synthetic_batch(spec, np.random.default_rng([seed, 11]), "packed", n_windows, window, max_doc_len,
                            min_doc_len, reset_positions=reset_positions)
-
-
-# ----------------------------------------------------------------------------- real files
-
-
-class DataError(ValueError):
-    """A data file that cannot be used (missing, empty, unreadable, malformed)."""
-
-
-def read_text_documents(path, min_len=1, encode=None):
-    """UTF-8 text as bytes (token = byte + 1; 0 is SEP; vocabulary 257), or as the ids of
-    `encode(text)` (a teacher's tokenizer, formats/tokenizer.py).
-
-    A folder gives one document per file (sorted by name); a file gives one document per
-    paragraph (split at blank lines).
-    """
-    if not os.path.exists(path):
-        raise DataError(f"data path not found: {path}")
-    files = sorted(os.path.join(path, f) for f in os.listdir(path)) if os.path.isdir(path) else [path]
-    files = [f for f in files if os.path.isfile(f)]
-    docs = []
-    for f in files:
-        try:
-            with open(f, "rb") as fh:
-                raw = fh.read()
-            text = raw.decode("utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise DataError(f"cannot read {f} as UTF-8 text: {e}") from None
-        parts = [text] if os.path.isdir(path) else text.split("\n\n")
-        docs += [np.array(encode(p), dtype=np.int64) if encode else
-                 np.frombuffer(p.encode("utf-8"), dtype=np.uint8).astype(np.int64) + 1 for p in parts
-                 if len(p.strip()) >= min_len]
-    if not docs:
-        raise DataError(f"no text found in {path}")
-    return docs
-
-
-def read_bin_documents(path, eot_id, vocab_size):
-    """nanoGPT `.bin` (flat uint16 ids), memory-mapped, split into documents at eot_id."""
-    if not os.path.isfile(path):
-        raise DataError(f"data file not found: {path}")
-    size = os.path.getsize(path)
-    if size == 0 or size % 2:
-        raise DataError(f"{path}: {size} bytes is not a whole number of uint16 tokens" if size else
-                        f"{path} is empty")
-    ids = np.memmap(path, dtype=np.uint16, mode="r")
-    if int(ids.max()) >= vocab_size:
-        raise DataError(f"{path}: token id {int(ids.max())} is outside the vocabulary of {vocab_size}")
-    cuts = np.flatnonzero(ids == eot_id)
-    docs = [np.asarray(d, dtype=np.int64) for d in np.split(ids, cuts) if len(d)]
-    docs = [d[1:] if d[0] == eot_id else d for d in docs]  # the packer adds the separator
-    return [d for d in docs if len(d)]
-
-
-def file_windows(docs, window, max_doc_len, sep):
-    """Cut documents to at most max_doc_len tokens (separator included) and pack into windows of L+1."""
-    body = max_doc_len - 1
-    chunks = [d[i:i + body] for d in docs for i in range(0, len(d), body)]
-    packed = pack_documents(chunks, window + 1, sep=sep)
-    if len(packed["tokens"]) == 0:
-        raise DataError(f"the data holds fewer than {window + 1} tokens: not one window")
-    return packed
-
-
-def hold_out(packed, fraction=0.05):
-    """(training windows, held-out windows): the last max(1, fraction * N) windows of a packed corpus are held out
-    for the end-of-run loss, so it is not measured on what the model trained on."""
-    n = len(packed["tokens"])
-    if n < 2:
-        raise DataError(f"the data holds {n} window: need at least 2 (one is held out for the end-of-run loss)")
-    cut = n - max(1, int(fraction * n))
-    return {k: v[:cut] for k, v in packed.items()}, {k: v[cut:] for k, v in packed.items()}
 
 
 # ----------------------------------------------------------------------------- demo

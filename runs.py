@@ -29,7 +29,7 @@ import torch
 from scale import dist
 from config import (SHIPPED, build_parser, check_out_dir, fail, phase1_name, resolve, stage_batch_sizes,
                     student_config)
-from data import DataError, file_windows, hold_out, read_bin_documents, read_text_documents
+from formats.text import DataError, file_windows, hold_out, read_bin_documents, read_text_documents
 from distill import load_teacher
 from formats.hf import load_pretrained
 from model import CheckpointError, load_checkpoint, save_checkpoint

@@ -4,8 +4,8 @@ import time
 import numpy as np
 import pytest
 
-from data import (SEP, DataError, DataSource, TaskSpec, file_windows, hold_out, kv_probe, pack_documents, prefetch,
-                  read_bin_documents, read_text_documents, repeated_tokens_window, synthetic_batch)
+from data import SEP, DataSource, TaskSpec, kv_probe, pack_documents, prefetch, repeated_tokens_window, synthetic_batch
+from formats.text import DataError, file_windows, hold_out, read_bin_documents, read_text_documents
 
 SPEC = TaskSpec()
 
