@@ -61,21 +61,21 @@ PHASE_SEED = {"teacher": 0, "1": 10, "2": 20}
 
 
 # Phase 2's training objective (--arm): the KD student and its CE twin, and the baselines and ablations that ask
-# where the long-range signal comes from. "Recurring" answers (data.recurring_answers) are those whose key stood in
-# an earlier document of the packed window with another value: there the data's label is the recent value while a
-# long-context teacher answers with the far-back one.
+# where the long-range signal comes from. "Far-back" targets (data.far_back_targets) are the values, at a record or
+# an answer, whose key stood in an earlier document of the packed window with another value: there the data's label
+# is the recent value while a long-context teacher answers with the far-back one.
 ARMS = {
     "ce": "CE on the data's labels (the CE-only twin)",
-    "ce-masked": "CE without the recurring answers in the loss (not trained against far retrieval)",
+    "ce-masked": "CE without the far-back targets in the loss (not trained against far retrieval)",
     "ce-teacher-labels": "CE on the teacher's argmax tokens (hard-label distillation)",
     "kd": "(1 - w) CE + w KD against the teacher's logits (the KD student)",
-    "kd-masked": "as kd, with the recurring answers removed from the KD term",
+    "kd-masked": "as kd, with the far-back targets removed from the KD term",
     "kd-teacher-docmask": "as kd, the teacher scored under the document mask (it cannot see other documents)",
 }
 ARM_SUFFIX = {"ce": "", "ce-masked": "-masked", "ce-teacher-labels": "-tlabels", "kd": "", "kd-masked": "-masked",
               "kd-teacher-docmask": "-tdocmask"}  # run names already say kd or ce
 CE_ARMS = ("ce", "ce-masked", "ce-teacher-labels")  # --kd-weight 0
-MASKED_ARMS = ("ce-masked", "kd-masked")  # their batches carry the recurring-answer mask
+MASKED_ARMS = ("ce-masked", "kd-masked")  # their batches carry the far-back target mask
 
 
 def student_config(args, init_config=None):
@@ -429,7 +429,7 @@ def resolve_arm(args):
     elif args.kd_weight == 0:
         fail(f"--arm {args.arm} is a KD arm: --kd-weight 0 leaves no KD term (use --arm ce)")
     if args.arm in MASKED_ARMS and args.data:
-        fail(f"--arm {args.arm} masks the synthetic language's recurring answers; --data has none")
+        fail(f"--arm {args.arm} masks the synthetic language's far-back targets; --data has none")
 
 
 def pick_device(args):

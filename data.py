@@ -26,9 +26,9 @@ downloaded here, so this file generates both from a seed:
 - Probes (fixed seeds): key-value retrieval at exact distance D and depth, at a fixed record
   position (`position_probe`: distance apart from absolute position), a single needle per window
   (`needle_probe`), and the repeated-token window of finding 2.
-- `recurring_answers`: the answers of a packed window whose key stood in an earlier document
-  with another value (a packed batch carries them as `recurring`; the masked arms of train.py
-  drop them from the loss).
+- `far_back_targets`: the value targets of a packed window (records and answers) whose key
+  stood in an earlier document with another value (a packed batch carries them as `far_back`;
+  the masked arms of train.py leave them out of the loss).
 - Real files (UTF-8 text, nanoGPT `.bin` token files) are read into documents for the same
   packer by formats/text.py.
 
@@ -238,34 +238,36 @@ def synthetic_batch(spec, rng, kind, batch_size, window, max_doc_len=128, min_do
         docs += [p[0] for p in parts]
         answers += [p[1] for p in parts]
     packed = pack_documents(docs, window + 1, reset_positions=reset_positions, answers=answers)
-    if kind == "packed":  # the answers a long-context teacher would answer from an earlier document
-        packed["recurring"] = recurring_answers(spec, packed["tokens"], packed["doc_ids"], packed["answers"])
+    if kind == "packed":  # the targets a long-context teacher would answer from an earlier document
+        packed["far_back"] = far_back_targets(spec, packed["tokens"], packed["doc_ids"])
     return packed
 
 
-def recurring_answers(spec, tokens, doc_ids, answers):
-    """(N, L) bool: the answers whose key already stood in an earlier document of the same window with another value.
+def far_back_targets(spec, tokens, doc_ids):
+    """(N, L) bool: the value targets a long-context teacher can answer from an earlier document, differently.
 
-    tokens, doc_ids, answers (N, L). The answer at a is the value after the query key at a - 1; it recurs when that
-    key occurs at some j in an earlier document (doc_ids[j] < doc_ids[a - 1]) followed by a value tokens[j + 1]
-    other than tokens[a]. About 44% of a packed phase-2 window's answers: there the local label ("the value in this
-    document") and far-back retrieval ("the value it had before") disagree.
+    tokens, doc_ids (N, L). Every value v at p follows its key k at p - 1: the record "k v" or a query "k v" (whose v
+    is an answer). The target v at p is far-back when k stood in an earlier document of the same window followed by
+    another value: there the data's label (this document's v) and far-back retrieval (the value k had before)
+    disagree. That holds at the recurring key's record as at its query's answer, so both are marked: the masked
+    arms of train.py leave every such target out of the loss. A key that recurs with the same value marks nothing.
     """
     is_key = (tokens >= 1) & (tokens <= spec.n_keys)
-    out = np.zeros(answers.shape, dtype=bool)
-    for r, a in zip(*np.nonzero(answers)):
-        if a < 1 or not is_key[r, a - 1]:
-            continue
-        q = a - 1
-        j = np.flatnonzero((tokens[r, :q] == tokens[r, q]) & (doc_ids[r, :q] < doc_ids[r, q]))  # earlier occurrences
-        out[r, a] = bool((tokens[r, j + 1] != tokens[r, a]).any())  # j + 1 <= q - 1 + 1 = a: in the window
+    is_value = (tokens > spec.n_keys) & (tokens <= spec.n_keys + spec.n_values)
+    out = np.zeros(tokens.shape, dtype=bool)
+    for r in range(len(tokens)):
+        k = np.flatnonzero(is_key[r, :-1] & is_value[r, 1:])  # (n,) key positions, each followed by its value
+        key, value, doc = tokens[r, k], tokens[r, k + 1], doc_ids[r, k]  # (n,) each
+        earlier_other = ((key[:, None] == key[None, :]) & (doc[None, :] < doc[:, None])
+                         & (value[None, :] != value[:, None]))  # (n, n): occurrence j, earlier, valued otherwise than i
+        out[r, k[earlier_other.any(1)] + 1] = True
     return out
 
 
-def to_device(batch, device, recurring=False):
+def to_device(batch, device, far_back=False):
     """numpy windows of L+1 tokens -> torch x, y, positions, doc_ids, answer mask, each (B, L).
 
-    recurring: also the recurring-answer mask (recurring_answers, aligned with y; all False for a batch without one),
+    far_back: also the far-back target mask (far_back_targets, aligned with y; all False for a batch without one),
     as a sixth tensor.
     """
     def move(a):
@@ -276,10 +278,10 @@ def to_device(batch, device, recurring=False):
     pos = move(batch["positions"][:, :-1])
     doc = move(batch["doc_ids"][:, :-1])
     ans = move(batch["answers"][:, 1:]) if "answers" in batch else torch.zeros_like(y, dtype=torch.bool)
-    if not recurring:
+    if not far_back:
         return x, y, pos, doc, ans
-    rec = move(batch["recurring"][:, 1:]) if "recurring" in batch else torch.zeros_like(y, dtype=torch.bool)
-    return x, y, pos, doc, ans, rec
+    far = move(batch["far_back"][:, 1:]) if "far_back" in batch else torch.zeros_like(y, dtype=torch.bool)
+    return x, y, pos, doc, ans, far
 
 
 class DataSource:

@@ -76,11 +76,11 @@ def answer_hits(model, batch, device, autocast, chunk=4, doc_mask=False) -> np.n
 
 
 def earlier_values(batch) -> np.ndarray:
-    """(N, L + 1) int64: at each recurring answer (batch["recurring"]), the value its key had at its last occurrence
-    in an earlier document (the far-back answer); -1 elsewhere."""
+    """(N, L + 1) int64: at each far-back target (batch["far_back"]: a record or an answer), the value its key had at
+    its last occurrence in an earlier document (the far-back answer); -1 elsewhere."""
     tok, doc = batch["tokens"], batch["doc_ids"]
     out = np.full(tok.shape, -1, dtype=np.int64)
-    for r, a in zip(*np.nonzero(batch["recurring"])):
+    for r, a in zip(*np.nonzero(batch["far_back"])):
         j = np.flatnonzero((tok[r, :a - 1] == tok[r, a - 1]) & (doc[r, :a - 1] < doc[r, a - 1]))
         out[r, a] = tok[r, j[-1] + 1]
     return out
@@ -95,7 +95,8 @@ def recurring_signal(model, spec, window, max_doc_len, device, autocast, n_windo
     for seed in seeds:
         batch = packed_probe(spec, window, max_doc_len, n_windows=n_windows, seed=seed)
         pred = predictions(model, batch, device, autocast, doc_mask=doc_mask)  # (N, L), aligned with tokens[:, 1:]
-        rec, ans, y = batch["recurring"][:, 1:], batch["answers"][:, 1:], batch["tokens"][:, 1:]
+        ans, y = batch["answers"][:, 1:], batch["tokens"][:, 1:]
+        rec = ans & batch["far_back"][:, 1:]  # the recurring answers: queries whose key an earlier document valued
         far = earlier_values(batch)[:, 1:]
         res["local"].append(ratio((pred == y)[rec].sum(), rec.sum()))
         res["far_back"].append(ratio((pred == far)[rec].sum(), rec.sum()))
@@ -106,7 +107,7 @@ def recurring_signal(model, spec, window, max_doc_len, device, autocast, n_windo
 def probe_accuracy(model, batch, device, autocast, chunk=4, doc_mask=False, where=None) -> float | None:
     """Argmax accuracy at the probe's answer positions, over windows in chunks of `chunk`; None if it has none.
 
-    where: (N, L + 1) bool aligned with batch["tokens"]: score only the answers it marks (e.g. batch["recurring"]).
+    where: (N, L + 1) bool aligned with batch["tokens"]: score only the answers it marks (e.g. batch["far_back"]).
     """
     answers = batch["answers"][:, 1:] if where is None else batch["answers"][:, 1:] & where[:, 1:]  # (N, L)
     total = int(answers.sum())
@@ -132,7 +133,7 @@ def evaluate(model, spec, window, distances, max_doc_len, device, autocast, n_wi
                                       doc_mask=doc_mask)
     in_doc = packed_probe(spec, window, max_doc_len, n_windows=n_windows, seed=seed, reset_positions=reset_positions)
     hits = answer_hits(model, in_doc, device, autocast, doc_mask=doc_mask)  # (N, L): one pass for the three scores
-    ans, rec = in_doc["answers"][:, 1:], in_doc["recurring"][:, 1:]
+    ans, rec = in_doc["answers"][:, 1:], in_doc["far_back"][:, 1:]
     out["in_doc"] = ratio(hits[ans].sum(), ans.sum())
     out["in_doc_fresh"] = ratio(hits[ans & ~rec].sum(), (ans & ~rec).sum())  # keys new to the window
     out["in_doc_recurring"] = ratio(hits[ans & rec].sum(), (ans & rec).sum())  # keys an earlier document valued

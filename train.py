@@ -171,12 +171,12 @@ def training_loss(model, teacher, batch, args, autocast):
     batch: (x, y, pos, doc, ans) or, for the masked arms, (x, y, pos, doc, ans, recurring), each (b, T).
     Returns (loss, ce, kl, correct answers, answers) as 0-dim tensors; kl is NaN without a KD term.
     """
-    x, y, pos, doc, ans, *recurring = batch  # (b, T) each
+    x, y, pos, doc, ans, *far_back = batch  # (b, T) each
     arm = getattr(args, "arm", None)
     with autocast:
         logits = model(x, pos, doc if args.doc_mask else None)  # (b, T, V)
     t_logits = arm_teacher_logits(teacher, x, pos, doc, args, autocast)  # (b, T, V) or None
-    keep = ~recurring[0] if arm in MASKED_ARMS else None  # (b, T): False = left out of the arm's masked term
+    keep = ~far_back[0] if arm in MASKED_ARMS else None  # (b, T): False = left out of the arm's masked term
     targets = t_logits.argmax(-1) if arm == "ce-teacher-labels" else y  # hard-label distillation: teacher's argmax
     ce = masked_cross_entropy(logits, targets, keep if arm == "ce-masked" else None, args.kd_chunk)
     kl = torch.tensor(float("nan"))
@@ -303,9 +303,9 @@ def stage_batches(src, start, steps, args, device):
     shape = dist.BatchShape(src.batch_size, dist.world_size(), args.grad_accum)
     rows = shape.rows(dist.rank())
     arrays = prefetch(lambda step: src.batch(step, rows), range(start, steps))  # numpy, in a background thread
-    recurring = getattr(args, "arm", None) in MASKED_ARMS  # the masked arms' sixth tensor
+    far_back = getattr(args, "arm", None) in MASKED_ARMS  # the masked arms' sixth tensor
     for step, batch in zip(range(start, steps), arrays):
-        yield step, to_device(batch, device, recurring)
+        yield step, to_device(batch, device, far_back)
 
 
 # ----------------------------------------------------------------------------- around the loop

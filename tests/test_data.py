@@ -176,40 +176,48 @@ def test_hold_out_keeps_the_last_windows_away_from_training():
         hold_out({k: v[:1] for k, v in packed.items()})
 
 
-# ----------------------------------------------------------------------------- recurring answers, new probes
+# ----------------------------------------------------------------------------- far-back targets, new probes
 
 
-def recurring_by_hand(tokens, doc_ids, answers):
-    """The reference: answer a recurs when its key (at a - 1) stood earlier, in an earlier document, before another
-    value."""
-    out = np.zeros_like(answers)
+def far_back_by_hand(tokens, doc_ids):
+    """The reference: the value at p (after its key at p - 1) is far-back when that key stood at some j in an earlier
+    document, before another value."""
+    out = np.zeros(tokens.shape, dtype=bool)
     for r in range(len(tokens)):
-        for a in np.flatnonzero(answers[r]):
-            k = tokens[r, a - 1]
-            out[r, a] = any(tokens[r, j] == k and doc_ids[r, j] < doc_ids[r, a - 1] and tokens[r, j + 1] != tokens[r, a]
-                            for j in range(a - 1))
+        for p in range(1, tokens.shape[1]):
+            k = tokens[r, p - 1]
+            if 1 <= k <= SPEC.n_keys:
+                out[r, p] = any(tokens[r, j] == k and doc_ids[r, j] < doc_ids[r, p - 1]
+                                and tokens[r, j + 1] != tokens[r, p] for j in range(p - 1))
     return out
 
 
-def test_recurring_mask_marks_exactly_the_answers_whose_key_an_earlier_document_valued_otherwise():
+def test_far_back_mask_marks_exactly_the_values_whose_key_an_earlier_document_valued_otherwise():
     batch = synthetic_batch(SPEC, np.random.default_rng(3), "packed", 4, 512, 64, 16)
-    rec = batch["recurring"]
-    assert np.array_equal(rec, recurring_by_hand(batch["tokens"], batch["doc_ids"], batch["answers"]))
-    assert not (rec & ~batch["answers"]).any()  # answers only
-    assert 0.2 < rec.sum() / batch["answers"].sum() < 0.7  # the packed windows' recurring share is substantial
+    far, ans = batch["far_back"], batch["answers"]
+    assert np.array_equal(far, far_back_by_hand(batch["tokens"], batch["doc_ids"]))
+    assert np.isin(batch["tokens"][far], SPEC.values()).all()  # value targets only
+    assert 0.2 < (far & ans).sum() / ans.sum() < 0.7  # the packed windows' recurring share is substantial
+    assert 0.5 < (far & ~ans).sum() / (far & ans).sum() < 2  # and about as many records as answers
 
 
-def test_recurring_mask_on_a_hand_made_window():
-    k, v1, v2, v3 = 1, 70, 71, 72
-    f = 150  # filler
-    doc1 = np.array([k, v1, f, k, v1])  # record and query: its answer is fresh
-    doc2 = np.array([k, v2, f, k, v2])  # k had v1 in doc 1: the answer recurs
-    doc3 = np.array([2, v3, f, 2, v3])  # key 2 is new: fresh
-    packed = pack_documents([doc1, doc2, doc3], 18, answers=[np.array([0, 0, 0, 0, 1], bool)] * 3)
-    from data import recurring_answers
-    rec = recurring_answers(SPEC, packed["tokens"], packed["doc_ids"], packed["answers"])
-    assert np.flatnonzero(packed["answers"][0]).tolist() == [5, 11, 17]
-    assert np.flatnonzero(rec[0]).tolist() == [11]
+def test_far_back_mask_on_a_hand_made_window():
+    """Five documents: k1 recurs with its value, then with another; k2 recurs three times, each time valued
+    otherwise than before; k3 recurs with its value. Every masked and every kept position, records and answers."""
+    k1, k2, k3, f = 1, 2, 3, 150
+    v10, v11, v20, v21, v22, v30 = 75, 76, 85, 86, 87, 95
+    docs = [np.array([k1, v10, f, k2, v20, f, k1, v10, k2, v20]),  # at 0: values at 2, 5, 8, 10
+            np.array([k1, v10, f, k3, v30, f, k1, v10, k3, v30]),  # at 11: k1 with its value again: 13, 16, 19, 21
+            np.array([k2, v21, f, k2, v21]),  # at 22: k2 with another value: record 24, answer 27
+            np.array([k2, v22, k1, v11, f, k2, v22, k1, v11]),  # at 28: both recur with another value: 30 32 35 37
+            np.array([k2, v21, k3, v30, f, k3, v30, k2, v21])]  # at 38: k2's v21 differs from v20, v22: 40, 47;
+    packed = pack_documents(docs, 48)  # k3 keeps v30: 42, 45 kept
+    from data import far_back_targets
+    far = far_back_targets(SPEC, packed["tokens"], packed["doc_ids"])
+    assert far.shape == (1, 48) and packed["tokens"][0, [24, 30, 32, 40]].tolist() == [v21, v22, v11, v21]
+    assert np.flatnonzero(far[0]).tolist() == [24, 27, 30, 32, 35, 37, 40, 47]
+    values = np.flatnonzero(np.isin(packed["tokens"][0], SPEC.values())).tolist()
+    assert [p for p in values if not far[0, p]] == [2, 5, 8, 10, 13, 16, 19, 21, 42, 45]
 
 
 def test_position_probe_puts_records_in_their_band_and_queries_exactly_d_later():

@@ -137,11 +137,12 @@ def test_evaluate_heldout_is_the_mean_over_the_held_out_seeds():
 
 
 def test_earlier_values_is_the_keys_value_in_its_last_earlier_document():
-    from data import pack_documents, recurring_answers
+    from data import far_back_targets, pack_documents
     from evaluate import earlier_values
     k, f = 1, 150
     docs = [np.array([k, 70, f, k, 70]), np.array([k, 71, f, k, 71]), np.array([k, 72, f, k, 72])]
     b = pack_documents(docs, 18, answers=[np.array([0, 0, 0, 0, 1], bool)] * 3)
-    b["recurring"] = recurring_answers(SPEC, b["tokens"], b["doc_ids"], b["answers"])
+    b["far_back"] = far_back_targets(SPEC, b["tokens"], b["doc_ids"])
     far = earlier_values(b)[0]
-    assert far[11] == 70 and far[17] == 71 and far[5] == -1  # the last earlier document's value
+    assert far[11] == 70 and far[17] == 71 and far[5] == -1  # the last earlier document's value, at the answers
+    assert far[8] == 70 and far[14] == 71 and far[2] == -1  # and at the records

@@ -476,16 +476,17 @@ def arm_args(arm):
 
 @pytest.fixture(scope="module")
 def arm_setup():
-    """A tiny student, a tiny teacher and a packed batch with recurring answers (the sixth tensor)."""
+    """A tiny student, a tiny teacher and a packed batch with far-back targets (the sixth tensor)."""
     cpu = torch.device("cpu")
     batch = to_device(DataSource(TaskSpec(), "packed", 256, 2, seed=0, max_doc_len=32, min_doc_len=8).batch(0), cpu,
-                      recurring=True)
+                      far_back=True)
     cfg = GPTConfig(d_model=32, n_head=2, n_kv_head=2, max_seq_len=256)
     torch.manual_seed(0)
     student = GPT(cfg)
     torch.manual_seed(1)
     teacher = freeze_teacher(GPT(cfg), cpu)
-    assert batch[5].any() and (batch[4] & ~batch[5]).any()  # some recurring answers, some fresh
+    assert (batch[4] & batch[5]).any() and (batch[4] & ~batch[5]).any()  # some recurring answers, some fresh
+    assert (batch[5] & ~batch[4]).any()  # and records of recurring keys
     return student, teacher, batch
 
 
