@@ -64,18 +64,34 @@ PHASE_SEED = {"teacher": 0, "1": 10, "2": 20}
 # where the long-range signal comes from. "Far-back" targets (data.far_back_targets) are the values, at a record or
 # an answer, whose key stood in an earlier document of the packed window with another value: there the data's label
 # is the recent value while a long-context teacher answers with the far-back one.
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One objective, as train.arm_terms reads it: what the teacher sees, the CE's targets, the positions each term
+    counts. loss = (1 - w) CE + w KD (--kd-weight w; an arm without a KD term trains with w = 0)."""
+    what: str  # for --help
+    teacher: str = "window"  # what the teacher sees: the whole packed "window", its own "document" only, or "none"
+    targets: str = "data"  # the CE's labels: the "data"'s next tokens, or the "teacher"'s argmax (hard labels)
+    ce_positions: str = "all"  # positions in the CE: "all", or "leak-free" (the far-back targets left out)
+    kd_positions: str = "all"  # positions in the KD term: "all", "leak-free", or "none" (no KD term)
+    suffix: str = ""  # of the run name (run names already say kd or ce)
+
+
 ARMS = {
-    "ce": "CE on the data's labels (the CE-only twin)",
-    "ce-masked": "CE without the far-back targets in the loss (not trained against far retrieval)",
-    "ce-teacher-labels": "CE on the teacher's argmax tokens (hard-label distillation)",
-    "kd": "(1 - w) CE + w KD against the teacher's logits (the KD student)",
-    "kd-masked": "as kd, with the far-back targets removed from the KD term",
-    "kd-teacher-docmask": "as kd, the teacher scored under the document mask (it cannot see other documents)",
+    "ce": Arm("CE on the data's labels (the CE-only twin)", teacher="none", kd_positions="none"),
+    "ce-masked": Arm("CE without the far-back targets in the loss (not trained against far retrieval)",
+                     teacher="none", ce_positions="leak-free", kd_positions="none", suffix="-masked"),
+    "ce-teacher-labels": Arm("CE on the teacher's argmax tokens (hard-label distillation)", targets="teacher",
+                             kd_positions="none", suffix="-tlabels"),
+    "kd": Arm("(1 - w) CE + w KD against the teacher's logits (the KD student)"),
+    "kd-masked": Arm("as kd, with the far-back targets removed from the KD term", kd_positions="leak-free",
+                     suffix="-masked"),
+    "kd-teacher-docmask": Arm("as kd, the teacher scored under the document mask (it cannot see other documents)",
+                              teacher="document", suffix="-tdocmask"),
 }
-ARM_SUFFIX = {"ce": "", "ce-masked": "-masked", "ce-teacher-labels": "-tlabels", "kd": "", "kd-masked": "-masked",
-              "kd-teacher-docmask": "-tdocmask"}  # run names already say kd or ce
-CE_ARMS = ("ce", "ce-masked", "ce-teacher-labels")  # --kd-weight 0
-MASKED_ARMS = ("ce-masked", "kd-masked")  # their batches carry the far-back target mask
+CE_ARMS = tuple(k for k, a in ARMS.items() if a.kd_positions == "none")  # --kd-weight 0
+MASKED_ARMS = tuple(k for k, a in ARMS.items() if "leak-free" in (a.ce_positions, a.kd_positions))  # need far_back
 
 
 def student_config(args, init_config=None):
@@ -126,7 +142,7 @@ def variant_suffix(args):
     """The part of a run's name for flags that change what it computes beyond phase, bases and seeds:
     -yarn4 (--rope-scaling type and factor), -rkl / -jsd0.5 / -T2 (the divergence and its temperature, only when
     distillation is on), -dm (--doc-mask), -rp (--reset-positions), -masked / -tlabels / -tdocmask (phase 2's
-    --arm, ARM_SUFFIX). Empty for the defaults."""
+    --arm, ARMS' suffix). Empty for the defaults."""
     s = ""
     rope_type = scaling_type(args.scaling)
     if rope_type is not None:
@@ -138,7 +154,7 @@ def variant_suffix(args):
     s += "-dm" if args.doc_mask else ""
     s += "-rp" if args.reset_positions else ""
     s += "-ramp" + ".".join(str(w) for w in args.ramp_windows) + f"x{args.ramp_steps}" if args.ramp_windows else ""
-    s += ARM_SUFFIX.get(getattr(args, "arm", None), "")
+    s += ARMS[args.arm].suffix if getattr(args, "arm", None) else ""
     return s
 
 
@@ -177,8 +193,8 @@ def build_parser():
     a("--overwrite", action="store_true", help="retrain even if this run already finished")
     a("--no-baseline", action="store_true", help="phase 2: do not train the CE-only baseline side by side")
     a("--arm", default=None, choices=list(ARMS), help="phase 2's objective: " + "; ".join(
-      f"{k}: {v}" for k, v in ARMS.items()) + ". Default: kd, or ce with --kd-weight 0. Only kd trains its CE twin "
-      "side by side; every other arm trains alone, with its own run-name suffix")
+      f"{k}: {arm.what}" for k, arm in ARMS.items()) + ". Default: kd, or ce with --kd-weight 0. Only kd trains its "
+      "CE twin side by side; every other arm trains alone, with its own run-name suffix")
     g = p.add_argument_group("RoPE")
     g.add_argument("--rope-base", type=float, default=None, help="RoPE base (default: teacher 10000, phase 1 the "
                    "preset's phase-1 base, phase 2 500000, or phase 1's base with --rope-scaling)")

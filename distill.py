@@ -12,13 +12,15 @@ positional, long-range information that the short documents alone do not.
   vocabulary must match the student's.
 - `teacher_logits`: the teacher's forward under torch.inference_mode().
 - `forward_kl` / `plain_kd_loss`: the paper's loss as it writes it, T^2 * mean over tokens of
-  KL(p_t || p_s) = sum_v p_t (log p_t - log p_s): the reference, read this first.
-- `kd_loss`: what train.py calls: the forward KL, the reverse KL, or the generalized JSD of
-  GKD (Agarwal et al. 2024), with temperature T (scaled by T^2), averaged over unmasked
-  tokens, in float32. A memory optimisation, `ChunkedDivergence`, computes it over chunks of
-  tokens: only one chunk of vocabulary-wide float32 probabilities exists at a time, in the
-  forward *and* the backward pass (the backward recomputes each chunk); tested equal, value
-  and gradient, to the plain autograd path (chunk_size 0).
+  KL(p_t || p_s) = sum_v p_t (log p_t - log p_s): the reference, read this first. It is what
+  a default training step runs.
+- `kd_loss`: what train.py calls: the forward KL (plain_kd_loss itself unless chunked), the
+  reverse KL, or the generalized JSD of GKD (Agarwal et al. 2024), with temperature T (scaled by
+  T^2), averaged over unmasked tokens, in float32. A memory optimisation, `ChunkedDivergence`,
+  computes it over chunks of tokens: only one chunk of vocabulary-wide float32 probabilities
+  exists at a time, in the forward *and* the backward pass (the backward recomputes each chunk);
+  tested equal, value and gradient, to the plain autograd path (chunk_size 0). train.py chunks
+  only logits above train.CHUNK_ABOVE floats (a real vocabulary on long windows).
 - `teacher_topk` / `topk_forward_kl`: a teacher's logits cached as their top-k tokens, and the
   forward KL over those k tokens plus one "rest" bucket (research/realtext.py: a real teacher,
   computed once per window).
@@ -42,17 +44,19 @@ def forward_kl(s, t):
     return (log_pt.exp() * (log_pt - log_ps)).sum(-1)  # (n,)
 
 
-def plain_kd_loss(student_logits, teacher_logits, mask=None, temperature=1.0):
+def plain_kd_loss(student_logits, teacher_logits, mask=None, temperature=1.0, total=None):
     """The reference: T^2 * mean over unmasked tokens of KL(p_t || p_s) at temperature T (Hinton et al. 2015).
 
-    student_logits, teacher_logits (B, T, V); mask (B, T) bool, True = use. kd_loss computes the same
-    (chunk_size 0 is exactly this, in float32); it adds other divergences and the chunked option."""
+    student_logits, teacher_logits (B, T, V); mask (B, T) bool, True = use. total: divide the sum over the unmasked
+    tokens by this count instead of their number (train.py: the count of a whole global batch that arrives in
+    micro-batches and ranks). kd_loss with chunk_size 0 runs exactly this; it adds other divergences and the
+    chunked option."""
     V = student_logits.shape[-1]
     kl = forward_kl(student_logits.reshape(-1, V).float() / temperature,
                     teacher_logits.reshape(-1, V).detach().float() / temperature)  # (B*T,)
     if mask is not None:
         kl = kl[mask.reshape(-1)]
-    return temperature**2 * kl.mean()
+    return temperature**2 * (kl.mean() if total is None else kl.sum() / total)
 
 
 # ----------------------------------------------------------------------------- other divergences
@@ -132,12 +136,13 @@ class ChunkedDivergence(torch.autograd.Function):
 
 
 def kd_loss(student_logits, teacher_logits, mask=None, temperature=1.0, kind="forward", beta=0.5,
-            chunk_size=256):
+            chunk_size=0, total=None):
     """Distillation loss, averaged over unmasked tokens and scaled by T^2 (Hinton et al. 2015).
 
     student_logits, teacher_logits (B, T, V) or (N, V); mask (B, T) or (N,) bool, True = use.
-    chunk_size: tokens per float32 chunk (ChunkedDivergence); 0 = plain autograd (weighted_divergence,
-    for kind forward exactly plain_kd_loss). Both give the same value and gradient.
+    chunk_size: tokens per float32 chunk (ChunkedDivergence); 0 = plain autograd (for kind forward
+    plain_kd_loss itself, else weighted_divergence). Both give the same value and gradient.
+    total: the sum over the unmasked tokens is divided by this count instead of their number.
     Returns (loss, divergence): `divergence` is the detached per-token divergence itself
     (for kind forward: the true KL at temperature T, 0 when the distributions match).
     """
@@ -146,10 +151,13 @@ def kd_loss(student_logits, teacher_logits, mask=None, temperature=1.0, kind="fo
                          f"{teacher_logits.shape[-1]}")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if kind == "forward" and not chunk_size:  # the reference, as written
+        loss = plain_kd_loss(student_logits, teacher_logits, mask, temperature, total)
+        return loss, loss.detach() / temperature**2
     V = student_logits.shape[-1]
     s, t = student_logits.reshape(-1, V), teacher_logits.reshape(-1, V).detach()  # (N, V)
     m = torch.ones(s.shape[0], device=s.device) if mask is None else mask.reshape(-1).float()
-    weights = m / m.sum().clamp(min=1)  # (N,): a mean over the unmasked tokens
+    weights = m / (m.sum().clamp(min=1) if total is None else total)  # (N,): a mean over the unmasked tokens
     div = divergence_fn(kind, beta)
     if chunk_size:
         div = ChunkedDivergence.apply(s, t, weights, div, float(temperature), chunk_size)
@@ -158,18 +166,19 @@ def kd_loss(student_logits, teacher_logits, mask=None, temperature=1.0, kind="fo
     return div * temperature**2, div.detach()
 
 
-def chunked_cross_entropy(logits, targets, keep=None, chunk_size=256):
+def chunked_cross_entropy(logits, targets, keep=None, chunk_size=256, total=None):
     """Mean next-token cross-entropy over the positions `keep` marks, as F.cross_entropy on float32 logits
     gives it (tested), through ChunkedDivergence: one chunk of float32 logits at a time instead of a float32
     copy of all (N, V) of them (at a 49,152-token vocabulary on 16 x 4,096 tokens, 12.9 GB).
 
-    logits (B, T, V) or (N, V), any float dtype; targets (B, T) or (N,) token ids; keep (B, T) or (N,) bool.
+    logits (B, T, V) or (N, V), any float dtype; targets (B, T) or (N,) token ids; keep (B, T) or (N,) bool;
+    total: divide the sum over the kept tokens by this count instead of their number.
     The ids ride in ChunkedDivergence's teacher slot as an (N, 1) float column: exact below 2^24.
     """
     V = logits.shape[-1]
     s, y = logits.reshape(-1, V), targets.reshape(-1, 1).float()  # (N, V), (N, 1)
     m = torch.ones(s.shape[0], device=s.device) if keep is None else keep.reshape(-1).float()
-    weights = m / m.sum().clamp(min=1)  # (N,): a mean over the kept tokens
+    weights = m / (m.sum().clamp(min=1) if total is None else total)  # (N,): a mean over the kept tokens
 
     def ce(chunk, ids):
         return F.cross_entropy(chunk, ids[:, 0].long(), reduction="none")  # (n,)

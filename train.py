@@ -36,8 +36,8 @@ from tqdm import tqdm
 
 from scale import dist
 import runs
-from config import (MASKED_ARMS, PRESETS, build_parser, curriculum_stages, fail, phase_seed, pick_device, ramp_stages,
-                    resolve, student_config)
+from config import (ARMS, MASKED_ARMS, PRESETS, build_parser, curriculum_stages, fail, phase_seed, pick_device,
+                    ramp_stages, resolve, student_config)
 from data import DataSource, TaskSpec, prefetch, to_device
 from distill import chunked_cross_entropy, kd_loss, load_teacher, teacher_logits
 from model import GPT, CheckpointError, load_model, switch_rope
@@ -146,9 +146,10 @@ def train(args, inputs):
 def train_step(model, teacher, opt, batch, args, autocast):
     """One optimizer step: the loss on the batch, its gradient, the update.
 
-    batch: (x, y, pos, doc, ans[, recurring]), each (B, T). Returns (loss, ce, kl, answer accuracy) as floats.
-    Under torchrun or with --grad-accum, dist.accumulate computes the same loss over micro-batches and ranks
-    (DDP averages the gradients), so the values are those of the whole global batch, the same on every rank.
+    batch: (x, y, pos, doc, ans[, far_back]), each (B, T). Returns (loss, ce, kl, answer accuracy) as floats.
+    Under torchrun or with --grad-accum the positions each loss term counts are first counted over the whole global
+    batch; dist.accumulate then adds up every micro-batch's sums divided by those counts (DDP sums the gradients of
+    the ranks), so the values are those of the whole global batch, the same on every rank.
     """
     opt.zero_grad(set_to_none=True)
     if dist.world_size() == 1 and args.grad_accum == 1:  # one process, one batch
@@ -156,8 +157,9 @@ def train_step(model, teacher, opt, batch, args, autocast):
         loss.backward()
         stats = torch.stack([loss.detach(), ce.detach(), kl.to(loss.device), correct, answers])
     else:
+        counts = dist.sum_across_ranks(term_counts(batch, args))  # (2,): the CE's and the KD term's, global batch
         stats = dist.accumulate(model, batch, args.grad_accum,
-                                lambda micro: training_loss(model, teacher, micro, args, autocast))
+                                lambda micro: training_loss(model, teacher, micro, args, autocast, counts))
     if args.grad_clip:
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
     opt.step()
@@ -165,59 +167,86 @@ def train_step(model, teacher, opt, batch, args, autocast):
     return loss, ce, kl, (stats[3] / stats[4]).item()  # 0 / 0 = NaN: no answer in the batch
 
 
-def training_loss(model, teacher, batch, args, autocast):
-    """CE, or (1 - w) CE + w KL(teacher || student) (--kd-weight w), as phase 2's --arm says.
+def training_loss(model, teacher, batch, args, autocast, counts=None):
+    """(1 - w) CE + w T^2 KL(teacher || student) (--kd-weight w), on what --arm says (arm_terms); CE alone at w = 0.
 
-    batch: (x, y, pos, doc, ans) or, for the masked arms, (x, y, pos, doc, ans, recurring), each (b, T).
-    Returns (loss, ce, kl, correct answers, answers) as 0-dim tensors; kl is NaN without a KD term.
+    batch: (x, y, pos, doc, ans[, far_back]), each (b, T). counts: how many positions the CE and the KD term count
+    in the whole global batch (term_counts), when this batch is a part of it; each term is then its sum over its
+    positions here divided by its count. Returns (loss, ce, kl, correct answers, answers) as 0-dim tensors; kl is
+    NaN without a KD term.
     """
-    x, y, pos, doc, ans, *far_back = batch  # (b, T) each
-    arm = getattr(args, "arm", None)
+    x, y, pos, doc, ans = batch[:5]  # (b, T) each
     with autocast:
         logits = model(x, pos, doc if args.doc_mask else None)  # (b, T, V)
-    t_logits = arm_teacher_logits(teacher, x, pos, doc, args, autocast)  # (b, T, V) or None
-    keep = ~far_back[0] if arm in MASKED_ARMS else None  # (b, T): False = left out of the arm's masked term
-    targets = t_logits.argmax(-1) if arm == "ce-teacher-labels" else y  # hard-label distillation: teacher's argmax
-    ce = masked_cross_entropy(logits, targets, keep if arm == "ce-masked" else None, args.kd_chunk)
-    kl = torch.tensor(float("nan"))
-    loss = ce
-    if t_logits is not None and args.kd_weight > 0:  # the paper's loss: (1 - w) CE + w T^2 KL(p_t || p_s)
-        kd, kl = kd_loss(logits, t_logits, mask=keep if arm == "kd-masked" else None, temperature=args.temperature,
-                         kind=args.kd_loss, beta=args.jsd_beta, chunk_size=args.kd_chunk)
+    targets, ce_keep, t_logits, kd_keep = arm_terms(teacher, batch, args, autocast)
+    ce_total, kd_total = (None, None) if counts is None else counts
+    chunk = args.kd_chunk if logits.numel() > CHUNK_ABOVE else 0  # 0: plain autograd, as distill.py writes it
+    ce = masked_cross_entropy(logits, targets, ce_keep, ce_total, chunk)
+    loss, kl = ce, torch.tensor(float("nan"))
+    if t_logits is not None:  # the paper's loss: (1 - w) CE + w T^2 KL(p_t || p_s)
+        kd, kl = kd_loss(logits, t_logits, kd_keep, args.temperature, args.kd_loss, args.jsd_beta, chunk, kd_total)
         loss = (1 - args.kd_weight) * ce + args.kd_weight * kd
     correct = (logits.detach()[ans].argmax(-1) == y[ans]).float().sum()  # argmax of the answer rows only
     return loss, ce, kl, correct, ans.sum().float()
 
 
-def arm_teacher_logits(teacher, x, pos, doc, args, autocast):
-    """The teacher's logits (b, T, V) that the arm learns from, or None when it uses none.
+def run_arm(args):
+    """The config.Arm this run trains: phase 2's --arm; the teacher and phase 1 train kd, or ce at --kd-weight 0."""
+    return ARMS[args.arm or ("kd" if args.kd_weight > 0 else "ce")]
 
-    Under the run's --doc-mask, or under the document mask for --arm kd-teacher-docmask (the teacher cannot see
-    other documents, so any long-range signal it passes on is not retrieval from an earlier document).
+
+def arm_terms(teacher, batch, args, autocast):
+    """What the loss learns from on this batch, as the run's arm (config.ARMS) says: (CE targets (b, T), CE positions
+    (counted), the teacher's logits (b, T, V) for the KD term or None = no KD term, KD positions (counted)).
+
+    The teacher sees the whole window, or its own document only (the document mask, as under --doc-mask: any
+    long-range signal it then passes on is not retrieval from an earlier document).
     """
-    arm = getattr(args, "arm", None)
-    if teacher is None or not (args.kd_weight > 0 or arm == "ce-teacher-labels"):
-        return None
-    with autocast:
-        return teacher_logits(teacher, x, pos, doc if args.doc_mask or arm == "kd-teacher-docmask" else None)
+    arm = run_arm(args)
+    x, y, pos, doc = batch[:4]  # (b, T) each
+    t_logits = None
+    if teacher is not None and arm.teacher != "none":
+        with autocast:
+            t_logits = teacher_logits(teacher, x, pos, doc if args.doc_mask or arm.teacher == "document" else None)
+    targets = t_logits.argmax(-1) if arm.targets == "teacher" else y  # hard-label distillation: the teacher's argmax
+    kd_logits = t_logits if arm.kd_positions != "none" else None
+    return targets, counted(batch, arm.ce_positions), kd_logits, counted(batch, arm.kd_positions)
 
 
-def masked_cross_entropy(logits, targets, keep=None, chunk_size=0):
-    """Mean next-token cross-entropy over the positions `keep` (b, T) marks (all when None).
+def counted(batch, where):
+    """(b, T) bool, True = the position counts in a loss term; None = every position. "leak-free": all but the
+    far-back targets (batch[5], data.far_back_targets), where the teacher answers from an earlier document."""
+    return ~batch[5] if where == "leak-free" else None
 
-    Logits of more than CHUNK_CE_ABOVE floats (a real vocabulary on long windows) go through
+
+def term_counts(batch, args):
+    """(2,) float: how many positions the CE and the KD term count in this batch (arm_terms)."""
+    arm = run_arm(args)
+    y = batch[1]  # (b, T)
+    keeps = (counted(batch, arm.ce_positions), counted(batch, arm.kd_positions))
+    return torch.stack([torch.tensor(y.numel(), device=y.device) if k is None else k.sum() for k in keeps]).float()
+
+
+def masked_cross_entropy(logits, targets, keep=None, total=None, chunk_size=0):
+    """Mean next-token cross-entropy over the positions `keep` (b, T) marks (all when None); with `total`, their sum
+    divided by total instead of their number.
+
+    chunk_size > 0 (train.py: logits above CHUNK_ABOVE floats, a real vocabulary on long windows) goes through
     distill.chunked_cross_entropy in chunks of chunk_size (--kd-chunk) tokens: no float32 copy of them all.
     """
-    if chunk_size and logits.numel() > CHUNK_CE_ABOVE:
-        return chunked_cross_entropy(logits, targets, keep, chunk_size)
-    if keep is None:
+    if chunk_size:
+        return chunked_cross_entropy(logits, targets, keep, chunk_size, total)
+    if keep is None and total is None:
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
     per_token = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")  # (b T,)
-    keep = keep.flatten().float()
-    return (per_token * keep).sum() / keep.sum().clamp(min=1)
+    if keep is not None:
+        per_token = per_token[keep.flatten()]
+    return per_token.sum() / (max(1, per_token.numel()) if total is None else total)
 
 
-CHUNK_CE_ABOVE = 2**26  # logits (256 MB in float32) above which the CE is chunked; the default model's are 0.8M
+# Logits (256 MB in float32) above which the CE and the KD term go in chunks of --kd-chunk tokens; the default
+# phase-2 step's are 0.8M (4 x 1024 x 193), so it runs distill.py's plain KL and F.cross_entropy.
+CHUNK_ABOVE = 2**26
 
 
 def loss_name(args) -> str:

@@ -145,28 +145,29 @@ class BatchShape:
 
 
 def micro_batches(batch, grad_accum: int):
-    """A rank's rows (x, y, pos, doc, ans), each (per_rank, T), as grad_accum micro-batches of BatchShape.micro
-    rows each, in row order: [(x, y, pos, doc, ans) of rows 0..micro-1, ...]."""
+    """A rank's rows (x, y, pos, doc, ans[, far_back]), each (per_rank, T), as grad_accum micro-batches of
+    BatchShape.micro rows each, in row order: [(x, y, pos, doc, ans) of rows 0..micro-1, ...]."""
     return list(zip(*(t.chunk(grad_accum) for t in batch)))
 
 
 def accumulate(model, batch, grad_accum, loss_fn):
-    """Forward and backward of loss_fn over this rank's rows in grad_accum micro-batches: each loss divided by
-    grad_accum, DDP's gradient all-reduce on the last micro-batch only. The step's optimizer update follows.
+    """Forward and backward of loss_fn over this rank's rows in grad_accum micro-batches, DDP's gradient all-reduce
+    on the last micro-batch only. The step's optimizer update follows.
 
-    loss_fn(micro) -> (loss, ce, kl, correct answers, answers), 0-dim tensors (train.training_loss). Returns
-    [loss, ce, kl, correct, answers] of the global batch: the losses averaged over micro-batches and ranks, the
-    answers counted over all of them; the same on every rank.
+    loss_fn(micro) -> (loss, ce, kl, correct answers, answers), 0-dim tensors (train.training_loss with the global
+    batch's counts): each loss term a sum over the micro-batch's positions divided by the number of such positions
+    in the whole global batch, so the micro-batches' losses of all ranks add up to the global batch's loss, even
+    when the micro-batches count different numbers of positions (a masked arm). DDP averages the ranks' gradients:
+    each rank's backward of world_size x its losses makes that average their sum. Returns [loss, ce, kl, correct,
+    answers] of the global batch, the same on every rank.
     """
     stats = 0
     for i, micro in enumerate(micro_batches(batch, grad_accum)):  # K x (x, y, ...), (B / ranks / K, T) each
         with sync_unless(model, accumulating=i < grad_accum - 1):
             loss, ce, kl, correct, answers = loss_fn(micro)
-            (loss / grad_accum).backward()
-        stats = stats + torch.stack([loss.detach() / grad_accum, ce.detach() / grad_accum,
-                                     kl.to(loss.device) / grad_accum, correct, answers])
-    stats = sum_across_ranks(stats)
-    return torch.cat([stats[:3] / world_size(), stats[3:]])
+            (loss * world_size()).backward()
+        stats = stats + torch.stack([loss.detach(), ce.detach(), kl.to(loss.device), correct, answers])
+    return sum_across_ranks(stats)
 
 
 def wrap(model, device):

@@ -5,6 +5,7 @@ end with the same weights; a 2-rank run killed with SIGKILL resumes to the same 
 split, the metric reduction and the weight check each on their own; bad shapes fail in one line.
 """
 import json
+import math
 import os
 import signal
 import socket
@@ -162,6 +163,49 @@ def check_collectives(rank, port):
 
 def test_metrics_and_weight_check_across_two_processes():
     mp.start_processes(check_collectives, args=(free_port(),), nprocs=2, start_method="fork")
+
+
+def check_masked_arms_across_ranks(rank, port):
+    """On 2 ranks x 2 micro-batches of one window each: train_step's loss, CE, KL and gradients are those of the one
+    4-window batch computed in this process, for masked arms whose windows keep different numbers of tokens."""
+    from contextlib import nullcontext
+    from data import DataSource, TaskSpec, to_device
+    from distill import freeze_teacher
+    from model import GPT, GPTConfig
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    try:
+        cpu = torch.device("cpu")
+        batch = to_device(DataSource(TaskSpec(), "packed", 64, 4, seed=0, max_doc_len=16, min_doc_len=8).batch(0),
+                          cpu, far_back=True)
+        far = batch[5].clone()
+        far[0, :40] = True  # rank 0's first micro-batch keeps far fewer tokens than the others
+        batch = (*batch[:5], far)
+        cfg = GPTConfig(d_model=32, n_head=2, n_kv_head=2, max_seq_len=64)
+        torch.manual_seed(1)
+        teacher = freeze_teacher(GPT(cfg), cpu)
+        for arm in ("ce-masked", "kd-masked"):
+            args = train.resolve(train.build_parser().parse_args(["--phase", "2", "--preset", "tiny", "--arm", arm,
+                                                                   "--grad-accum", "2", "--grad-clip", "0"]))
+            torch.manual_seed(0)
+            student = GPT(cfg)
+            whole = train.training_loss(student, teacher, batch, args, nullcontext())  # one process, one batch
+            whole[0].backward()
+            g_whole = [p.grad.clone() for p in student.parameters()]
+            student.zero_grad(set_to_none=True)
+            rows = tuple(t[dist.BatchShape(4, 2, 2).rows(rank)] for t in batch)
+            opt = torch.optim.SGD(student.parameters(), lr=0.0)  # the gradients stay to be read
+            loss, ce, kl, _ = train.train_step(dist.wrap(student, cpu), teacher, opt, rows, args, nullcontext())
+            want = [whole[0].item(), whole[1].item(), whole[2].item()]
+            assert [loss, ce] == pytest.approx(want[:2], abs=1e-6), (arm, loss, ce, want)
+            assert kl == pytest.approx(want[2], abs=1e-6) or (math.isnan(kl) and math.isnan(want[2]))
+            assert all(torch.allclose(p.grad, g, atol=1e-6) for p, g in zip(student.parameters(), g_whole)), arm
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_a_masked_arms_loss_over_ranks_and_micro_batches_is_the_one_batch_loss():
+    mp.start_processes(check_masked_arms_across_ranks, args=(free_port(),), nprocs=2, start_method="fork")
 
 
 def test_bad_batch_shapes_fail_in_one_line_before_anything_is_written(tmp_path, capsys, monkeypatch):

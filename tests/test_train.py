@@ -1,4 +1,5 @@
 """train.py end to end on the tiny preset: three phases, outputs, exact resume, faults, bad input."""
+import copy
 import json
 import math
 import os
@@ -552,13 +553,13 @@ def test_ce_teacher_labels_targets_are_the_teachers_argmax(arm_setup):
 def test_kd_teacher_docmask_teacher_sees_only_its_document(arm_setup):
     _, teacher, batch = arm_setup
     x, y, pos, doc, ans, rec = batch
-    got = train.arm_teacher_logits(teacher, x, pos, doc, arm_args("kd-teacher-docmask"), nullcontext())
+    got = train.arm_terms(teacher, batch, arm_args("kd-teacher-docmask"), nullcontext())[2]
     with torch.no_grad():
         assert torch.allclose(got, teacher(x, pos, doc), atol=1e-6)
         assert not torch.allclose(got, teacher(x, pos), atol=1e-3)  # the mask changes what it predicts
-    plain = train.arm_teacher_logits(teacher, x, pos, doc, arm_args("kd"), nullcontext())
+    plain = train.arm_terms(teacher, batch, arm_args("kd"), nullcontext())[2]
     assert torch.allclose(plain, teacher(x, pos), atol=1e-6)
-    assert train.arm_teacher_logits(teacher, x, pos, doc, arm_args("ce"), nullcontext()) is None
+    assert train.arm_terms(teacher, batch, arm_args("ce"), nullcontext())[2] is None
 
 
 def test_a_second_process_into_the_same_run_refuses_while_the_first_trains(tmp_path, capsys):
@@ -605,20 +606,50 @@ def test_mfu_counts_each_stage_at_its_own_window():
     assert speed["mfu"] == pytest.approx((1000 * short + 1000 * long_) / 2.0 / 1e9)
 
 
-def test_accumulated_micro_batches_give_the_batch_gradient():
-    """dist.accumulate over K micro-batches (each loss / K) gives the gradient and the logged loss of one batch."""
+def accumulated_and_whole(student, teacher, batch, args, grad_accum=2):
+    """(dist.accumulate's stats and gradients over grad_accum micro-batches, the one-batch loss and gradients)."""
     from scale import dist
-    args, batch, student, teacher = tiny_kd_setup(4)
+    student.zero_grad(set_to_none=True)
     whole = train.training_loss(student, teacher, batch, args, nullcontext())
     whole[0].backward()
     g_whole = [p.grad.clone() for p in student.parameters()]
     student.zero_grad(set_to_none=True)
-    stats = dist.accumulate(student, batch, 2, lambda micro: train.training_loss(student, teacher, micro, args,
-                                                                                 nullcontext()))
-    for p, g in zip(student.parameters(), g_whole):
-        assert torch.allclose(p.grad, g, atol=1e-6)
-    assert stats[0].item() == pytest.approx(whole[0].item(), abs=1e-6)
+    counts = train.term_counts(batch, args)  # what train_step counts first (then summed across ranks)
+    stats = dist.accumulate(student, batch, grad_accum,
+                            lambda micro: train.training_loss(student, teacher, micro, args, nullcontext(), counts))
+    g_acc = [p.grad.clone() for p in student.parameters()]
+    student.zero_grad(set_to_none=True)
+    return stats, g_acc, whole, g_whole
+
+
+def test_accumulated_micro_batches_give_the_batch_gradient():
+    """dist.accumulate over K micro-batches (each term's sum over the global count) gives the gradient and the logged
+    loss of one batch."""
+    args, batch, student, teacher = tiny_kd_setup(4)
+    stats, g_acc, whole, g_whole = accumulated_and_whole(student, teacher, batch, args)
+    assert all(torch.allclose(a, g, atol=1e-6) for a, g in zip(g_acc, g_whole))
+    assert stats[:3].tolist() == pytest.approx([whole[0].item(), whole[1].item(), whole[2].item()], abs=1e-6)
     assert stats[3:].tolist() == [whole[3].item(), whole[4].item()]  # answers counted, not averaged
+
+
+@pytest.mark.parametrize("arm", ["ce-masked", "kd-masked", "kd-teacher-docmask"])
+def test_a_masked_arms_loss_is_the_mean_over_the_kept_tokens_of_the_whole_batch(arm_setup, arm):
+    """--grad-accum 2 on two windows that keep different numbers of tokens: the loss, CE, KL and gradients are
+    those of the one batch (a mean of the micro-batches' means would weigh their kept tokens unequally)."""
+    student, teacher, batch = arm_setup
+    far = batch[5].clone()
+    far[0, :128] = True  # the first window keeps far fewer tokens than the second
+    batch = (*batch[:5], far)
+    assert (~far).sum(1).tolist() == [(~batch[5][0, 128:]).sum().item(), (~batch[5][1]).sum().item()] != [256, 256]
+    args = arm_args(arm)
+    stats, g_acc, whole, g_whole = accumulated_and_whole(student, teacher, batch, args)
+    assert all(torch.allclose(a, g, atol=1e-6) for a, g in zip(g_acc, g_whole))
+    for got, want in zip(stats[:3].tolist(), whole[:3]):
+        assert got == pytest.approx(want.item(), abs=1e-6) or (math.isnan(got) and math.isnan(want.item()))
+    means = [train.training_loss(student, teacher, micro, args, nullcontext())[0] for micro in zip(*(t.chunk(2) for t
+                                                                                                    in batch))]
+    if arm != "kd-teacher-docmask":  # unmasked terms: equal windows, so the mean of means is the batch mean too
+        assert abs(sum(means).item() / 2 - whole[0].item()) > 1e-5  # so the check above tells the two apart
 
 
 def test_progress_in_a_log_file_is_a_few_lines_not_one_per_step(capsys):
@@ -633,16 +664,47 @@ def test_progress_in_a_log_file_is_a_few_lines_not_one_per_step(capsys):
 
 
 def test_large_logits_take_the_chunked_cross_entropy(monkeypatch):
-    """Above CHUNK_CE_ABOVE floats the CE goes through chunks (no float32 copy of all logits): the same value."""
+    """Above CHUNK_ABOVE floats the CE goes through chunks (no float32 copy of all logits): the same value."""
     torch.manual_seed(0)
     logits, targets = torch.randn(2, 40, 30, requires_grad=True), torch.randint(0, 30, (2, 40))
-    plain = train.masked_cross_entropy(logits, targets, None, chunk_size=16)
-    monkeypatch.setattr(train, "CHUNK_CE_ABOVE", 0)
+    plain = train.masked_cross_entropy(logits, targets, None)
     calls = []
     real = train.chunked_cross_entropy
     monkeypatch.setattr(train, "chunked_cross_entropy", lambda *a: calls.append(1) or real(*a))
     chunked = train.masked_cross_entropy(logits, targets, None, chunk_size=16)
     assert calls and chunked.item() == pytest.approx(plain.item(), rel=1e-6)
+
+
+def spy_on_the_kl(monkeypatch):
+    """{"plain": calls of distill.plain_kd_loss, "chunked": calls of ChunkedDivergence.apply}, counted from now on."""
+    import distill
+    calls = {"plain": 0, "chunked": 0}
+    plain, chunked = distill.plain_kd_loss, distill.ChunkedDivergence.apply
+
+    def count(name, fn):
+        return lambda *a, **k: calls.__setitem__(name, calls[name] + 1) or fn(*a, **k)
+    monkeypatch.setattr(distill, "plain_kd_loss", count("plain", plain))
+    monkeypatch.setattr(distill.ChunkedDivergence, "apply", count("chunked", chunked))
+    return calls
+
+
+def test_a_default_step_runs_the_plain_kl_and_chunks_only_large_logits(monkeypatch):
+    """The main command's step (4 windows x 1024 tokens x 193 = 0.8M logits) computes distill.plain_kd_loss and
+    F.cross_entropy, never ChunkedDivergence; above CHUNK_ABOVE floats both terms go in chunks, to the same loss."""
+    args = train.resolve(train.build_parser().parse_args(["--phase", "2"]))  # python train.py --phase 2 ...
+    assert args.arm == "kd" and args.batch_size * args.window * args.vocab_size <= train.CHUNK_ABOVE
+    _, batch, student, teacher = tiny_kd_setup(2)  # the same step on tiny shapes
+    calls = spy_on_the_kl(monkeypatch)
+    plain = train.training_loss(student, teacher, batch, args, nullcontext())
+    assert calls == {"plain": 1, "chunked": 0}
+    stepped = copy.deepcopy(student)
+    train.train_step(stepped, teacher, train.make_optimizer(stepped, args, torch.device("cpu")), batch, args,
+                     nullcontext())
+    assert calls == {"plain": 2, "chunked": 0}
+    monkeypatch.setattr(train, "CHUNK_ABOVE", 0)  # as for a real vocabulary on long windows
+    chunked = train.training_loss(student, teacher, batch, args, nullcontext())
+    assert calls == {"plain": 2, "chunked": 2}  # the CE and the KD term
+    assert [c.item() for c in chunked[:3]] == pytest.approx([p.item() for p in plain[:3]], rel=1e-5)
 
 
 def test_the_held_out_corpus_loss_is_measured_under_the_runs_document_mask(tmp_path):
