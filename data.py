@@ -1,36 +1,32 @@
 """Synthetic long- and short-context data, the short-sample packer, and retrieval probes.
 
-Paper idea: the student of "Short Data, Long Context" (arXiv 2604.06070) never sees a
-long document; it sees *short documents packed end to end into a long window*, while its
-teacher has learned long-range retrieval on long documents. No data set can be
-downloaded here, so this file generates both from a seed:
+Paper idea: the student of "Short Data, Long Context" (arXiv 2604.06070) never sees a long document; it sees
+*short documents packed end to end into a long window*, while its teacher has learned long-range retrieval on long
+documents. No data set can be downloaded here, so this file generates both from a seed:
 
-- A small synthetic language with disjoint token classes: the separator (SEP, which
-  starts every document), 64 keys, 64 values and 64 filler tokens. Filler follows a
-  sparse Markov chain (each filler token has 4 possible successors), so there is
-  something to model besides retrieval. A document holds key-value *records* "k v" and,
-  D tokens later, a *query* "k v": predicting v after the second k is retrieval at
-  distance D (multi-query associative recall, as in Arora et al. 2023, "Zoology").
-- Long documents (teacher): one fills the window; distances are log-uniform up to it;
-  keys are unique within the document.
-- Short documents (student): at most `max_doc_len` tokens (default 1/8 of the window),
-  every query refers to a record in the same document. They draw keys from the same
-  pool, so in a packed window a key recurs across documents. That recurrence is the
-  long-range signal a long-context teacher's logits carry (it predicts the value the key
-  had in an earlier document); its rate is set by `key_pool` and the pair density, and
-  `python data.py` prints it.
-- `pack_documents`: documents -> windows of exactly L tokens with position ids
-  (continuous, or reset per document) and document ids (for the optional mask).
-- `DataSource`: a step's batch as a pure function of (seed, step), or one rank's rows of it
-  (train.py under torchrun); `prefetch` builds the next one while a step trains.
-- Probes (fixed seeds): key-value retrieval at exact distance D and depth, at a fixed record
-  position (`position_probe`: distance apart from absolute position), a single needle per window
-  (`needle_probe`), and the repeated-token window of finding 2.
-- `far_back_targets`: the value targets of a packed window (records and answers) whose key
-  stood in an earlier document with another value (a packed batch carries them as `far_back`;
-  the masked arms of train.py leave them out of the loss).
-- Real files (UTF-8 text, nanoGPT `.bin` token files) are read into documents for the same
-  packer by formats/text.py.
+- A small synthetic language with disjoint token classes: the separator (SEP, which starts every document), 64 keys,
+  64 values and 64 filler tokens. Filler follows a sparse Markov chain (each filler token has 4 possible
+  successors), so there is something to model besides retrieval. A document holds key-value *records* "k v" and,
+  D tokens later, a *query* "k v": predicting v after the second k is retrieval at distance D (multi-query
+  associative recall, as in Arora et al. 2023, "Zoology").
+- Long documents (teacher): one fills the window; distances are log-uniform up to it; keys are unique within the
+  document.
+- Short documents (student): at most `max_doc_len` tokens (default 1/8 of the window), every query refers to a
+  record in the same document. They draw keys from the same pool, so in a packed window a key recurs across
+  documents. That recurrence is the long-range signal a long-context teacher's logits carry (it predicts the value
+  the key had in an earlier document); its rate is set by `key_pool` and the pair density, and `python data.py`
+  prints it.
+- `pack_documents`: documents -> windows of exactly L tokens with position ids (continuous, or reset per document)
+  and document ids (for the optional mask).
+- `DataSource`: a step's batch as a pure function of (seed, step), or one rank's rows of it (train.py under
+  torchrun); `prefetch` builds the next one while a step trains.
+- Probes (fixed seeds): key-value retrieval at exact distance D and depth, at a fixed record position
+  (`position_probe`: distance apart from absolute position), a single needle per window (`needle_probe`), and the
+  repeated-token window of finding 2.
+- `far_back_targets`: the value targets of a packed window (records and answers) whose key stood in an earlier
+  document with another value (a packed batch carries them as `far_back`; the masked arms of train.py leave them
+  out of the loss).
+- Real files (UTF-8 text, nanoGPT `.bin` token files) are read into documents for this packer by formats/text.py.
 
 Run `python data.py` to print samples.
 """
@@ -115,11 +111,10 @@ def make_filler(spec: TaskSpec, rng: np.random.Generator, n_rows: int, length: i
 def place_pairs(tokens, answers, rng, keys, distances, query_lo=0, query_hi=None):
     """Write the keys of "k v ... k v" into one document in place, record and query D apart.
 
-    tokens (T,) int64; answers (T,) bool marks the query values (the retrieval targets).
-    The query key goes to a position q in [query_lo, query_hi], its record key to q - D.
-    Returns [(key, record_pos, query_pos)]; a pair that finds no free slot after 20 tries
-    is dropped: about 1% of a teacher window's 48 pairs, but 12-20% in the curriculum's dense
-    16-128-token windows (train.py prints asked -> placed per stage).
+    tokens (T,) int64; answers (T,) bool marks the query values (the retrieval targets). The query key goes to a
+    position q in [query_lo, query_hi], its record key to q - D. Returns [(key, record_pos, query_pos)]; a pair that
+    finds no free slot after 20 tries is dropped: about 1% of a teacher window's 48 pairs, but 12-20% in the
+    curriculum's dense 16-128-token windows (train.py prints asked -> placed per stage).
     """
     T = len(tokens)
     query_hi = T - 2 if query_hi is None else min(query_hi, T - 2)
@@ -143,8 +138,8 @@ def place_pairs(tokens, answers, rng, keys, distances, query_lo=0, query_hi=None
 def kv_document(spec, rng, length, n_pairs, distances, query_lo=0, query_hi=None, key_pool=0, filler=None):
     """One document body (no SEP) of `length` tokens with n_pairs records at the given distances.
 
-    Keys are unique within the document. `filler` (length,) may be given (made in bulk).
-    Returns (tokens, answers) as (length,) arrays.
+    Keys are unique within the document. `filler` (length,) may be given (made in bulk). Returns (tokens, answers)
+    as (length,) arrays.
     """
     tokens = make_filler(spec, rng, 1, length)[0] if filler is None else filler.copy()
     answers = np.zeros(length, dtype=bool)
@@ -246,11 +241,10 @@ def synthetic_batch(spec, rng, kind, batch_size, window, max_doc_len=128, min_do
 def far_back_targets(spec, tokens, doc_ids):
     """(N, L) bool: the value targets a long-context teacher can answer from an earlier document, differently.
 
-    tokens, doc_ids (N, L). Every value v at p follows its key k at p - 1: the record "k v" or a query "k v" (whose v
-    is an answer). The target v at p is far-back when k stood in an earlier document of the same window followed by
-    another value: there the data's label (this document's v) and far-back retrieval (the value k had before)
-    disagree. That holds at the recurring key's record as at its query's answer, so both are marked: the masked
-    arms of train.py leave every such target out of the loss. A key that recurs with the same value marks nothing.
+    tokens, doc_ids (N, L). Each value v at p follows its key k at p - 1, in a record "k v" or a query "k v" (then v is
+    an answer). v is far-back when k stood in an earlier document of the window before another value: the data's
+    label (this document's v) and far-back retrieval (k's earlier value) disagree, at the record as at the answer.
+    A key that recurs with the same value marks nothing. The masked arms of train.py leave these out of the loss.
     """
     is_key = (tokens >= 1) & (tokens <= spec.n_keys)
     is_value = (tokens > spec.n_keys) & (tokens <= spec.n_keys + spec.n_values)
@@ -265,10 +259,8 @@ def far_back_targets(spec, tokens, doc_ids):
 
 
 def to_device(batch, device, far_back=False):
-    """numpy windows of L+1 tokens -> torch x, y, positions, doc_ids, answer mask, each (B, L).
-
-    far_back: also the far-back target mask (far_back_targets, aligned with y; all False for a batch without one),
-    as a sixth tensor.
+    """numpy windows of L+1 tokens -> torch x, y, positions, doc_ids, answer mask, each (B, L); with far_back, also
+    the far-back target mask (far_back_targets, aligned with y; all False for a batch without one), a sixth tensor.
     """
     def move(a):
         t = torch.from_numpy(np.ascontiguousarray(a))
@@ -285,10 +277,8 @@ def to_device(batch, device, far_back=False):
 
 
 class DataSource:
-    """Batches as a pure function of (seed, step): resuming at step s replays the same stream.
-
-    From synthetic data (kind long/packed) or from pre-packed windows of a real file.
-    """
+    """Batches as a pure function of (seed, step): resuming at step s replays the same stream. From synthetic data
+    (kind long/packed) or from pre-packed windows of a real file."""
 
     def __init__(self, spec, kind, window, batch_size, seed, max_doc_len=128, min_doc_len=32, n_pairs=None,
                  reset_positions=False, windows=None):
@@ -314,9 +304,9 @@ class DataSource:
 def prefetch(make, steps):
     """make(step) for each of `steps`, the next one built in a background thread while the caller uses this one.
 
-    `make` must be a pure function of the step (DataSource.batch is): prefetching changes when a
-    batch is built, never which batch a step sees. numpy and torch release the GIL in their
-    kernels, so building overlaps the training step. An error in `make` surfaces at its step.
+    `make` must be a pure function of the step (DataSource.batch is): prefetching changes when a batch is built,
+    never which batch a step sees. numpy and torch release the GIL in their kernels, so building overlaps the
+    training step. An error in `make` surfaces at its step.
     """
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
     try:
@@ -366,13 +356,8 @@ def position_probe(spec, window, distance, record_start, band=64, n_windows=8, n
     the window has no answer (probe_accuracy: None).
     """
     rng = np.random.default_rng([seed, distance, 2002, record_start, n_pairs])
-    body = window
-    docs, answers = [], []
-    for _ in range(n_windows):
-        tok, ans = kv_document(spec, rng, body, n_pairs, np.full(n_pairs, distance), record_start + distance,
-                               record_start + band - 1 + distance)
-        docs.append(tok)
-        answers.append(ans)
+    docs, answers = zip(*(kv_document(spec, rng, window, n_pairs, np.full(n_pairs, distance), record_start + distance,
+                                      record_start + band - 1 + distance) for _ in range(n_windows)))  # bodies of L
     return pack_documents(docs, window + 1, answers=answers)
 
 
@@ -383,11 +368,8 @@ def needle_probe(spec, window, distance, n_windows=16, seed=0):
     filler holds no value token, copying the one value seen also answers it: report its floor).
     """
     rng = np.random.default_rng([seed, distance, 3003])
-    docs, answers = [], []
-    for _ in range(n_windows):
-        tok, ans = kv_document(spec, rng, window, 1, np.array([distance]), distance, window - 2)
-        docs.append(tok)
-        answers.append(ans)
+    docs, answers = zip(*(kv_document(spec, rng, window, 1, np.array([distance]), distance, window - 2)
+                          for _ in range(n_windows)))
     return pack_documents(docs, window + 1, answers=answers)
 
 
