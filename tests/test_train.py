@@ -512,12 +512,12 @@ def test_arm_contradictions_fail_in_one_line(argv, msg, capsys):
     assert e.value.code == 2 and msg in capsys.readouterr().err
 
 
-def test_ce_masked_loss_ignores_the_recurring_answers(arm_setup):
+def test_ce_masked_loss_ignores_the_far_back_targets(arm_setup):
     student, teacher, batch = arm_setup
     x, y, pos, doc, ans, rec = batch
     args = arm_args("ce-masked")
     loss = train.training_loss(student, teacher, batch, args, nullcontext())[0]
-    y2 = torch.where(rec, (y + 7) % 193, y)  # other labels at the recurring answers only
+    y2 = torch.where(rec, (y + 7) % 193, y)  # other labels at the far-back targets only (records and answers)
     assert not torch.equal(y2, y)
     assert train.training_loss(student, teacher, (x, y2, pos, doc, ans, rec), args, nullcontext())[0].item() == \
         pytest.approx(loss.item(), abs=1e-6)
@@ -526,7 +526,7 @@ def test_ce_masked_loss_ignores_the_recurring_answers(arm_setup):
                                          .item(), abs=1e-4)  # the plain CE arm does see them
 
 
-def test_kd_masked_kd_term_ignores_the_recurring_answers(arm_setup):
+def test_kd_masked_kd_term_ignores_the_far_back_targets(arm_setup):
     student, teacher, batch = arm_setup
     x, y, pos, doc, ans, rec = batch
     args = arm_args("kd-masked")
@@ -664,7 +664,8 @@ def test_progress_in_a_log_file_is_a_few_lines_not_one_per_step(capsys):
 
 
 def test_large_logits_take_the_chunked_cross_entropy(monkeypatch):
-    """Above CHUNK_ABOVE floats the CE goes through chunks (no float32 copy of all logits): the same value."""
+    """With a chunk size (training_loss gives one for logits above CHUNK_ABOVE floats) the CE goes through chunks
+    (no float32 copy of all logits): the same value."""
     torch.manual_seed(0)
     logits, targets = torch.randn(2, 40, 30, requires_grad=True), torch.randint(0, 30, (2, 40))
     plain = train.masked_cross_entropy(logits, targets, None)
