@@ -2,9 +2,8 @@
 so every script can be read bottom-up and the core at the top level never needs a research folder."""
 import ast
 import os
-import subprocess
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tracked import ROOT, project_files as tracked_files
 
 # Lowest first. A module may import modules of its own layer or a lower one, never of a higher one.
 LAYERS = [
@@ -22,8 +21,7 @@ LAYERS = [
 
 def project_files():
     """The project's own .py files (what git tracks), outside tests/ and without the packages' __init__.py."""
-    out = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    return [f for f in out.split() if not f.startswith("tests/") and not f.endswith("__init__.py")]
+    return [f for f in tracked_files(".py") if not f.startswith("tests/") and not f.endswith("__init__.py")]
 
 
 def project_imports():
