@@ -24,6 +24,7 @@ the same for llama.cpp's un-unpermuted weights when --gguf is given).
 """
 import argparse
 import glob
+import hashlib
 import json
 import os
 import time
@@ -134,11 +135,18 @@ def teacher_identity(path) -> list:
                      for f in files if os.path.isfile(os.path.join(path, f))]
 
 
-def cache_key(teacher_path, teacher, device, p, seed) -> str:
-    """The cache's key: the teacher's identity, the device and dtype it ran in, and the windows' settings."""
+def windows_hash(windows) -> str:
+    """sha256 of the exact training windows (their shape, dtype and every token): edited text, another hash."""
+    w = np.ascontiguousarray(windows.numpy() if torch.is_tensor(windows) else windows)
+    return hashlib.sha256(f"{w.shape} {w.dtype}".encode() + w.tobytes()).hexdigest()
+
+
+def cache_key(teacher_path, teacher, device, p, seed, windows) -> str:
+    """The cache's key: the teacher's identity, the device and dtype it ran in, the windows' settings and a hash
+    of the windows themselves (the text: the same settings on other or edited text give other windows)."""
     dtype = str(next(teacher.parameters()).dtype)
     return json.dumps([teacher_identity(teacher_path), str(device), dtype, p["window"], p["min_doc_len"],
-                       p["max_doc_len"], p["train_windows"], p["topk"], seed])
+                       p["max_doc_len"], p["train_windows"], p["topk"], seed, windows_hash(windows)])
 
 
 @torch.no_grad()
@@ -289,7 +297,7 @@ def run_experiment(args):
     windows = training_windows(plays, tok, p, args.seed)
     log(f"{len(plays)} training plays -> {len(windows)} windows of {p['window']} tokens (documents of "
         f"{p['min_doc_len']}-{p['max_doc_len']} tokens); held out: {', '.join(held)}")
-    key = cache_key(args.teacher, teacher, device, p, args.seed)
+    key = cache_key(args.teacher, teacher, device, p, args.seed, windows)
     t0 = time.time()
     top = cached_teacher_topk(teacher, windows, p["topk"], os.path.join(args.out, "teacher-topk.safetensors"),
                               key, device)

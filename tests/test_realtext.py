@@ -186,16 +186,20 @@ def test_the_kd_student_moves_toward_the_teacher(tmp_path):
 def test_the_cache_key_names_the_device_the_dtype_and_the_teachers_files(teacher_dir):
     model, _ = hf.load_hf_folder(teacher_dir)
     p = realtext.PRESETS["tiny"]
-    key = realtext.cache_key(teacher_dir, model, "cpu", p, 0)
-    assert key == realtext.cache_key(teacher_dir, model, "cpu", p, 0)
-    assert key != realtext.cache_key(teacher_dir, model, "cuda", p, 0)
-    assert key != realtext.cache_key(teacher_dir, model.to(torch.bfloat16), "cpu", p, 0)
+    w = torch.arange(130).reshape(2, 65)
+    key = realtext.cache_key(teacher_dir, model, "cpu", p, 0, w)
+    assert key == realtext.cache_key(teacher_dir, model, "cpu", p, 0, w.clone())
+    assert key != realtext.cache_key(teacher_dir, model, "cuda", p, 0, w)
+    assert key != realtext.cache_key(teacher_dir, model.to(torch.bfloat16), "cpu", p, 0, w)
     model.float()
+    edited = w.clone()
+    edited[1, 7] += 1  # one token of the text changed, every setting the same
+    assert key != realtext.cache_key(teacher_dir, model, "cpu", p, 0, edited)
     weights = os.path.join(teacher_dir, hf.WEIGHTS)
     st = os.stat(weights)
     os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # the same path, another file
     try:
-        assert key != realtext.cache_key(teacher_dir, model, "cpu", p, 0)
+        assert key != realtext.cache_key(teacher_dir, model, "cpu", p, 0, w)
     finally:
         os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))
 
@@ -251,3 +255,23 @@ def test_the_real_models_page_says_what_its_results_json_holds():
         assert f"| {label} | " + " | ".join(f"{v:.2f}" for v in r["passkey"].values()) + " |" in page, name
     assert f"{saved['teacher_topk_coverage']:.3f} of its probability mass" in page
     assert f"{saved['settings']['steps']} steps" in page and saved["settings"]["topk"] == 32
+
+
+def test_edited_plays_recompute_the_teacher_cache(teacher_dir, plays_dir, tmp_path, monkeypatch):
+    """A second run into the same folder on edited text (same teacher, settings and seed) computes the teacher's
+    top-k again instead of reusing targets computed on the old text; on the same text it reuses them."""
+    import shutil
+    plays = str(tmp_path / "plays")
+    shutil.copytree(plays_dir, plays)
+    out = str(tmp_path / "rt")
+    argv = ["run", "--teacher", teacher_dir, "--plays", plays, "--out", out, "--preset", "tiny", "--device", "cpu"]
+    realtext.main(argv)
+    calls = []
+    real = realtext.teacher_topk
+    monkeypatch.setattr(realtext, "teacher_topk", lambda logits, k: calls.append(1) or real(logits, k))
+    realtext.main(argv)
+    assert calls == []  # the same text: the cache is used
+    with open(os.path.join(plays, "comedies", "a.md"), "a") as f:
+        f.write("a new line of text at the end of the play\n")
+    realtext.main(argv)
+    assert calls  # edited text: the teacher ran again
