@@ -194,7 +194,8 @@ def build_parser():
     g.add_argument("--attention", default="sdpa", choices=["sdpa", "flex"], help="--doc-mask's kernel: sdpa with a "
                    "dense (B, 1, T, T) mask (no flash), or flex attention with a block mask (CUDA only: no backward "
                    "on CPU)")
-    g.add_argument("--data", default=None, help="train on a real corpus instead: a UTF-8 text file/folder or a .bin")
+    g.add_argument("--data", default=None, help="train on a real corpus instead: a UTF-8 text file/folder or a .bin "
+                   "(its runs carry its name: OUT/corpus-teacher.pt, ...)")
     g.add_argument("--tokenizer", default=None, help="--data text: tokenize with this folder's byte-level BPE "
                    "(vocab.json, merges.txt; e.g. the teacher's from formats/hf.py convert-gguf) instead of bytes")
     g.add_argument("--eot-id", type=int, default=50256, help=".bin data: end-of-text id that splits documents")

@@ -366,7 +366,7 @@ def report(args, models, device, autocast, spec, results_path, speed, corpus=Non
 @torch.no_grad()
 def corpus_loss(model, args, corpus, device, autocast, n_batches=8):
     """Mean next-token cross-entropy on the held-out windows of the real corpus (up to n_batches batches)."""
-    held = corpus[1]  # (training windows, held-out windows), from runs.load_corpus
+    held = corpus[1]  # the held-out windows of a longctx.corpus.Corpus (runs.load_corpus)
     total = count = 0
     for i in range(0, min(len(held["tokens"]), n_batches * args.batch_size), args.batch_size):
         x, y, pos, doc, _ = to_device({k: v[i:i + args.batch_size] for k, v in held.items()}, device)

@@ -9,7 +9,8 @@ training loop, so that train.py can show the loop, the step and the loss alone:
   against --resume / --overwrite, the teacher and phase-1 checkpoints that exist), before
   anything is written; bad input ends in one `error:` line (config.fail), exit code 2.
 - `train_prerequisites`: the teacher / phase-1 checkpoints a phase starts from: found in the output
-  folder or in checkpoints/ (shipped), else trained first (or refused with --no-auto).
+  folder or in checkpoints/ (shipped), else trained first (or refused with --no-auto). With --data they
+  are that text's (named by it: OUT/corpus-teacher.pt), trained on it, never the shipped ones.
 - `RunLock`: one process per run: a second process asked to train the same run refuses.
 - `save_run`, `resume_state`, `record_step`, `truncate_log`: checkpoints, resume and the step log.
 - `plan_twin`, `start_twin`, `finish_twin`, `one_line_errors`: phase 2's CE-only twin, trained side

@@ -35,11 +35,11 @@ def windows_hash(windows) -> str:
     return hashlib.sha256(f"{w.shape} {w.dtype}".encode() + w.tobytes()).hexdigest()
 
 
-def cache_key(teacher_path, teacher, device, k, windows, settings=()) -> str:
-    """The cache's key: the teacher's identity, the device and dtype it ran in, k, a hash of the windows, and
-    any `settings` the caller adds."""
+def cache_key(teacher_path, teacher, device, k, windows) -> str:
+    """The cache's key: the teacher's identity, the device and dtype it ran in, k, and a hash of the windows (which
+    covers the text and every setting that shaped them: window, document lengths, their number, the seed)."""
     dtype = str(next(teacher.parameters()).dtype)
-    return json.dumps([teacher_identity(teacher_path), str(device), dtype, k, windows_hash(windows), *settings])
+    return json.dumps([teacher_identity(teacher_path), str(device), dtype, k, windows_hash(windows)])
 
 
 @torch.no_grad()
