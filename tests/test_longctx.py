@@ -214,3 +214,20 @@ def test_own_text_end_to_end_from_a_fresh_clone(tmp_path, capsys):
         assert list(r["buckets"]) == ["0-7", "8-15", "16-31", "32-63"] and all(v > 0 for v in r["buckets"].values())
         assert r["passkey"] and all(v is None or 0 <= v <= 1 for v in r["passkey"].values()), name
     assert "Loss by distance" in printed.out and "| CE student |" in printed.out and "Passkey" in printed.out
+
+
+def test_own_text_never_finds_the_shipped_checkpoints(tmp_path, capsys):
+    """The default preset finds the shipped teacher and phase-1 student for the synthetic language; with --data it
+    looks for that text's own (out/corpus-teacher.pt), so a run on text no longer stops on the shipped teacher's
+    vocabulary of 193 against the text's 257."""
+    import runs
+    data = write_corpus(tmp_path / "corpus.txt")
+    out = str(tmp_path / "out")
+    synthetic = train.resolve(train.build_parser().parse_args(["--phase", "2", "--out-dir", out]))
+    assert runs.teacher_path(synthetic) == os.path.join(runs.SHIPPED, "teacher.pt")
+    text = train.resolve(train.build_parser().parse_args(["--phase", "2", "--out-dir", out, "--data", data]))
+    assert runs.teacher_path(text) is None and runs.phase1_path(text) is None
+    with pytest.raises(SystemExit) as e:
+        train.main(["--phase", "2", "--out-dir", out, "--data", data, "--no-auto", "--threads", "1"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.startswith("error: no teacher checkpoint at") and "corpus-teacher.pt" in err
