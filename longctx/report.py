@@ -127,6 +127,8 @@ def format_long_context(rows, n_windows, window):
     if rows[names[0]]["passkey"] is None:
         return "\n".join(lines + ["(no passkey test: a token file has no text to state a key in)"])
     ds = list(rows[names[0]]["passkey"])
+    if not ds:
+        return "\n".join(lines + [f"(no passkey test: a window of {window} tokens cannot hold the passkey's words)"])
     lines += [f"Passkey ({PASSKEY_TRIALS} keys per distance D in held-out text; every answer token must be the "
               f"argmax; -: the window cannot hold D):", "| model | " + " | ".join(f"D={d}" for d in ds) + " |",
               "|" + " --- |" * (len(ds) + 1)]

@@ -231,3 +231,12 @@ def test_own_text_never_finds_the_shipped_checkpoints(tmp_path, capsys):
         train.main(["--phase", "2", "--out-dir", out, "--data", data, "--no-auto", "--threads", "1"])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and err.startswith("error: no teacher checkpoint at") and "corpus-teacher.pt" in err
+
+
+def test_the_report_says_why_a_passkey_is_missing():
+    rows = {"m": {"buckets": {"0-7": 1.0}, "passkey": {}}}
+    assert lr.format_long_context(rows, 2, 32).endswith("a window of 32 tokens cannot hold the passkey's words)")
+    rows["m"]["passkey"] = None
+    assert lr.format_long_context(rows, 2, 32).endswith("(no passkey test: a token file has no text to state a key in)")
+    rows["m"]["passkey"] = {"8": 0.5, "20": None}
+    assert lr.format_long_context(rows, 2, 32).splitlines()[-1] == "| m | 0.50 | - |"
