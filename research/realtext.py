@@ -29,10 +29,10 @@ import glob
 import json
 import os
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import train
 from config import build_parser, fail, resolve
@@ -40,6 +40,7 @@ from data import pack_documents
 from distill import freeze_teacher
 from formats.hf import load_gguf, load_pretrained, write_json
 from longctx.corpus import Corpus
+from longctx.report import bucket_losses, passkey_accuracy, token_losses
 from longctx.topk import topk_teacher
 from model import GPT, CheckpointError, GPTConfig, load_model
 from formats.tokenizer import Tokenizer
@@ -170,30 +171,6 @@ def train_student(args, p, corpus, kd_weight, name, vocab, rope_base):
 
 
 @torch.no_grad()
-def token_losses(model, ids, device):
-    """Next-token cross-entropy (n, T - 1) at each position of ids (n, T), one row at a time."""
-    return torch.stack([F.cross_entropy(model(row[None, :-1].to(device))[0].float(), row[1:].to(device),
-                                        reduction="none").cpu() for row in ids])
-
-
-def bucket_losses(losses):
-    """{"a-b": mean loss of the predictions made at positions a..b-1}."""
-    T = losses.shape[1]
-    return {f"{a}-{b}": losses[:, a:min(b, T)].mean().item() for a, b in zip(BUCKETS, BUCKETS[1:]) if a < T}
-
-
-@torch.no_grad()
-def passkey_accuracy(model, prompts, device):
-    """{distance: share of prompts whose every answer token is the model's argmax}."""
-    hits = {}
-    for d, prompt, answer in prompts:
-        ids = torch.tensor(prompt + answer, device=device)[None]
-        pred = model(ids[:, :-1])[0, -len(answer):].argmax(-1).tolist()
-        hits.setdefault(d, []).append(pred == answer)
-    return {d: float(np.mean(h)) for d, h in hits.items()}
-
-
-@torch.no_grad()
 def greedy(model, tok, prompt, n, device):
     ids = torch.tensor([tok.encode(prompt)], device=device)
     for _ in range(n):
@@ -202,7 +179,7 @@ def greedy(model, tok, prompt, n, device):
 
 
 def paragraph_loss(model, tok, device):
-    return token_losses(model, torch.tensor([tok.encode(ENGLISH)]), device).mean().item()
+    return token_losses(model, torch.tensor([tok.encode(ENGLISH)]), device, nullcontext()).mean().item()
 
 
 # ----------------------------------------------------------------------------- commands
@@ -268,7 +245,7 @@ def run_experiment(args):
         times[name.split()[0] + "_train_s"] = time.time() - t0
     t0 = time.time()
     prompts = passkey_prompts(tok, p["passkey_distances"], p["passkey_trials"], args.seed)
-    results = {name: {"buckets": bucket_losses(token_losses(m, segs, device)),
+    results = {name: {"buckets": bucket_losses(token_losses(m, segs, device, nullcontext()), BUCKETS),
                       "passkey": passkey_accuracy(m, prompts, device)} for name, m in models.items()}
     times["eval_s"], times["total_s"] = time.time() - t0, time.time() - t_start
     write_json(os.path.join(args.out, "results.json"), {
@@ -305,7 +282,7 @@ def print_tables(results, p, n_segs, times):
     print(f"\nPasskey accuracy ({p['passkey_trials']} keys per distance; all 5 digits must be the argmax):")
     print("| model | " + " | ".join(f"D={d}" for d in ds) + " |\n| --- |" + " --- |" * len(ds))
     for name, r in results.items():
-        print(f"| {name} | " + " | ".join(f"{r['passkey'][d]:.2f}" for d in ds) + " |")
+        print(f"| {name} | " + " | ".join(f"{r['passkey'][str(d)]:.2f}" for d in ds) + " |")
     print("\ntimes: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()))
 
 
