@@ -82,7 +82,7 @@ class CachedTopK:
     def __init__(self, windows, ids, logp):
         self.index = {np.ascontiguousarray(row).tobytes(): i for i, row in
                       enumerate(np.asarray(windows, dtype=np.int64)[:, :-1])}  # input tokens -> cache row
-        self.ids, self.logp = ids, logp  # (N, L, k)
+        self.ids, self.logp = ids.int(), logp  # (N, L, k); ids kept as int32: half the memory of int64
         self.k = ids.shape[-1]
 
     def __call__(self, x, position_ids=None, doc_ids=None) -> TopK:
@@ -90,7 +90,7 @@ class CachedTopK:
         if None in rows:
             raise RuntimeError("the top-k teacher was asked about a window it has no cache for")
         idx = torch.tensor(rows)
-        return TopK(self.ids[idx].to(x.device), self.logp[idx].to(x.device))  # (B, T, k) each
+        return TopK(self.ids[idx].long().to(x.device), self.logp[idx].to(x.device))  # (B, T, k) each
 
     def coverage(self) -> float:
         """Mean share of the teacher's probability mass its k tokens hold (what the top-k loss sees exactly)."""
