@@ -22,11 +22,12 @@ from scale import dist
 
 
 def teacher_identity(path) -> list:
-    """What makes a teacher this teacher: its path and, for each of its files, size and modification time."""
+    """What makes a teacher this teacher: its path and, for each of its files (a folder's, or the checkpoint file
+    itself), size and modification time."""
     path = os.path.abspath(path)
-    files = sorted(os.listdir(path)) if os.path.isdir(path) else [""]
-    return [path] + [[f, os.stat(os.path.join(path, f)).st_size, os.stat(os.path.join(path, f)).st_mtime_ns]
-                     for f in files if os.path.isfile(os.path.join(path, f))]
+    files = [os.path.join(path, f) for f in sorted(os.listdir(path))] if os.path.isdir(path) else [path]
+    return [path] + [[os.path.basename(f), os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in files
+                     if os.path.isfile(f)]
 
 
 def windows_hash(windows) -> str:

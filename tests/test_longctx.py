@@ -240,3 +240,14 @@ def test_the_report_says_why_a_passkey_is_missing():
     assert lr.format_long_context(rows, 2, 32).endswith("(no passkey test: a token file has no text to state a key in)")
     rows["m"]["passkey"] = {"8": 0.5, "20": None}
     assert lr.format_long_context(rows, 2, 32).splitlines()[-1] == "| m | 0.50 | - |"
+
+
+def test_a_retrained_checkpoint_teacher_gets_another_cache_key(tmp_path):
+    """A .pt teacher (not a folder) is known by its file's size and time too: retrained in place, a new key."""
+    path = tmp_path / "corpus-teacher.pt"
+    path.write_bytes(b"x" * 10)
+    teacher, w = tiny_teacher(), torch.arange(34).reshape(2, 17)
+    key = lt.cache_key(str(path), teacher, "cpu", 4, w)
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    assert lt.cache_key(str(path), teacher, "cpu", 4, w) != key
