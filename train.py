@@ -78,10 +78,10 @@ def train(args, inputs):
     spec = TaskSpec()
     corpus, previous = inputs
     teacher = frozen_teacher(args, device) if runs.needs_teacher(args) else None
-    kd_teacher = cached_teacher(args, teacher, corpus, device)  # the teacher the loss reads
     if args.resume and previous is not None and previous.get("done"):
         print(f"{runs.run_path(args, '.pt')} already finished; its results:")
         return on_main(final_report, args, teacher, device, autocast, spec, None, corpus=corpus)
+    kd_teacher = cached_teacher(args, teacher, corpus, device)  # the teacher the loss reads
     model = build_student(args, device)
     opt = make_optimizer(model, args, device)
     state = runs.resume_state(args, previous, model, opt)  # {step, stage, stage_start, acc_ema}
