@@ -21,6 +21,7 @@ from data import TaskSpec
 from longctx.corpus import data_prefix
 from model import GPTConfig
 from rope import rope_frequencies, scaling_type
+from scale.device import autocast_dtype, cpu_has_native_bf16, pick_device  # noqa: F401 (train.py and bench.py)
 
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints")
 

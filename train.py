@@ -36,9 +36,8 @@ from tqdm import tqdm
 
 from scale import dist
 import runs
-from config import (MASKED_ARMS, PRESETS, build_parser, curriculum_stages, fail, phase_seed, ramp_stages,
+from config import (MASKED_ARMS, PRESETS, build_parser, curriculum_stages, fail, phase_seed, pick_device, ramp_stages,
                     resolve, student_config)
-from scale.device import pick_device
 from data import DataSource, TaskSpec, prefetch, to_device
 from distill import chunked_cross_entropy, kd_loss, load_teacher, teacher_logits
 from model import GPT, CheckpointError, load_model, switch_rope

@@ -49,8 +49,7 @@ from data import DataSource, TaskSpec, to_device
 from distill import freeze_teacher, kd_loss, teacher_logits
 from evaluate import PEAK_SIZES, matmul_peak_flops
 from model import GPT, GPTConfig, atomic_write
-from config import PRESETS, build_parser, check_out_dir, fail
-from scale.device import pick_device
+from config import PRESETS, build_parser, check_out_dir, fail, pick_device
 from train import make_optimizer, train_step
 
 ARCH = ("d_model", "n_layer", "n_head", "n_kv_head", "d_ff")

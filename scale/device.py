@@ -2,14 +2,21 @@
 
 Paper idea: "Short Data, Long Context" (arXiv 2604.06070) trains in phases; each phase runs in float32 or bf16
 autocast by what the device multiplies fastest and what was measured to keep its results (CPU_BF16_PHASES).
-Used by train.py and scale/bench.py.
+config.py imports it (train.py and scale/bench.py take pick_device from config), so it cannot import config.
 """
+import os
 import re
+import sys
 from contextlib import nullcontext
 
 import torch
 
-from config import fail
+
+def fail(msg):
+    """config.fail's one `error:` line on stderr (rank 0 under torchrun) and exit code 2."""
+    if os.environ.get("RANK", "0") == "0":
+        print(f"error: {msg}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def pick_device(args):

@@ -52,7 +52,7 @@ def is_main() -> bool:
 def start(args):
     """Join torchrun's process group (one per run) and give this rank its device; nothing without torchrun.
 
-    args.device (already resolved by scale.device.pick_device) becomes cuda:LOCAL_RANK on CUDA. The
+    args.device (already resolved by config.pick_device) becomes cuda:LOCAL_RANK on CUDA. The
     other ranks' stdout goes to /dev/null, so that each line is printed once; stderr stays.
     """
     if launched_world_size() == 1 or tdist.is_initialized():

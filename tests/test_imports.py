@@ -8,10 +8,11 @@ from tracked import ROOT, project_files as tracked_files
 # Lowest first. A module may import modules of its own layer or a lower one, never of a higher one.
 LAYERS = [
     {"rope", "data", "formats.tokenizer"},  # positions, the task, text into ids
-    {"model", "longctx.corpus"},  # the GPT and its checkpoints; your own text into windows
+    {"model", "longctx.corpus", "scale.device"},  # the GPT and its checkpoints; your own text into windows; the
+    # device and autocast dtype
     {"formats.hf", "config", "viz.plots"},  # real-model files into the model; flags and presets; figures
-    {"distill", "scale.dist", "scale.device", "longctx.report"},  # the loss and the teacher; data parallelism;
-    # the device and dtype; loss by distance and the passkey on real text
+    {"distill", "scale.dist", "longctx.report"},  # the loss and the teacher; data parallelism; loss by distance
+    # and the passkey on real text
     {"evaluate", "longctx.topk"},  # probes, tables, what a run prints; a real teacher cached as its top-k
     {"runs"},  # inputs, prerequisites, checkpoints around the loop
     {"train", "analyze"},  # the entry points of the core
