@@ -13,15 +13,14 @@ import dataclasses
 import json
 import math
 import os
-import re
-import sys
-from contextlib import nullcontext
 
 import torch
 
 from data import TaskSpec
+from longctx.corpus import data_prefix
 from model import GPTConfig
 from rope import rope_frequencies, scaling_type
+from scale.device import autocast_dtype, cpu_has_native_bf16, fail, pick_device  # noqa: F401 (used through config)
 
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints")
 
@@ -64,8 +63,6 @@ PHASE_SEED = {"teacher": 0, "1": 10, "2": 20}
 # where the long-range signal comes from. "Far-back" targets (data.far_back_targets) are the values, at a record or
 # an answer, whose key stood in an earlier document of the packed window with another value: there the data's label
 # is the recent value while a long-context teacher answers with the far-back one.
-
-
 @dataclasses.dataclass(frozen=True)
 class Arm:
     """One objective, as train.arm_terms reads it: what the teacher sees, the CE's targets, the positions each term
@@ -127,22 +124,20 @@ def ramp_stages(args):
 
 def stage_batch_sizes(args):
     """[(stage name, windows per step)] of every stage of the phase: the curriculum's, the ramp's, the main one."""
-    return ([(name, batch) for name, _, batch, _, _ in curriculum_stages(args)]
-            + [(name, batch) for name, _, batch, _ in ramp_stages(args)] + [("main", args.batch_size)])
+    stages = [s[:3] for s in curriculum_stages(args)] + [s[:3] for s in ramp_stages(args)]  # (name, window, batch)
+    return [(name, batch) for name, _, batch in stages] + [("main", args.batch_size)]
 
 
 def phase1_name(base, seed=0, window=None, preset="cpu"):
-    """File name (no extension) of the phase-1 run with this RoPE base, --seed and --window (named only when it
-    is not the preset's short window)."""
+    """File name (no extension) of the phase-1 run with this RoPE base, --seed and --window (if not the preset's)."""
     w = f"-w{window}" if window is not None and window != PRESETS[preset]["short_window"] else ""
     return f"phase1-b{base:g}{w}" + (f"-s{seed}" if seed else "")
 
 
 def variant_suffix(args):
-    """The part of a run's name for flags that change what it computes beyond phase, bases and seeds:
-    -yarn4 (--rope-scaling type and factor), -rkl / -jsd0.5 / -T2 (the divergence and its temperature, only when
-    distillation is on), -dm (--doc-mask), -rp (--reset-positions), -masked / -tlabels / -tdocmask (phase 2's
-    --arm, ARMS' suffix). Empty for the defaults."""
+    """The part of a run's name for flags that change what it computes beyond phase, bases and seeds: -yarn4
+    (--rope-scaling), -rkl / -jsd0.5 / -T2 (divergence, temperature; with distillation only), -dm (--doc-mask),
+    -rp (--reset-positions), -masked / -tlabels / -tdocmask (phase 2's --arm). Empty for the defaults."""
     s = ""
     rope_type = scaling_type(args.scaling)
     if rope_type is not None:
@@ -211,7 +206,8 @@ def build_parser():
     g.add_argument("--attention", default="sdpa", choices=["sdpa", "flex"], help="--doc-mask's kernel: sdpa with a "
                    "dense (B, 1, T, T) mask (no flash), or flex attention with a block mask (CUDA only: no backward "
                    "on CPU)")
-    g.add_argument("--data", default=None, help="train on a real corpus instead: a UTF-8 text file/folder or a .bin")
+    g.add_argument("--data", default=None, help="train on a real corpus instead: a UTF-8 text file/folder or a .bin "
+                   "(its runs carry its name: OUT/corpus-teacher.pt, ...)")
     g.add_argument("--tokenizer", default=None, help="--data text: tokenize with this folder's byte-level BPE "
                    "(vocab.json, merges.txt; e.g. the teacher's from formats/hf.py convert-gguf) instead of bytes")
     g.add_argument("--eot-id", type=int, default=50256, help=".bin data: end-of-text id that splits documents")
@@ -247,6 +243,9 @@ def build_parser():
     g.add_argument("--jsd-beta", type=float, default=0.5, help="beta of the generalized JSD")
     g.add_argument("--kd-chunk", type=int, default=256, help="tokens per float32 chunk in the KD loss "
                    "(0 = all at once)")
+    g.add_argument("--teacher-topk", type=int, default=0, help="--data: run the teacher once on the training windows "
+                   "and keep its K most likely next tokens (cached in OUT); KD is then the KL over those K plus one "
+                   "bucket for the rest (a real teacher's cost paid once; 0 = the live teacher's full logits)")
     g = p.add_argument_group("system")
     g.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="autocast dtype "
@@ -268,13 +267,6 @@ def build_parser():
 # ----------------------------------------------------------------------------- configuration
 
 
-def fail(msg):
-    """One clear line on stderr and a non-zero exit (under torchrun every rank fails alike: rank 0 says it)."""
-    if os.environ.get("RANK", "0") == "0":
-        print(f"error: {msg}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def check_out_dir(path, flag):
     """Fail unless `path` is a folder, or can be created as one, that this user may write into; creates nothing."""
     here = os.path.abspath(path)
@@ -291,6 +283,7 @@ def resolve(args):
     pre = PRESETS[args.preset]
     phase = args.phase
     args.explicit = {k: getattr(args, k) for k in ("d_model", "n_layer", "n_head", "n_kv_head", "d_ff")}
+    args.explicit_vocab = args.vocab_size
     for k in ("d_model", "n_layer", "n_head", "n_kv_head", "d_ff", "warmup"):
         if getattr(args, k) is None:
             setattr(args, k, pre[k])
@@ -299,6 +292,8 @@ def resolve(args):
         args.window = pre["short_window"] if phase == "1" else pre["long_window"]
     if args.phase1_window is None:
         args.phase1_window = pre["short_window"]
+    if args.max_doc_len is None and phase == "teacher" and args.data:  # a teacher reads whole documents
+        args.max_doc_len = args.window + 1
     if args.max_doc_len is None:  # phase 1's documents fit its short window
         args.max_doc_len = min(pre["max_doc_len"], args.window) if phase == "1" else pre["max_doc_len"]
     if args.min_doc_len is None:
@@ -391,6 +386,13 @@ def resolve(args):
          "--curriculum-steps: the curriculum is synthetic key-value data; with --data pass 0 or drop it"),
         (not (args.data and args.reset_positions),
          "--reset-positions applies to the synthetic packed documents, not to --data"),
+        (args.teacher_topk >= 0, f"--teacher-topk must be >= 0 (0 = the live teacher), got {args.teacher_topk}"),
+        (not args.teacher_topk or (args.data and phase != "teacher"),
+         "--teacher-topk caches a teacher on --data's training windows: it needs --data and --phase 1 or 2"),
+        (not args.teacher_topk or (args.kd_loss == "forward" and args.temperature == 1 and not args.doc_mask and
+                                   getattr(args, "arm", None) not in ("ce-teacher-labels", "kd-teacher-docmask")),
+         "--teacher-topk keeps the teacher's causal top-k at temperature 1: it needs --kd-loss forward, --temperature "
+         "1, no --doc-mask, and an --arm that reads no full logits"),
         (args.doc_mask or args.attention == "sdpa", "--attention flex is a kernel for --doc-mask: pass --doc-mask "
          "(without it, causal attention already takes the flash path)"),
         (args.doc_mask or not args.reset_positions,  # else 43% of visible pairs have a negative distance
@@ -415,14 +417,14 @@ def resolve(args):
         if not (torch.isfinite(inv_freq).all() and (inv_freq > 0).all() and math.isfinite(factor) and factor > 0):
             fail(f"--rope-scaling {args.rope_scaling} gives RoPE frequencies that are not finite and positive")
     if args.run_name is None:
-        seed = f"-s{args.seed}" if args.seed else ""
+        seed, data = f"-s{args.seed}" if args.seed else "", data_prefix(args)
         if phase == "teacher":
-            args.run_name = "teacher" + variant_suffix(args) + seed
+            args.run_name = data + "teacher" + variant_suffix(args) + seed
         elif phase == "1":
-            args.run_name = phase1_name(args.rope_base, 0, args.window, args.preset) + variant_suffix(args) + seed
+            args.run_name = data + phase1_name(args.rope_base, 0, args.window, args.preset) + variant_suffix(args) + seed
         else:
             loss = "kd" if args.kd_weight > 0 else "ce"
-            args.run_name = f"phase2-{loss}-b{args.phase1_base:g}-b{args.rope_base:g}"
+            args.run_name = f"{data}phase2-{loss}-b{args.phase1_base:g}-b{args.rope_base:g}"
             if args.phase1_window != pre["short_window"]:  # a phase-1 student of another window
                 args.run_name += f"-w{args.phase1_window}"
             args.run_name += f"-p{args.phase1_seed}" if args.phase1_seed else ""  # another phase-1 student
@@ -446,51 +448,3 @@ def resolve_arm(args):
         fail(f"--arm {args.arm} is a KD arm: --kd-weight 0 leaves no KD term (use --arm ce)")
     if args.arm in MASKED_ARMS and args.data:
         fail(f"--arm {args.arm} masks the synthetic language's far-back targets; --data has none")
-
-
-def pick_device(args):
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", args.device):
-        fail(f"--device must be auto, cpu, cuda or cuda:N, got {args.device!r}")
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        fail(f"--device {args.device} asked for, but no CUDA device is available")
-    if args.device.startswith("cuda:") and int(args.device[5:]) >= torch.cuda.device_count():
-        fail(f"--device {args.device}: there are only {torch.cuda.device_count()} CUDA devices")
-    device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    dtype = autocast_dtype(device, args.dtype, args.phase)
-    args.autocast_dtype = str(dtype).removeprefix("torch.")  # float32 or bfloat16: the speed report reads it
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext())
-    return device, autocast
-
-
-def cpu_has_native_bf16() -> bool:
-    """True if this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX tiles), where torch's bf16 matmuls beat
-    float32 several times over; elsewhere bf16 is emulated and slower. Read from the CPU's feature flags, not
-    timed, so that the choice (and with it every result) does not depend on the load of the machine."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch >= 2.2 (private, hence getattr)
-    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
-
-
-# Phases that --dtype auto runs in bf16 on a CPU with native bf16. Phase 2 gave the same results in bf16 as in
-# float32 (3 seeds, README "bf16 on CPU"); the teacher and phase 1 stay float32: a phase-1 student trained in
-# bf16 (same seed) came out one that phase 2 cannot extend, and the shipped checkpoints were trained in float32.
-CPU_BF16_PHASES = ("2",)
-
-
-def autocast_dtype(device, flag="auto", phase="2") -> torch.dtype:
-    """--dtype as a torch dtype. auto: bf16 on CUDA; on a CPU with native bf16 matmuls, bf16 for the phases in
-    CPU_BF16_PHASES and float32 for the others; float32 on any other CPU.
-
-    Under bf16 autocast the matmuls and attention run in bf16: RoPE's angles (rope.py), the loss, the KD
-    softmax (distill.py), the weights and the AdamW state stay float32 (tests/test_train.py checks it), and so
-    does a CPU training pass's attention below 1,024 tokens (model.float32_attention).
-    """
-    if flag == "auto":
-        native = device.type == "cuda" or (cpu_has_native_bf16() and phase in CPU_BF16_PHASES)
-        return torch.bfloat16 if native else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[flag]

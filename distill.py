@@ -21,11 +21,12 @@ positional, long-range information that the short documents alone do not.
   exists at a time, in the forward *and* the backward pass (the backward recomputes each chunk);
   tested equal, value and gradient, to the plain autograd path (chunk_size 0). train.py chunks
   only logits above train.CHUNK_ABOVE floats (a real vocabulary on long windows).
-- `teacher_topk` / `topk_forward_kl`: a teacher's logits cached as their top-k tokens, and the
-  forward KL over those k tokens plus one "rest" bucket (research/realtext.py: a real teacher,
-  computed once per window).
+- `teacher_topk` / `topk_forward_kl` / `TopK`: a teacher's logits cached as their top-k tokens, and the
+  forward KL over those k tokens plus one "rest" bucket (train.py --teacher-topk, longctx/topk.py: a real
+  teacher, computed once per window); `kd_loss` takes it when the teacher answers with a TopK.
 """
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -146,6 +147,8 @@ def kd_loss(student_logits, teacher_logits, mask=None, temperature=1.0, kind="fo
     Returns (loss, divergence): `divergence` is the detached per-token divergence itself
     (for kind forward: the true KL at temperature T, 0 when the distributions match).
     """
+    if isinstance(teacher_logits, TopK):  # a cached teacher (train.py --teacher-topk): k tokens and the rest
+        return topk_kd_loss(student_logits, teacher_logits, mask)
     if student_logits.shape[-1] != teacher_logits.shape[-1]:
         raise ValueError(f"student vocabulary {student_logits.shape[-1]} != teacher vocabulary "
                          f"{teacher_logits.shape[-1]}")
@@ -216,6 +219,25 @@ def topk_forward_kl(student_logp, top_ids, top_logp):
     rest_t = (-torch.expm1(torch.logsumexp(top_logp, -1))).clamp(min=0)  # (...,) teacher mass outside
     log_rest_s = student_logp.scatter(-1, top_ids, float("-inf")).logsumexp(-1)  # (...,) log of the student's
     return kl + torch.xlogy(rest_t, rest_t) - rest_t * log_rest_s
+
+
+class TopK(NamedTuple):
+    """What a cached teacher answers instead of logits: its k most likely next tokens, ids int64 (..., k) and
+    log-probs float32 (..., k) (teacher_topk)."""
+    ids: torch.Tensor
+    logp: torch.Tensor
+
+    def clone(self):  # as logits.clone(): normal tensors out of inference mode (teacher_logits)
+        return TopK(self.ids.clone(), self.logp.clone())
+
+
+def topk_kd_loss(student_logits, top, mask=None):
+    """(loss, divergence): the mean over unmasked tokens of topk_forward_kl between the student's logits
+    (B, T, V) and a cached teacher's TopK (B, T, k); mask (B, T) bool, True = use. No temperature: the cache
+    holds the teacher's probabilities at T = 1."""
+    kl = topk_forward_kl(F.log_softmax(student_logits.float(), -1), top.ids, top.logp)  # (B, T)
+    loss = kl.mean() if mask is None else (kl * mask).sum() / mask.sum().clamp(min=1)
+    return loss, loss.detach()
 
 
 def topk_coverage(top_logp):

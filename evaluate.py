@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from config import PRESETS
 from data import kv_probe, needle_probe, packed_probe, position_probe, to_device
+from longctx.report import LONG_WINDOWS, format_long_context, long_context
 from model import atomic_write
 from scale import dist
 
@@ -337,8 +338,10 @@ def report(args, models, device, autocast, spec, results_path, speed, corpus=Non
     corpus; print the table; save the results as JSON (with `speed`, from report_speed)."""
     dists = [d for d in PRESETS[args.preset]["eval_distances"] if d < args.window]
     n = PRESETS[args.preset]["eval_windows"]
-    if args.data:  # the retrieval probes speak the synthetic language: report the corpus loss instead
+    if args.data:  # the retrieval probes speak the synthetic language: the corpus loss, and the loss by distance
         rows = {name: {"corpus_ce": corpus_loss(m, args, corpus, device, autocast)} for name, m in models.items()}
+        for name, r in long_context(models, corpus, args.window, device, autocast, args.doc_mask, args.seed).items():
+            rows[name].update(r)  # and the passkey on held-out text (longctx/report.py)
     else:
         rows = {name: evaluate_heldout(m, spec, args.window, dists, args.max_doc_len, device, autocast, n,  # every
                                        doc_mask=args.doc_mask, reset_positions=args.reset_positions)  # row as the
@@ -353,6 +356,7 @@ def report(args, models, device, autocast, spec, results_path, speed, corpus=Non
     if args.data:
         print("\n".join(f"{name}: cross-entropy {r['corpus_ce']:.3f} nats/token on held-out corpus windows"
                         for name, r in rows.items()))
+        print(format_long_context(rows, min(LONG_WINDOWS, len(corpus.long)), args.window))
     else:
         print(format_table(rows, args.max_doc_len, floors["best"]))
         print(f"(each value: the mean over the held-out probe seeds {list(HELDOUT_SEEDS)})")
@@ -363,7 +367,7 @@ def report(args, models, device, autocast, spec, results_path, speed, corpus=Non
 @torch.no_grad()
 def corpus_loss(model, args, corpus, device, autocast, n_batches=8):
     """Mean next-token cross-entropy on the held-out windows of the real corpus (up to n_batches batches)."""
-    held = corpus[1]  # (training windows, held-out windows), from runs.load_corpus
+    held = corpus[1]  # the held-out windows of a longctx.corpus.Corpus (runs.load_corpus)
     total = count = 0
     for i in range(0, min(len(held["tokens"]), n_batches * args.batch_size), args.batch_size):
         x, y, pos, doc, _ = to_device({k: v[i:i + args.batch_size] for k, v in held.items()}, device)
@@ -379,6 +383,11 @@ def print_side_by_side(args, results, ce_name):
         ce = json.load(f)
     rows = {"teacher": results["results"]["teacher"], START: results["results"][START],
             "KD student": results["results"][args.run_name], "CE student": ce["results"][ce_name]}
+    if args.data:  # real text: the corpus loss and the long-context report of the four
+        print(f"\nHeld-out text of {args.data}; phase-1 base {args.phase1_base:g} -> phase-2 base {args.rope_base:g}:")
+        print("\n".join(f"{name}: cross-entropy {r['corpus_ce']:.3f} nats/token" for name, r in rows.items()))
+        print(format_long_context(rows, None, args.window))
+        return
     print(f"\nShort documents (<= {args.max_doc_len} tokens) packed into {args.window}-token windows; "
           f"phase-1 base {args.phase1_base:g} -> phase-2 base {args.rope_base:g}:")
     print(format_table(rows, args.max_doc_len, results["floors"]["best"]))

@@ -9,7 +9,8 @@ training loop, so that train.py can show the loop, the step and the loss alone:
   against --resume / --overwrite, the teacher and phase-1 checkpoints that exist), before
   anything is written; bad input ends in one `error:` line (config.fail), exit code 2.
 - `train_prerequisites`: the teacher / phase-1 checkpoints a phase starts from: found in the output
-  folder or in checkpoints/ (shipped), else trained first (or refused with --no-auto).
+  folder or in checkpoints/ (shipped), else trained first (or refused with --no-auto). With --data they
+  are that text's (named by it: OUT/corpus-teacher.pt), trained on it, never the shipped ones.
 - `RunLock`: one process per run: a second process asked to train the same run refuses.
 - `save_run`, `resume_state`, `record_step`, `truncate_log`: checkpoints, resume and the step log.
 - `plan_twin`, `start_twin`, `finish_twin`, `one_line_errors`: phase 2's CE-only twin, trained side
@@ -27,11 +28,12 @@ from contextlib import contextmanager
 import torch
 
 from scale import dist
-from config import (SHIPPED, build_parser, check_out_dir, fail, phase1_name, resolve, stage_batch_sizes,
-                    student_config)
-from formats.text import DataError, file_windows, hold_out, read_bin_documents, read_text_documents
+from config import (SHIPPED, build_parser, check_out_dir, data_prefix, fail, phase1_name, resolve,
+                    stage_batch_sizes, student_config)
+from formats.text import DataError, read_bin_documents, read_text_documents
 from distill import load_teacher
 from formats.hf import load_pretrained
+from longctx.corpus import build_corpus, byte_ids
 from model import CheckpointError, load_checkpoint, save_checkpoint
 from formats.tokenizer import Tokenizer
 
@@ -85,6 +87,8 @@ def check_inputs(args):
             load_teacher(path, cpu, args.vocab_size)
         except CheckpointError as e:
             fail(str(e))
+    if args.teacher_topk > args.vocab_size:
+        fail(f"--teacher-topk {args.teacher_topk} is larger than the vocabulary of {args.vocab_size}")
     init = None
     if args.phase == "2" and (path := phase1_path(args)) is not None:
         init = load_init(args, path, cpu)
@@ -102,16 +106,18 @@ def run_path(args, ext):
 
 
 def load_corpus(args):
-    """--data's documents packed into (training, held-out) windows."""
+    """--data's documents as a longctx.corpus.Corpus: its end held out, the rest packed into training windows of
+    whole documents (the teacher) or of shuffled short ones (the students)."""
     try:
         if args.data.endswith(".bin"):
-            docs, sep = read_bin_documents(args.data, args.eot_id, args.vocab_size), args.eot_id
+            docs, sep, encode = read_bin_documents(args.data, args.eot_id, args.vocab_size), args.eot_id, None
         elif args.tokenizer:  # the teacher's tokens, documents behind its end-of-text token
             tok = load_tokenizer(args)
-            docs, sep = read_text_documents(args.data, encode=tok.encode), tok.eos_id
+            docs, sep, encode = read_text_documents(args.data, encode=tok.encode), tok.eos_id, tok.encode
         else:
-            docs, sep = read_text_documents(args.data), 0
-        return hold_out(file_windows(docs, args.window, args.max_doc_len, sep))  # (train, held-out) windows
+            docs, sep, encode = read_text_documents(args.data), 0, byte_ids
+        return build_corpus(docs, sep, args.window, args.max_doc_len, None if args.phase == "teacher" else args.seed,
+                            encode, held_window=args.long_window)
     except DataError as e:
         fail(str(e))
 
@@ -160,14 +166,21 @@ def find_checkpoint(path_in_out, shipped_name, preset):
     return shipped if preset == "cpu" and os.path.isfile(shipped) else None
 
 
+def teacher_file(args):
+    """File name of the teacher a run learns from (without --teacher): teacher.pt, or with --data the teacher
+    of that text and vocabulary (config.data_prefix: corpus-teacher.pt), which no shipped checkpoint is."""
+    return data_prefix(args) + "teacher.pt"
+
+
 def teacher_path(args):
-    """--teacher, else OUT/teacher.pt, else the shipped teacher; None when none exists yet."""
-    return args.teacher or find_checkpoint(os.path.join(args.out_dir, "teacher.pt"), "teacher.pt", args.preset)
+    """--teacher, else OUT/<teacher_file>, else the shipped teacher; None when none exists yet."""
+    return args.teacher or find_checkpoint(os.path.join(args.out_dir, teacher_file(args)), teacher_file(args),
+                                           args.preset)
 
 
 def phase1_file(args):
-    """File name of the phase-1 run that phase 2 starts from (without --init)."""
-    return phase1_name(args.phase1_base, args.phase1_seed, args.phase1_window, args.preset) + ".pt"
+    """File name of the phase-1 run that phase 2 starts from (without --init); with --data, that text's."""
+    return data_prefix(args) + phase1_name(args.phase1_base, args.phase1_seed, args.phase1_window, args.preset) + ".pt"
 
 
 def phase1_path(args):
@@ -181,7 +194,17 @@ def common_argv(args):
     argv = ["--preset", args.preset, "--out-dir", args.out_dir, "--device", args.device, "--dtype", args.dtype]
     argv += ["--grad-accum", str(args.grad_accum)] if args.grad_accum > 1 else []
     argv += ["--backend", args.backend] if args.backend != "auto" else []
-    return argv + (["--threads", str(args.threads)] if args.threads else [])
+    argv += ["--threads", str(args.threads)] if args.threads else []
+    return argv + data_argv(args)
+
+
+def data_argv(args):
+    """--data's flags, which a prerequisite shares: the same text in the same vocabulary."""
+    if not args.data:
+        return []
+    argv = ["--data", args.data] + (["--tokenizer", args.tokenizer] if args.tokenizer else [])
+    argv += ["--vocab-size", str(args.explicit_vocab)] if args.explicit_vocab else []
+    return argv + (["--eot-id", str(args.eot_id)] if args.data.endswith(".bin") else [])
 
 
 def train_prerequisites(args, train):
@@ -189,11 +212,13 @@ def train_prerequisites(args, train):
     train(args, inputs) if it does not exist yet. Returns their paths (None where not needed)."""
     teacher = init = None
     if needs_teacher(args):
-        teacher = ensure(args, "teacher", args.teacher, "teacher.pt", ["--phase", "teacher"] + common_argv(args),
+        teacher = ensure(args, "teacher", args.teacher, teacher_file(args), ["--phase", "teacher"] + common_argv(args),
                          train)
     if args.phase == "2":
         argv = ["--phase", "1", "--rope-base", f"{args.phase1_base:g}", "--seed", str(args.phase1_seed),
                 "--window", str(args.phase1_window)]
+        argv += ["--teacher", args.teacher] if args.teacher else []  # phase 1 learns from the same teacher
+        argv += ["--teacher-topk", str(args.teacher_topk)] if args.teacher_topk else []
         init = ensure(args, "phase-1", args.init, phase1_file(args), argv + common_argv(args), train)
     return teacher, init
 

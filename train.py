@@ -41,6 +41,7 @@ from config import (ARMS, MASKED_ARMS, PRESETS, build_parser, curriculum_stages,
 from data import DataSource, TaskSpec, prefetch, to_device
 from distill import chunked_cross_entropy, kd_loss, load_teacher, teacher_logits
 from model import GPT, CheckpointError, load_model, switch_rope
+from longctx.topk import topk_teacher
 from evaluate import START, print_side_by_side, quick_eval, records_placed, report, report_speed
 from rope import format_spectrum, spectrum_summary
 
@@ -79,6 +80,7 @@ def train(args, inputs):
     if args.resume and previous is not None and previous.get("done"):
         print(f"{runs.run_path(args, '.pt')} already finished; its results:")
         return on_main(final_report, args, teacher, device, autocast, spec, None, corpus=corpus)
+    kd_teacher = cached_teacher(args, teacher, corpus, device)  # the teacher the loss reads
     model = build_student(args, device)
     opt = make_optimizer(model, args, device)
     state = runs.resume_state(args, previous, model, opt)  # {step, stage, stage_start, acc_ema}
@@ -109,7 +111,7 @@ def train(args, inputs):
                         stop_after_ctrl_c(model, opt, args, state)
                     for group in opt.param_groups:
                         group["lr"] = lr_at(local, steps, args)
-                    metrics = train_step(step_model, teacher, opt, batch, args, autocast)
+                    metrics = train_step(step_model, kd_teacher, opt, batch, args, autocast)
                     runs.record_step(state, clock, metrics, name, src.batch_size * src.window,
                                      model.flops_per_token(src.window), time.perf_counter() - t0,
                                      opt.param_groups[0]["lr"], bar, log)
@@ -281,6 +283,15 @@ def frozen_teacher(args, device):
     teacher.attention = args.attention
     print(f"teacher: {path} (base {teacher.config.rope_base:g}, frozen)")
     return teacher
+
+
+def cached_teacher(args, teacher, corpus, device):
+    """--teacher-topk K: the teacher's top-K on the training windows, computed once (longctx/topk.py) and answered
+    from the cache at every step; else the live teacher itself."""
+    if not (args.teacher_topk and teacher is not None and args.kd_weight > 0):
+        return teacher
+    return topk_teacher(teacher, runs.teacher_path(args), corpus.train["tokens"], args.teacher_topk, args.out_dir,
+                        device)
 
 
 def make_optimizer(model, args, device):

@@ -13,9 +13,11 @@ one on CE alone. Then, on long held-out documents (whole stretches of unseen pla
 - passkey: a 5-digit number stated early, asked for at the end, at several distances
   (teacher-forced: all digits must be the argmax).
 
-The teacher's logits on the training windows are computed once and cached as their top-k
-(distill.teacher_topk); KD is the forward KL over those k tokens plus one bucket for the rest of
-the vocabulary (distill.topk_forward_kl, a true divergence). `check` shows that the
+Both students train in train.py's loop (`train.train`, phase 1 with --data, --teacher-topk): the
+teacher's logits on the training windows are computed once and cached as their top-k
+(longctx/topk.py); KD is the forward KL over those k tokens plus one bucket for the rest of
+the vocabulary (distill.topk_forward_kl, a true divergence). What is this experiment's own: the
+plays and their held-out ones, the evaluation below and the comparison table. `check` shows that the
 converted teacher is a working LM (loss on an English paragraph, a greedy continuation, and
 the same for llama.cpp's un-unpermuted weights when --gguf is given).
 
@@ -27,19 +29,23 @@ import glob
 import json
 import os
 import time
-from types import SimpleNamespace
+from contextlib import nullcontext
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from config import fail
+import train
+from config import build_parser, fail, resolve
 from data import pack_documents
-from distill import freeze_teacher, teacher_topk, topk_coverage, topk_forward_kl
+from distill import freeze_teacher
 from formats.hf import load_gguf, load_pretrained, write_json
-from model import GPT, CheckpointError, GPTConfig
+from longctx.corpus import Corpus
+from longctx.report import bucket_losses, passkey_accuracy, token_losses
+from longctx.topk import topk_teacher
+from model import GPT, CheckpointError, GPTConfig, load_model
 from formats.tokenizer import Tokenizer
-from train import lr_at, make_optimizer
+from runs import run_path
+from scale.device import pick_device
 
 PRESETS = {  # tiny: tests; cpu: about 20-30 minutes on one shared core; gpu: the scale-up (not run here)
     "tiny": dict(d_model=16, n_layer=1, n_head=2, d_ff=0, window=64, max_doc_len=16, min_doc_len=4,
@@ -98,6 +104,13 @@ def training_windows(plays, tok, p, seed):
     return torch.from_numpy(windows[:p["train_windows"]])
 
 
+def as_windows(tokens, sep):
+    """Windows (N, L + 1) as train.py's data reads them: tokens, positions 0..L, document ids."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    return {"tokens": tokens, "positions": np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape).copy(),
+            "doc_ids": np.cumsum(tokens == sep, axis=1)}
+
+
 def held_out_segments(plays, tok, n, length):
     """n stretches of length tokens (<|endoftext|> first), spread evenly over the held-out plays."""
     segs = []
@@ -123,112 +136,38 @@ def passkey_prompts(tok, distances, trials, seed=0):
     return out
 
 
-# ----------------------------------------------------------------------------- teacher cache
+# ----------------------------------------------------------------------------- students, in train.py's loop
 
 
-def teacher_identity(path) -> list:
-    """What makes a teacher this teacher: its path and, for each of its files, size and modification time."""
-    path = os.path.abspath(path)
-    files = sorted(os.listdir(path)) if os.path.isdir(path) else [""]
-    return [path] + [[f, os.stat(os.path.join(path, f)).st_size, os.stat(os.path.join(path, f)).st_mtime_ns]
-                     for f in files if os.path.isfile(os.path.join(path, f))]
+def student_argv(args, p, name, kd_weight, vocab, rope_base):
+    """train.py's flags for one student: phase 1 from scratch on the plays, the teacher cached as its top-k."""
+    sizes = {"--d-model": p["d_model"], "--n-layer": p["n_layer"], "--n-head": p["n_head"],
+             "--n-kv-head": p["n_head"], "--d-ff": p["d_ff"], "--window": p["window"], "--max-doc-len": p["max_doc_len"],
+             "--min-doc-len": p["min_doc_len"], "--steps": p["steps"], "--batch-size": p["batch_size"], "--lr": p["lr"],
+             "--warmup": p["warmup"], "--teacher-topk": p["topk"], "--vocab-size": vocab, "--seed": args.seed,
+             "--threads": args.threads, "--save-interval": p["steps"]}
+    argv = ["--phase", "1", "--preset", args.preset, "--data", args.plays, "--tokenizer", args.teacher, "--teacher",
+            args.teacher, "--kd-weight", f"{kd_weight:g}", "--rope-base", f"{rope_base:g}", "--schedule", "cosine",
+            "--weight-decay", "0.1", "--grad-clip", "1", "--dtype", "float32", "--device", args.device,
+            "--out-dir", args.out, "--run-name", name.replace(" ", "-").lower()]
+    return argv + [str(a) for kv in sizes.items() for a in kv]
 
 
-def cache_key(teacher_path, teacher, device, p, seed) -> str:
-    """The cache's key: the teacher's identity, the device and dtype it ran in, and the windows' settings."""
-    dtype = str(next(teacher.parameters()).dtype)
-    return json.dumps([teacher_identity(teacher_path), str(device), dtype, p["window"], p["min_doc_len"],
-                       p["max_doc_len"], p["train_windows"], p["topk"], seed])
-
-
-@torch.no_grad()
-def cached_teacher_topk(teacher, windows, k, path, key, device):
-    """Teacher top-k (ids, log-probs) on every training window, from `path` when its key matches.
-
-    Position i of window w holds the teacher's prediction after reading w[:i + 1], the target the
-    student is trained toward at the same position (windows[:, :-1] in, windows[:, 1:] out). The file
-    is written to a temporary name first and renamed: a kill never leaves a half-written cache."""
-    from safetensors.torch import load_file, save_file
-    from safetensors import safe_open
-    if os.path.isfile(path):
-        with safe_open(path, "pt") as f:
-            if f.metadata().get("key") == key:
-                t = load_file(path)
-                return t["ids"].long(), t["logp"]
-    ids, logp = [], []
-    t0 = time.time()
-    for i, w in enumerate(windows):
-        top = teacher_topk(teacher(w[None, :-1].to(device)), k)
-        ids.append(top[0].int().cpu()), logp.append(top[1].cpu())
-        print(f"\r  teacher top-{k}: window {i + 1}/{len(windows)} ({time.time() - t0:.0f} s)", end="", flush=True)
-    print()
-    ids, logp = torch.cat(ids), torch.cat(logp)  # (N, window, k)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        save_file({"ids": ids, "logp": logp}, tmp, metadata={"key": key})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return ids.long(), logp
-
-
-# ----------------------------------------------------------------------------- students
-
-
-def train_student(cfg, windows, top, kd_weight, p, device, seed, log):
-    """A student from scratch (same init and batches for every kd_weight): (1-w) CE + w top-k KD.
-    Returns (model in eval mode, [(step, CE, top-k KL)] at every logged step)."""
-    torch.manual_seed(seed)
-    model = GPT(cfg).to(device)
-    opt_args = SimpleNamespace(lr=p["lr"], warmup=p["warmup"], schedule="cosine", weight_decay=0.1)
-    opt = make_optimizer(model, opt_args, device)
-    rng, history = np.random.default_rng(seed), []
-    t0 = time.time()
-    for step in range(p["steps"]):
-        idx = torch.from_numpy(rng.integers(0, len(windows), p["batch_size"]))
-        x, y = windows[idx, :-1].to(device), windows[idx, 1:].to(device)
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, p["steps"], opt_args)
-        logp = F.log_softmax(model(x).float(), -1)  # (B, T, V)
-        ce = F.nll_loss(logp.flatten(0, 1), y.flatten())
-        kl = topk_forward_kl(logp, top[0][idx].to(device), top[1][idx].to(device)).mean()
-        loss = ce if kd_weight == 0 else (1 - kd_weight) * ce + kd_weight * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if step % 25 == 0 or step == p["steps"] - 1:
-            history.append((step, ce.item(), kl.item()))
-            log(f"  step {step}: ce {ce.item():.3f}, top-k KL {kl.item():.3f} ({time.time() - t0:.0f} s)")
+def train_student(args, p, corpus, kd_weight, name, vocab, rope_base):
+    """A student from scratch (same init and batches for every kd_weight), trained by train.py's loop on
+    (1 - w) CE + w top-k KD. Returns (model in eval mode, [(step, CE, top-k KL or None)] every 25 steps)."""
+    targs = resolve(build_parser().parse_args(student_argv(args, p, name, kd_weight, vocab, rope_base)))
+    device, _ = pick_device(targs)
+    train.train(targs, (corpus, None))
+    model, _ = load_model(run_path(targs, ".pt"), device)
+    with open(run_path(targs, ".jsonl")) as f:
+        steps = [r for r in map(json.loads, f) if "ce" in r]  # train.py's step log: step counted from 1
+    history = [(r["step"] - 1, r["ce"], r["kl"] if r["kl"] == r["kl"] else None) for r in steps
+               if (r["step"] - 1) % 25 == 0 or r["step"] == p["steps"]]
     return model.eval(), history
 
 
 # ----------------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def token_losses(model, ids, device):
-    """Next-token cross-entropy (n, T - 1) at each position of ids (n, T), one row at a time."""
-    return torch.stack([F.cross_entropy(model(row[None, :-1].to(device))[0].float(), row[1:].to(device),
-                                        reduction="none").cpu() for row in ids])
-
-
-def bucket_losses(losses):
-    """{"a-b": mean loss of the predictions made at positions a..b-1}."""
-    T = losses.shape[1]
-    return {f"{a}-{b}": losses[:, a:min(b, T)].mean().item() for a, b in zip(BUCKETS, BUCKETS[1:]) if a < T}
-
-
-@torch.no_grad()
-def passkey_accuracy(model, prompts, device):
-    """{distance: share of prompts whose every answer token is the model's argmax}."""
-    hits = {}
-    for d, prompt, answer in prompts:
-        ids = torch.tensor(prompt + answer, device=device)[None]
-        pred = model(ids[:, :-1])[0, -len(answer):].argmax(-1).tolist()
-        hits.setdefault(d, []).append(pred == answer)
-    return {d: float(np.mean(h)) for d, h in hits.items()}
 
 
 @torch.no_grad()
@@ -240,7 +179,7 @@ def greedy(model, tok, prompt, n, device):
 
 
 def paragraph_loss(model, tok, device):
-    return token_losses(model, torch.tensor([tok.encode(ENGLISH)]), device).mean().item()
+    return token_losses(model, torch.tensor([tok.encode(ENGLISH)]), device, nullcontext()).mean().item()
 
 
 # ----------------------------------------------------------------------------- commands
@@ -289,25 +228,24 @@ def run_experiment(args):
     windows = training_windows(plays, tok, p, args.seed)
     log(f"{len(plays)} training plays -> {len(windows)} windows of {p['window']} tokens (documents of "
         f"{p['min_doc_len']}-{p['max_doc_len']} tokens); held out: {', '.join(held)}")
-    key = cache_key(args.teacher, teacher, device, p, args.seed)
-    t0 = time.time()
-    top = cached_teacher_topk(teacher, windows, p["topk"], os.path.join(args.out, "teacher-topk.safetensors"),
-                              key, device)
+    t0 = time.time()  # the cache train.py's loop then reads (the same teacher, device, k and windows)
+    coverage = topk_teacher(teacher, args.teacher, windows, p["topk"], args.out, device).coverage()
     times = {"teacher_topk_s": time.time() - t0}
-    coverage = topk_coverage(top[1])
     log(f"teacher's top-{p['topk']} mass on the training windows: {coverage:.3f}")
     cfg = GPTConfig(vocab_size=len(tok), n_layer=p["n_layer"], n_head=p["n_head"], n_kv_head=p["n_head"],
                     d_model=p["d_model"], d_ff=p["d_ff"], rope_base=teacher.config.rope_base, max_seq_len=p["window"])
+    segs = held_out_segments(held, tok, p["eval_docs"], p["window"])
+    corpus = Corpus(as_windows(windows, tok.eos_id), as_windows(segs[:1], tok.eos_id), segs.numpy(), tok.encode,
+                    tok.eos_id)  # train.py's own end-of-run report reads the held-out stretches too
     models, histories = {"teacher": teacher}, {}
     for name, w in (("KD student", 0.5), ("CE student", 0.0)):
         log(f"{name}: {GPT(cfg).num_params():,} parameters, loss {1 - w:g} CE + {w:g} KD, {p['steps']} steps")
         t0 = time.time()
-        models[name], histories[name] = train_student(cfg, windows, top, w, p, device, args.seed, log)
+        models[name], histories[name] = train_student(args, p, corpus, w, name, len(tok), teacher.config.rope_base)
         times[name.split()[0] + "_train_s"] = time.time() - t0
     t0 = time.time()
-    segs = held_out_segments(held, tok, p["eval_docs"], p["window"])
     prompts = passkey_prompts(tok, p["passkey_distances"], p["passkey_trials"], args.seed)
-    results = {name: {"buckets": bucket_losses(token_losses(m, segs, device)),
+    results = {name: {"buckets": bucket_losses(token_losses(m, segs, device, nullcontext()), BUCKETS),
                       "passkey": passkey_accuracy(m, prompts, device)} for name, m in models.items()}
     times["eval_s"], times["total_s"] = time.time() - t0, time.time() - t_start
     write_json(os.path.join(args.out, "results.json"), {
@@ -344,7 +282,7 @@ def print_tables(results, p, n_segs, times):
     print(f"\nPasskey accuracy ({p['passkey_trials']} keys per distance; all 5 digits must be the argmax):")
     print("| model | " + " | ".join(f"D={d}" for d in ds) + " |\n| --- |" + " --- |" * len(ds))
     for name, r in results.items():
-        print(f"| {name} | " + " | ".join(f"{r['passkey'][d]:.2f}" for d in ds) + " |")
+        print(f"| {name} | " + " | ".join(f"{r['passkey'][str(d)]:.2f}" for d in ds) + " |")
     print("\ntimes: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in times.items()))
 
 

@@ -7,10 +7,9 @@ import re
 import pytest
 
 from research import experiment
+from tracked import ROOT, project_files
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PAGES = ["README.md", "WALKTHROUGH.md"] + [os.path.join("docs", f) for f in sorted(os.listdir(os.path.join(ROOT, "docs")))
-                                          if f.endswith(".md")]
+PAGES = ["README.md", "WALKTHROUGH.md"] + [f for f in project_files(".md") if re.fullmatch(r"docs/[^/]+\.md", f)]
 
 
 def read(path):
@@ -73,18 +72,39 @@ def test_the_grid_reports_sample_standard_deviations():
 TOLD = re.compile(r"\bissues?\b|\bsessions?\b|\.\./shared|RECIPE\.md|METHOD\.md|\btracker\b", re.I)
 
 
+def told_lines(files):
+    """Every line of `files` (paths relative to the root) that refers to how the project was made."""
+    found = []
+    for f in files:
+        with open(os.path.join(ROOT, f), encoding="utf-8") as fh:
+            found += [f"{f}:{i}: {line.strip()[:80]}" for i, line in enumerate(fh, 1) if TOLD.search(line)]
+    return found
+
+
 def test_the_project_speaks_of_itself_alone():
     """No text refers to how it was made (a tracker, past work sessions) or to files a clone does not have."""
-    found = []
-    for folder, dirs, files in os.walk(ROOT):
-        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in ("out", "figures", "__pycache__")]
-        for f in files:
-            if f.endswith((".py", ".md")) and f != "test_docs.py":
-                path = os.path.join(folder, f)
-                with open(path, encoding="utf-8") as fh:
-                    found += [f"{os.path.relpath(path, ROOT)}:{i}: {line.strip()[:80]}"
-                              for i, line in enumerate(fh, 1) if TOLD.search(line)]
+    found = told_lines(f for f in project_files(".py", ".md") if not f.endswith("test_docs.py"))
     assert not found, "\n".join(found)
+
+
+@pytest.mark.parametrize("use_git", [True, False])
+def test_an_untracked_folder_inside_the_checkout_is_not_read(use_git):
+    """A venv (or any folder git does not track) inside the checkout: its .py and .md files are not the project's,
+    with git or with the fixed list that stands in for it."""
+    import shutil
+    import tempfile
+    folder = tempfile.mkdtemp(prefix="venv-", dir=ROOT)
+    try:
+        for name in ("site.py", "notes.md"):
+            with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
+                f.write("this session filed an issue with the tracker\n")
+        planted = [os.path.relpath(os.path.join(folder, n), ROOT).replace(os.sep, "/") for n in ("site.py", "notes.md")]
+        assert len(told_lines(planted)) == 2  # what the old walk over the whole tree would have found
+        files = project_files(".py", ".md", use_git=use_git)
+        assert "train.py" in files and "README.md" in files
+        assert not [f for f in files if f.startswith(os.path.basename(folder) + "/")]
+    finally:
+        shutil.rmtree(folder)
 
 
 @pytest.mark.parametrize("name, source", [("headline", "docs/robustness.json")])

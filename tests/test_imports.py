@@ -2,17 +2,18 @@
 so every script can be read bottom-up and the core at the top level never needs a research folder."""
 import ast
 import os
-import subprocess
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tracked import ROOT, project_files as tracked_files
 
 # Lowest first. A module may import modules of its own layer or a lower one, never of a higher one.
 LAYERS = [
     {"rope", "data", "formats.tokenizer", "formats.text"},  # positions, the task, text into ids, files into windows
-    {"model"},  # the GPT and its checkpoints
+    {"model", "longctx.corpus", "scale.device"},  # the GPT and its checkpoints; your own text into windows; the
+    # device and autocast dtype
     {"formats.hf", "config", "viz.plots"},  # real-model files into the model; flags and presets; figures
-    {"distill", "scale.dist"},  # the loss and the teacher; data parallelism
-    {"evaluate"},  # probes, tables, what a run prints
+    {"distill", "scale.dist", "longctx.report"},  # the loss and the teacher; data parallelism; loss by distance
+    # and the passkey on real text
+    {"evaluate", "longctx.topk"},  # probes, tables, what a run prints; a real teacher cached as its top-k
     {"runs"},  # inputs, prerequisites, checkpoints around the loop
     {"train", "analyze"},  # the entry points of the core
     {"scale.bench", "research.experiment", "research.finding1", "research.finding3", "research.realtext",
@@ -22,8 +23,7 @@ LAYERS = [
 
 def project_files():
     """The project's own .py files (what git tracks), outside tests/ and without the packages' __init__.py."""
-    out = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    return [f for f in out.split() if not f.startswith("tests/") and not f.endswith("__init__.py")]
+    return [f for f in tracked_files(".py") if not f.startswith("tests/") and not f.endswith("__init__.py")]
 
 
 def project_imports():

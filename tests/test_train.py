@@ -52,8 +52,8 @@ def test_three_phases_end_to_end_with_side_by_side_baseline(tmp_path):
 
 def test_auto_dtype_trains_prerequisites_in_float32_and_phase_2_in_bf16_on_a_bf16_cpu(tmp_path, monkeypatch):
     """--dtype auto reaches the teacher and phase 1 trained on the way as the flag, resolved per phase."""
-    import config
-    monkeypatch.setattr(config, "cpu_has_native_bf16", lambda: True)
+    from scale import device
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
     out = str(tmp_path)
     run(["--phase", "2", "--out-dir", out, "--no-baseline", "--peak-flops", "1e9"])
     dtypes = {name: json.load(open(os.path.join(out, name + ".json")))["speed"]["dtype"]
@@ -303,9 +303,9 @@ def test_trains_on_a_real_text_file(tmp_path):
     corpus.write_text("\n\n".join(f"paragraph {i}: " + "some words " * (i % 7 + 1) for i in range(300)))
     out = str(tmp_path / "out")
     run(["--phase", "teacher", "--out-dir", out, "--data", str(corpus), "--steps", "30"])
-    res = json.load(open(os.path.join(out, "teacher.json")))["results"]["teacher"]
+    res = json.load(open(os.path.join(out, "corpus-teacher.json")))["results"]["corpus-teacher"]  # named by its text
     assert 0 < res["corpus_ce"] < 5.0  # below uniform over 257 byte tokens (5.55 nats): it learned something
-    assert load_checkpoint(os.path.join(out, "teacher.pt"))["config"]["vocab_size"] == 257
+    assert load_checkpoint(os.path.join(out, "corpus-teacher.pt"))["config"]["vocab_size"] == 257
 
 
 def test_distills_an_hf_folder_teacher_on_text_in_its_own_tokens(tmp_path):
@@ -322,9 +322,10 @@ def test_distills_an_hf_folder_teacher_on_text_in_its_own_tokens(tmp_path):
     out = str(tmp_path / "out")
     run(["--phase", "1", "--out-dir", out, "--data", str(corpus), "--tokenizer", folder, "--teacher", folder,
          "--steps", "5"])
-    res = json.load(open(os.path.join(out, "phase1-b10000.json")))["results"]
-    assert set(res) == {"phase1-b10000", "teacher"} and res["teacher"]["corpus_ce"] > 0
-    ckpt = load_checkpoint(os.path.join(out, "phase1-b10000.pt"))
+    name = "corpus-teacher-hf-phase1-b10000"  # the text's and the tokenizer's names in front
+    res = json.load(open(os.path.join(out, name + ".json")))["results"]
+    assert set(res) == {name, "teacher"} and res["teacher"]["corpus_ce"] > 0
+    ckpt = load_checkpoint(os.path.join(out, name + ".pt"))
     assert ckpt["config"]["vocab_size"] == len(tok) and ckpt["args"]["kd_weight"] == 0.5
 
 

@@ -1,0 +1,253 @@
+"""longctx/: your own text end to end (data-named prerequisites, held-out text, the long-context report) and a real
+teacher cached as its top-k inside train.py's loop (--teacher-topk)."""
+import json
+import os
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import train
+from distill import TopK, topk_forward_kl
+from longctx import corpus as lc, report as lr, topk as lt
+from model import GPT, GPTConfig
+
+TINY = ["--preset", "tiny", "--threads", "1", "--device", "cpu"]
+WORDS = "the river flows slowly through the old town past the market square and the church".split()
+
+
+def write_corpus(path, n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    path.write_text("\n\n".join(" ".join(rng.choice(WORDS, rng.integers(20, 60))) for _ in range(n)))
+    return str(path)
+
+
+def test_the_held_out_text_is_the_end_of_the_text_and_never_trained_on():
+    docs = [np.arange(1, 41) + 100 * i for i in range(30)]  # 30 documents of 40 distinct tokens
+    c = lc.build_corpus(docs, 0, window=16, max_doc_len=8, shuffle_seed=0, encode=None, fraction=0.1)
+    train_ids, held_ids = set(c.train["tokens"].ravel()) - {0}, set(c.held_out["tokens"].ravel()) - {0}
+    assert not train_ids & held_ids and not (set(c.long.ravel()) - {0}) & train_ids
+    assert min(held_ids) > max(train_ids)  # the end of the text, as one cut
+    stream = c.long.ravel()
+    text = stream[stream != 0]
+    assert (np.diff(text) == 1).sum() >= len(text) - 2 * len(docs)  # in order: consecutive ids run on
+    cuts = np.flatnonzero(c.train["tokens"].ravel() == 0)
+    assert np.diff(cuts).max() <= 8  # the students' documents: at most max_doc_len tokens with the separator
+
+
+def test_students_get_shuffled_short_documents_and_the_teacher_whole_ones(tmp_path):
+    import runs
+    data = write_corpus(tmp_path / "corpus.txt")
+    first = {}
+    for phase in ("teacher", "1"):
+        args = train.resolve(train.build_parser().parse_args(["--phase", phase, "--data", data] + TINY))
+        c = runs.load_corpus(args)
+        first[phase] = c.train["tokens"][0]
+        docs = np.diff(np.flatnonzero(c.train["tokens"].ravel() == 0))
+        assert docs.max() <= args.max_doc_len
+    text = open(data).read().split("\n\n")[0].encode()
+    assert bytes((first["teacher"][1:] - 1).astype(np.uint8)).startswith(text[:40])  # the teacher's first window: the text in order
+    assert not bytes((first["1"][first["1"] > 0] - 1).astype(np.uint8)).startswith(text[:40])  # shuffled chunks
+
+
+def test_bucket_edges_double_up_to_the_window_and_the_losses_average_each_bucket():
+    assert lr.bucket_edges(1024) == [0, 64, 128, 256, 512, 1024]
+    assert lr.bucket_edges(64) == [0, 8, 16, 32, 64]
+    b = lr.bucket_losses(torch.arange(64.0)[None].repeat(3, 1), [0, 8, 16, 32, 64])
+    assert b == {"0-7": 3.5, "8-15": 11.5, "16-31": 23.5, "32-63": 47.5}
+
+
+class Oracle(torch.nn.Module):
+    """Logits that put all mass on the true next token of the prompt + answer (shifted by `miss`)."""
+
+    def __init__(self, prompts, vocab, miss=0):
+        super().__init__()
+        self.rows, self.vocab, self.miss = [torch.tensor(p + a) for _, p, a in prompts], vocab, miss
+
+    def forward(self, x, position_ids=None, doc_ids=None):
+        row = next(r for r in self.rows if len(r) == x.shape[1] + 1 and torch.equal(r[:-1], x[0]))
+        return F.one_hot((row[1:] + self.miss) % self.vocab, self.vocab).float()[None] * 50
+
+
+def test_passkey_prompts_fill_the_window_and_are_scored_on_every_answer_token():
+    filler = np.arange(1, 500) % 200 + 1
+    window = 128
+    ds = lr.passkey_distances(lc.byte_ids, window)
+    prompts = lr.passkey_prompts(lc.byte_ids, filler, window, ds, trials=2)
+    assert len(prompts) == 2 * len(ds) and ds[-1] > 60
+    for d, prompt, answer in prompts:
+        text = bytes((np.array(prompt) - 1).astype(np.uint8))
+        key = bytes((np.array(answer) - 1).astype(np.uint8)).strip()
+        needle = text.index(b"The pass key is " + key)
+        assert len(prompt) + len(answer) == window and text.endswith(b" The pass key is")
+        assert len(prompt) - len(lc.byte_ids(" The pass key is")) - (needle + len(f"The pass key is {key.decode()}. ")) == d
+    assert lr.passkey_accuracy(Oracle(prompts, 300), prompts, "cpu", distances=ds) == {str(d): 1.0 for d in ds}
+    assert lr.passkey_accuracy(Oracle(prompts, 300, miss=1), prompts, "cpu", distances=ds) == {str(d): 0.0 for d in ds}
+    assert lr.passkey_distances(lc.byte_ids, 40) == []  # the window cannot hold the passkey's words
+
+
+def tiny_teacher(vocab=40):
+    torch.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=vocab, n_layer=1, n_head=2, n_kv_head=2, d_model=16, max_seq_len=64)).eval()
+
+
+def test_the_cached_teacher_answers_each_row_by_its_tokens(tmp_path):
+    windows = torch.randint(1, 40, (5, 17), generator=torch.Generator().manual_seed(0))
+    teacher = tiny_teacher()
+    ids, logp = lt.cached_teacher_topk(teacher, windows, 4, str(tmp_path / "c"), "k", "cpu")
+    cached = lt.CachedTopK(windows.numpy(), ids, logp)
+    top = cached(windows[[3, 0], :-1])
+    assert isinstance(top, TopK) and torch.equal(top.ids, ids[[3, 0]]) and torch.equal(top.logp, logp[[3, 0]])
+    with pytest.raises(RuntimeError, match="no cache"):
+        cached(windows[:1, :-1] + 1)
+
+
+def old_realtext_loss(model, x, y, top_ids, top_logp, kd_weight):
+    """The loss of research/realtext.py's own loop before it trained through train.py (kept here verbatim)."""
+    logp = F.log_softmax(model(x).float(), -1)  # (B, T, V)
+    ce = F.nll_loss(logp.flatten(0, 1), y.flatten())
+    kl = topk_forward_kl(logp, top_ids, top_logp).mean()
+    return ce if kd_weight == 0 else (1 - kd_weight) * ce + kd_weight * kl
+
+
+@pytest.mark.parametrize("kd_weight", [0.5, 1.0])
+def test_train_loops_top_k_kd_equals_the_old_realtext_loss(tmp_path, kd_weight):
+    """The same student, batch and cached top-k: train.py's training_loss with --teacher-topk gives the old
+    real-text loop's loss and gradient."""
+    windows = torch.randint(1, 40, (4, 33), generator=torch.Generator().manual_seed(1))
+    ids, logp = lt.cached_teacher_topk(tiny_teacher(), windows, 5, str(tmp_path / "c"), "k", "cpu")
+    args = train.resolve(train.build_parser().parse_args(
+        ["--phase", "1", "--data", "x.bin", "--eot-id", "0", "--teacher-topk", "5", "--kd-weight", f"{kd_weight:g}", "--window", "32",
+         "--vocab-size", "40"] + TINY))
+    torch.manual_seed(1)  # not the teacher's init
+    student = GPT(GPTConfig(vocab_size=40, n_layer=1, n_head=2, n_kv_head=2, d_model=16, max_seq_len=32))
+    idx = torch.tensor([2, 0])
+    x, y = windows[idx, :-1], windows[idx, 1:]
+    pos, doc = torch.arange(32).expand(2, 32), torch.zeros(2, 32, dtype=torch.long)
+    batch = (x, y, pos, doc, torch.zeros_like(y, dtype=torch.bool))
+    new = train.training_loss(student, lt.CachedTopK(windows.numpy(), ids, logp), batch, args, nullcontext())[0]
+    new_grad = torch.autograd.grad(new, list(student.parameters()))
+    old = old_realtext_loss(student, x, y, ids[idx], logp[idx], kd_weight)
+    old_grad = torch.autograd.grad(old, list(student.parameters()))
+    assert new.item() == pytest.approx(old.item(), rel=1e-6) and new.item() > 0
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(new_grad, old_grad))
+
+
+def hf_teacher(tmp_path):
+    from formats import hf
+    from test_tokenizer import make
+    tok = make()
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=len(tok), n_layer=1, n_head=2, n_kv_head=2, d_model=16, d_ff=32))
+    folder = str(tmp_path / "hf")
+    hf.save_hf_folder(model, folder, tok.files())
+    return folder
+
+
+def test_teacher_topk_caches_the_teacher_once_per_text(tmp_path, monkeypatch):
+    """train.py --teacher-topk: the cache is written, read by the next run on the same text, and recomputed on
+    edited text; the top-k KL it trains on is logged and >= 0."""
+    folder = hf_teacher(tmp_path)
+    data = tmp_path / "corpus.txt"
+    data.write_text("\n\n".join("the and then " * (i % 5 + 1) for i in range(200)))
+    out = str(tmp_path / "out")
+    argv = ["--phase", "1", "--out-dir", out, "--data", str(data), "--tokenizer", folder, "--teacher", folder,
+            "--teacher-topk", "4", "--steps", "3", "--overwrite"] + TINY
+    calls = []
+    real = lt.teacher_topk
+    monkeypatch.setattr(lt, "teacher_topk", lambda logits, k: calls.append(1) or real(logits, k))
+    train.main(argv)
+    caches = [f for f in os.listdir(out) if f.startswith("teacher-top4-")]
+    assert len(caches) == 1 and calls
+    log = [json.loads(line) for line in open(os.path.join(out, "corpus-hf-phase1-b10000.jsonl"))]
+    assert all(r["kl"] >= 0 for r in log if "kl" in r)
+    calls.clear()
+    train.main(argv)
+    assert not calls  # the same text: read from the cache
+    data.write_text(data.read_text() + "\n\nthe end")
+    train.main(argv)
+    assert calls and len([f for f in os.listdir(out) if f.startswith("teacher-top4-")]) == 2  # edited: again
+
+
+@pytest.mark.parametrize("flags, phrase", [
+    (["--teacher-topk", "-1"], "--teacher-topk must be >= 0"),
+    (["--teacher-topk", "4", "--data", ""], "needs --data"),
+    (["--teacher-topk", "4", "--temperature", "2"], "temperature 1"),
+    (["--teacher-topk", "4", "--kd-loss", "reverse"], "--kd-loss forward"),
+    (["--teacher-topk", "300"], "larger than the vocabulary of 257"),
+])
+def test_bad_teacher_topk_is_one_error_line_and_writes_nothing(tmp_path, capsys, flags, phrase):
+    data = write_corpus(tmp_path / "corpus.txt")
+    argv = ["--phase", "1", "--data", data, "--out-dir", str(tmp_path / "out")] + TINY + flags
+    with pytest.raises(SystemExit) as e:
+        train.main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error:") and phrase in err[0], err
+    assert not (tmp_path / "out").exists()
+
+
+def test_own_text_end_to_end_from_a_fresh_clone(tmp_path, capsys):
+    """python train.py --phase 2 --data corpus.txt: a teacher and a phase-1 student of that text are trained first,
+    named by it (never the shipped ones, whose vocabulary is the synthetic language's), and the run ends with the
+    long-context report of the KD student, its CE twin and the teacher."""
+    data = write_corpus(tmp_path / "corpus.txt")
+    out = tmp_path / "out"
+    t0 = time.time()
+    train.main(["--phase", "2", "--data", data, "--out-dir", str(out)] + TINY)
+    seconds = time.time() - t0
+    assert seconds < 60
+    files = sorted(os.listdir(out))
+    assert {"corpus-teacher.pt", "corpus-phase1-b10000.pt", "corpus-phase2-kd-b10000-b500000.pt",
+            "corpus-phase2-ce-b10000-b500000.pt"} <= set(files)
+    assert not [f for f in files if f.startswith(("teacher", "phase"))]  # nothing that could be taken for shipped
+    printed = capsys.readouterr()
+    assert "[auto] no teacher checkpoint at" in printed.out and "corpus-teacher.pt" in printed.out
+    assert "corpus-teacher main" in printed.err  # its progress bar
+    kd = json.load(open(out / "corpus-phase2-kd-b10000-b500000.json"))["results"]
+    ce = json.load(open(out / "corpus-phase2-ce-b10000-b500000.json"))["results"]
+    rows = {**kd, **ce}
+    assert {"corpus-phase2-kd-b10000-b500000", "corpus-phase2-ce-b10000-b500000", "teacher"} <= set(rows)
+    for name, r in rows.items():
+        assert list(r["buckets"]) == ["0-7", "8-15", "16-31", "32-63"] and all(v > 0 for v in r["buckets"].values())
+        assert r["passkey"] and all(v is None or 0 <= v <= 1 for v in r["passkey"].values()), name
+    assert "Loss by distance" in printed.out and "| CE student |" in printed.out and "Passkey" in printed.out
+
+
+def test_own_text_never_finds_the_shipped_checkpoints(tmp_path, capsys):
+    """The default preset finds the shipped teacher and phase-1 student for the synthetic language; with --data it
+    looks for that text's own (out/corpus-teacher.pt), so a run on text no longer stops on the shipped teacher's
+    vocabulary of 193 against the text's 257."""
+    import runs
+    data = write_corpus(tmp_path / "corpus.txt")
+    out = str(tmp_path / "out")
+    synthetic = train.resolve(train.build_parser().parse_args(["--phase", "2", "--out-dir", out]))
+    assert runs.teacher_path(synthetic) == os.path.join(runs.SHIPPED, "teacher.pt")
+    text = train.resolve(train.build_parser().parse_args(["--phase", "2", "--out-dir", out, "--data", data]))
+    assert runs.teacher_path(text) is None and runs.phase1_path(text) is None
+    with pytest.raises(SystemExit) as e:
+        train.main(["--phase", "2", "--out-dir", out, "--data", data, "--no-auto", "--threads", "1"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and err.startswith("error: no teacher checkpoint at") and "corpus-teacher.pt" in err
+
+
+def test_the_report_says_why_a_passkey_is_missing():
+    rows = {"m": {"buckets": {"0-7": 1.0}, "passkey": {}}}
+    assert lr.format_long_context(rows, 2, 32).endswith("a window of 32 tokens cannot hold the passkey's words)")
+    rows["m"]["passkey"] = None
+    assert lr.format_long_context(rows, 2, 32).endswith("(no passkey test: a token file has no text to state a key in)")
+    rows["m"]["passkey"] = {"8": 0.5, "20": None}
+    assert lr.format_long_context(rows, 2, 32).splitlines()[-1] == "| m | 0.50 | - |"
+
+
+def test_a_retrained_checkpoint_teacher_gets_another_cache_key(tmp_path):
+    """A .pt teacher (not a folder) is known by its file's size and time too: retrained in place, a new key."""
+    path = tmp_path / "corpus-teacher.pt"
+    path.write_bytes(b"x" * 10)
+    teacher, w = tiny_teacher(), torch.arange(34).reshape(2, 17)
+    key = lt.cache_key(str(path), teacher, "cpu", 4, w)
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
+    assert lt.cache_key(str(path), teacher, "cpu", 4, w) != key
