@@ -12,7 +12,7 @@ LAYERS = [
     {"model"},  # the GPT and its checkpoints
     {"formats.hf", "config", "viz.plots"},  # real-model files into the model; flags and presets; figures
     {"distill", "scale.dist"},  # the loss and the teacher; data parallelism
-    {"evaluate"},  # probes, tables, what a run prints
+    {"evaluate", "interp.perturb", "interp.qupdate"},  # probes, tables, what a run prints; inside the model
     {"runs"},  # inputs, prerequisites, checkpoints around the loop
     {"train", "analyze"},  # the entry points of the core
     {"scale.bench", "research.experiment", "research.finding1", "research.finding3", "research.realtext",
