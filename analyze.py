@@ -19,7 +19,10 @@ Each subcommand shows one part of that on this project's own checkpoints:
 - all        every analysis that the checkpoints in a training folder allow.
 
 Only the model's `Inspect` hooks and data.py's probes are used, never a copy of the forward
-pass. Each subcommand writes PNGs and a JSON of its numbers into --out (default figures/).
+pass. Each subcommand writes PNGs and a JSON of its numbers into --out (default figures/). This file
+is the command line: loading, flags, printing and writing; the measurements of findings 2 and 3
+(what a position perturbation does inside the model, what phase 2 changed per RoPE pair) live in
+interp/perturb.py and interp/qupdate.py, the figures in viz/plots.py.
 
   python analyze.py all --dir out
   python analyze.py retrieval --ckpt out/teacher.pt out/phase2-kd-b10000-b500000.pt
@@ -39,16 +42,15 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from data import TaskSpec, kv_probe, packed_probe, repeated_tokens_window, to_device
-from distill import forward_kl
+from data import TaskSpec, kv_probe, packed_probe, repeated_tokens_window
 from evaluate import HELDOUT_SEEDS, depth_sweep, evaluate, format_table, heuristic_floors, position_sweep
 from formats.hf import load_pretrained
-from model import CheckpointError, Inspect, atomic_write, switch_rope
+from interp.perturb import REACHES_LOGITS_KL, perturbation_propagation
+from interp.qupdate import qupdate_results
+from model import CheckpointError, atomic_write, switch_rope
 from config import check_out_dir, fail
 from viz.plots import plot_alias, plot_perturb, plot_qupdate, plot_retrieval, plot_spectrum
 from rope import critical_pair, default_inv_freq, men_lower_bound, rotations, spectrum_summary
-
-REACHES_LOGITS_KL = 1e-6  # nats; our choice: a mean KL above this is a real change, not float rounding
 
 # ----------------------------------------------------------------------------- shared helpers
 
@@ -157,48 +159,7 @@ def run_spectrum(args):
     return paths
 
 
-# ----------------------------------------------------------------------------- perturbation (finding 2)
-
-
-def perturbed_positions(pos, kind, size, seed=0):
-    """Position ids + a constant shift, or + Gaussian noise of std `size` (same draw for every layer)."""
-    if kind == "shift":
-        return pos.float() + size
-    noise = torch.randn(pos.shape, generator=torch.Generator().manual_seed(seed))
-    return pos.float() + size * noise.to(pos.device)
-
-
-def relative_change(h_pert, h_clean):
-    """||h_pert - h_clean|| / ||h_clean|| over the model dimension: (B, T)."""
-    return (h_pert - h_clean).float().norm(dim=-1) / h_clean.float().norm(dim=-1).clamp_min(1e-12)
-
-
-@torch.no_grad()
-def perturbation_propagation(model, batch, layers, perturbations, target="q", device="cpu", seed=0):
-    """For each layer l and (kind, size): relative change of residual streams 0..n_layer and KL at the logits.
-
-    residuals[0] is the embedding, residuals[j] the stream after block j-1, so moving block l's
-    RoPE positions leaves residuals[0..l] unchanged. Shifting q and k by the same constant is a
-    no-op up to rounding (RoPE depends only on relative positions); noise is not.
-    """
-    x, _, pos, _, _ = to_device(batch, torch.device(device))
-    clean = Inspect()
-    logits = model(x, pos, inspect=clean)
-    runs = []
-    for layer in layers:
-        for kind, size in perturbations:
-            new = perturbed_positions(pos, kind, size, seed)
-            probe = Inspect(q_positions={layer: new} if "q" in target else {},
-                            k_positions={layer: new} if "k" in target else {})
-            pert = model(x, pos, inspect=probe)
-            change = torch.stack([relative_change(p, c).mean(0) for p, c in zip(probe.residuals, clean.residuals)])
-            kl = forward_kl(pert.float(), logits.float()).clamp_min(0).mean(0)  # KL(clean || perturbed), (T,)
-            runs.append({"layer": layer, "kind": kind, "size": size, "rel_change": change.mean(1).tolist(),
-                         "rel_change_per_position": change.tolist(), "kl_mean": kl.mean().item(),
-                         "kl_per_position": kl.tolist(), "reaches_logits": kl.mean().item() > REACHES_LOGITS_KL})
-    return runs
-
-
+# ----------------------------------------------------------------------------- perturbation (finding 2: interp/perturb.py)
 def run_perturb(args):
     models = load_all(args.ckpt, args.labels, args.device)
     window = args.window or max(m.config.max_seq_len for m in models.values())
@@ -230,66 +191,7 @@ def run_perturb(args):
         "seed": args.seed, "reaches_logits_kl": REACHES_LOGITS_KL, "models": res})]
 
 
-# ----------------------------------------------------------------------------- query updates (finding 3)
-
-
-def pair_norm(w, n_heads):
-    """Frobenius norm of each head's RoPE pair of a q or k projection: (H, hd/2).
-
-    W is (n_heads * hd, d_model); pair i of a head is its rows i and i + hd/2 (rotate-half
-    layout), so (H, 2, hd/2, d_model) groups them.
-    """
-    return w.detach().float().reshape(n_heads, 2, -1, w.shape[1]).norm(dim=(1, 3))
-
-
-def pair_update(w_before, w_after, n_heads):
-    """Relative update ||W_after - W_before|| / ||W_before|| per head and RoPE pair: (H, hd/2)."""
-    return pair_norm(w_after.float() - w_before.float(), n_heads) / pair_norm(w_before, n_heads).clamp_min(1e-12)
-
-
-@torch.no_grad()
-def query_pair_norms(model, batch, device):
-    """Mean over windows and positions of ||q_pair|| (pre-RoPE), per layer, head and pair: (L, H, hd/2)."""
-    x, _, pos, _, _ = to_device(batch, torch.device(device))
-    probe = Inspect()
-    model(x, pos, inspect=probe)
-    return torch.stack([q.float().unflatten(-1, (2, -1)).norm(dim=-2).mean(dim=(0, 2)) for q in probe.q_pre])
-
-
-def above_percentile_spans(values, q=75):
-    """Contiguous index ranges where `values` exceeds its q-th percentile, largest mean first."""
-    values = np.asarray(values, dtype=float)
-    hot = np.concatenate([values > np.percentile(values, q), [False]])
-    spans, start = [], None
-    for i, h in enumerate(hot):
-        if h and start is None:
-            start = i
-        elif not h and start is not None:
-            spans.append({"pairs": [start, i - 1], "mean": float(values[start:i].mean())})
-            start = None
-    return sorted(spans, key=lambda s: -s["mean"])
-
-
-def qupdate_results(before, after, batch, device):
-    """Per (layer, head, pair): W_q / W_k relative updates and the relative change of query norms."""
-    cfg = before.config
-    wq = torch.stack([pair_update(b.attn.wq.weight, a.attn.wq.weight, cfg.n_head)
-                      for b, a in zip(before.blocks, after.blocks)])  # (L, H, hd/2)
-    wk = torch.stack([pair_update(b.attn.wk.weight, a.attn.wk.weight, cfg.n_kv_head)
-                      for b, a in zip(before.blocks, after.blocks)])  # (L, Hkv, hd/2)
-    nb, na = query_pair_norms(before, batch, device), query_pair_norms(after, batch, device)
-    qn = (na - nb) / nb.clamp_min(1e-12)  # signed relative change of the mean per-pair query norm
-    layer, head, pair = (int(i) for i in np.unravel_index(int(wq.argmax()), wq.shape))
-    critical = {f"{k} (base {m.config.rope_base:g}, L={m.config.max_seq_len})":
-                critical_pair(cfg.head_dim, m.config.rope_base, m.config.max_seq_len)
-                for k, m in (("before", before), ("after", after))}
-    spans = {key: {str(l): above_percentile_spans(v[l].abs().mean(0).cpu().numpy()) for l in range(cfg.n_layer)}
-             for key, v in (("wq", wq), ("wk", wk), ("q_norm_change", qn))}
-    return {"wq": wq.tolist(), "wk": wk.tolist(), "q_norm_change": qn.tolist(), "q_norm_before": nb.tolist(),
-            "q_norm_after": na.tolist(), "critical_pairs": critical, "spans_above_p75": spans,
-            "wq_max": {"layer": layer, "head": head, "pair": pair, "value": wq[layer, head, pair].item()}}
-
-
+# ----------------------------------------------------------------------------- query updates (finding 3: interp/qupdate.py)
 def run_qupdate(args):
     before, _ = load(args.before, args.device)
     after, _ = load(args.after, args.device)

@@ -200,7 +200,7 @@ def qupdate_seeds(args):
     """Finding 3 over seeds: per layer and RoPE pair, the W_q / W_k relative update (mean over heads) of the
     phase-wise KD and CE students from their shared phase-1 checkpoint; markdown, and args.qupdate for JSON."""
     import torch  # the analysis needs the checkpoints themselves
-    from analyze import pair_update
+    from interp.qupdate import pair_update
     from model import load_model
     from viz.plots import plot_qupdate_seeds
     _, b1, b2 = schedules(args.preset)[0]

@@ -51,7 +51,7 @@ def checkpoint(out_dir, name):
 def update_profiles(before, after):
     """{"wq", "wk"}: (L, hd/2) absolute update ||W_after - W_before|| per layer and pair, mean over heads."""
     import torch
-    from analyze import pair_norm
+    from interp.qupdate import pair_norm
     cfg = before.config
     return {w: torch.stack([pair_norm(getattr(a.attn, w).weight.float() - getattr(b.attn, w).weight.float(),
                                       cfg.n_head if w == "wq" else cfg.n_kv_head).mean(0)

@@ -15,6 +15,7 @@ import torch
 
 import analyze
 import evaluate
+from interp import perturb as interp_perturb, qupdate as interp_qupdate
 from data import TaskSpec, kv_probe
 from evaluate import heuristic_floors
 from model import GPT, GPTConfig, save_checkpoint
@@ -136,7 +137,7 @@ def test_perturbation_at_layer_l_leaves_residuals_up_to_l_alone(run_dir, tmp_pat
     assert np.all(change[: layer + 1] == 0)  # residuals[0..l]: embedding and blocks before l
     assert np.all(change[layer + 1:] > 1e-4)
     assert np.all(np.array(run["rel_change_per_position"])[: layer + 1] == 0)
-    assert run["kl_mean"] > analyze.REACHES_LOGITS_KL and run["reaches_logits"]
+    assert run["kl_mean"] > interp_perturb.REACHES_LOGITS_KL and run["reaches_logits"]
 
 
 def test_shifting_queries_and_keys_together_is_invisible(run_dir, tmp_path):
@@ -243,14 +244,14 @@ class CudaLike(torch.Tensor):
 
 def test_qupdate_numbers_leave_the_device_before_numpy(run_dir, monkeypatch):
     """--device cuda: the updates and query norms live on the GPU; every numpy conversion must go through .cpu()."""
-    norms, update = analyze.query_pair_norms, analyze.pair_update
-    monkeypatch.setattr(analyze, "query_pair_norms", lambda *a: norms(*a).as_subclass(CudaLike))
-    monkeypatch.setattr(analyze, "pair_update", lambda *a: update(*a).as_subclass(CudaLike))
+    norms, update = interp_qupdate.query_pair_norms, interp_qupdate.pair_update
+    monkeypatch.setattr(interp_qupdate, "query_pair_norms", lambda *a: norms(*a).as_subclass(CudaLike))
+    monkeypatch.setattr(interp_qupdate, "pair_update", lambda *a: update(*a).as_subclass(CudaLike))
     with pytest.raises(TypeError, match="cuda"):
-        analyze.pair_update(torch.ones(4, 2), torch.ones(4, 2), 1).numpy()  # the stand-in does refuse
+        interp_qupdate.pair_update(torch.ones(4, 2), torch.ones(4, 2), 1).numpy()  # the stand-in does refuse
     before, _ = analyze.load(str(run_dir / "phase1-b10000.pt"), "cpu")
     after, _ = analyze.load(str(run_dir / "phase2-kd-b10000-b500000.pt"), "cpu")
-    res = analyze.qupdate_results(before, after, kv_probe(TaskSpec(), 32, 16, n_windows=1), "cpu")
+    res = interp_qupdate.qupdate_results(before, after, kv_probe(TaskSpec(), 32, 16, n_windows=1), "cpu")
     assert len(res["wq"]) == N_LAYER and set(res["spans_above_p75"]["wq"]) == {"0", "1", "2"}
     json.dumps(res)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from research import finding3
-from analyze import pair_norm, pair_update
+from interp.qupdate import pair_norm, pair_update
 from model import GPT, GPTConfig, save_checkpoint
 
 

@@ -13,7 +13,8 @@ LAYERS = [
     {"formats.hf", "config", "viz.plots"},  # real-model files into the model; flags and presets; figures
     {"distill", "scale.dist", "longctx.report"},  # the loss and the teacher; data parallelism; loss by distance
     # and the passkey on real text
-    {"evaluate", "longctx.topk"},  # probes, tables, what a run prints; a real teacher cached as its top-k
+    {"evaluate", "longctx.topk", "interp.perturb", "interp.qupdate"},  # probes, tables, what a run prints; a real
+    # teacher cached as its top-k; inside the model (findings 2 and 3)
     {"runs"},  # inputs, prerequisites, checkpoints around the loop
     {"train", "analyze"},  # the entry points of the core
     {"scale.bench", "research.experiment", "research.finding1", "research.finding3", "research.realtext",
