@@ -124,7 +124,8 @@ def train(args, inputs):
                         log.flush()
                         runs.save_run(model, opt, args, state, done=False)
                     t0 = time.perf_counter()
-                if ctrl_c.requested():
+                state.update(stage=state["stage"] + 1, stage_start=state["step"], acc_ema=0.0)  # the stage is over
+                if ctrl_c.requested():  # (early or not): the checkpoint resumes at the next stage's first step
                     stop_after_ctrl_c(model, opt, args, state)
             except KeyboardInterrupt:  # a second Ctrl-C: stop now; the weights may be mid-step, so save nothing
                 print(f"\ninterrupted twice: stopped at once; the last saved checkpoint of {args.run_name} is kept "
@@ -132,7 +133,6 @@ def train(args, inputs):
                 raise SystemExit(130)
             finally:  # also on Ctrl-C / NaN exits: no stray progress bar
                 bar.close()
-            state.update(stage=state["stage"] + 1, stage_start=state["step"], acc_ema=0.0)
     spread = dist.weight_spread(model)  # DDP keeps the ranks' weights equal: 0.0
     runs.save_run(model, opt, args, state, done=True)
     speed = (report_speed(model, args, device, clock["tokens"], clock["seconds"], spread, clock["flops"])
