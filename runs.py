@@ -214,10 +214,11 @@ def ensure(args, what, path, shipped_name, phase_argv, train):
     print(f"[auto] no {what} checkpoint at {own}: training it first "
           f"(python train.py {' '.join(phase_argv)}); --no-auto stops instead", flush=True)
     sub = resolve(build_parser().parse_args(phase_argv))
-    inputs = check_inputs(sub)
-    train_prerequisites(sub, train)
-    with RunLock(sub), one_line_errors(sub):
-        train(sub, inputs)
+    with RunLock(sub):  # before its inputs are read: a process that finishes it meanwhile is not trained over
+        inputs = check_inputs(sub)
+        train_prerequisites(sub, train)
+        with one_line_errors(sub):
+            train(sub, inputs)
     return own
 
 
@@ -225,27 +226,37 @@ def ensure(args, what, path, shipped_name, phase_argv, train):
 
 
 class RunLock:
-    """An exclusive lock on OUT/.<run>.lock while a run trains: a second process asked to train the same run
-    into the same folder refuses in one line instead of overwriting the first one's checkpoint and log. The
-    kernel drops the lock when the process ends, however it ends, so a killed run never leaves it stale."""
+    """An exclusive lock on OUT/.<run>.lock from before the run's inputs are read until it ends: a second process
+    asked to train the same run into the same folder refuses in one line instead of checking, then overwriting,
+    the first one's checkpoint and log. The kernel drops the lock when the process ends, however it ends, so a
+    killed run never leaves it stale. The lock file goes when the run ends, and the folder too if the lock made
+    it and nothing else was written there (bad input writes nothing)."""
 
     def __init__(self, args):
+        self.folder = args.out_dir
         self.path = os.path.join(args.out_dir, f".{args.run_name}.lock")
-        self.run, self.file = args.run_name, None
+        self.run, self.file, self.made_folder = args.run_name, None, False
 
     def __enter__(self):
         if not dist.is_main():
             return self
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        self.file = open(self.path, "a+")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "another process"
-            self.file.close()
-            fail(f"{self.run} is being trained in {os.path.dirname(self.path)} by {holder}: wait for it, or choose "
-                 f"another --out-dir or --run-name")
+        check_out_dir(self.folder, "--out-dir")
+        self.made_folder = not os.path.isdir(self.folder)
+        os.makedirs(self.folder, exist_ok=True)
+        while self.file is None:
+            f = open(self.path, "a+")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                f.close()
+                fail(f"{self.run} is being trained in {self.folder} by {holder}: wait for it, or choose "
+                     f"another --out-dir or --run-name")
+            if same_file(f, self.path):  # not a file its last holder removed while this one opened it
+                self.file = f
+            else:
+                f.close()
         self.file.seek(0)
         self.file.truncate()
         self.file.write(f"pid {os.getpid()}\n")
@@ -253,8 +264,23 @@ class RunLock:
         return self
 
     def __exit__(self, *exc):
-        if self.file is not None:
-            self.file.close()  # closing releases the lock
+        if self.file is None:
+            return
+        try:
+            os.remove(self.path)  # removed while still held: a process that opened it meanwhile opens it again
+        except FileNotFoundError:
+            pass
+        self.file.close()  # closing releases the lock
+        if self.made_folder and not os.listdir(self.folder):
+            os.rmdir(self.folder)
+
+
+def same_file(f, path) -> bool:
+    """Whether the open file f is the file at `path` now (same inode)."""
+    try:
+        return os.fstat(f.fileno()).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
 
 # ----------------------------------------------------------------------------- checkpoints and the step log

@@ -53,11 +53,11 @@ def main(argv=None):
     t0 = time.time()
     with dist.process_group(args):  # under torchrun: this rank's process group; nothing in a single process
         twin = runs.plan_twin(args, argv) if runs.wants_twin(args) else None  # phase 2: the CE-only twin
-        inputs = runs.check_inputs(args)  # bad input ends here in one line, before anything is written
-        if twin is not None and twin[2] is not None and dist.world_size() == 1:
-            runs.check_inputs(twin[2])  # the twin's inputs too, before it is launched
-        runs.train_prerequisites(args, train)  # the teacher / phase-1 checkpoints, trained first if missing
-        with runs.RunLock(args):  # one process per run and output folder
+        with runs.RunLock(args):  # one process per run and output folder, before anything is read or trained
+            inputs = runs.check_inputs(args)  # bad input ends here in one line, before anything is written
+            if twin is not None and twin[2] is not None and dist.world_size() == 1:
+                runs.check_inputs(twin[2])  # the twin's inputs too, before it is launched
+            runs.train_prerequisites(args, train)  # the teacher / phase-1 checkpoints, trained first if missing
             proc = runs.start_twin(args, twin)  # side by side, in another process
             with runs.one_line_errors(args, proc):
                 results = train(args, inputs)

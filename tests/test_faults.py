@@ -61,3 +61,24 @@ def test_ctrl_c_in_the_step_where_a_stage_stops_early_resumes_exactly(tmp_path, 
     assert a == b and len(b) == EARLY + 10 + 4  # 50 early-stopped + 60 / 6 + the main stage's 4
     wa, wb = load_checkpoint(os.path.join(cut, "teacher.pt")), load_checkpoint(os.path.join(full, "teacher.pt"))
     assert wa["done"] and all(torch.equal(wa["model"][k], wb["model"][k]) for k in wb["model"])
+
+
+def test_the_run_lock_comes_before_any_input_is_read_or_any_prerequisite_trained(tmp_path, monkeypatch, capsys):
+    """A second process refuses at the lock: it reads no checkpoint and trains nothing, so a first process that
+    finishes the run meanwhile is never trained over."""
+    import fcntl
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = open(out / ".teacher.lock", "a+")  # what a running first process holds
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    holder.write("pid 4242\n")
+    holder.flush()
+    called = []
+    monkeypatch.setattr(runs, "check_inputs", lambda *a: called.append("check_inputs"))
+    monkeypatch.setattr(runs, "train_prerequisites", lambda *a: called.append("train_prerequisites"))
+    with pytest.raises(SystemExit) as e:
+        train.main(["--phase", "teacher", "--out-dir", str(out), "--steps", "4"] + TINY)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and "pid 4242" in err[0] and called == []
+    holder.close()
+
