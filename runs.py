@@ -296,16 +296,20 @@ def checkpoint_dict(model, opt, args, state, done):
 
 def save_run(model, opt, args, state, done):
     """Save the run's checkpoint (rank 0 alone under torchrun); a full disk or unwritable folder keeps the
-    previous file and ends in one line."""
-    if not dist.is_main():
-        return
-    ckpt_path = run_path(args, ".pt")
-    try:
-        save_checkpoint(checkpoint_dict(model, opt, args, state, done), ckpt_path)
-    except OSError as e:
-        kept = f"the previous {ckpt_path} is kept" if os.path.exists(ckpt_path) else "no checkpoint was written"
-        raise RunError(f"cannot save the checkpoint at step {state['step']}: {e.strerror or e} "
-                       f"({e.filename or ckpt_path}); {kept}") from None
+    previous file and ends in one line. Under torchrun every rank learns whether rank 0's save worked and stops
+    with it: a rank left training would wait forever in a collective that rank 0 never joins."""
+    problem = None
+    if dist.is_main():
+        ckpt_path = run_path(args, ".pt")
+        try:
+            save_checkpoint(checkpoint_dict(model, opt, args, state, done), ckpt_path)
+        except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+            kept = f"the previous {ckpt_path} is kept" if os.path.exists(ckpt_path) else "no checkpoint was written"
+            why = f"{e.strerror or e} ({e.filename or ckpt_path})" if isinstance(e, OSError) else \
+                str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            problem = f"cannot save the checkpoint at step {state['step']}: {why}; {kept}"
+    if dist.any_rank(problem is not None):
+        raise RunError(problem or f"rank 0 could not save the checkpoint at step {state['step']}")
 
 
 def resume_state(args, previous, model, opt):

@@ -1,11 +1,13 @@
 """scale/dist.py and train.py under torchrun (DDP, gloo on CPU, one thread per rank).
 
 2 ranks x b windows train like 1 process x 2b and like 1 process with --grad-accum 2; the ranks
-end with the same weights; a 2-rank run killed with SIGKILL resumes to the same losses; the batch
+end with the same weights; a 2-rank run killed with SIGKILL resumes to the same losses; a failed save on rank 0
+stops both ranks at once, the last checkpoint kept; the batch
 split, the metric reduction and the weight check each on their own; bad shapes fail in one line.
 """
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -213,3 +215,45 @@ def test_every_rank_leaves_the_process_group_and_exits_0(tmp_path, attempt):
     finish(proc, str(out))
     log = open(os.path.join(out, "out.log")).read()
     assert "terminate called" not in log and "exitcode" not in log
+
+
+FULL_DISK = '''
+import errno, sys
+sys.path.insert(0, {root!r})
+import runs, train
+real, saves = runs.save_checkpoint, []
+
+def save_until_the_disk_is_full(obj, path):  # rank 0 alone saves: its first save works, the next finds the disk full
+    saves.append(path)
+    if len(saves) > 1:
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+    real(obj, path)
+
+runs.save_checkpoint = save_until_the_disk_is_full
+train.main(sys.argv[1:])
+'''
+
+
+def test_a_failed_save_under_torchrun_stops_every_rank_and_keeps_the_last_checkpoint(tmp_path):
+    """Rank 0's save fails at step 4 (disk full): both ranks stop with exit 2 within seconds, not at the
+    collective timeout, and the checkpoint of step 2 is intact."""
+    script = tmp_path / "full_disk.py"
+    script.write_text(FULL_DISK.format(root=ROOT))
+    out = tmp_path / "out"
+    os.makedirs(out)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), str(script), "--out-dir", str(out), "--phase", "teacher",
+           "--curriculum-steps", "0", "--steps", "40", "--batch-size", "4", "--save-interval", "2",
+           "--eval-interval", "0", *TINY]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        log = proc.communicate(timeout=120)[0]
+    except subprocess.TimeoutExpired:  # hung: the ranks (each in a session of its own) go first, then torchrun
+        for pid in children(proc.pid) + [proc.pid]:
+            os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"still running after 120 s: {proc.communicate()[0][-3000:]}")
+    assert proc.returncode != 0, log[-3000:]
+    assert re.findall(r"rank +: (\d).*\n +exitcode +: (-?\d+)", log) == [("1", "2"), ("0", "2")], log[-3000:]
+    assert "error: cannot save the checkpoint at step 4: No space left on device" in log, log[-3000:]
+    kept = load_checkpoint(str(out / "teacher.pt"))
+    assert kept["step"] == 2 and not kept["done"]
