@@ -248,7 +248,7 @@ def test_a_failed_save_under_torchrun_stops_every_rank_and_keeps_the_last_checkp
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         log = proc.communicate(timeout=120)[0]
-    except subprocess.TimeoutExpired:  # hung: the ranks (each in a session of its own) go first, then torchrun
+    except subprocess.TimeoutExpired:  # hung: the ranks (torchrun detaches each) go first, then torchrun
         for pid in children(proc.pid) + [proc.pid]:
             os.kill(pid, signal.SIGKILL)
         pytest.fail(f"still running after 120 s: {proc.communicate()[0][-3000:]}")
