@@ -32,7 +32,7 @@ from config import (SHIPPED, build_parser, check_out_dir, fail, phase1_name, res
 from data import DataError, file_windows, hold_out, read_bin_documents, read_text_documents
 from distill import load_teacher
 from formats.hf import load_pretrained
-from model import CheckpointError, load_checkpoint, save_checkpoint
+from model import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from formats.tokenizer import Tokenizer
 
 TRAIN_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
@@ -358,8 +358,7 @@ def truncate_log(log_path, step):
         with open(log_path) as f:
             keep = [line for line in f if line.endswith("\n") and json.loads(line)["step"] <= step]  # a kill may
             # cut the last line short: it lies past the checkpoint (flushed before each save), so it goes too
-        with open(log_path, "w") as f:
-            f.writelines(keep)
+        atomic_write(log_path, lambda f: f.writelines(keep), mode="w")  # a kill leaves the old log or the new
 
 
 # ----------------------------------------------------------------------------- phase 2's CE-only twin

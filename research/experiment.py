@@ -189,10 +189,9 @@ def summarize(args):
            f"(the same for every phase-2 seed); students saw only documents of <= "
            f"{PRESETS[args.preset]['max_doc_len']} tokens.")
     md += "\n\n" + qupdate_seeds(args)
-    with open(os.path.join(args.out_dir, "paper_results.md"), "w") as f:
-        f.write(md + "\n")
-    with open(os.path.join(args.out_dir, "paper_results.json"), "w") as f:
-        json.dump({"teacher": teacher, "schedules": table, "qupdate": args.qupdate}, f, indent=1)
+    atomic_write(os.path.join(args.out_dir, "paper_results.md"), lambda f: f.write(md + "\n"), mode="w")
+    atomic_write(os.path.join(args.out_dir, "paper_results.json"), lambda f: json.dump(
+        {"teacher": teacher, "schedules": table, "qupdate": args.qupdate}, f, indent=1), mode="w")
     return md
 
 
@@ -473,8 +472,8 @@ def run_probes(args, grid, done_names):
             if field not in entry:
                 entry[field] = measure(model)
         os.makedirs(args.docs_dir, exist_ok=True)
-        with open(path, "w") as f:  # after every model: a killed run keeps what it measured
-            json.dump(res, f, indent=1)
+        # after every model: a killed run keeps what it measured (a kill mid-write: the file as it was before)
+        atomic_write(path, lambda f: json.dump(res, f, indent=1), mode="w")
     return res
 
 
@@ -506,8 +505,7 @@ def plot_probes(probes, path):
                ylabel="record position (tokens from the window start)")
     fig.colorbar(im, ax=axes, shrink=0.6, label="retrieval accuracy (held-out probe seeds)")
     fig.suptitle("Where retrieval fails: 16 records at a given position, queried D tokens later (blank: no room)")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=100, format="png"))
     plt.close(fig)
 
 

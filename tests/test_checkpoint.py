@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from model import GPT, GPTConfig, atomic_write, gpt_shapes
+from model import GPT, GPTConfig, gpt_shapes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(vocab_size=50, n_layer=1, n_head=2, n_kv_head=2, d_model=32)
@@ -77,3 +77,67 @@ def test_hostile_checkpoint_configs_are_one_error_line_each_in_bounded_memory(tm
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and not out, (path, code, err)
         assert os.path.basename(path) in lines[0]
     assert sorted(os.listdir(tmp_path)) == before
+
+
+# ----------------------------------------------------------------------------- files written whole or not at all
+
+
+def with_a_full_disk(write, room=16):
+    """write() in a forked child whose files may not grow past `room` bytes (RLIMIT_FSIZE: a write beyond it fails
+    with EFBIG, as on a full disk). Returns the child's exit code: 1 when the write failed as it should."""
+    import resource
+    import signal
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of killing the process
+            resource.setrlimit(resource.RLIMIT_FSIZE, (room, room))
+            write()
+        except BaseException:
+            code = 1
+        os._exit(code)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
+def test_results_json_and_log_rewrites_survive_a_full_disk_mid_write(tmp_path):
+    """hf.write_json (realtext's results.json, exported config.json) and runs.truncate_log (--resume's step log):
+    a write that fails midway leaves the old file whole and no temp file beside it."""
+    from formats import hf
+    import runs
+    results, log = tmp_path / "results.json", tmp_path / "run.jsonl"
+    results.write_text(json.dumps({"old": list(range(50))}))
+    log.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 30)))
+    before = {p: p.read_bytes() for p in (results, log)}
+    assert with_a_full_disk(lambda: hf.write_json(str(results), {"new": list(range(100))})) == 1
+    assert with_a_full_disk(lambda: runs.truncate_log(str(log), 20)) == 1
+    assert {p: p.read_bytes() for p in (results, log)} == before
+    assert sorted(os.listdir(tmp_path)) == ["results.json", "run.jsonl"]
+    runs.truncate_log(str(log), 20)  # with room on the disk: the records past step 20 go
+    assert [json.loads(line)["step"] for line in open(log)] == list(range(1, 21))
+
+
+WRITERS_OF_STREAMS = {  # open(..., "w" / "a") that is not a results file, a table or a log rewrite
+    ("research/experiment.py", 1): "a launched run's stdout",
+    ("runs.py", 2): "the CE twin's stdout; the run lock's file (a pid, read only by a refused second process)",
+    ("scale/bench.py", 1): "/proc/self/clear_refs",
+    ("scale/dist.py", 1): "/dev/null for the other ranks' stdout",
+    ("train.py", 1): "the step log, appended to line by line (truncate_log rewrites it atomically)",
+    ("formats/tokenizer.py", 2): "tokenizer files inside the temp folder that hf.write_folder renames into place",
+}
+
+
+def test_every_results_file_is_written_through_atomic_write():
+    """No project file opens a file for writing except the streams listed above: results, tables and log
+    rewrites go through atomic_write (a kill leaves the old file or the new, never half of one)."""
+    import ast
+    files = subprocess.run(["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    found = {}
+    for f in (f for f in files if not f.startswith("tests/")):
+        for node in ast.walk(ast.parse(open(os.path.join(ROOT, f), encoding="utf-8").read())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "open":
+                modes = [a.value for a in node.args[1:2] + [k.value for k in node.keywords if k.arg == "mode"]
+                         if isinstance(a, ast.Constant)]
+                if any(set(m) & set("wax") for m in modes):
+                    found[f] = found.get(f, 0) + 1
+    assert set(found.items()) == set(WRITERS_OF_STREAMS), found
