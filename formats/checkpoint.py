@@ -14,6 +14,7 @@ import math
 import os
 import pickle
 import re
+import shutil
 import tempfile
 import warnings
 import zipfile
@@ -23,6 +24,11 @@ import torch
 
 class CheckpointError(ValueError):
     """A checkpoint file that is missing, truncated, hostile or of the wrong kind."""
+
+
+class FormatError(CheckpointError):
+    """A model file or folder this project cannot read (or a model it cannot write) exactly (formats/hf.py,
+    formats/gguf.py)."""
 
 
 CHECKPOINT_KEYS = ("model", "config", "step")
@@ -49,6 +55,28 @@ def atomic_write(path: str, write, mode: str = "wb"):
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
+        raise
+
+
+def atomic_folder(out_dir: str, files: dict):
+    """Write {name: callable(path)} into a temp folder beside out_dir, then rename it into place (replacing what
+    was there): a failure or a kill leaves no half-written folder."""
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-hf-")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
+    try:
+        for name, write in files.items():
+            write(os.path.join(tmp, name))
+        if os.path.isdir(out_dir):
+            shutil.rmtree(out_dir)
+        elif os.path.exists(out_dir):
+            os.remove(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

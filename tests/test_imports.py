@@ -9,7 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Lowest first. A module may import modules of its own layer or a lower one, never of a higher one.
 LAYERS = [
     {"rope", "data", "formats.tokenizer", "formats.checkpoint"},  # positions, the task, text into ids, files written whole
-    {"model"},  # the GPT and its checkpoints
+    {"model", "formats.gguf"},  # the GPT and its checkpoints; llama.cpp files read as HF Llama
     {"formats.hf", "config", "viz.plots"},  # real-model files into the model; flags and presets; figures
     {"distill", "scale.dist"},  # the loss and the teacher; data parallelism
     {"evaluate"},  # probes, tables, what a run prints
