@@ -9,7 +9,6 @@ phases is a flag here; a preset (tiny / cpu / gpu) fills in whatever is not give
 Used by train.py (`python train.py --help` lists every flag).
 """
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -20,7 +19,7 @@ from contextlib import nullcontext
 import torch
 
 from data import TaskSpec
-from model import GPTConfig
+from model import CPU_BF16_PHASES, autocast_dtype, cpu_has_native_bf16, student_config  # noqa: F401 (config's too)
 from rope import rope_frequencies, scaling_type
 
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints")
@@ -53,7 +52,7 @@ PRESETS = {
 PHASE_LR = {"teacher": 1.0, "1": 1.0, "2": 0.5}  # phase 2 fine-tunes: half the preset's lr
 # Phase 2 leans on the teacher: with 0.5 the CE half (which rewards looking only inside the current short document)
 # pulled a window-32 student's long-range retrieval back down after step ~750 (0.74-0.87 at D >= 512 after 1,500 steps);
-# with 0.9 it reached 0.98-1.00 by step 750 (README, "How the setting was found"). Our choice: the paper gives no weight.
+# with 0.9 it reached 0.98-1.00 by step 750 (docs/results.md, "How the setting was found"). The paper gives no weight.
 PHASE_KD = {"teacher": 0.0, "1": 0.5, "2": 0.9}
 # Each phase draws its own init and data streams from --seed, so that the student is not a twin of the
 # teacher (same init, same curriculum batches) when both use seed 0.
@@ -76,17 +75,6 @@ ARM_SUFFIX = {"ce": "", "ce-masked": "-masked", "ce-teacher-labels": "-tlabels",
               "kd-teacher-docmask": "-tdocmask"}  # run names already say kd or ce
 CE_ARMS = ("ce", "ce-masked", "ce-teacher-labels")  # --kd-weight 0
 MASKED_ARMS = ("ce-masked", "kd-masked")  # their batches carry the recurring-answer mask
-
-
-def student_config(args, init_config=None):
-    """The model config a run trains: from the flags (teacher, phase 1), or phase 1's config (init_config) with
-    phase 2's base, scaling and window (the same weights under a new RoPE: model.switch_rope)."""
-    if init_config is not None:
-        return dataclasses.replace(init_config, rope_base=args.rope_base, rope_scaling=args.scaling,
-                                   max_seq_len=args.window)
-    return GPTConfig(vocab_size=args.vocab_size, n_layer=args.n_layer, n_head=args.n_head, n_kv_head=args.n_kv_head,
-                     d_model=args.d_model, d_ff=args.d_ff, rope_base=args.rope_base, rope_scaling=args.scaling,
-                     max_seq_len=args.window)
 
 
 def curriculum_stages(args):
@@ -444,37 +432,9 @@ def pick_device(args):
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = autocast_dtype(device, args.dtype, args.phase)
+    dtype = autocast_dtype(device, args.dtype, args.phase, cpu_has_native_bf16())  # config.cpu_has_native_bf16
     args.autocast_dtype = str(dtype).removeprefix("torch.")  # float32 or bfloat16: the speed report reads it
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext())
     return device, autocast
-
-
-def cpu_has_native_bf16() -> bool:
-    """True if this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX tiles), where torch's bf16 matmuls beat
-    float32 several times over; elsewhere bf16 is emulated and slower. Read from the CPU's feature flags, not
-    timed, so that the choice (and with it every result) does not depend on the load of the machine."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch >= 2.2 (private, hence getattr)
-    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
-
-
-# Phases that --dtype auto runs in bf16 on a CPU with native bf16. Phase 2 gave the same results in bf16 as in
-# float32 (3 seeds, README "bf16 on CPU"); the teacher and phase 1 stay float32: a phase-1 student trained in
-# bf16 (same seed) came out one that phase 2 cannot extend, and the shipped checkpoints were trained in float32.
-CPU_BF16_PHASES = ("2",)
-
-
-def autocast_dtype(device, flag="auto", phase="2") -> torch.dtype:
-    """--dtype as a torch dtype. auto: bf16 on CUDA; on a CPU with native bf16 matmuls, bf16 for the phases in
-    CPU_BF16_PHASES and float32 for the others; float32 on any other CPU.
-
-    Under bf16 autocast the matmuls and attention run in bf16: RoPE's angles (rope.py), the loss, the KD
-    softmax (distill.py), the weights and the AdamW state stay float32 (tests/test_train.py checks it), and so
-    does a CPU training pass's attention below 1,024 tokens (model.float32_attention).
-    """
-    if flag == "auto":
-        native = device.type == "cuda" or (cpu_has_native_bf16() and phase in CPU_BF16_PHASES)
-        return torch.bfloat16 if native else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[flag]

@@ -153,6 +153,36 @@ def float32_attention(q) -> bool:
             and q.shape[-2] < FLOAT32_ATTENTION_BELOW)
 
 
+def cpu_has_native_bf16() -> bool:
+    """True if this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX tiles), where torch's bf16 matmuls beat
+    float32 several times over; elsewhere bf16 is emulated and slower. Read from the CPU's feature flags, not
+    timed, so that the choice (and with it every result) does not depend on the load of the machine."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch >= 2.2 (private, hence getattr)
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+# Phases that --dtype auto runs in bf16 on a CPU with native bf16. Phase 2 gave the same results in bf16 as in
+# float32 (3 seeds, docs/performance.md, "bf16 on CPU"); the teacher and phase 1 stay float32: a phase-1 student trained in
+# bf16 (same seed) came out one that phase 2 cannot extend, and the shipped checkpoints were trained in float32.
+CPU_BF16_PHASES = ("2",)
+
+
+def autocast_dtype(device, flag="auto", phase="2", native_cpu=None) -> torch.dtype:
+    """--dtype as a torch dtype. auto: bf16 on CUDA; on a CPU with native bf16 matmuls (native_cpu, else
+    cpu_has_native_bf16()), bf16 for the phases in CPU_BF16_PHASES and float32 for the others; float32 on any
+    other CPU.
+
+    Under bf16 autocast the matmuls and attention run in bf16: RoPE's angles (rope.py), the loss, the KD
+    softmax (distill.py), the weights and the AdamW state stay float32 (tests/test_train.py checks it), and so
+    does a CPU training pass's attention below 1,024 tokens (float32_attention).
+    """
+    if flag == "auto":
+        native_cpu = cpu_has_native_bf16() if native_cpu is None else native_cpu
+        native = device.type == "cuda" or (native_cpu and phase in CPU_BF16_PHASES)
+        return torch.bfloat16 if native else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[flag]
+
+
 class SwiGLU(nn.Module):
     """MLP of Llama: down(silu(gate(x)) * up(x)) (Shazeer 2020)."""
 
@@ -336,6 +366,16 @@ def switch_rope(model: GPT, rope_base: float, rope_scaling: dict | None = None, 
     switched = GPT(cfg).to(model.inv_freq.device)
     switched.load_state_dict(model.state_dict())
     return switched
+
+
+def student_config(args, init_config=None):
+    """The model config a run trains: from the flags (teacher, phase 1), or phase 1's config (init_config) with
+    phase 2's base, scaling and window (the same weights under a new RoPE: switch_rope). args: config.resolve's."""
+    if init_config is not None:
+        return replace(init_config, rope_base=args.rope_base, rope_scaling=args.scaling, max_seq_len=args.window)
+    return GPTConfig(vocab_size=args.vocab_size, n_layer=args.n_layer, n_head=args.n_head, n_kv_head=args.n_kv_head,
+                     d_model=args.d_model, d_ff=args.d_ff, rope_base=args.rope_base, rope_scaling=args.scaling,
+                     max_seq_len=args.window)
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -618,7 +618,7 @@ def main(argv=None):
                    "values to train per seed combination (default: all)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="train.py's autocast "
-                   "dtype for every run (auto: bf16 on CUDA and on CPUs with native bf16; the README's grid: float32)")
+                   "dtype for every run (auto: bf16 on CUDA and on CPUs with native bf16; docs/results.md's grid: float32)")
     p.add_argument("--steps", type=int, default=None, help="phase-2 steps (default: the preset's)")
     p.add_argument("--no-analysis", action="store_true", help="grid: skip analyze.py all; robustness: skip the "
                    "position and needle probes (docs/probes.json)")
