@@ -1,3 +1,4 @@
 """Running bigger: data parallelism under torchrun (dist.py, wrapped around train.py's loop) and the
-benchmarks that measure speed and memory (bench.py: `python -m scale.bench --help`).
+benchmarks that measure speed and memory (bench.py: `python -m scale.bench --help`; the KD loss's memory in
+loss_memory.py).
 """

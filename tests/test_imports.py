@@ -15,8 +15,8 @@ LAYERS = [
     {"evaluate"},  # probes, tables, what a run prints
     {"runs"},  # inputs, prerequisites, checkpoints around the loop
     {"train", "analyze"},  # the entry points of the core
-    {"scale.bench", "research.robustness", "research.experiment", "research.finding1", "research.finding3",
-     "research.realtext", "walkthrough.demos", "walkthrough.__main__"},  # built on the core; nothing in it imports them
+    {"scale.loss_memory", "scale.bench", "research.robustness", "research.experiment", "research.finding1",
+     "research.finding3", "research.realtext", "walkthrough.demos", "walkthrough.__main__"},  # built on the core; nothing in it imports them
 ]
 
 
