@@ -82,3 +82,20 @@ def test_the_run_lock_comes_before_any_input_is_read_or_any_prerequisite_trained
     assert e.value.code == 2 and len(err) == 1 and "pid 4242" in err[0] and called == []
     holder.close()
 
+
+
+def test_every_promise_in_docs_checkpoints_names_a_test_that_exists():
+    """docs/checkpoints.md's table of promises (Ctrl-C, SIGKILL, disk full, a second process): each row names
+    tests, and each named test is defined in its file."""
+    import re
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    page = open(os.path.join(root, "docs", "checkpoints.md"), encoding="utf-8").read()
+    table = page[page.index("## What a run promises when interrupted or failing"):].split("\n## ")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "tests/" in line]
+    assert len(rows) >= 8 and all(w in table for w in ("Ctrl-C", "SIGKILL", "disk full", "a second process"))
+    for row in rows:
+        current = None
+        for m in re.finditer(r"`(tests/\w+\.py)::(\w+)`|`(test_\w+)`", row):
+            current = m.group(1) or current
+            name = m.group(2) or m.group(3)
+            assert f"def {name}(" in open(os.path.join(root, current)).read(), (current, name)
