@@ -238,9 +238,19 @@ class RunLock:
         self.run, self.file, self.made_folder = args.run_name, None, False
 
     def __enter__(self):
-        if not dist.is_main():
-            return self
-        check_out_dir(self.folder, "--out-dir")
+        problem = self.take() if dist.is_main() else None  # rank 0 alone holds it
+        if dist.any_rank(problem is not None):  # under torchrun every rank stops with rank 0
+            if problem == "":  # already said in one line
+                raise SystemExit(2)
+            fail(problem or f"rank 0 could not take the lock of {self.run}")
+        return self
+
+    def take(self):
+        """Take the lock (None), or say in one line why not ("" when check_out_dir already said it)."""
+        try:
+            check_out_dir(self.folder, "--out-dir")
+        except SystemExit:
+            return ""
         self.made_folder = not os.path.isdir(self.folder)
         os.makedirs(self.folder, exist_ok=True)
         while self.file is None:
@@ -251,8 +261,8 @@ class RunLock:
                 f.seek(0)
                 holder = f.read().strip() or "another process"
                 f.close()
-                fail(f"{self.run} is being trained in {self.folder} by {holder}: wait for it, or choose "
-                     f"another --out-dir or --run-name")
+                return (f"{self.run} is being trained in {self.folder} by {holder}: wait for it, or choose "
+                        f"another --out-dir or --run-name")
             if same_file(f, self.path):  # not a file its last holder removed while this one opened it
                 self.file = f
             else:
@@ -261,7 +271,7 @@ class RunLock:
         self.file.truncate()
         self.file.write(f"pid {os.getpid()}\n")
         self.file.flush()
-        return self
+        return None
 
     def __exit__(self, *exc):
         if self.file is None:
