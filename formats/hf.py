@@ -122,7 +122,8 @@ def rope_from_hf(hf: dict):
     FormatError for a value of the wrong type (checked before it is used)."""
     params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
     if not isinstance(params, dict):
-        raise FormatError(f"config.json: rope_scaling must be an object or null, got {params!r}")
+        key = "rope_parameters" if hf.get("rope_parameters") else "rope_scaling"
+        raise FormatError(f"config.json: {key} must be an object or null, got {params!r}")
     base = params.get("rope_theta", hf.get("rope_theta", 10000.0))
     if isinstance(base, bool) or not isinstance(base, (int, float)) or not math.isfinite(base) or base <= 0:
         raise FormatError(f"config.json: rope_theta must be a finite number > 0, got {base!r}")

@@ -20,6 +20,7 @@ BASE = {"model_type": "llama", "vocab_size": 64, "hidden_size": 32, "num_hidden_
     ({"rope_theta": 0}, "rope_theta must be a finite number > 0, got 0"),
     ({"rope_scaling": "linear"}, "rope_scaling must be an object or null, got 'linear'"),
     ({"rope_scaling": ["linear", 2.0]}, "rope_scaling must be an object or null"),
+    ({"rope_parameters": "default"}, "rope_parameters must be an object or null, got 'default'"),
     ({"rope_scaling": {"rope_type": 7, "factor": 2.0}}, "the rope type must be a string, got 7"),
     ({"rope_scaling": {"rope_type": "linear", "factor": None}}, "rope_scaling"),
     ({"rope_scaling": {"rope_type": "linear", "factor": "two"}}, "rope_scaling"),
