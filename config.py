@@ -18,7 +18,7 @@ import torch
 
 from data import TaskSpec
 from longctx.corpus import data_prefix
-from model import GPTConfig
+from model import student_config  # noqa: F401 (config.student_config for train.py and runs.py)
 from rope import rope_frequencies, scaling_type
 from scale.device import autocast_dtype, cpu_has_native_bf16, fail, pick_device  # noqa: F401 (used through config)
 
@@ -52,7 +52,7 @@ PRESETS = {
 PHASE_LR = {"teacher": 1.0, "1": 1.0, "2": 0.5}  # phase 2 fine-tunes: half the preset's lr
 # Phase 2 leans on the teacher: with 0.5 the CE half (which rewards looking only inside the current short document)
 # pulled a window-32 student's long-range retrieval back down after step ~750 (0.74-0.87 at D >= 512 after 1,500 steps);
-# with 0.9 it reached 0.98-1.00 by step 750 (README, "How the setting was found"). Our choice: the paper gives no weight.
+# with 0.9 it reached 0.98-1.00 by step 750 (docs/results.md, "How the setting was found"). The paper gives no weight.
 PHASE_KD = {"teacher": 0.0, "1": 0.5, "2": 0.9}
 # Each phase draws its own init and data streams from --seed, so that the student is not a twin of the
 # teacher (same init, same curriculum batches) when both use seed 0.
@@ -89,17 +89,6 @@ ARMS = {
 }
 CE_ARMS = tuple(k for k, a in ARMS.items() if a.kd_positions == "none")  # --kd-weight 0
 MASKED_ARMS = tuple(k for k, a in ARMS.items() if "leak-free" in (a.ce_positions, a.kd_positions))  # need far_back
-
-
-def student_config(args, init_config=None):
-    """The model config a run trains: from the flags (teacher, phase 1), or phase 1's config (init_config) with
-    phase 2's base, scaling and window (the same weights under a new RoPE: model.switch_rope)."""
-    if init_config is not None:
-        return dataclasses.replace(init_config, rope_base=args.rope_base, rope_scaling=args.scaling,
-                                   max_seq_len=args.window)
-    return GPTConfig(vocab_size=args.vocab_size, n_layer=args.n_layer, n_head=args.n_head, n_kv_head=args.n_kv_head,
-                     d_model=args.d_model, d_ff=args.d_ff, rope_base=args.rope_base, rope_scaling=args.scaling,
-                     max_seq_len=args.window)
 
 
 def curriculum_stages(args):

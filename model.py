@@ -16,12 +16,7 @@ chosen layers. Without it, nothing extra runs.
 Run `python model.py` for the parameter count and FLOPs/token of the default config.
 """
 import math
-import os
-import pickle
-import re
-import tempfile
 import warnings
-import zipfile
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
@@ -29,6 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from formats.checkpoint import (CHECKPOINT_KEYS, CheckpointError, archive_problem, atomic_write,  # noqa: F401
+                                check_config, load_checkpoint, save_checkpoint)  # re-exported: callers import them here
 from rope import apply_rope, rope_cos_sin, rope_frequencies
 
 
@@ -341,121 +338,58 @@ def switch_rope(model: GPT, rope_base: float, rope_scaling: dict | None = None, 
     return switched
 
 
+def student_config(args, init_config=None):
+    """The model config a run trains: from the flags (teacher, phase 1), or phase 1's config (init_config) with
+    phase 2's base, scaling and window (the same weights under a new RoPE: switch_rope). args: config.resolve's."""
+    if init_config is not None:
+        return replace(init_config, rope_base=args.rope_base, rope_scaling=args.scaling, max_seq_len=args.window)
+    return GPTConfig(vocab_size=args.vocab_size, n_layer=args.n_layer, n_head=args.n_head, n_kv_head=args.n_kv_head,
+                     d_model=args.d_model, d_ff=args.d_ff, rope_base=args.rope_base, rope_scaling=args.scaling,
+                     max_seq_len=args.window)
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file that is missing, truncated, hostile or of the wrong kind."""
-
-
-CHECKPOINT_KEYS = ("model", "config", "step")
-
-
-def atomic_write(path: str, write, mode: str = "wb"):
-    """Write `path` atomically: write(f) into a temp file in the same folder, flush + fsync, rename over `path`.
-
-    A kill at any moment leaves either the old or the new file, never a truncated one. The file gets the
-    permissions a plain open() would give (0666 less the umask), not the temp file's private 0600.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def save_checkpoint(obj: dict, path: str):
-    """Atomic save of a checkpoint dict (atomic_write)."""
-    atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def archive_problem(path: str) -> str | None:
-    """What keeps `path` from being a sound torch.save archive, in words; None if it is one.
-
-    torch.save writes a zip archive whose members carry CRC-32 checksums, so a file cut
-    short or with flipped bytes is found here, before any of it is unpickled.
-    """
-    size = os.path.getsize(path)
-    if size == 0:
-        return "is empty (0 bytes), not a checkpoint"
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head != b"PK\x03\x04":  # the zip signature every torch.save file starts with
-        return f"is not a checkpoint of this project ({size:,} bytes that are not a torch.save archive)"
-    try:
-        with zipfile.ZipFile(path) as z:
-            if not any(name.endswith("/data.pkl") for name in z.namelist()):
-                return (f"is not a checkpoint of this project (a zip archive of {size:,} bytes without "
-                        f"torch.save's data.pkl)")
-            bad = z.testzip()
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError):
-        return f"is truncated or corrupt ({size:,} bytes: the end of the archive is missing or damaged)"
-    if bad is not None:
-        return f"is corrupt ({size:,} bytes: its member {bad} fails the checksum)"
-    return None
-
-
-def load_checkpoint(path: str, map_location="cpu") -> dict:
-    """torch.load with weights_only=True (loading never runs code), then check what came back.
-
-    Every failure is a CheckpointError that says in one line what is wrong with the file.
-    """
-    if os.path.isdir(path):
-        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint not found: {path}")
-    problem = archive_problem(path)
-    if problem:
-        raise CheckpointError(f"{path} {problem}")
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols: not the user's business
-            warnings.simplefilter("ignore")
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:  # the weights-only unpickler met something it will not build
-        found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        what = f" ({found.group(1)})" if found else ""
-        raise CheckpointError(f"{path} holds objects other than tensors and plain data{what}: refused for "
-                              f"safety, nothing in it was run") from None
-    except Exception as e:  # a sound archive that still does not load
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise CheckpointError(f"{path} is corrupt ({os.path.getsize(path):,} bytes): {type(e).__name__}"
-                              + (f": {first}" if first and "weights_only" not in first else "")) from None
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
-        raise CheckpointError(f"{path} is not a checkpoint of this project (a torch.save file without the keys "
-                              f"{', '.join(CHECKPOINT_KEYS)})")
-    return ckpt
+def gpt_shapes(cfg: GPTConfig) -> dict:
+    """{state_dict name: shape} of GPT(cfg), computed without building it (nothing is allocated)."""
+    d, hd, V, ff = cfg.d_model, cfg.head_dim, cfg.vocab_size, cfg.d_ff
+    shapes = {"tok_emb.weight": (V, d), "norm.weight": (d,), "lm_head.weight": (V, d)}  # tied: both names
+    for i in range(cfg.n_layer):
+        p = f"blocks.{i}."
+        shapes.update({p + "attn_norm.weight": (d,), p + "attn.wq.weight": (cfg.n_head * hd, d),
+                       p + "attn.wk.weight": (cfg.n_kv_head * hd, d), p + "attn.wv.weight": (cfg.n_kv_head * hd, d),
+                       p + "attn.wo.weight": (d, cfg.n_head * hd)})
+        if ff:
+            shapes.update({p + "mlp_norm.weight": (d,), p + "mlp.w_gate.weight": (ff, d),
+                           p + "mlp.w_up.weight": (ff, d), p + "mlp.w_down.weight": (d, ff)})
+    return shapes
 
 
 def load_model(path: str, device="cpu"):
-    """(GPT with the checkpoint's weights on `device`, checkpoint dict)."""
+    """(GPT with the checkpoint's weights on `device`, checkpoint dict). Every check runs before the model is
+    built: the config's types and sizes against bounds (formats/checkpoint.py), then against the shapes of the
+    tensors the file holds, so a hostile config allocates nothing; each failure is one CheckpointError."""
     ckpt = load_checkpoint(path)
+    check_config(ckpt["config"], path)
     try:
-        model = GPT(GPTConfig(**ckpt["config"]))
-    except (TypeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0]
+        cfg = GPTConfig(**ckpt["config"])
+        rope_frequencies(cfg.head_dim, cfg.rope_base, cfg.rope_scaling, cfg.max_seq_len)  # a complete rope_scaling?
+    except (TypeError, ValueError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path} does not hold a model of this project: its config {first[:200]}") from None
-    weights, expected = ckpt["model"], model.state_dict()
+    weights, expected = ckpt["model"], gpt_shapes(cfg)
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise CheckpointError(f"{path} does not hold a model of this project: its 'model' entry is not a dict "
                               f"of tensors")
     problems = ([f"missing {k}" for k in expected if k not in weights]
                 + [f"unexpected {k}" for k in weights if k not in expected]
-                + [f"{k} has shape {tuple(weights[k].shape)}, its config needs {tuple(v.shape)}"
-                   for k, v in expected.items() if k in weights and weights[k].shape != v.shape])
+                + [f"{k} has shape {tuple(weights[k].shape)}, its config needs {shape}"
+                   for k, shape in expected.items() if k in weights and tuple(weights[k].shape) != shape])
     if problems:
         more = f" (and {len(problems) - 2} more)" if len(problems) > 2 else ""
         raise CheckpointError(f"{path}: weights and config disagree: {'; '.join(problems[:2])}{more}")
+    model = GPT(cfg)
     model.load_state_dict(weights)
     return model.to(device), ckpt
 

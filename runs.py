@@ -34,7 +34,7 @@ from formats.text import DataError, read_bin_documents, read_text_documents
 from distill import load_teacher
 from formats.hf import load_pretrained
 from longctx.corpus import build_corpus, byte_ids
-from model import CheckpointError, load_checkpoint, save_checkpoint
+from model import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
 from formats.tokenizer import Tokenizer
 
 TRAIN_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
@@ -239,10 +239,11 @@ def ensure(args, what, path, shipped_name, phase_argv, train):
     print(f"[auto] no {what} checkpoint at {own}: training it first "
           f"(python train.py {' '.join(phase_argv)}); --no-auto stops instead", flush=True)
     sub = resolve(build_parser().parse_args(phase_argv))
-    inputs = check_inputs(sub)
-    train_prerequisites(sub, train)
-    with RunLock(sub), one_line_errors(sub):
-        train(sub, inputs)
+    with RunLock(sub):  # before its inputs are read: a process that finishes it meanwhile is not trained over
+        inputs = check_inputs(sub)
+        train_prerequisites(sub, train)
+        with one_line_errors(sub):
+            train(sub, inputs)
     return own
 
 
@@ -250,36 +251,71 @@ def ensure(args, what, path, shipped_name, phase_argv, train):
 
 
 class RunLock:
-    """An exclusive lock on OUT/.<run>.lock while a run trains: a second process asked to train the same run
-    into the same folder refuses in one line instead of overwriting the first one's checkpoint and log. The
-    kernel drops the lock when the process ends, however it ends, so a killed run never leaves it stale."""
+    """An exclusive lock on OUT/.<run>.lock from before the run's inputs are read until it ends: a second process
+    asked to train the same run into the same folder refuses in one line instead of checking, then overwriting,
+    the first one's checkpoint and log. The kernel drops the lock when the process ends, however it ends, so a
+    killed run never leaves it stale. The lock file goes when the run ends, and the folder too if the lock made
+    it and nothing else was written there (bad input writes nothing)."""
 
     def __init__(self, args):
+        self.folder = args.out_dir
         self.path = os.path.join(args.out_dir, f".{args.run_name}.lock")
-        self.run, self.file = args.run_name, None
+        self.run, self.file, self.made_folder = args.run_name, None, False
 
     def __enter__(self):
-        if not dist.is_main():
-            return self
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        self.file = open(self.path, "a+")
+        problem = self.take() if dist.is_main() else None  # rank 0 alone holds it
+        if dist.any_rank(problem is not None):  # under torchrun every rank stops with rank 0
+            if problem == "":  # already said in one line
+                raise SystemExit(2)
+            fail(problem or f"rank 0 could not take the lock of {self.run}")
+        return self
+
+    def take(self):
+        """Take the lock (None), or say in one line why not ("" when check_out_dir already said it)."""
         try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "another process"
-            self.file.close()
-            fail(f"{self.run} is being trained in {os.path.dirname(self.path)} by {holder}: wait for it, or choose "
-                 f"another --out-dir or --run-name")
+            check_out_dir(self.folder, "--out-dir")
+        except SystemExit:
+            return ""
+        self.made_folder = not os.path.isdir(self.folder)
+        os.makedirs(self.folder, exist_ok=True)
+        while self.file is None:
+            f = open(self.path, "a+")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                f.close()
+                return (f"{self.run} is being trained in {self.folder} by {holder}: wait for it, or choose "
+                        f"another --out-dir or --run-name")
+            if same_file(f, self.path):  # not a file its last holder removed while this one opened it
+                self.file = f
+            else:
+                f.close()
         self.file.seek(0)
         self.file.truncate()
         self.file.write(f"pid {os.getpid()}\n")
         self.file.flush()
-        return self
+        return None
 
     def __exit__(self, *exc):
-        if self.file is not None:
-            self.file.close()  # closing releases the lock
+        if self.file is None:
+            return
+        try:
+            os.remove(self.path)  # removed while still held: a process that opened it meanwhile opens it again
+        except FileNotFoundError:
+            pass
+        self.file.close()  # closing releases the lock
+        if self.made_folder and not os.listdir(self.folder):
+            os.rmdir(self.folder)
+
+
+def same_file(f, path) -> bool:
+    """Whether the open file f is the file at `path` now (same inode)."""
+    try:
+        return os.fstat(f.fileno()).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False
 
 
 # ----------------------------------------------------------------------------- checkpoints and the step log
@@ -295,16 +331,20 @@ def checkpoint_dict(model, opt, args, state, done):
 
 def save_run(model, opt, args, state, done):
     """Save the run's checkpoint (rank 0 alone under torchrun); a full disk or unwritable folder keeps the
-    previous file and ends in one line."""
-    if not dist.is_main():
-        return
-    ckpt_path = run_path(args, ".pt")
-    try:
-        save_checkpoint(checkpoint_dict(model, opt, args, state, done), ckpt_path)
-    except OSError as e:
-        kept = f"the previous {ckpt_path} is kept" if os.path.exists(ckpt_path) else "no checkpoint was written"
-        raise RunError(f"cannot save the checkpoint at step {state['step']}: {e.strerror or e} "
-                       f"({e.filename or ckpt_path}); {kept}") from None
+    previous file and ends in one line. Under torchrun every rank learns whether rank 0's save worked and stops
+    with it: a rank left training would wait forever in a collective that rank 0 never joins."""
+    problem = None
+    if dist.is_main():
+        ckpt_path = run_path(args, ".pt")
+        try:
+            save_checkpoint(checkpoint_dict(model, opt, args, state, done), ckpt_path)
+        except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
+            kept = f"the previous {ckpt_path} is kept" if os.path.exists(ckpt_path) else "no checkpoint was written"
+            why = f"{e.strerror or e} ({e.filename or ckpt_path})" if isinstance(e, OSError) else \
+                str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            problem = f"cannot save the checkpoint at step {state['step']}: {why}; {kept}"
+    if dist.any_rank(problem is not None):
+        raise RunError(problem or f"rank 0 could not save the checkpoint at step {state['step']}")
 
 
 def resume_state(args, previous, model, opt):
@@ -353,8 +393,7 @@ def truncate_log(log_path, step):
         with open(log_path) as f:
             keep = [line for line in f if line.endswith("\n") and json.loads(line)["step"] <= step]  # a kill may
             # cut the last line short: it lies past the checkpoint (flushed before each save), so it goes too
-        with open(log_path, "w") as f:
-            f.writelines(keep)
+        atomic_write(log_path, lambda f: f.writelines(keep), mode="w")  # a kill leaves the old log or the new
 
 
 # ----------------------------------------------------------------------------- phase 2's CE-only twin

@@ -54,11 +54,11 @@ def main(argv=None):
     t0 = time.time()
     with dist.process_group(args):  # under torchrun: this rank's process group; nothing in a single process
         twin = runs.plan_twin(args, argv) if runs.wants_twin(args) else None  # phase 2: the CE-only twin
-        inputs = runs.check_inputs(args)  # bad input ends here in one line, before anything is written
-        if twin is not None and twin[2] is not None and dist.world_size() == 1:
-            runs.check_inputs(twin[2])  # the twin's inputs too, before it is launched
-        runs.train_prerequisites(args, train)  # the teacher / phase-1 checkpoints, trained first if missing
-        with runs.RunLock(args):  # one process per run and output folder
+        with runs.RunLock(args):  # one process per run and output folder, before anything is read or trained
+            inputs = runs.check_inputs(args)  # bad input ends here in one line, before anything is written
+            if twin is not None and twin[2] is not None and dist.world_size() == 1:
+                runs.check_inputs(twin[2])  # the twin's inputs too, before it is launched
+            runs.train_prerequisites(args, train)  # the teacher / phase-1 checkpoints, trained first if missing
             proc = runs.start_twin(args, twin)  # side by side, in another process
             with runs.one_line_errors(args, proc):
                 results = train(args, inputs)
@@ -126,7 +126,8 @@ def train(args, inputs):
                         log.flush()
                         runs.save_run(model, opt, args, state, done=False)
                     t0 = time.perf_counter()
-                if ctrl_c.requested():
+                state.update(stage=state["stage"] + 1, stage_start=state["step"], acc_ema=0.0)  # the stage is over
+                if ctrl_c.requested():  # (early or not): the checkpoint resumes at the next stage's first step
                     stop_after_ctrl_c(model, opt, args, state)
             except KeyboardInterrupt:  # a second Ctrl-C: stop now; the weights may be mid-step, so save nothing
                 print(f"\ninterrupted twice: stopped at once; the last saved checkpoint of {args.run_name} is kept "
@@ -134,7 +135,6 @@ def train(args, inputs):
                 raise SystemExit(130)
             finally:  # also on Ctrl-C / NaN exits: no stray progress bar
                 bar.close()
-            state.update(stage=state["stage"] + 1, stage_start=state["step"], acc_ema=0.0)
     spread = dist.weight_spread(model)  # DDP keeps the ranks' weights equal: 0.0
     runs.save_run(model, opt, args, state, done=True)
     speed = (report_speed(model, args, device, clock["tokens"], clock["seconds"], spread, clock["flops"])

@@ -8,10 +8,10 @@ project's GPT (model.py), which knows no file format beyond its own checkpoint:
   of a Llama-family model <-> GPTConfig + weights, by name, with shape checks. Anything the
   GPT cannot compute (biases, sliding windows, other model types, other RoPE types) is
   rejected in one line, before anything is loaded. safetensors only: no file is unpickled.
-- GGUF (llama.cpp): read and dequantize tensors with the `gguf` package, undo llama.cpp's
-  row permutation of W_q / W_k (its RoPE pairs adjacent dims; HF and rope.py pair i with
-  i + d/2), and write an HF folder plus the tokenizer (tokenizer.json, tokenizer_config.json,
-  vocab.json, merges.txt; formats/tokenizer.py).
+- GGUF (llama.cpp): formats/gguf.py reads and dequantizes tensors with the `gguf` package and undoes
+  llama.cpp's row permutation of W_q / W_k (its RoPE pairs adjacent dims; HF and rope.py pair i with
+  i + d/2); here they become a GPT (load_gguf) and an HF folder plus the tokenizer (tokenizer.json,
+  tokenizer_config.json, vocab.json, merges.txt; formats/tokenizer.py).
 - `load_pretrained`: a checkpoint file of this project or an HF folder, for --teacher,
   --init (train.py) and --ckpt (analyze.py).
 
@@ -22,23 +22,21 @@ project's GPT (model.py), which knows no file format beyond its own checkpoint:
 import argparse
 import dataclasses
 import json
+import math
 import os
-import shutil
 import sys
-import tempfile
 
 import torch
 
-from model import GPT, CheckpointError, GPTConfig, load_model
+from formats.checkpoint import FormatError, atomic_folder
+from formats.gguf import gguf_config, gguf_field, gguf_hf_name, gguf_state_dict, open_gguf
+from formats.gguf import GGUF_NAMES, llama_cpp_permute, llama_cpp_unpermute  # noqa: F401 (formats.hf's names too)
+from model import GPT, CheckpointError, GPTConfig, atomic_write, load_model
 from rope import rope_frequencies, scaling_type
 from formats.tokenizer import Tokenizer
 
 WEIGHTS, INDEX, CONFIG = "model.safetensors", "model.safetensors.index.json", "config.json"
 HF_ROPE_TYPES = ("linear", "dynamic", "yarn", "llama3")  # the HF rope types rope.py computes
-
-
-class FormatError(CheckpointError):
-    """A model file or folder this project cannot read (or a model it cannot write) exactly."""
 
 
 # ----------------------------------------------------------------------------- names
@@ -120,10 +118,19 @@ def load_llama_state_dict(model: GPT, state_dict: dict):
 
 
 def rope_from_hf(hf: dict):
-    """(rope_base, rope_scaling or None) from `rope_theta` + `rope_scaling`, or HF >= 4.56 `rope_parameters`."""
+    """(rope_base, rope_scaling or None) from `rope_theta` + `rope_scaling`, or HF >= 4.56 `rope_parameters`;
+    FormatError for a value of the wrong type (checked before it is used)."""
     params = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-    base = float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+    if not isinstance(params, dict):
+        key = "rope_parameters" if hf.get("rope_parameters") else "rope_scaling"
+        raise FormatError(f"config.json: {key} must be an object or null, got {params!r}")
+    base = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+    if isinstance(base, bool) or not isinstance(base, (int, float)) or not math.isfinite(base) or base <= 0:
+        raise FormatError(f"config.json: rope_theta must be a finite number > 0, got {base!r}")
+    base = float(base)
     rope_type = params.get("rope_type", params.get("type", "default"))
+    if not isinstance(rope_type, str):
+        raise FormatError(f"config.json: the rope type must be a string, got {rope_type!r}")
     if rope_type == "default":
         return base, None
     if rope_type not in HF_ROPE_TYPES:
@@ -179,16 +186,22 @@ def config_from_hf(hf: dict) -> GPTConfig:
         raise FormatError(f"head_dim {hf.get('head_dim')} != hidden_size / num_attention_heads ({d}/{H}) "
                           "is not supported")
     base, scaling = rope_from_hf(hf)
+    eps = hf.get("rms_norm_eps", 1e-6)
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
+        raise FormatError(f"config.json: rms_norm_eps must be a finite number > 0, got {eps!r}")
     try:
         cfg = GPTConfig(vocab_size=hf["vocab_size"], n_layer=hf["num_hidden_layers"], n_head=H,
                          n_kv_head=hf.get("num_key_value_heads") or H, d_model=d, d_ff=hf["intermediate_size"],
-                         rope_base=base, rope_scaling=scaling, norm_eps=hf.get("rms_norm_eps", 1e-6),
+                         rope_base=base, rope_scaling=scaling, norm_eps=eps,
                          tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
                          max_seq_len=hf.get("max_position_embeddings", 2048))
-        rope_frequencies(cfg.head_dim, cfg.rope_base, cfg.rope_scaling, cfg.max_seq_len)  # complete scaling keys?
-        return cfg
     except ValueError as e:
         raise FormatError(f"config.json: {e}") from None
+    try:
+        rope_frequencies(cfg.head_dim, cfg.rope_base, cfg.rope_scaling, cfg.max_seq_len)  # complete scaling keys?
+    except (ValueError, TypeError, KeyError) as e:  # a key missing or of the wrong type
+        raise FormatError(f"config.json: rope_scaling {scaling}: {e}") from None
+    return cfg
 
 
 def hf_config(cfg: GPTConfig) -> dict:
@@ -340,36 +353,20 @@ def is_previous_export(folder: str) -> bool:
 
 
 def write_folder(out_dir: str, files: dict, overwrite=False):
-    """Write {name: callable(path)} into a temp folder beside out_dir, then rename it into place:
-    a failure or a kill leaves no half-written folder."""
+    """Write {name: callable(path)} as the folder out_dir, whole or not at all (atomic_folder), replacing only an
+    empty folder or, with overwrite, one that this tool wrote."""
     if os.path.exists(out_dir) and (not os.path.isdir(out_dir) or os.listdir(out_dir)):
         if not overwrite:
             raise FormatError(f"{out_dir} exists and is not empty (pass --overwrite)")
         if not is_previous_export(out_dir):
             raise FormatError(f"--overwrite replaces only a folder this tool wrote ({CONFIG} and {WEIGHTS}, "
                               f"nothing else but tokenizer files): {out_dir} is not one, so it is left alone")
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-hf-")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
-    try:
-        for name, write in files.items():
-            write(os.path.join(tmp, name))
-        if os.path.isdir(out_dir):
-            shutil.rmtree(out_dir)
-        elif os.path.exists(out_dir):
-            os.remove(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    atomic_folder(out_dir, files)
 
 
 def write_json(path, obj):
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2)
+    """`obj` as JSON at `path`, written atomically (a kill leaves the old file or the new one)."""
+    atomic_write(path, lambda f: json.dump(obj, f, indent=2), mode="w")
 
 
 def save_hf_folder(model: GPT, out_dir: str, extra_files: dict | None = None, overwrite=False):
@@ -381,99 +378,7 @@ def save_hf_folder(model: GPT, out_dir: str, extra_files: dict | None = None, ov
     write_folder(out_dir, {**files, **(extra_files or {})}, overwrite)
 
 
-# ----------------------------------------------------------------------------- GGUF (llama.cpp)
-
-GGUF_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head",
-              "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-              "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-              "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-              "ffn_down": "mlp.down_proj"}
-
-
-def llama_cpp_permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
-    """The row permutation llama.cpp's convert_hf_to_gguf.py (LlamaModel.permute) applies to W_q / W_k:
-    within each head, rows (i, i + d/2) -- a rotate-half pair -- become adjacent rows (2i, 2i + 1)."""
-    out, d_in = w.shape
-    return w.reshape(n_head, 2, out // n_head // 2, d_in).transpose(1, 2).reshape(out, d_in)
-
-
-def llama_cpp_unpermute(w: torch.Tensor, n_head: int) -> torch.Tensor:
-    """Inverse of llama_cpp_permute: adjacent rows (2i, 2i + 1) of each head back to (i, i + d/2)."""
-    out, d_in = w.shape
-    return w.reshape(n_head, out // n_head // 2, 2, d_in).transpose(1, 2).reshape(out, d_in)
-
-
-def gguf_field(reader, key, default=None):
-    field = reader.fields.get(key)
-    return default if field is None else field.contents()
-
-
-def gguf_config(reader) -> dict:
-    """HF-style config.json of a llama-architecture GGUF, from its metadata."""
-    arch = gguf_field(reader, "general.architecture")
-    if arch != "llama":
-        raise FormatError(f"GGUF architecture {arch!r} is not supported (only 'llama')")
-    g = lambda k, default=None: gguf_field(reader, f"llama.{k}", default)
-    tokens = gguf_field(reader, "tokenizer.ggml.tokens") or []
-    hf = {"model_type": "llama", "vocab_size": g("vocab_size", len(tokens)), "hidden_size": g("embedding_length"),
-          "num_hidden_layers": g("block_count"), "num_attention_heads": g("attention.head_count"),
-          "num_key_value_heads": g("attention.head_count_kv", g("attention.head_count")),  # llama.cpp's default
-          "intermediate_size": g("feed_forward_length"),
-          "max_position_embeddings": g("context_length", 2048), "rope_theta": g("rope.freq_base", 10000.0),
-          "rms_norm_eps": g("attention.layer_norm_rms_epsilon", 1e-5),
-          "tie_word_embeddings": not any(t.name == "output.weight" for t in reader.tensors)}
-    rope_type = g("rope.scaling.type", "none")
-    if rope_type != "none":
-        raise FormatError(f"GGUF rope scaling {rope_type!r} is not supported")
-    if any(t.name == "rope_freqs.weight" for t in reader.tensors):
-        raise FormatError("GGUF rope_freqs tensor (llama3 rope scaling) is not supported")
-    head_dim = hf["hidden_size"] // hf["num_attention_heads"]
-    if g("rope.dimension_count", head_dim) != head_dim:
-        raise FormatError(f"partial RoPE ({g('rope.dimension_count')} of {head_dim} dims) is not supported")
-    return hf
-
-
-def gguf_tensor(t) -> torch.Tensor:
-    """Dequantized float32 tensor in PyTorch (out, in) order (GGUF lists shapes innermost first)."""
-    from gguf.quants import dequantize
-    return torch.from_numpy(dequantize(t.data, t.tensor_type).reshape(tuple(reversed(t.shape.tolist()))).copy())
-
-
-def gguf_hf_name(name: str) -> str:
-    """The HF Llama name of a GGUF tensor ("blk.3.attn_q.weight" -> "model.layers.3.self_attn.q_proj.weight")."""
-    parts = name.split(".")
-    if parts[0] == "blk" and len(parts) == 4 and parts[2] in GGUF_NAMES:
-        return f"model.layers.{parts[1]}.{GGUF_NAMES[parts[2]]}.{parts[3]}"
-    if len(parts) == 2 and parts[0] in GGUF_NAMES:
-        return f"{GGUF_NAMES[parts[0]]}.{parts[1]}"
-    raise FormatError(f"GGUF tensor {name!r} has no Llama counterpart")
-
-
-def gguf_state_dict(reader, hf: dict, unpermute=True) -> dict:
-    """HF Llama state dict of a GGUF; W_q / W_k un-permuted back to rotate-half unless unpermute=False."""
-    sd = {}
-    for t in reader.tensors:
-        name = gguf_hf_name(t.name)
-        w = gguf_tensor(t)
-        if unpermute and name.endswith("q_proj.weight"):
-            w = llama_cpp_unpermute(w, hf["num_attention_heads"])
-        elif unpermute and name.endswith("k_proj.weight"):
-            w = llama_cpp_unpermute(w, hf["num_key_value_heads"])
-        sd[name] = w
-    return sd
-
-
-def open_gguf(path: str):
-    try:
-        import gguf
-    except ImportError:
-        raise FormatError("reading GGUF needs the gguf package: pip install gguf") from None
-    if not os.path.isfile(path):
-        raise FormatError(f"GGUF file not found: {path}")
-    try:
-        return gguf.GGUFReader(path)
-    except Exception as e:  # bad magic, truncated file, unknown version
-        raise FormatError(f"cannot read {path} as GGUF: {str(e).splitlines()[0][:200]}") from None
+# ----------------------------------------------------------------------------- GGUF (llama.cpp): formats/gguf.py
 
 
 def load_gguf(path: str, unpermute=True):

@@ -7,16 +7,20 @@ own tokenizer, split exactly as the teacher's was. This is that tokenizer, built
 vocabulary and merges a GGUF file carries (or an HF folder's tokenizer.json, or its
 vocab.json + merges.txt):
 
-1. special (added) tokens such as <|endoftext|> found in the text become their own ids, as
-   Hugging Face `tokenizers` does;
+1. added tokens, special (<|endoftext|>) or not, found in the text become their own ids, as
+   Hugging Face `tokenizers` does (a GGUF's control and unknown tokens are special, its user-defined
+   ones plain added tokens: GGUF_TOKEN_TYPES);
 2. the rest is split into pre-tokens as the model's pre-tokenizer names it (PRE_TOKENIZERS):
    "gpt-2" is the GPT-2 regular expression; "smollm" / "starcoder" first split every digit
    off on its own, then apply the GPT-2 expression to each piece (so "  2024" is "  " and
    four digits, not " " and " 2024");
 3. each pre-token's UTF-8 bytes are mapped to printable characters (GPT-2 bytes_to_unicode),
-4. then pairs are merged by rank (lowest first) until no ranked pair is left (Sennrich et al. 2016).
+4. then pairs are merged by rank (lowest first) until no ranked pair is left (Sennrich et al. 2016);
+   with `ignore_merges`, a pre-token that is itself in the vocabulary is that one token.
 
-Any other pre-tokenizer name is refused: its ids would differ silently. Tested id for id
+Any other pre-tokenizer name is refused: its ids would differ silently. So is any tokenizer.json feature
+this file does not compute (an added token's lstrip / rstrip / single_word, a template post-processor,
+truncation, padding), each in one line naming it. Tested id for id
 against the `tokenizers` library configured as SmolLM2's tokenizer.json defines it.
 `\\p{L}` / `\\p{N}` need the `regex` package (Python's `re` has no Unicode classes).
 
@@ -40,6 +44,9 @@ PRE_TOKENIZERS = {"gpt-2": [GPT2_SPLIT], "smollm": [DIGIT, GPT2_SPLIT], "starcod
 # the same two pre-tokenizers as a tokenizer.json writes them
 BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
 DIGITS = {"type": "Digits", "individual_digits": True}
+# {GGUF tokenizer.ggml.token_type: what the token is here}: llama.cpp's types, as convert_hf_to_gguf.py writes a
+# tokenizer.json's tokens (special added tokens CONTROL, the other added tokens USER_DEFINED)
+GGUF_TOKEN_TYPES = {1: "normal", 2: "special", 3: "special", 4: "added", 5: "normal", 6: "normal"}
 
 
 def bytes_to_unicode() -> dict:
@@ -65,9 +72,11 @@ def token_text(tok) -> str:
 
 class Tokenizer:
     """Byte-level BPE from a vocabulary {token string: id}, merges ["a b", ...] in rank order and
-    the name of its pre-tokenizer (a key of PRE_TOKENIZERS)."""
+    the name of its pre-tokenizer (a key of PRE_TOKENIZERS). special / added: the added tokens, split out of
+    the text before anything else, with and without the special flag."""
 
-    def __init__(self, vocab: dict, merges: list, pre="gpt-2", special=(), eos="<|endoftext|>"):
+    def __init__(self, vocab: dict, merges: list, pre="gpt-2", special=(), eos="<|endoftext|>", added=(),
+                 ignore_merges=False):
         if regex is None:
             raise ValueError("the tokenizer needs the regex package (\\p{L}, \\p{N}): pip install regex")
         if pre not in PRE_TOKENIZERS:
@@ -76,9 +85,10 @@ class Tokenizer:
         self.vocab, self.inv = vocab, {i: t for t, i in vocab.items()}
         self.ranks = {tuple(m.split(" ")): r for r, m in enumerate(merges)}
         self.merges, self.pre, self.special = list(merges), pre, set(special)
+        self.added, self.ignore_merges = set(added) - self.special, bool(ignore_merges)
         self.eos_id = vocab.get(eos, 0)
         self.patterns = [regex.compile(p) for p in PRE_TOKENIZERS[pre]]
-        longest_first = sorted(self.special, key=len, reverse=True)
+        longest_first = sorted(self.special | self.added, key=len, reverse=True)
         self.special_pattern = regex.compile("|".join(map(regex.escape, longest_first))) if longest_first else None
         self.byte_char = bytes_to_unicode()
         self.char_byte = {c: b for b, c in self.byte_char.items()}
@@ -86,9 +96,10 @@ class Tokenizer:
         missing = [m for m in self.ranks if "".join(m) not in vocab]
         if missing:
             raise ValueError(f"merge {' '.join(missing[0])!r} makes a token that is not in the vocabulary")
-        absent = sorted(t for t in self.special if t not in vocab)
+        absent = sorted(t for t in self.special | self.added if t not in vocab)
         if absent:
-            raise ValueError(f"special token {absent[0]!r} is not in the vocabulary")
+            raise ValueError(f"{'special' if absent[0] in self.special else 'added'} token {absent[0]!r} is not in "
+                             f"the vocabulary")
 
     @property
     def split_digits(self) -> bool:
@@ -122,24 +133,26 @@ class Tokenizer:
         ids = []
         for piece in self.pre_tokenize(text):
             if piece not in self.cache:  # pre-tokens repeat a lot: each is merged once
-                self.cache[piece] = self.bpe("".join(self.byte_char[b] for b in piece.encode("utf-8")))
+                word = "".join(self.byte_char[b] for b in piece.encode("utf-8"))
+                self.cache[piece] = [self.vocab[word]] if self.ignore_merges and word in self.vocab else self.bpe(word)
             ids += self.cache[piece]
         return ids
 
     def encode(self, text: str) -> list:
-        """Ids of text; a special token's exact string becomes its id (as `tokenizers` does)."""
+        """Ids of text; an added token's exact string becomes its id (as `tokenizers` does)."""
         if self.special_pattern is None:
             return self.encode_ordinary(text)
         ids = []
         for piece in split_with(self.special_pattern, text):
-            ids += [self.vocab[piece]] if piece in self.special else self.encode_ordinary(piece)
+            ids += [self.vocab[piece]] if piece in self.special or piece in self.added else self.encode_ordinary(piece)
         return ids
 
     def decode(self, ids) -> str:
         out = bytearray()
         for i in ids:
             tok = self.inv[int(i)]
-            out += tok.encode("utf-8") if tok in self.special else bytes(self.char_byte[c] for c in tok)
+            raw = tok in self.special or tok in self.added  # added tokens are their text, not mapped bytes
+            out += tok.encode("utf-8") if raw else bytes(self.char_byte[c] for c in tok)
         return out.decode("utf-8", errors="replace")
 
     # ------------------------------------------------------------------ files
@@ -156,10 +169,16 @@ class Tokenizer:
                              f"({', '.join(PRE_TOKENIZERS)}): its splits, and so its ids, would differ")
         tokens, merges = field("tokenizer.ggml.tokens"), field("tokenizer.ggml.merges")
         types = field("tokenizer.ggml.token_type") or [1] * len(tokens)
+        unknown = sorted(set(types) - set(GGUF_TOKEN_TYPES))
+        if unknown:
+            raise ValueError(f"GGUF tokenizer.ggml.token_type {unknown[0]!r} is not a llama.cpp token type "
+                             f"({', '.join(map(str, GGUF_TOKEN_TYPES))})")
         eos = tokens[field("tokenizer.ggml.eos_token_id") or 0]
-        special = [t for t, k in zip(tokens, types) if k in (3, 4)]  # control, user-defined
-        return cls({t: i for i, t in enumerate(tokens)}, merges, pre, special,
-                   "<|endoftext|>" if "<|endoftext|>" in tokens else eos)
+        kind = [GGUF_TOKEN_TYPES[k] for k in types]
+        return cls({t: i for i, t in enumerate(tokens)}, merges, pre,
+                   [t for t, k in zip(tokens, kind) if k == "special"],
+                   "<|endoftext|>" if "<|endoftext|>" in tokens else eos,
+                   added=[t for t, k in zip(tokens, kind) if k == "added"])
 
     @classmethod
     def from_folder(cls, folder):
@@ -169,8 +188,9 @@ class Tokenizer:
         try:
             conf = read_json_file(os.path.join(folder, "tokenizer_config.json"), {})
             full = read_json_file(os.path.join(folder, "tokenizer.json"), None)
+            ignore_merges = False
             if full is not None:
-                vocab, merges, pre, added = parse_tokenizer_json(full)
+                vocab, merges, pre, added, ignore_merges = parse_tokenizer_json(full)
             else:
                 vocab = read_json_file(os.path.join(folder, "vocab.json"))
                 with open(os.path.join(folder, "merges.txt"), encoding="utf-8") as f:
@@ -183,6 +203,7 @@ class Tokenizer:
         if not isinstance(decoder, dict):
             raise ValueError(f"{folder}/tokenizer_config.json: added_tokens_decoder is not an object")
         for i, t in decoder.items():
+            check_added_token(t, f"{folder}/tokenizer_config.json")
             added[token_text(t)] = (int(i), bool(t.get("special", True)) if isinstance(t, dict) else True)
         for text, (i, _) in added.items():
             if vocab.get(text, i) != i:
@@ -191,7 +212,8 @@ class Tokenizer:
         special = [t for t, (_, is_special) in added.items() if is_special] + \
             [token_text(t) for t in conf.get("special_tokens", ())]
         eos = token_text(conf.get("eos_token")) or "<|endoftext|>"
-        return cls(vocab, merges, pre, special, eos)
+        return cls(vocab, merges, pre, special, eos, [t for t, (_, is_special) in added.items() if not is_special],
+                   ignore_merges)
 
     def files(self) -> dict:
         """{file name: writer(path)} for hf.write_folder: tokenizer.json (what transformers' AutoTokenizer
@@ -206,8 +228,8 @@ class Tokenizer:
             with open(p, "w", encoding="utf-8") as f:
                 f.write("#version: 0.2\n" + "".join(m + "\n" for m in self.merges))
         added = {str(self.vocab[t]): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
-                                      "single_word": False, "special": True}
-                 for t in sorted(self.special, key=self.vocab.get)}
+                                      "single_word": False, "special": t in self.special}
+                 for t in sorted(self.special | self.added, key=self.vocab.get)}
         conf = {"tokenizer_class": "GPT2Tokenizer", "add_prefix_space": False, "clean_up_tokenization_spaces": False,
                 "eos_token": self.inv[self.eos_id], "bos_token": self.inv[self.eos_id],
                 "unk_token": self.inv[self.eos_id], "added_tokens_decoder": added}
@@ -218,13 +240,14 @@ class Tokenizer:
         """The `tokenizers` library's description of this tokenizer (same ids: tested)."""
         pre = {"type": "Sequence", "pretokenizers": [DIGITS, BYTE_LEVEL]} if self.split_digits else BYTE_LEVEL
         added = [{"id": self.vocab[t], "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-                  "normalized": False, "special": True} for t in sorted(self.special, key=self.vocab.get)]
+                  "normalized": False, "special": t in self.special}
+                 for t in sorted(self.special | self.added, key=self.vocab.get)]
         return {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added, "normalizer": None,
                 "pre_tokenizer": pre, "post_processor": dict(BYTE_LEVEL, trim_offsets=False),
                 "decoder": BYTE_LEVEL,
                 "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
                           "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
-                          "ignore_merges": False, "vocab": self.vocab, "merges": self.merges}}
+                          "ignore_merges": self.ignore_merges, "vocab": self.vocab, "merges": self.merges}}
 
 
 def read_json_file(path, default=...):
@@ -238,10 +261,26 @@ def read_json_file(path, default=...):
     return obj
 
 
+def check_added_token(tok, where):
+    """ValueError naming the option of an added token (an AddedToken dict) that encode does not compute."""
+    if isinstance(tok, dict):
+        for option in ("lstrip", "rstrip", "single_word"):
+            if tok.get(option):
+                raise ValueError(f"{where}: added token {tok.get('content')!r} has {option}: true, which is not "
+                                 "supported (its ids would differ)")
+
+
 def parse_tokenizer_json(full: dict):
-    """(vocab, merges, pre-tokenizer name, {added token: (id, special)}) of a tokenizer.json this module
-    reproduces exactly: byte-level BPE, no normalizer, ByteLevel or Sequence[Digits, ByteLevel]."""
+    """(vocab, merges, pre-tokenizer name, {added token: (id, special)}, ignore_merges) of a tokenizer.json this
+    module reproduces exactly: byte-level BPE, no normalizer, ByteLevel or Sequence[Digits, ByteLevel], added
+    tokens without lstrip / rstrip / single_word, no template post-processor, no truncation or padding."""
     model, pre = full.get("model") or {}, full.get("pre_tokenizer")
+    post = full.get("post_processor")
+    if post is not None and post.get("type") != "ByteLevel":  # ByteLevel changes offsets only
+        raise ValueError(f"tokenizer.json: post_processor {post.get('type')!r} is not supported (it adds tokens)")
+    for option in ("truncation", "padding"):
+        if full.get(option) is not None:
+            raise ValueError(f"tokenizer.json: {option} is not supported (it changes the ids of a text)")
     if model.get("type") != "BPE" or model.get("byte_fallback") or model.get("continuing_subword_prefix") \
             or model.get("end_of_word_suffix") or model.get("dropout"):
         raise ValueError("tokenizer.json: only a plain byte-level BPE model is supported")
@@ -258,8 +297,10 @@ def parse_tokenizer_json(full: dict):
         raise ValueError(f"tokenizer.json: pre_tokenizer {json.dumps(pre)[:120]} is not supported "
                          "(ByteLevel, or Sequence[Digits(individual_digits), ByteLevel], without a prefix space)")
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    for t in full.get("added_tokens", []):
+        check_added_token(t, "tokenizer.json")
     added = {t["content"]: (int(t["id"]), bool(t.get("special", True))) for t in full.get("added_tokens", [])}
-    return dict(model["vocab"]), merges, name[json.dumps(key, sort_keys=True)], added
+    return dict(model["vocab"]), merges, name[json.dumps(key, sort_keys=True)], added, bool(model.get("ignore_merges"))
 
 
 def main():

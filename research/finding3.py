@@ -208,7 +208,7 @@ def plot(res, crit, path):
                    "frequency)", ylabel="‖ΔW‖ / layer mean")
     axes[0, 0].legend(fontsize=7)
     fig.suptitle("Finding 3: per-pair update, phase 1 -> phase 2, over phase-1 seeds")
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=110, format="png"))
     plt.close(fig)
 
 

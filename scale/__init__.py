@@ -1,4 +1,4 @@
 """Running bigger: the device and autocast dtype a run trains in (device.py), data parallelism under torchrun
 (dist.py, wrapped around train.py's loop) and the benchmarks that measure speed and memory (bench.py:
-`python -m scale.bench --help`).
+`python -m scale.bench --help`; the KD loss's memory in loss_memory.py).
 """

@@ -10,9 +10,7 @@ and a vocabulary-wide KL. This script measures that price on one device:
    model.flops_per_token(window) (causal attention: half the T x T scores) * tokens/s over the
    matmul peak of the dtype in use (evaluate.matmul_peak_flops: best of several sizes and runs);
 2. the extra peak memory of distill.kd_loss (forward + backward, beyond its two (N, V)
-   inputs) chunked vs unchunked: torch.cuda.max_memory_allocated on CUDA; on CPU the
-   peak-RSS increase (ru_maxrss) of a fresh process that runs only the loss (Linux: peak
-   reset after start-up, every block >= 64 KiB its own mmap, so RSS follows live tensors);
+   inputs) chunked vs unchunked (scale/loss_memory.py);
 3. a window sweep: tokens/s and MFU of the CE step at each window, tokens per step constant;
 4. data parallelism: tokens/s of the KD step on 1 and 2 CPU ranks side by side (torch.distributed,
    gloo, DDP as train.py under torchrun; one thread per rank, each rank on --batch windows), and
@@ -33,10 +31,7 @@ packed batch of the synthetic language (data.py), reused each step.
 import argparse
 import json
 import os
-import resource
 import socket
-import subprocess
-import sys
 import time
 from contextlib import nullcontext
 
@@ -46,10 +41,11 @@ import torch.multiprocessing as mp
 
 from scale import dist
 from data import DataSource, TaskSpec, to_device
-from distill import freeze_teacher, kd_loss, teacher_logits
+from distill import freeze_teacher, teacher_logits
 from evaluate import PEAK_SIZES, matmul_peak_flops
 from model import GPT, GPTConfig, atomic_write
 from config import PRESETS, build_parser, check_out_dir, fail, pick_device
+from scale.loss_memory import kd_memory, kd_peak_bytes, megabytes  # noqa: F401 (bench's names too)
 from train import make_optimizer, train_step
 
 ARCH = ("d_model", "n_layer", "n_head", "n_kv_head", "d_ff")
@@ -285,76 +281,6 @@ def dtype_targets(cli, run) -> dict:
                "peak_flops_per_s": peaks, "models": models, "targets": table}
     write_json(cli, results)
     return results
-
-
-def kd_peak_rss(vocab, tokens, chunk) -> int:
-    """CPU, in a fresh process: bytes the peak RSS grows by while kd_loss runs forward + backward."""
-    kd_loss(torch.randn(4, 8, requires_grad=True), torch.randn(4, 8), chunk_size=2)[0].backward()  # load kernels
-    student = torch.randn(tokens, vocab, requires_grad=True)  # (N, V)
-    teacher = torch.randn(tokens, vocab)  # (N, V)
-    try:  # Linux: reset the peak RSS to the current RSS, so start-up peaks do not hide the loss's
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-    before = peak_rss_kib()
-    kd_loss(student, teacher, chunk_size=chunk)[0].backward()
-    return (peak_rss_kib() - before) * 1024
-
-
-def peak_rss_kib() -> int:
-    """The process's peak RSS in KiB: Linux's VmHWM, which /proc/self/clear_refs resets. getrusage's ru_maxrss
-    is not enough: it also keeps the peak a thread had when it exited, which no reset clears, so a peak of the
-    start-up could hide the loss's (a measured growth of 0 bytes on a loaded machine, where the thread pool
-    changes)."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-
-
-def kd_peak_bytes(vocab, tokens, chunk, device) -> int:
-    """Extra peak memory (bytes) of kd_loss forward + backward beyond its (N, V) inputs; chunk 0 = unchunked."""
-    if device.type != "cuda":  # glibc: each block >= 64 KiB its own mmap, returned when freed, so RSS = live bytes
-        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-        code = f"from scale import bench; print(bench.kd_peak_rss({vocab}, {tokens}, {chunk}))"
-        out = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=env,
-                             capture_output=True, text=True)
-        if out.returncode:
-            raise RuntimeError(f"kd_loss memory subprocess failed:\n{out.stderr[-2000:]}")
-        return int(out.stdout.split()[-1])
-    student = torch.randn(tokens, vocab, device=device, dtype=torch.bfloat16, requires_grad=True)  # (N, V), as autocast
-    teacher = torch.randn(tokens, vocab, device=device, dtype=torch.bfloat16)  # (N, V)
-    sync(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device)
-    kd_loss(student, teacher, chunk_size=chunk)[0].backward()
-    sync(device)
-    return torch.cuda.max_memory_allocated(device) - before
-
-
-def kd_memory(cli) -> dict:
-    """Peak extra MB of kd_loss, chunked (cli.kd_chunk tokens) vs unchunked, and their ratio.
-
-    The loss must at least hold the (N, V) gradient of the student's logits, so a peak of 0 MB is a failed
-    measurement (e.g. the process's peak RSS was not reset): it is flagged on stderr and stored as None.
-    """
-    mb = {}
-    for key, chunk in (("chunked_peak_mb", cli.kd_chunk), ("unchunked_peak_mb", 0)):
-        mb[key] = kd_peak_bytes(cli.kd_vocab, cli.kd_tokens, chunk, cli.dev) / 2**20
-        if mb[key] <= 0:
-            print(f"warning: kd_loss {key.split('_')[0]} peak memory measured {mb[key]:.1f} MB, which cannot be "
-                  f"(the gradient alone needs {cli.kd_tokens * cli.kd_vocab * 4 / 2**20:,.0f} MB): stored as null",
-                  file=sys.stderr)
-            mb[key] = None
-    ratio = None if None in mb.values() else mb["unchunked_peak_mb"] / mb["chunked_peak_mb"]
-    return {"vocab": cli.kd_vocab, "tokens": cli.kd_tokens, "chunk_tokens": cli.kd_chunk, **mb,
-            "unchunked_over_chunked": ratio}
-
-
-def megabytes(mb) -> str:
-    return "not measured" if mb is None else f"{mb:,.1f} MB"
 
 
 def resolve(cli):

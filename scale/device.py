@@ -50,7 +50,7 @@ def cpu_has_native_bf16() -> bool:
 
 
 # Phases that --dtype auto runs in bf16 on a CPU with native bf16. Phase 2 gave the same results in bf16 as in
-# float32 (3 seeds, README "bf16 on CPU"); the teacher and phase 1 stay float32: a phase-1 student trained in
+# float32 (3 seeds, docs/performance.md, "bf16 on CPU"); the teacher and phase 1 stay float32: a phase-1 student trained in
 # bf16 (same seed) came out one that phase 2 cannot extend, and the shipped checkpoints were trained in float32.
 CPU_BF16_PHASES = ("2",)
 

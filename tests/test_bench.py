@@ -20,7 +20,8 @@ def test_chunked_kd_loss_peak_memory_is_lower():
 
 def test_a_zero_memory_measurement_is_flagged_and_stored_as_null(monkeypatch, capsys):
     """A peak of 0.0 MB (peak RSS not reset) once went into a JSON as 0.0 with a NaN ratio, without a word."""
-    monkeypatch.setattr(bench, "kd_peak_bytes", lambda vocab, tokens, chunk, device: 0 if chunk else 2**30)
+    from scale import loss_memory
+    monkeypatch.setattr(loss_memory, "kd_peak_bytes", lambda vocab, tokens, chunk, device: 0 if chunk else 2**30)
     cli = SimpleNamespace(kd_vocab=1000, kd_tokens=64, kd_chunk=16, dev=torch.device("cpu"))
     memory = bench.kd_memory(cli)
     assert memory["chunked_peak_mb"] is None and memory["unchunked_over_chunked"] is None

@@ -21,7 +21,7 @@ def cpu_flags(monkeypatch, avx512_bf16, amx):
 def test_auto_is_bf16_only_for_phase_2_on_a_cpu_with_native_bf16(monkeypatch, avx512_bf16, amx, native):
     cpu_flags(monkeypatch, avx512_bf16, amx)
     assert config.autocast_dtype(CPU, "auto", "2") == (torch.bfloat16 if native else torch.float32)
-    for phase in ("teacher", "1"):  # their curricula stay float32 (README, "bf16 on CPU")
+    for phase in ("teacher", "1"):  # their curricula stay float32 (docs/performance.md, "bf16 on CPU")
         assert config.autocast_dtype(CPU, "auto", phase) == torch.float32
         assert config.autocast_dtype(CPU, "bfloat16", phase) == torch.bfloat16  # an explicit dtype wins
     assert config.autocast_dtype(CPU, "float32", "2") == torch.float32

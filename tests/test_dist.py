@@ -1,12 +1,14 @@
 """scale/dist.py and train.py under torchrun (DDP, gloo on CPU, one thread per rank).
 
 2 ranks x b windows train like 1 process x 2b and like 1 process with --grad-accum 2; the ranks
-end with the same weights; a 2-rank run killed with SIGKILL resumes to the same losses; the batch
+end with the same weights; a 2-rank run killed with SIGKILL resumes to the same losses; a failed save on rank 0,
+or a run lock rank 0 cannot take, stops both ranks at once (the last checkpoint kept); the batch
 split, the metric reduction and the weight check each on their own; bad shapes fail in one line.
 """
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -257,3 +259,76 @@ def test_every_rank_leaves_the_process_group_and_exits_0(tmp_path, attempt):
     finish(proc, str(out))
     log = open(os.path.join(out, "out.log")).read()
     assert "terminate called" not in log and "exitcode" not in log
+
+
+FULL_DISK = '''
+import errno, sys
+sys.path.insert(0, {root!r})
+import runs, train
+real, saves = runs.save_checkpoint, []
+
+def save_until_the_disk_is_full(obj, path):  # rank 0 alone saves: its first save works, the next finds the disk full
+    saves.append(path)
+    if len(saves) > 1:
+        raise OSError(errno.ENOSPC, "No space left on device", path)
+    real(obj, path)
+
+runs.save_checkpoint = save_until_the_disk_is_full
+train.main(sys.argv[1:])
+'''
+
+
+def bounded_torchrun(cmd, seconds=120):
+    """(exit code, output) of a torchrun command that must end within `seconds` (killed and failed if not)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        log = proc.communicate(timeout=seconds)[0]
+    except subprocess.TimeoutExpired:  # hung: the ranks (torchrun detaches each) go first, then torchrun
+        for pid in children(proc.pid) + [proc.pid]:
+            os.kill(pid, signal.SIGKILL)
+        pytest.fail(f"still running after {seconds} s: {proc.communicate()[0][-3000:]}")
+    return proc.returncode, log
+
+
+def every_rank_failed(log):
+    """Whether torchrun reports both ranks failed, one with exit 2 and the other with exit 2 too or, when it was
+    still leaving as torchrun saw the first one end, with torchrun's SIGTERM (-15)."""
+    codes = dict(re.findall(r"rank +: (\d).*\n +exitcode +: (-?\d+)", log))
+    return set(codes) == {"0", "1"} and set(codes.values()) <= {"2", "-15"} and "2" in codes.values()
+
+
+def test_a_run_lock_held_elsewhere_stops_every_rank_under_torchrun(tmp_path):
+    """Rank 0 alone takes the run lock; when another process holds it, both ranks stop with exit 2 at once
+    (rank 1 does not go on into the collectives of a run rank 0 has left)."""
+    import fcntl
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = open(out / ".teacher.lock", "a+")
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    holder.write("pid 4242\n")
+    holder.flush()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "train.py", "--out-dir", str(out), "--phase", "teacher",
+           "--curriculum-steps", "0", "--steps", "4", "--batch-size", "4", "--eval-interval", "0", *TINY]
+    code, log = bounded_torchrun(cmd)
+    holder.close()
+    assert code != 0 and every_rank_failed(log), log[-3000:]
+    assert log.count("error: teacher is being trained") == 1 and sorted(os.listdir(out)) == [".teacher.lock"]
+
+
+def test_a_failed_save_under_torchrun_stops_every_rank_and_keeps_the_last_checkpoint(tmp_path):
+    """Rank 0's save fails at step 4 (disk full): both ranks stop with exit 2 within seconds, not at the
+    collective timeout, and the checkpoint of step 2 is intact."""
+    script = tmp_path / "full_disk.py"
+    script.write_text(FULL_DISK.format(root=ROOT))
+    out = tmp_path / "out"
+    os.makedirs(out)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), str(script), "--out-dir", str(out), "--phase", "teacher",
+           "--curriculum-steps", "0", "--steps", "40", "--batch-size", "4", "--save-interval", "2",
+           "--eval-interval", "0", *TINY]
+    code, log = bounded_torchrun(cmd)
+    assert code != 0 and every_rank_failed(log), log[-3000:]
+    assert "error: cannot save the checkpoint at step 4: No space left on device" in log, log[-3000:]
+    kept = load_checkpoint(str(out / "teacher.pt"))
+    assert kept["step"] == 2 and not kept["done"]

@@ -1,5 +1,6 @@
 """KD loss: zero iff equal, chunking, temperature, masking, JSD endpoints, gradients; teacher loading."""
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -264,3 +265,18 @@ def test_chunked_cross_entropy_equals_the_plain_one(masked):
     (g_want,) = torch.autograd.grad(want, logits)
     assert got.item() == pytest.approx(want.item(), rel=1e-6)
     assert g_got.dtype == torch.bfloat16 and torch.allclose(g_got.float(), g_want.float(), atol=1e-4)
+
+
+@pytest.mark.parametrize("k, expected", [(1, 0.5 * math.log(0.5 / 0.2) + 0.5 * math.log(0.5 / 0.8)),
+                                         (2, 0.5 * math.log(0.5 / 0.2) + 0.2 * math.log(0.2 / 0.5)),
+                                         (3, 0.5 * math.log(0.5 / 0.2) + 0.2 * math.log(0.2 / 0.5))])
+def test_topk_kl_on_a_hand_case_has_the_value_written_out(k, expected):
+    """Teacher (0.5, 0.3, 0.2), student (0.2, 0.3, 0.5): k = 1 compares token 0 and the rest (0.5 vs 0.8); k = 2
+    leaves one token as the rest, which is exact, so it is the full KL (the 0.3 terms are 0). Averaged over a
+    (2, 3) batch of that position as the real-text loop averages it, the KD term keeps that scale (0.223, 0.275)."""
+    from distill import teacher_topk, topk_forward_kl
+    pt, ps = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64), torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+    ids, logp = teacher_topk(pt.log().expand(2, 3, 3), k)  # (2, 3, k)
+    kl = topk_forward_kl(ps.log().expand(2, 3, 3), ids, logp.double())  # (2, 3)
+    assert kl.shape == (2, 3) and kl.mean().item() == pytest.approx(expected, abs=1e-7)
+    assert round(expected, 4) == {1: 0.2231, 2: 0.2749, 3: 0.2749}[k]

@@ -7,9 +7,10 @@ from tracked import ROOT, project_files as tracked_files
 
 # Lowest first. A module may import modules of its own layer or a lower one, never of a higher one.
 LAYERS = [
-    {"rope", "data", "formats.tokenizer", "formats.text"},  # positions, the task, text into ids, files into windows
-    {"model", "longctx.corpus", "scale.device"},  # the GPT and its checkpoints; your own text into windows; the
-    # device and autocast dtype
+    {"rope", "data", "formats.tokenizer", "formats.text", "formats.checkpoint"},  # positions, the task, text into
+    # ids, files into windows, files written whole
+    {"model", "formats.gguf", "longctx.corpus", "scale.device"},  # the GPT and its checkpoints; llama.cpp files
+    # read as HF Llama; your own text into windows; the device and autocast dtype
     {"formats.hf", "config", "viz.plots"},  # real-model files into the model; flags and presets; figures
     {"distill", "scale.dist", "longctx.report"},  # the loss and the teacher; data parallelism; loss by distance
     # and the passkey on real text
@@ -17,8 +18,8 @@ LAYERS = [
     # teacher cached as its top-k; inside the model (findings 2 and 3)
     {"runs"},  # inputs, prerequisites, checkpoints around the loop
     {"train", "analyze"},  # the entry points of the core
-    {"scale.bench", "research.experiment", "research.finding1", "research.finding3", "research.realtext",
-     "walkthrough.demos", "walkthrough.__main__"},  # built on the core; nothing in it imports them
+    {"scale.loss_memory", "scale.bench", "research.robustness", "research.experiment", "research.finding1",
+     "research.finding3", "research.realtext", "walkthrough.demos", "walkthrough.__main__"},  # built on the core; nothing in it imports them
 ]
 
 

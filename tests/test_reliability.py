@@ -12,7 +12,7 @@ import torch
 import analyze
 from scale import bench
 from research import experiment
-import model
+from formats import checkpoint
 import runs
 import train
 from data import TaskSpec
@@ -215,7 +215,7 @@ def test_every_model_flag_has_its_own_help():
 
 @pytest.mark.parametrize("fault", ["disk full mid-write", "folder not writable"])
 def test_failed_save_keeps_the_previous_checkpoint(fault, tmp_path, capsys, monkeypatch):
-    real_save, real_mkstemp, saves = torch.save, model.tempfile.mkstemp, []
+    real_save, real_mkstemp, saves = torch.save, checkpoint.tempfile.mkstemp, []
 
     def full_disk(obj, f, *a, **k):  # the second save writes part of the archive, then the disk is full
         saves.append(obj["step"])
@@ -231,9 +231,9 @@ def test_failed_save_keeps_the_previous_checkpoint(fault, tmp_path, capsys, monk
         return real_mkstemp(*a, **k)
 
     if fault == "disk full mid-write":
-        monkeypatch.setattr(model.torch, "save", full_disk)
+        monkeypatch.setattr(checkpoint.torch, "save", full_disk)
     else:
-        monkeypatch.setattr(model.tempfile, "mkstemp", read_only)
+        monkeypatch.setattr(checkpoint.tempfile, "mkstemp", read_only)
     with pytest.raises(SystemExit) as e:
         train.main(["--phase", "teacher", "--out-dir", str(tmp_path), "--curriculum-steps", "0", "--steps", "10",
                     "--save-interval", "3", "--eval-interval", "0"] + TINY)

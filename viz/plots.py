@@ -14,13 +14,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import CenteredNorm  # noqa: E402
 
+from model import atomic_write  # noqa: E402
 from rope import critical_pair, default_inv_freq, rotations  # noqa: E402
 
 
 def save(fig, out, name):
     os.makedirs(out, exist_ok=True)  # only now, once analyze.py has checked every input
     path = os.path.join(out, name)
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=110, format=os.path.splitext(name)[1][1:] or "png"))
     plt.close(fig)
     return path
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from config import SHIPPED, build_parser as train_parser, check_out_dir, resolve
 from data import SEP, TaskSpec, kv_probe, render, to_device
 from distill import kd_loss, load_teacher, teacher_logits
-from model import Inspect, load_model, switch_rope
+from model import Inspect, atomic_write, load_model, switch_rope
 from rope import (apply_rope, critical_dimension, critical_pair, default_inv_freq, rope_cos_sin, rotations,
                   spectrum_utilization)
 from train import make_optimizer, make_stages, train_step
@@ -84,7 +84,7 @@ def save(fig, out, name):
     import matplotlib.pyplot as plt
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, name)
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda f: fig.savefig(f, dpi=110, format=os.path.splitext(name)[1][1:] or "png"))
     plt.close(fig)
     return path
 
