@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from scale import dist
 import runs
+from scale import dist, twin
 from config import (ARMS, MASKED_ARMS, PRESETS, build_parser, curriculum_stages, fail, phase_seed, pick_device,
                     ramp_stages, resolve, student_config)
 from data import DataSource, TaskSpec, prefetch, to_device
@@ -53,16 +53,16 @@ def main(argv=None):
     pick_device(args)
     t0 = time.time()
     with dist.process_group(args):  # under torchrun: this rank's process group; nothing in a single process
-        twin = runs.plan_twin(args, argv) if runs.wants_twin(args) else None  # phase 2: the CE-only twin
+        plan = twin.plan_twin(args, argv) if twin.wants_twin(args) else None  # phase 2: the CE-only twin
         with runs.RunLock(args):  # one process per run and output folder, before anything is read or trained
             inputs = runs.check_inputs(args)  # bad input ends here in one line, before anything is written
-            if twin is not None and twin[2] is not None and dist.world_size() == 1:
-                runs.check_inputs(twin[2])  # the twin's inputs too, before it is launched
+            if plan is not None and plan[2] is not None and dist.world_size() == 1:
+                runs.check_inputs(plan[2])  # the twin's inputs too, before it is launched
             runs.train_prerequisites(args, train)  # the teacher / phase-1 checkpoints, trained first if missing
-            proc = runs.start_twin(args, twin)  # side by side, in another process
+            proc = twin.start_twin(args, plan)  # side by side, in another process
             with runs.one_line_errors(args, proc):
                 results = train(args, inputs)
-            runs.finish_twin(args, twin, proc, results, print_side_by_side)
+            twin.finish_twin(args, plan, proc, results, print_side_by_side)
     print(f"wall time: {(time.time() - t0) / 60:.1f} min")
 
 

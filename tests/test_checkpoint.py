@@ -119,7 +119,8 @@ def test_results_json_and_log_rewrites_survive_a_full_disk_mid_write(tmp_path):
 
 WRITERS_OF_STREAMS = {  # open(..., "w" / "a") that is not a results file, a table or a log rewrite
     ("research/experiment.py", 1): "a launched run's stdout",
-    ("runs.py", 2): "the CE twin's stdout; the run lock's file (a pid, read only by a refused second process)",
+    ("runs.py", 1): "the run lock's file (a pid, read only by a refused second process)",
+    ("scale/twin.py", 1): "the CE twin's stdout",
     ("scale/loss_memory.py", 1): "/proc/self/clear_refs",
     ("scale/dist.py", 1): "/dev/null for the other ranks' stdout",
     ("train.py", 1): "the step log, appended to line by line (truncate_log rewrites it atomically)",

@@ -237,7 +237,8 @@ def test_nccl_on_cpu_fails_before_the_process_group(tmp_path, capsys, monkeypatc
 def test_under_torchrun_phase_2_does_not_launch_its_twin_but_says_how(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(dist, "world_size", lambda: 2)
     import runs as bookkeeping  # (`runs` is a fixture here)
-    monkeypatch.setattr(bookkeeping.subprocess, "Popen", lambda *a, **k: pytest.fail("the CE twin was launched"))
+    from scale import twin
+    monkeypatch.setattr(twin.subprocess, "Popen", lambda *a, **k: pytest.fail("the CE twin was launched"))
     monkeypatch.setattr(train, "train", lambda args, inputs: {"results": {}})
     monkeypatch.setattr(bookkeeping, "train_prerequisites", lambda args, train: None)
     argv = ["--phase", "2", "--out-dir", str(tmp_path)] + TINY

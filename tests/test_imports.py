@@ -16,7 +16,7 @@ LAYERS = [
     # and the passkey on real text
     {"evaluate", "longctx.topk", "interp.perturb", "interp.qupdate"},  # probes, tables, what a run prints; a real
     # teacher cached as its top-k; inside the model (findings 2 and 3)
-    {"runs"},  # inputs, prerequisites, checkpoints around the loop
+    {"runs", "scale.twin"},  # inputs, prerequisites, checkpoints around the loop
     {"train", "analyze"},  # the entry points of the core
     {"scale.loss_memory", "scale.bench", "research.robustness", "research.experiment", "research.finding1",
      "research.finding3", "research.realtext", "walkthrough.demos", "walkthrough.__main__"},  # built on the core; nothing in it imports them

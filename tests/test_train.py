@@ -14,6 +14,7 @@ import torch
 
 import evaluate as report
 import runs
+from scale import twin
 import train
 from data import DataSource, TaskSpec, to_device
 from distill import freeze_teacher
@@ -284,9 +285,9 @@ def test_run_names_tell_variants_apart(flags, name, base):
 
 def test_variant_twin_reuses_the_plain_ce_run(tmp_path):
     args = train.resolve(train.build_parser().parse_args(["--phase", "2", "--kd-loss", "reverse"]))
-    assert runs.plan_twin(args, ["--phase", "2", "--kd-loss", "reverse"])[0] == "phase2-ce-b10000-b500000"
+    assert twin.plan_twin(args, ["--phase", "2", "--kd-loss", "reverse"])[0] == "phase2-ce-b10000-b500000"
     named = train.resolve(train.build_parser().parse_args(["--phase", "2", "--run-name", "my-kd-run"]))
-    assert runs.plan_twin(named, ["--phase", "2", "--run-name", "my-kd-run"])[0] == "my-ce-run"
+    assert twin.plan_twin(named, ["--phase", "2", "--run-name", "my-kd-run"])[0] == "my-ce-run"
 
 
 def test_presets_ask_only_for_records_the_data_can_place():
