@@ -347,3 +347,16 @@ def headline_markdown(robustness) -> str:
             out.append(f"| {HEADLINE_LABELS[arm]} | {len(runs)} | " + " | ".join(cells)
                        + f" | {fmt(float(np.mean([r['in_doc'] for r in runs])))} | {within} |")
     return "\n".join(out)
+
+
+def runs_markdown(rows) -> str:
+    """One table row per run of a robustness-format JSON (docs/leakfree.json): its arm, accuracy at each of its
+    distances and in-doc, split into fresh and recurring keys where the run has them."""
+    dists = rows[0]["distances"]
+    out = ["| arm | " + " | ".join(f"D={d}" for d in dists) + " | in-doc | fresh keys | recurring keys |",
+           "|" + " --- |" * (len(dists) + 4)]
+    for r in rows:
+        cells = [fmt(dict(zip(r["distances"], r["kv"])).get(d)) for d in dists]
+        out.append(f"| {r['arm']} | " + " | ".join(cells) + f" | {fmt(r['in_doc'])} | {fmt(r.get('in_doc_fresh'))}"
+                   f" | {fmt(r.get('in_doc_recurring'))} |")
+    return "\n".join(out)

@@ -124,3 +124,10 @@ def test_the_finding1_table_is_what_its_json_gives():
     from research import finding1
     rows = json.loads(read("docs/finding1.json"))["rows"]
     assert block(read("docs/results.md"), "finding1").strip() == finding1.markdown(rows).strip()
+
+
+def test_the_leak_free_table_is_what_its_json_gives():
+    from research.robustness import runs_markdown
+    rows = json.loads(read("docs/leakfree.json"))["runs"]
+    assert {r["arm"] for r in rows} == {"step0", "kd", "ce", "kd-masked", "ce-masked"}
+    assert block(read("docs/causal.md"), "leakfree").strip() == runs_markdown(rows).strip()
