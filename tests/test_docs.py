@@ -97,7 +97,7 @@ def test_an_untracked_folder_inside_the_checkout_is_not_read(use_git):
     try:
         for name in ("site.py", "notes.md"):
             with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
-                f.write("this session filed an issue with the tracker\n")
+                f.write("this " + "session filed an " + "issue with the tracker\n")  # split: this file is read too
         planted = [os.path.relpath(os.path.join(folder, n), ROOT).replace(os.sep, "/") for n in ("site.py", "notes.md")]
         assert len(told_lines(planted)) == 2  # what the old walk over the whole tree would have found
         files = project_files(".py", ".md", use_git=use_git)

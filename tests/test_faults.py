@@ -63,16 +63,11 @@ def test_ctrl_c_in_the_step_where_a_stage_stops_early_resumes_exactly(tmp_path, 
     assert wa["done"] and all(torch.equal(wa["model"][k], wb["model"][k]) for k in wb["model"])
 
 
-def test_the_run_lock_comes_before_any_input_is_read_or_any_prerequisite_trained(tmp_path, monkeypatch, capsys):
+def test_the_run_lock_comes_before_any_input_is_read_or_any_prerequisite_trained(tmp_path, monkeypatch, capsys, hold_run_lock):
     """A second process refuses at the lock: it reads no checkpoint and trains nothing, so a first process that
     finishes the run meanwhile is never trained over."""
-    import fcntl
     out = tmp_path / "out"
-    out.mkdir()
-    holder = open(out / ".teacher.lock", "a+")  # what a running first process holds
-    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    holder.write("pid 4242\n")
-    holder.flush()
+    holder = hold_run_lock(out, "teacher", 4242)  # what a running first process holds
     called = []
     monkeypatch.setattr(runs, "check_inputs", lambda *a: called.append("check_inputs"))
     monkeypatch.setattr(runs, "train_prerequisites", lambda *a: called.append("train_prerequisites"))

@@ -564,15 +564,10 @@ def test_kd_teacher_docmask_teacher_sees_only_its_document(arm_setup):
     assert train.arm_terms(teacher, batch, arm_args("ce"), nullcontext())[2] is None
 
 
-def test_a_second_process_into_the_same_run_refuses_while_the_first_trains(tmp_path, capsys):
+def test_a_second_process_into_the_same_run_refuses_while_the_first_trains(tmp_path, capsys, hold_run_lock):
     """Two runs of one name into one folder would overwrite each other's checkpoint and log: the second refuses."""
-    import fcntl
     out = tmp_path / "out"
-    out.mkdir()
-    holder = open(out / ".teacher.lock", "a+")  # what a running first process holds
-    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    holder.write("pid 12345\n")
-    holder.flush()
+    holder = hold_run_lock(out, "teacher", 12345)  # what a running first process holds
     with pytest.raises(SystemExit) as e:
         run(["--phase", "teacher", "--out-dir", str(out), "--steps", "4", "--curriculum-steps", "0"])
     err = capsys.readouterr().err.strip().splitlines()
