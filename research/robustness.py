@@ -350,13 +350,13 @@ def headline_markdown(robustness) -> str:
 
 
 def runs_markdown(rows) -> str:
-    """One table row per run of a robustness-format JSON (docs/leakfree.json): its arm, accuracy at each of its
-    distances and in-doc, split into fresh and recurring keys where the run has them."""
+    """One table row per run of a robustness-format JSON (docs/leakfree.json): its phase-1 student, its arm,
+    accuracy at each of its distances and in-doc, split into fresh and recurring keys where the run has them."""
     dists = rows[0]["distances"]
-    out = ["| arm | " + " | ".join(f"D={d}" for d in dists) + " | in-doc | fresh keys | recurring keys |",
-           "|" + " --- |" * (len(dists) + 4)]
+    out = ["| phase-1 student | arm | " + " | ".join(f"D={d}" for d in dists) + " | in-doc | fresh keys | recurring "
+           "keys |", "|" + " --- |" * (len(dists) + 5)]
     for r in rows:
         cells = [fmt(dict(zip(r["distances"], r["kv"])).get(d)) for d in dists]
-        out.append(f"| {r['arm']} | " + " | ".join(cells) + f" | {fmt(r['in_doc'])} | {fmt(r.get('in_doc_fresh'))}"
+        out.append(f"| {r.get('phase1', r['phase1_seed'])} | {r['arm']} | " + " | ".join(cells) + f" | {fmt(r['in_doc'])} | {fmt(r.get('in_doc_fresh'))}"
                    f" | {fmt(r.get('in_doc_recurring'))} |")
     return "\n".join(out)
