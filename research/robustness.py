@@ -11,13 +11,14 @@ docs/probes.png. Run it through research/experiment.py, which launches the runs:
 
     python -m research.experiment robustness --phase1-seeds 0 --seeds 0 1 2
 """
+import argparse
 import json
 import math
 import os
 
 import numpy as np
 
-from config import ARMS, PRESETS, build_parser, phase1_name, resolve
+from config import ARMS, PRESETS, build_parser, fail, phase1_name, resolve
 from model import atomic_write
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -112,6 +113,25 @@ def outside_bound(run, criterion=CRITERION):
         if bad:
             failed.append(f"{arm} {'-' if acc is None else f'{acc:.2f}'} at D={d}")
     return failed
+
+
+BAND_CRITERION = {"band": [512, 576, 640, 704, 768, 832, 896], "step0_max": 0.3, "kd_min": 0.9, "ce_gap": 0.3}
+
+
+def band_verdict(arms, criterion=BAND_CRITERION):
+    """(passed, [what failed]) of one combination {arm: run} on the distance band: step 0 at most step0_max and KD
+    at least kd_min at every band distance, and the CE twin's mean over the band at least ce_gap below KD's (a
+    phase alias at one distance cannot decide; a healthy CE twin may extend partly on its own)."""
+    band, failed = criterion["band"], []
+    cells = {a: [dict(zip(arms[a]["distances"], arms[a]["kv"])).get(d) for d in band] for a in ("step0", "kd", "ce")}
+    for arm, ok in (("step0", lambda v: v <= criterion["step0_max"]), ("kd", lambda v: v >= criterion["kd_min"])):
+        failed += [f"{arm} {fmt(v)} at D={d}" for d, v in zip(band, cells[arm]) if v is None or not ok(v)]
+    if any(v is None for v in cells["ce"] + cells["kd"]):
+        return False, failed + ["a band distance not measured"]
+    kd_mean, ce_mean = np.mean(cells["kd"]), np.mean(cells["ce"])
+    if ce_mean > kd_mean - criterion["ce_gap"]:
+        failed.append(f"ce band mean {ce_mean:.2f} within {criterion['ce_gap']} of kd's {kd_mean:.2f}")
+    return not failed, failed
 
 
 def wilson_interval(k, n, z=1.959964):
@@ -360,3 +380,71 @@ def runs_markdown(rows) -> str:
         out.append(f"| {r.get('phase1', r['phase1_seed'])} | {r['arm']} | " + " | ".join(cells) + f" | {fmt(r['in_doc'])} | {fmt(r.get('in_doc_fresh'))}"
                    f" | {fmt(r.get('in_doc_recurring'))} |")
     return "\n".join(out)
+
+
+ACCEPTANCE = {"stage16_passed": True, "d16_min": 0.85}  # a phase-1 student's test, fixed before the screen
+
+
+def acceptance_markdown(screen) -> str:
+    """The acceptance screen's table (docs/acceptance.json): per phase-1 student, what phase 1 showed (the step its
+    16-token stage passed, D = 16 after phase 1), whether ACCEPTANCE takes it, and phase 2's outcome on the band."""
+    out = ["| phase-1 seed | 16-token stage passed at step | after phase 1, D = 16 | accepted | step 0, band max | KD, band "
+           "min | KD, band mean | CE twin, band mean | phase 2 on the band |", "|" + " --- |" * 9]
+    band = BAND_CRITERION["band"]
+    for st in screen["students"]:
+        arms = {r["arm"]: r for r in screen["runs"] if r["phase1_seed"] == st["phase1_seed"]}
+        cells = {a: [dict(zip(r["distances"], r["kv"]))[d] for d in band] for a, r in arms.items()}
+        accepted = st["stage16_step"] is not None and st["d16"] >= ACCEPTANCE["d16_min"]
+        passed, why = band_verdict(arms)
+        out.append(f"| {st['phase1_seed']} | {st['stage16_step'] or 'capped'} | {fmt(st['d16'])} | "
+                   f"{'yes' if accepted else 'no'} | {fmt(max(cells['step0']))} | {fmt(min(cells['kd']))} | "
+                   f"{fmt(float(np.mean(cells['kd'])))} | {fmt(float(np.mean(cells['ce'])))} | "
+                   f"{'pass' if passed else 'fail: ' + '; '.join(why)} |")
+    return "\n".join(out)
+
+
+def band_rows(out_dir, phase1_seed, phase2_seed=0, n_windows=16):
+    """The band rows of one combination trained into out_dir: step 0 (its phase-1 student under the phase-2 base),
+    the KD student and its CE twin, each on BAND_CRITERION's band plus D = 256 and 900, held-out probe seeds."""
+    from contextlib import nullcontext
+
+    import torch
+    from data import TaskSpec
+    from evaluate import evaluate_heldout
+    from model import load_model, switch_rope
+    p2 = (f"-p{phase1_seed}" if phase1_seed else "") + (f"-s{phase2_seed}" if phase2_seed else "")
+    paths = {"step0": os.path.join(out_dir, phase1_name(1e4, phase1_seed) + ".pt"),
+             "kd": os.path.join(out_dir, f"phase2-kd-b10000-b500000{p2}.pt"),
+             "ce": os.path.join(out_dir, f"phase2-ce-b10000-b500000{p2}.pt")}
+    distances, rows = sorted(BAND_CRITERION["band"] + [256, 900]), []
+    for arm, path in paths.items():
+        model = load_model(path, "cpu")[0]
+        model = switch_rope(model, LARGE, None, 1024) if arm == "step0" else model
+        res = evaluate_heldout(model.eval(), TaskSpec(), 1024, distances, 128, torch.device("cpu"), nullcontext(),
+                               n_windows)
+        rows.append({"phase1_seed": phase1_seed, "phase2_seed": phase2_seed, "arm": arm, "distances": distances,
+                     "kv": [res["kv"][d] for d in distances], "in_doc": res["in_doc"]})
+    return rows
+
+
+def main(argv=None):
+    """`python -m research.robustness band --dir OUT --phase1-seed N`: the band rows, their verdict, a JSON."""
+    p = argparse.ArgumentParser(description="One combination on the distance band (held-out probes), judged.")
+    p.add_argument("command", choices=["band"], help="band: step 0, KD student and CE twin on the band")
+    p.add_argument("--dir", required=True, help="the folder the phase-1 student and both phase-2 runs were trained in")
+    p.add_argument("--phase1-seed", type=int, default=0, help="phase-1 seed of the combination; default 0")
+    p.add_argument("--seed", type=int, default=0, help="phase-2 seed of the combination; default 0")
+    p.add_argument("--n-windows", type=int, default=16, help="probe windows per distance and probe seed; default 16")
+    args = p.parse_args(argv)
+    try:
+        rows = band_rows(args.dir, args.phase1_seed, args.seed, args.n_windows)
+    except (OSError, ValueError) as e:  # a missing or unreadable checkpoint (model.CheckpointError is a ValueError)
+        fail(str(e))
+    passed, why = band_verdict({r["arm"]: r for r in rows})
+    path = os.path.join(args.dir, f"band-p{args.phase1_seed}-s{args.seed}.json")
+    atomic_write(path, lambda f: json.dump(rows, f, indent=1), mode="w")
+    print(runs_markdown(rows) + "\n" + ("pass" if passed else "fail: " + "; ".join(why)))
+
+
+if __name__ == "__main__":
+    main()

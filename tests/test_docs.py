@@ -131,3 +131,9 @@ def test_the_leak_free_table_is_what_its_json_gives():
     rows = json.loads(read("docs/leakfree.json"))["runs"]
     assert {r["arm"] for r in rows} == {"step0", "kd", "ce", "kd-masked", "ce-masked"}
     assert block(read("docs/causal.md"), "leakfree").strip() == runs_markdown(rows).strip()
+
+
+def test_the_acceptance_table_is_what_its_json_gives():
+    from research.robustness import acceptance_markdown
+    screen = json.loads(read("docs/acceptance.json"))
+    assert block(read("docs/seeds.md"), "acceptance").strip() == acceptance_markdown(screen).strip()

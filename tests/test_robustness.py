@@ -145,3 +145,41 @@ def test_seeds_md_pass_count_is_the_criterion_on_the_json():
 @pytest.mark.parametrize("name", ["robustness.json", "seeds.md", "causal.md"])
 def test_results_files_exist(name):
     assert os.path.isfile(os.path.join(DOCS, name))
+
+
+def test_the_band_criterion_on_hand_made_rows():
+    from research.robustness import BAND_CRITERION, band_verdict
+    band = BAND_CRITERION["band"]
+
+    def run(*values):
+        return {"distances": band, "kv": list(values)}
+    good = {"step0": run(*[0.05] * 7), "kd": run(*[1.0] * 7), "ce": run(0.1, 0.1, 0.1, 0.7, 0.7, 0.1, 0.1)}
+    assert band_verdict(good) == (True, [])  # a CE alias bump at two distances does not decide: mean 0.27
+    weak = dict(good, kd=run(1.0, 1.0, 0.89, 1.0, 1.0, 1.0, 1.0))
+    assert band_verdict(weak) == (False, ["kd 0.89 at D=640"])
+    close = dict(good, ce=run(*[0.75] * 7))
+    assert band_verdict(close) == (False, ["ce band mean 0.75 within 0.3 of kd's 1.00"])
+    high_start = dict(good, step0=run(0.31, *[0.0] * 6))
+    assert band_verdict(high_start)[1] == ["step0 0.31 at D=512"]
+
+
+def test_the_band_command_scores_three_checkpoints_and_says_its_verdict(tmp_path, capsys):
+    """Tiny untrained checkpoints under the names a combination's runs have: every arm scored at every band
+    distance (an untrained KD student fails the criterion, and says where), the rows written as JSON."""
+    import dataclasses
+
+    import torch
+    from model import GPT, GPTConfig, save_checkpoint
+    from research import robustness
+    torch.manual_seed(0)
+    for name in ("phase1-b10000-s3", "phase2-kd-b10000-b500000-p3", "phase2-ce-b10000-b500000-p3"):
+        cfg = GPTConfig(vocab_size=193, n_layer=1, n_head=2, n_kv_head=2, d_model=32, max_seq_len=1024)
+        save_checkpoint({"model": GPT(cfg).state_dict(), "config": dataclasses.asdict(cfg), "step": 1,
+                         "phase": "2", "done": True}, str(tmp_path / f"{name}.pt"))
+    robustness.main(["band", "--dir", str(tmp_path), "--phase1-seed", "3", "--n-windows", "1"])
+    out = capsys.readouterr().out
+    assert "fail: kd " in out and "at D=512" in out
+    rows = json.loads((tmp_path / "band-p3-s0.json").read_text())
+    assert [r["arm"] for r in rows] == ["step0", "kd", "ce"]
+    assert all(set(robustness.BAND_CRITERION["band"]) <= set(r["distances"]) for r in rows)
+    assert all(0 <= v <= 1 for r in rows for v in r["kv"])
