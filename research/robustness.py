@@ -370,8 +370,7 @@ def headline_markdown(robustness) -> str:
 
 
 def runs_markdown(rows) -> str:
-    """One table row per run of a robustness-format JSON (docs/leakfree.json): its phase-1 student, its arm,
-    accuracy at each of its distances and in-doc, split into fresh and recurring keys where the run has them."""
+    """A row per run of a robustness-format JSON (docs/leakfree.json): student, arm, accuracy by distance, in-doc."""
     dists = rows[0]["distances"]
     out = ["| phase-1 student | arm | " + " | ".join(f"D={d}" for d in dists) + " | in-doc | fresh keys | recurring "
            "keys |", "|" + " --- |" * (len(dists) + 5)]
@@ -404,8 +403,7 @@ def acceptance_markdown(screen) -> str:
 
 
 def band_rows(out_dir, phase1_seed, phase2_seed=0, n_windows=16):
-    """The band rows of one combination trained into out_dir: step 0 (its phase-1 student under the phase-2 base),
-    the KD student and its CE twin, each on BAND_CRITERION's band plus D = 256 and 900, held-out probe seeds."""
+    """Held-out band rows (BAND_CRITERION's band, D = 256 and 900) of step 0, the KD student and its CE twin."""
     from contextlib import nullcontext
 
     import torch
@@ -433,16 +431,18 @@ def main(argv=None):
     p.add_argument("command", choices=["band"], help="band: step 0, KD student and CE twin on the band")
     p.add_argument("--dir", required=True, help="the folder the phase-1 student and both phase-2 runs were trained in")
     p.add_argument("--phase1-seed", type=int, default=0, help="phase-1 seed of the combination; default 0")
-    p.add_argument("--seed", type=int, default=0, help="phase-2 seed of the combination; default 0")
+    p.add_argument("--seed", type=int, default=0, help="its phase-2 seed; default 0")
     p.add_argument("--n-windows", type=int, default=16, help="probe windows per distance and probe seed; default 16")
     args = p.parse_args(argv)
+    if args.n_windows < 1 or args.phase1_seed < 0 or args.seed < 0:
+        fail("--n-windows must be >= 1 and the seeds >= 0")
     try:
         rows = band_rows(args.dir, args.phase1_seed, args.seed, args.n_windows)
     except (OSError, ValueError) as e:  # a missing or unreadable checkpoint (model.CheckpointError is a ValueError)
         fail(str(e))
     passed, why = band_verdict({r["arm"]: r for r in rows})
-    path = os.path.join(args.dir, f"band-p{args.phase1_seed}-s{args.seed}.json")
-    atomic_write(path, lambda f: json.dump(rows, f, indent=1), mode="w")
+    atomic_write(os.path.join(args.dir, f"band-p{args.phase1_seed}-s{args.seed}.json"),
+                 lambda f: json.dump(rows, f, indent=1), mode="w")
     print(runs_markdown(rows) + "\n" + ("pass" if passed else "fail: " + "; ".join(why)))
 
 
