@@ -18,7 +18,6 @@ import torch
 
 from data import TaskSpec
 from longctx.corpus import data_prefix
-from model import student_config  # noqa: F401 (config.student_config for train.py and runs.py)
 from rope import rope_frequencies, scaling_type
 from scale.device import autocast_dtype, cpu_has_native_bf16, fail, pick_device  # noqa: F401 (used through config)
 

@@ -44,7 +44,7 @@ SEP = 0  # document separator; the only special token
 # - a record and its query are each "k v": the value is the token right after its key (p + 1, q + 1), and
 #   the answer (the retrieval target) is the query's value, at q + 1;
 # - every document body is stored behind one SEP, so a body of n tokens takes n + 1 tokens of the stream and a
-#   document length "separator included" is its body + 1 (short_doc_lengths, file_windows);
+#   document length "separator included" is its body + 1 (short_doc_lengths, longctx/corpus.py short_documents);
 # - a batch window holds L + 1 tokens: the model reads tokens[:-1] and predicts tokens[1:] (to_device).
 
 

@@ -26,12 +26,12 @@ import torch
 
 from scale import dist
 from config import (SHIPPED, build_parser, check_out_dir, data_prefix, fail, phase1_name, resolve,
-                    stage_batch_sizes, student_config)
+                    stage_batch_sizes)
 from formats.text import DataError, read_bin_documents, read_text_documents
 from distill import load_teacher
 from formats.hf import load_pretrained
 from longctx.corpus import build_corpus, byte_ids
-from model import CheckpointError, atomic_write, load_checkpoint, save_checkpoint
+from model import CheckpointError, atomic_write, load_checkpoint, save_checkpoint, student_config
 from formats.tokenizer import Tokenizer
 
 

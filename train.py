@@ -37,10 +37,10 @@ from tqdm import tqdm
 import runs
 from scale import dist, twin
 from config import (ARMS, MASKED_ARMS, PRESETS, build_parser, curriculum_stages, fail, phase_seed, pick_device,
-                    ramp_stages, resolve, student_config)
+                    ramp_stages, resolve)
 from data import DataSource, TaskSpec, prefetch, to_device
 from distill import chunked_cross_entropy, kd_loss, load_teacher, teacher_logits
-from model import GPT, CheckpointError, load_model, switch_rope
+from model import GPT, CheckpointError, load_model, student_config, switch_rope
 from longctx.topk import topk_teacher
 from evaluate import START, print_side_by_side, quick_eval, records_placed, report, report_speed
 from rope import format_spectrum, spectrum_summary

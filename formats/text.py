@@ -1,5 +1,5 @@
-"""Real files into the packer: UTF-8 text read as bytes (or a tokenizer's ids), nanoGPT `.bin` token files (uint16),
-split into documents and packed into windows by data.pack_documents, with the last windows held out.
+"""Real files into documents: UTF-8 text read as bytes (or a tokenizer's ids) and nanoGPT `.bin` token files
+(uint16), split into documents that longctx/corpus.py cuts, holds out and packs with data.pack_documents.
 
 Paper idea: "Short Data, Long Context" (arXiv 2604.06070) packs short documents end to end into a long window. On
 a real corpus (train.py --data) the documents are a file's paragraphs, a folder's files, or a `.bin` file's spans
@@ -9,8 +9,6 @@ task's.
 import os
 
 import numpy as np
-
-from data import pack_documents
 
 
 class DataError(ValueError):
@@ -60,23 +58,3 @@ def read_bin_documents(path, eot_id, vocab_size):
     docs = [np.asarray(d, dtype=np.int64) for d in np.split(ids, cuts) if len(d)]
     docs = [d[1:] if d[0] == eot_id else d for d in docs]  # the packer adds the separator
     return [d for d in docs if len(d)]
-
-
-def file_windows(docs, window, max_doc_len, sep):
-    """Cut documents to at most max_doc_len tokens (separator included) and pack into windows of L+1."""
-    body = max_doc_len - 1
-    chunks = [d[i:i + body] for d in docs for i in range(0, len(d), body)]
-    packed = pack_documents(chunks, window + 1, sep=sep)
-    if len(packed["tokens"]) == 0:
-        raise DataError(f"the data holds fewer than {window + 1} tokens: not one window")
-    return packed
-
-
-def hold_out(packed, fraction=0.05):
-    """(training windows, held-out windows): the last max(1, fraction * N) windows of a packed corpus are held out
-    for the end-of-run loss, so it is not measured on what the model trained on."""
-    n = len(packed["tokens"])
-    if n < 2:
-        raise DataError(f"the data holds {n} window: need at least 2 (one is held out for the end-of-run loss)")
-    cut = n - max(1, int(fraction * n))
-    return {k: v[:cut] for k, v in packed.items()}, {k: v[cut:] for k, v in packed.items()}

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from data import SEP, DataSource, TaskSpec, kv_probe, pack_documents, prefetch, repeated_tokens_window, synthetic_batch
-from formats.text import DataError, file_windows, hold_out, read_bin_documents, read_text_documents
+from formats.text import DataError, read_bin_documents, read_text_documents
+from longctx.corpus import short_documents
 
 SPEC = TaskSpec()
 
@@ -73,7 +74,8 @@ def test_seeds_reproduce_and_differ():
 @pytest.mark.parametrize("kind", ["packed", "file"])
 def test_a_ranks_rows_are_its_share_of_the_one_global_batch(kind):
     """Rank r of N gets rows [r B/N, (r+1) B/N) of the batch one process draws (what keeps 1 process bit-exact)."""
-    windows = file_windows([np.arange(1, 40) % 50 + 1 for _ in range(30)], 32, 16, 0) if kind == "file" else None
+    docs = [np.arange(1, 40) % 50 + 1 for _ in range(30)]
+    windows = pack_documents(short_documents(docs, 16), 33, sep=0) if kind == "file" else None
     src = DataSource(SPEC, kind, 32, 4, seed=3, max_doc_len=16, min_doc_len=8, windows=windows)
     whole = src.batch(7)
     halves = [src.batch(7, slice(0, 2)), src.batch(7, slice(2, 4))]
@@ -133,7 +135,7 @@ def test_text_and_bin_files_round_trip(tmp_path):
     ids.tofile(tmp_path / "t.bin")
     docs = read_bin_documents(str(tmp_path / "t.bin"), eot_id=99, vocab_size=100)
     assert [d.tolist() for d in docs] == [[5, 6, 7], [8, 9], [10]]
-    win = file_windows(docs, 4, max_doc_len=3, sep=99)
+    win = pack_documents(short_documents(docs, 3), 5, sep=99)
     assert win["tokens"].shape[1] == 5 and (win["tokens"][:, 0] == 99).all()
 
 
@@ -164,19 +166,6 @@ def test_filler_follows_its_markov_chain(order):
                 assert ctx[-1] - f0 in succ[tuple(ctx[:-1] - f0)]
                 checked += 1
     assert checked > 300
-
-
-def test_hold_out_keeps_the_last_windows_away_from_training():
-    packed = {"tokens": np.arange(40 * 9).reshape(40, 9), "positions": np.zeros((40, 9), dtype=int)}
-    train_w, held = hold_out(packed)
-    assert len(train_w["tokens"]) == 38 and len(held["tokens"]) == 2  # 5% of 40
-    assert np.array_equal(np.concatenate([train_w["tokens"], held["tokens"]]), packed["tokens"])  # disjoint, all kept
-    assert len(hold_out({k: v[:3] for k, v in packed.items()})[1]["tokens"]) == 1  # at least one window
-    with pytest.raises(DataError, match="at least 2"):
-        hold_out({k: v[:1] for k, v in packed.items()})
-
-
-# ----------------------------------------------------------------------------- far-back targets, new probes
 
 
 def far_back_by_hand(tokens, doc_ids):
