@@ -125,7 +125,8 @@ def phase1_name(base, seed=0, window=None, preset="cpu"):
 def variant_suffix(args):
     """The part of a run's name for flags that change what it computes beyond phase, bases and seeds: -yarn4
     (--rope-scaling), -rkl / -jsd0.5 / -T2 (divergence, temperature; with distillation only), -dm (--doc-mask),
-    -rp (--reset-positions), -masked / -tlabels / -tdocmask (phase 2's --arm). Empty for the defaults."""
+    -rp (--reset-positions), -rec0.1 (--recurrence), -masked / -tlabels / -tdocmask (phase 2's --arm). Empty for the
+    defaults."""
     s = ""
     rope_type = scaling_type(args.scaling)
     if rope_type is not None:
@@ -136,6 +137,7 @@ def variant_suffix(args):
         s += f"-T{args.temperature:g}" if args.temperature != 1 else ""
     s += "-dm" if args.doc_mask else ""
     s += "-rp" if args.reset_positions else ""
+    s += f"-rec{args.recurrence:g}" if getattr(args, "recurrence", None) is not None else ""
     s += "-ramp" + ".".join(str(w) for w in args.ramp_windows) + f"x{args.ramp_steps}" if args.ramp_windows else ""
     s += ARMS[args.arm].suffix if getattr(args, "arm", None) else ""
     return s
@@ -188,6 +190,9 @@ def build_parser():
                    "short for phase 1)")
     g.add_argument("--max-doc-len", type=int, default=None, help="longest short document, separator included")
     g.add_argument("--min-doc-len", type=int, default=None, help="shortest short document")
+    g.add_argument("--recurrence", type=float, default=None, help="students: the fraction of records whose key is "
+                   "drawn from an earlier document of the packed window (the cross-document overlap the teacher's "
+                   "far-back answers need; default: keys drawn uniformly, about 0.45)")
     g.add_argument("--reset-positions", action="store_true", help="restart position ids at each document "
                    "(needs --doc-mask)")
     g.add_argument("--doc-mask", action="store_true", help="block-diagonal attention (no cross-document attention)")
@@ -334,6 +339,11 @@ def resolve(args):
          f"--ramp-windows must lie in [--max-doc-len {args.max_doc_len}, --window {args.window}), "
          f"got {args.ramp_windows}"),
         (args.ramp_steps >= 1, f"--ramp-steps must be >= 1, got {args.ramp_steps}"),
+        (args.recurrence is None or (finite(args.recurrence) and 0 <= args.recurrence <= 1),
+         f"--recurrence must lie in [0, 1], got {args.recurrence}"),
+        (args.recurrence is None or (phase != "teacher" and not args.data),
+         "--recurrence sets how the packer draws keys for a student's synthetic documents: not with --phase teacher "
+         "or --data"),
         (0 < args.curriculum_target <= 1, f"--curriculum-target must lie in (0, 1], got {args.curriculum_target}"),
         (args.temperature > 0 and finite(args.temperature), f"--temperature must be > 0, got {args.temperature}"),
         (0 <= args.kd_weight <= 1, f"--kd-weight must lie in [0, 1], got {args.kd_weight}"),

@@ -14,8 +14,8 @@ documents. No data set can be downloaded here, so this file generates both from 
 - Short documents (student): at most `max_doc_len` tokens (default 1/8 of the window), every query refers to a
   record in the same document. They draw keys from the same pool, so in a packed window a key recurs across
   documents. That recurrence is the long-range signal a long-context teacher's logits carry (it predicts the value
-  the key had in an earlier document); its rate is set by `key_pool` and the pair density, and `python data.py`
-  prints it.
+  the key had in an earlier document); its rate is set by `key_pool` and the pair density (about 45% by default),
+  or asked for directly (`recurrence`, train.py --recurrence), and `python data.py [--recurrence R]` prints it.
 - `pack_documents`: documents -> windows of exactly L tokens with position ids (continuous, or reset per document)
   and document ids (for the optional mask).
 - `DataSource`: a step's batch as a pure function of (seed, step), or one rank's rows of it (train.py under
@@ -135,17 +135,37 @@ def place_pairs(tokens, answers, rng, keys, distances, query_lo=0, query_hi=None
     return placed
 
 
-def kv_document(spec, rng, length, n_pairs, distances, query_lo=0, query_hi=None, key_pool=0, filler=None):
+def choose_keys(rng, pool, n, seen, recurrence):
+    """n distinct keys for one short document, each from `seen` (keys of earlier documents in the window) with
+    probability `recurrence`, else from the keys not seen yet. When a kind runs out, a recurring slot takes an
+    unseen key and an unseen slot is dropped (fewer records: with 64 keys, a window at rate 0 holds about 64 answers
+    where the default holds about 91); the rate reached is near the one asked, not equal (`python data.py` prints it)."""
+    recur = rng.random(min(n, len(pool))) < recurrence
+    old = rng.permutation(np.array(sorted(seen), dtype=np.int64))
+    new = rng.permutation(np.setdiff1d(pool, old))
+    n_old = min(int(recur.sum()), len(old))
+    n_new = min(len(recur) - n_old, len(new))
+    return rng.permutation(np.concatenate([old[:n_old], new[:n_new]]))
+
+
+def kv_document(spec, rng, length, n_pairs, distances, query_lo=0, query_hi=None, key_pool=0, filler=None,
+                seen=None, recurrence=None):
     """One document body (no SEP) of `length` tokens with n_pairs records at the given distances.
 
-    Keys are unique within the document. `filler` (length,) may be given (made in bulk). Returns (tokens, answers)
-    as (length,) arrays.
+    Keys are unique within the document, drawn uniformly from the pool, or, with `recurrence` (a rate in [0, 1]),
+    by choose_keys against `seen`, the set of keys of earlier documents in the window (updated in place).
+    `filler` (length,) may be given (made in bulk). Returns (tokens, answers) as (length,) arrays.
     """
     tokens = make_filler(spec, rng, 1, length)[0] if filler is None else filler.copy()
     answers = np.zeros(length, dtype=bool)
     pool = spec.keys()[: key_pool or spec.n_keys]
-    keys = rng.choice(pool, min(n_pairs, len(pool)), replace=False)
+    if recurrence is None:
+        keys = rng.choice(pool, min(n_pairs, len(pool)), replace=False)
+    else:
+        keys = choose_keys(rng, pool, n_pairs, seen, recurrence)
     placed = place_pairs(tokens, answers, rng, keys, distances[: len(keys)], query_lo, query_hi)
+    if seen is not None:
+        seen.update(int(k) for k, _, _ in placed)
     values = rng.choice(spec.values(), len(placed))
     for (key, p, q), v in zip(placed, values):
         tokens[p + 1] = tokens[q + 1] = v
@@ -163,14 +183,16 @@ def long_document(spec, rng, length, n_pairs=None, filler=None):
     return kv_document(spec, rng, length, n_pairs, log_uniform(rng, 2, max(2, length - 3), n_pairs), filler=filler)
 
 
-def short_document(spec, rng, length, filler=None):
-    """Student data: a short document; every query's record lies in it (distances 2..length-3)."""
+def short_document(spec, rng, length, filler=None, seen=None, recurrence=None):
+    """Student data: a short document; every query's record lies in it (distances 2..length-3). `seen` and
+    `recurrence`: see kv_document (the packer's cross-document key recurrence)."""
     if length < 6:  # too short for a pair: filler only
         filler = make_filler(spec, rng, 1, length)[0] if filler is None else filler
         return filler, np.zeros(length, dtype=bool)
     n_pairs = max(1, length // spec.pair_every)
     distances = rng.integers(2, length - 2, n_pairs)
-    return kv_document(spec, rng, length, n_pairs, distances, key_pool=spec.key_pool, filler=filler)
+    return kv_document(spec, rng, length, n_pairs, distances, key_pool=spec.key_pool, filler=filler, seen=seen,
+                       recurrence=recurrence)
 
 
 # ----------------------------------------------------------------------------- packing
@@ -214,11 +236,13 @@ def short_doc_lengths(rng, total, min_len, max_len):
 
 
 def synthetic_batch(spec, rng, kind, batch_size, window, max_doc_len=128, min_doc_len=32, n_pairs=None,
-                    reset_positions=False):
+                    reset_positions=False, recurrence=None):
     """A batch of windows of `window + 1` tokens (input and shifted target), as numpy arrays.
 
     kind "long": one long document per window (teacher data, keys unique in the window);
-    kind "packed": short documents of min_doc_len..max_doc_len tokens packed end to end.
+    kind "packed": short documents of min_doc_len..max_doc_len tokens packed end to end; `recurrence` (None: keys
+    drawn uniformly, about 45% of records reuse a key of an earlier document) asks each record's key to come from
+    an earlier document of the window with this probability (choose_keys).
     """
     if kind not in ("long", "packed"):
         raise ValueError(f"unknown data kind {kind!r} (long or packed)")
@@ -229,7 +253,9 @@ def synthetic_batch(spec, rng, kind, batch_size, window, max_doc_len=128, min_do
             parts = [long_document(spec, rng, window, n_pairs, row[1:])]
         else:
             bounds = np.cumsum([0] + short_doc_lengths(rng, window + 1, min_doc_len, max_doc_len))
-            parts = [short_document(spec, rng, b - a - 1, row[a + 1:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+            seen = set()  # keys of the window's documents so far
+            parts = [short_document(spec, rng, b - a - 1, row[a + 1:b], seen, recurrence)
+                     for a, b in zip(bounds[:-1], bounds[1:])]
         docs += [p[0] for p in parts]
         answers += [p[1] for p in parts]
     packed = pack_documents(docs, window + 1, reset_positions=reset_positions, answers=answers)
@@ -281,10 +307,10 @@ class DataSource:
     (kind long/packed) or from pre-packed windows of a real file."""
 
     def __init__(self, spec, kind, window, batch_size, seed, max_doc_len=128, min_doc_len=32, n_pairs=None,
-                 reset_positions=False, windows=None):
+                 reset_positions=False, windows=None, recurrence=None):
         self.spec, self.kind, self.window, self.batch_size, self.seed = spec, kind, window, batch_size, seed
         self.max_doc_len, self.min_doc_len, self.n_pairs = max_doc_len, min_doc_len, n_pairs
-        self.reset_positions, self.windows = reset_positions, windows
+        self.reset_positions, self.windows, self.recurrence = reset_positions, windows, recurrence
 
     def batch(self, step: int, rows: slice = slice(None)):
         """The step's batch of windows, or its `rows` (a rank's share, dist.BatchShape): numpy (rows, L+1) arrays.
@@ -297,7 +323,7 @@ class DataSource:
             return {k: v[idx] for k, v in self.windows.items()}
         # synthetic rows share one random stream, so a rank builds the whole batch and keeps its rows
         full = synthetic_batch(self.spec, rng, self.kind, self.batch_size, self.window, self.max_doc_len,
-                               self.min_doc_len, self.n_pairs, self.reset_positions)
+                               self.min_doc_len, self.n_pairs, self.reset_positions, self.recurrence)
         return {k: v[rows] for k, v in full.items()}
 
 
@@ -422,6 +448,8 @@ def main():
     p.add_argument("--window", type=int, default=1024, help="long window L")
     p.add_argument("--max-doc-len", type=int, default=128, help="longest short document (separator included)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--recurrence", type=float, default=None,
+                   help="ask this fraction of records to reuse a key of an earlier document (default: uniform keys)")
     args = p.parse_args()
     spec, rng = TaskSpec(), np.random.default_rng(args.seed)
     print(f"vocabulary {spec.vocab_size}: SEP=0 '|', keys K0..K{spec.n_keys - 1}, values V0..V{spec.n_values - 1}, "
@@ -429,12 +457,12 @@ def main():
     long = synthetic_batch(spec, rng, "long", 1, args.window)
     print("A long document (teacher data), first 48 tokens, answers in [ ]:")
     print(" ", render(long["tokens"][0], spec, long["answers"][0], 48))
-    packed = synthetic_batch(spec, rng, "packed", 8, args.window, args.max_doc_len)
+    packed = synthetic_batch(spec, rng, "packed", 8, args.window, args.max_doc_len, recurrence=args.recurrence)
     starts = np.flatnonzero(packed["tokens"][0] == SEP)
     print(f"\nA packed window of short documents: {len(starts)} documents start at {starts.tolist()}")
     print("  the first 48 tokens:", render(packed["tokens"][0], spec, packed["answers"][0], 48))
     print(f"  records whose key already appeared in an earlier document of the window: "
-          f"{key_recurrence(spec, packed):.0%}")
+          f"{key_recurrence(spec, packed):.0%}; far-back value targets: {packed['far_back'].sum() / 8:.0f} per window")
     probe = kv_probe(spec, args.window, 256, n_windows=1, n_pairs=4)
     q = np.flatnonzero(probe["answers"][0])
     print(f"\nA retrieval probe at D=256: answers at positions {q.tolist()}; around the first:")

@@ -4,7 +4,7 @@ import time
 import numpy as np
 import pytest
 
-from data import SEP, DataSource, TaskSpec, kv_probe, pack_documents, prefetch, repeated_tokens_window, synthetic_batch
+from data import SEP, DataSource, TaskSpec, key_recurrence, kv_probe, pack_documents, prefetch, repeated_tokens_window, synthetic_batch
 from formats.text import DataError, read_bin_documents, read_text_documents
 from longctx.corpus import short_documents
 
@@ -61,6 +61,38 @@ def test_generator_answers_and_unique_keys(kind):
         for d in np.unique(doc):
             keys = tok[(doc == d) & (tok >= 1) & (tok <= SPEC.n_keys)]
             assert all(c == 2 for c in np.unique(keys, return_counts=True)[1])  # each key: record + query
+
+
+def keys_by_document(tok, doc):
+    """[(document id, set of keys)] of one packed window, in order."""
+    is_key = (tok >= 1) & (tok <= SPEC.n_keys)
+    return [(d, set(tok[(doc == d) & is_key].tolist())) for d in np.unique(doc)]
+
+
+@pytest.mark.parametrize("rate", [0.0, 1.0])
+def test_recurrence_rate_zero_never_reuses_a_key_and_one_reuses_while_it_can(rate):
+    batch = synthetic_batch(SPEC, np.random.default_rng(4), "packed", 4, 1024, recurrence=rate)
+    answers_are_retrievable(batch)  # still well-formed retrieval data
+    assert batch["answers"].sum() > 4 * 40
+    for tok, doc in zip(batch["tokens"], batch["doc_ids"]):
+        seen = set()
+        for d, keys in keys_by_document(tok, doc):
+            if rate == 0:
+                assert not keys & seen  # no key of an earlier document
+            elif seen:
+                fresh = keys - seen  # taken only when the earlier documents had fewer keys than this one asks
+                assert not fresh or len(seen) < 128 // SPEC.pair_every
+            seen |= keys
+    if rate == 0:
+        assert not batch["far_back"].any()
+
+
+def test_recurrence_rate_moves_the_measured_overlap_and_default_stays_uniform():
+    rates = {r: key_recurrence(SPEC, synthetic_batch(SPEC, np.random.default_rng(5), "packed", 16, 1024,
+                                                     recurrence=r)) for r in (0.1, 0.25, 0.45)}
+    assert rates[0.1] < rates[0.25] < rates[0.45] and all(abs(v - r) < 0.06 for r, v in rates.items())
+    default = key_recurrence(SPEC, synthetic_batch(SPEC, np.random.default_rng(5), "packed", 16, 1024))
+    assert 0.40 < default < 0.50  # uniform keys: the rate the docs quote (about 45%)
 
 
 def test_seeds_reproduce_and_differ():
