@@ -402,24 +402,30 @@ def acceptance_markdown(screen) -> str:
     return "\n".join(out)
 
 
-def band_rows(out_dir, phase1_seed, phase2_seed=0, n_windows=16):
-    """Held-out band rows (BAND_CRITERION's band, D = 256 and 900) of step 0, the KD student and its CE twin."""
+def band_rows(out_dir, phase1_seed, phase2_seed=0, n_windows=16, suffix="", seeds=None,
+              arms=("step0", "kd", "ce")):
+    """Band rows (BAND_CRITERION's band, D = 256 and 900) of step 0, the KD student and its CE twin, each value the
+    mean over the probe `seeds` (None: the held-out ones; a screen asks for the selection probe, [0]). `suffix`: the
+    phase-2 runs' name suffix for a variant (config.variant_suffix: -rec0.1, -ramp128.256.512x150, ...)."""
     from contextlib import nullcontext
 
     import torch
     from data import TaskSpec
-    from evaluate import evaluate_heldout
+    from evaluate import HELDOUT_SEEDS, evaluate_heldout
     from model import load_model, switch_rope
+    seeds = HELDOUT_SEEDS if seeds is None else seeds
     p2 = (f"-p{phase1_seed}" if phase1_seed else "") + (f"-s{phase2_seed}" if phase2_seed else "")
+    p1 = f"-p{phase1_seed}" if phase1_seed else ""
+    p2 = f"-s{phase2_seed}" if phase2_seed else ""
     paths = {"step0": os.path.join(out_dir, phase1_name(1e4, phase1_seed) + ".pt"),
-             "kd": os.path.join(out_dir, f"phase2-kd-b10000-b500000{p2}.pt"),
-             "ce": os.path.join(out_dir, f"phase2-ce-b10000-b500000{p2}.pt")}
+             "kd": os.path.join(out_dir, f"phase2-kd-b10000-b500000{p1}{suffix}{p2}.pt"),
+             "ce": os.path.join(out_dir, f"phase2-ce-b10000-b500000{p1}{suffix}{p2}.pt")}
     distances, rows = sorted(BAND_CRITERION["band"] + [256, 900]), []
-    for arm, path in paths.items():
-        model = load_model(path, "cpu")[0]
+    for arm in arms:
+        model = load_model(paths[arm], "cpu")[0]
         model = switch_rope(model, LARGE, None, 1024) if arm == "step0" else model
         res = evaluate_heldout(model.eval(), TaskSpec(), 1024, distances, 128, torch.device("cpu"), nullcontext(),
-                               n_windows)
+                               n_windows, seeds=seeds)
         rows.append({"phase1_seed": phase1_seed, "phase2_seed": phase2_seed, "arm": arm, "distances": distances,
                      "kv": [res["kv"][d] for d in distances], "in_doc": res["in_doc"]})
     return rows
@@ -427,23 +433,35 @@ def band_rows(out_dir, phase1_seed, phase2_seed=0, n_windows=16):
 
 def main(argv=None):
     """`python -m research.robustness band --dir OUT --phase1-seed N`: the band rows, their verdict, a JSON."""
+    from evaluate import HELDOUT_SEEDS
     p = argparse.ArgumentParser(description="One combination on the distance band (held-out probes), judged.")
     p.add_argument("command", choices=["band"], help="band: step 0, KD student and CE twin on the band")
     p.add_argument("--dir", required=True, help="the folder the phase-1 student and both phase-2 runs were trained in")
     p.add_argument("--phase1-seed", type=int, default=0, help="phase-1 seed of the combination; default 0")
     p.add_argument("--seed", type=int, default=0, help="its phase-2 seed; default 0")
     p.add_argument("--n-windows", type=int, default=16, help="probe windows per distance and probe seed; default 16")
+    p.add_argument("--variant", default="", help="the phase-2 runs' name suffix of a variant, without its dash: "
+                   "rec0.1 (--recurrence 0.1), ramp128.256.512x150, ...; default none (the recipe)")
+    p.add_argument("--probe-seeds", type=int, nargs="+", default=list(HELDOUT_SEEDS),
+                   help="probe seeds to average over; default the held-out ones (1 2 3); 0 is the selection probe")
+    p.add_argument("--arms", nargs="+", default=["step0", "kd", "ce"], choices=["step0", "kd", "ce"],
+                   help="which models to score (a KD run trained with --no-baseline has no CE twin); default all")
     args = p.parse_args(argv)
-    if args.n_windows < 1 or args.phase1_seed < 0 or args.seed < 0:
+    if args.n_windows < 1 or args.phase1_seed < 0 or args.seed < 0 or min(args.probe_seeds) < 0:
         fail("--n-windows must be >= 1 and the seeds >= 0")
+    suffix = "-" + args.variant.lstrip("-") if args.variant else ""
     try:
-        rows = band_rows(args.dir, args.phase1_seed, args.seed, args.n_windows)
+        rows = band_rows(args.dir, args.phase1_seed, args.seed, args.n_windows, suffix, args.probe_seeds,
+                         args.arms)
     except (OSError, ValueError) as e:  # a missing or unreadable checkpoint (model.CheckpointError is a ValueError)
         fail(str(e))
-    passed, why = band_verdict({r["arm"]: r for r in rows})
-    atomic_write(os.path.join(args.dir, f"band-p{args.phase1_seed}-s{args.seed}.json"),
-                 lambda f: json.dump(rows, f, indent=1), mode="w")
-    print(runs_markdown(rows) + "\n" + ("pass" if passed else "fail: " + "; ".join(why)))
+    name = f"band-p{args.phase1_seed}{suffix}-s{args.seed}"
+    name += "" if args.probe_seeds == list(HELDOUT_SEEDS) else "-probe" + ".".join(map(str, args.probe_seeds))
+    atomic_write(os.path.join(args.dir, name + ".json"), lambda f: json.dump(rows, f, indent=1), mode="w")
+    print(runs_markdown(rows))
+    if set(args.arms) == {"step0", "kd", "ce"}:
+        passed, why = band_verdict({r["arm"]: r for r in rows})
+        print("pass" if passed else "fail: " + "; ".join(why))
 
 
 if __name__ == "__main__":

@@ -183,3 +183,25 @@ def test_the_band_command_scores_three_checkpoints_and_says_its_verdict(tmp_path
     assert [r["arm"] for r in rows] == ["step0", "kd", "ce"]
     assert all(set(robustness.BAND_CRITERION["band"]) <= set(r["distances"]) for r in rows)
     assert all(0 <= v <= 1 for r in rows for v in r["kv"])
+
+
+def test_the_band_command_finds_a_variants_runs_and_scores_the_selection_probe_alone(tmp_path, capsys):
+    """A screen: a KD-only variant run (no CE twin) under its suffixed name, scored on probe seed 0 only; the rows
+    go to their own file, next to (not over) the held-out ones, and no verdict is claimed without the CE twin."""
+    import dataclasses
+
+    import torch
+    from model import GPT, GPTConfig, save_checkpoint
+    from research import robustness
+    torch.manual_seed(0)
+    cfg = GPTConfig(vocab_size=193, n_layer=1, n_head=2, n_kv_head=2, d_model=32, max_seq_len=1024)
+    save_checkpoint({"model": GPT(cfg).state_dict(), "config": dataclasses.asdict(cfg), "step": 1, "phase": "2",
+                     "done": True}, str(tmp_path / "phase2-kd-b10000-b500000-p6-rec0.1.pt"))
+    robustness.main(["band", "--dir", str(tmp_path), "--phase1-seed", "6", "--variant", "rec0.1", "--arms", "kd",
+                     "--probe-seeds", "0", "--n-windows", "1"])
+    out = capsys.readouterr().out
+    assert "pass" not in out and "fail" not in out
+    rows = json.loads((tmp_path / "band-p6-rec0.1-s0-probe0.json").read_text())
+    assert [r["arm"] for r in rows] == ["kd"] and len(rows[0]["kv"]) == len(rows[0]["distances"])
+    with pytest.raises(SystemExit):  # the recipe's run (no suffix) is not there: one error line
+        robustness.main(["band", "--dir", str(tmp_path), "--phase1-seed", "6", "--arms", "kd", "--n-windows", "1"])
