@@ -137,3 +137,11 @@ def test_the_acceptance_table_is_what_its_json_gives():
     from research.robustness import acceptance_markdown
     screen = json.loads(read("docs/acceptance.json"))
     assert block(read("docs/seeds.md"), "acceptance").strip() == acceptance_markdown(screen).strip()
+
+
+def test_the_overlap_table_is_what_its_json_gives():
+    from research.overlap import overlap_markdown
+    sweep = json.loads(read("docs/overlap.json"))
+    assert block(read("docs/overlap.md"), "overlap").strip() == overlap_markdown(sweep).strip()
+    assert {r["recurrence"] for r in sweep["rows"]} >= {0.0, None}  # the sweep holds rate 0 and the default
+    assert len({r["phase1_seed"] for r in sweep["rows"]}) >= 2  # from two phase-1 students
