@@ -137,9 +137,8 @@ def place_pairs(tokens, answers, rng, keys, distances, query_lo=0, query_hi=None
 
 def choose_keys(rng, pool, n, seen, recurrence):
     """n distinct keys for one short document, each from `seen` (keys of earlier documents in the window) with
-    probability `recurrence`, else from the keys not seen yet. When a kind runs out, a recurring slot takes an
-    unseen key and an unseen slot is dropped (fewer records: with 64 keys, a window at rate 0 holds about 64 answers
-    where the default holds about 91); the rate reached is near the one asked, not equal (`python data.py` prints it)."""
+    probability `recurrence`, else unseen. A recurring slot with no seen key left takes an unseen one; an unseen slot
+    with none left is dropped (at rate 0 a window holds about 64 answers, not 91)."""
     recur = rng.random(min(n, len(pool))) < recurrence
     old = rng.permutation(np.array(sorted(seen), dtype=np.int64))
     new = rng.permutation(np.setdiff1d(pool, old))

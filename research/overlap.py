@@ -3,7 +3,7 @@
 Paper idea: "Short Data, Long Context" (arXiv 2604.06070) trains a student on short documents packed into a long
 window and distils a long-context teacher into it. In this project's synthetic language the teacher's long-range
 signal sits where a key recurs in a later document of the window with another value: the teacher answers with the
-far-back value (data.far_back_targets), and the leak-free ablations say that is most of what KD transfers. About 45%
+far-back value (data.far_back_targets); the sweep asks how much of what KD transfers depends on it. About 45%
 of the records of a packed window reuse a key of an earlier document when keys are drawn uniformly; real packed
 corpora overlap far less. This file tabulates phase 2 (the KD student and its CE twin) at other rates, set with
 `train.py --phase 2 --recurrence R` (data.choose_keys), against the default:
@@ -49,10 +49,10 @@ def collect(paths):
     """The sweep's rows: every KD / CE row of the rate files, and the default rows of the same phase-1 students."""
     rows, defaults = [], []
     for path in paths:
-        with open(path) as f:
-            data = json.load(f)
         if "-probe" in os.path.basename(path):
             raise ValueError(f"{path} is scored on other probe seeds than the held-out ones")
+        with open(path) as f:
+            data = json.load(f)
         runs, rate = (data["runs"] if isinstance(data, dict) else data), rate_of(path)
         for r in runs:
             if r["arm"] in ("kd", "ce") and r.get("phase2_seed", 0) == 0:
@@ -129,13 +129,14 @@ def main(argv=None):
     p.add_argument("--out", default="docs/overlap.json", help="the sweep's JSON; the figure goes next to it")
     args = p.parse_args(argv)
     from config import fail
+    from evaluate import HELDOUT_SEEDS
     try:
         rows = collect(args.inputs)
     except (OSError, ValueError, KeyError) as e:
         fail(f"cannot read the sweep's inputs: {e}")
     if not rows:
         fail("no rate files among the inputs (a band file of a --recurrence run is named band-...-recR-...)")
-    sweep = {"probe_seeds": [1, 2, 3], "long_range": list(LONG), "rows": rows}
+    sweep = {"probe_seeds": list(HELDOUT_SEEDS), "long_range": list(LONG), "rows": rows}
     atomic_write(args.out, lambda f: json.dump(sweep, f, indent=1), mode="w")
     print(overlap_markdown(sweep))
     print(f"figure: {plot(sweep, os.path.dirname(os.path.abspath(args.out)))}")

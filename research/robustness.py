@@ -414,7 +414,6 @@ def band_rows(out_dir, phase1_seed, phase2_seed=0, n_windows=16, suffix="", seed
     from evaluate import HELDOUT_SEEDS, evaluate_heldout
     from model import load_model, switch_rope
     seeds = HELDOUT_SEEDS if seeds is None else seeds
-    p2 = (f"-p{phase1_seed}" if phase1_seed else "") + (f"-s{phase2_seed}" if phase2_seed else "")
     p1 = f"-p{phase1_seed}" if phase1_seed else ""
     p2 = f"-s{phase2_seed}" if phase2_seed else ""
     paths = {"step0": os.path.join(out_dir, phase1_name(1e4, phase1_seed) + ".pt"),
