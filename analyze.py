@@ -13,6 +13,9 @@ Each subcommand shows one part of that on this project's own checkpoints:
              stream and the KL at the logits. A nonzero KL is positional signal in the logits.
 - qupdate    (finding 3) per layer, head and frequency pair, the relative update of W_q / W_k
              and of the query norms on a fixed probe, phase-1 -> phase-2 checkpoint.
+- match      (why a distance fails) a layer-0 head's score of a key against the same key D tokens back,
+             from the weights alone, split into slow and fast RoPE pairs; where the fast part dips the
+             head loses its record (optionally measured: its attention to the record on probe windows).
 - alias      (a check of the baselines) retrieval by distance for records at the window's start, one
              checkpoint under several RoPE bases, beside the distances where one RoPE pair has turned
              a whole number of times: a bump that moves with those is a phase alias, not long range.
@@ -29,6 +32,7 @@ interp/perturb.py and interp/qupdate.py, the figures in viz/plots.py.
   python analyze.py spectrum --head-dim 32 --bases 10000 500000 --windows 256 1024
   python analyze.py perturb --ckpt out/teacher.pt --target q --layers 0 1 --shift 1 4 16
   python analyze.py qupdate --before out/phase1-b10000.pt --after out/phase2-kd-b10000-b500000.pt
+  python analyze.py match --ckpt out/phase2-kd-b10000-b500000.pt --measure 512 576 640 704 768
   python analyze.py alias --ckpt out/phase2-ce-b10000-b500000.pt --bases 300000 500000 800000 --pair 5
 """
 import argparse
@@ -46,10 +50,11 @@ from data import TaskSpec, kv_probe, packed_probe, repeated_tokens_window
 from evaluate import HELDOUT_SEEDS, depth_sweep, evaluate, format_table, heuristic_floors, position_sweep
 from formats.hf import load_pretrained
 from interp.perturb import REACHES_LOGITS_KL, perturbation_propagation
+from interp.match import match_results, record_attention
 from interp.qupdate import qupdate_results
 from model import CheckpointError, atomic_write, switch_rope
 from config import check_out_dir, fail
-from viz.plots import plot_alias, plot_perturb, plot_qupdate, plot_retrieval, plot_spectrum
+from viz.plots import plot_alias, plot_match, plot_perturb, plot_qupdate, plot_retrieval, plot_spectrum
 from rope import critical_pair, default_inv_freq, men_lower_bound, rotations, spectrum_summary
 
 # ----------------------------------------------------------------------------- shared helpers
@@ -260,6 +265,34 @@ def run_alias(args):
     return [plot_alias(res, args.out, args.name), write_json(args.out, f"{args.name}.json", res)]
 
 
+# ----------------------------------------------------------------------------- match
+
+
+def run_match(args):
+    """Each checkpoint's layer-0 self-match profile (interp/match.py), under --base if given; with --measure, the
+    head's attention to the record on probe windows at those distances, beside the profile's fast part there."""
+    res = {"probe_seed": args.seed, "n_windows": args.n_windows, "models": {}}
+    for path, label in zip(args.ckpt, args.labels or [os.path.basename(p) for p in args.ckpt]):
+        model, _ = load(path, args.device)
+        window = args.window or model.config.max_seq_len
+        model = switch_rope(model, args.base, None, window).eval() if args.base else model
+        if args.head is not None and not 0 <= args.head < model.config.n_head:
+            fail(f"--head must lie in [0, {model.config.n_head - 1}], got {args.head}")
+        if any(not 1 <= d <= window - 3 for d in args.measure):
+            fail(f"--measure distances must lie in [1, {window - 3}] for a {window}-token window, got {args.measure}")
+        r = match_results(model, TaskSpec().keys(), window, head=args.head)
+        r["pairs"] = {d: r["pairs"][d] for d in args.measure}  # per pair at the measured distances only
+        r["measured"] = {d: record_attention(model, kv_probe(TaskSpec(), window, d, args.n_windows, seed=args.seed),
+                                             r["head"], d) for d in args.measure}
+        res["models"][label] = r
+        fast, slow = np.array(r["fast"]), np.array(r["slow"])
+        print(f"{label}: layer-0 head {r['head']}: slow pairs {slow[0]:.2f} at D = 0; fast pairs {fast[0]:.2f} at D = 0, "
+              f"lowest from D = 16 on {fast[16:].min():.2f} at D = {16 + int(fast[16:].argmin())}")
+        for d, w in r["measured"].items():
+            print(f"  D = {d}: fast pairs {fast[d]:+.2f}, attention to the record {w:.2f}")
+    return [plot_match(res, args.out, args.name), write_json(args.out, f"{args.name}.json", res)]
+
+
 # ----------------------------------------------------------------------------- all
 
 
@@ -350,6 +383,13 @@ def build_parser():
     a("--after", required=True, help="phase-2 checkpoint of the same architecture")
     a("--probe-window", type=int, help="window of the fixed kv probe (tokens); default: --after's max_seq_len")
     a("--probe-distance", type=int, help="record-query distance of the probe (tokens); default window/2")
+    a = command("match", "a layer-0 head's match of a key with itself D tokens back, split by RoPE pair: where "
+                "does a distance hole come from?", 4, "checkpoints")
+    a("--base", type=float, help="score the weights under this RoPE base (e.g. a phase-1 student at phase 2's); "
+      "default: each checkpoint's own")
+    a("--head", type=int, help="the layer-0 head; default: the one whose self-match beats other tokens by the most")
+    a("--measure", type=int, nargs="*", default=[], help="distances where the head's attention to the record is "
+      "measured on probe windows (data.kv_probe); default none")
     a = command("alias", "retrieval by distance of one checkpoint under several RoPE bases, with one pair's "
                 "whole turns marked: is a bump a phase alias?", 4, "the checkpoint (one)")
     a("--bases", type=float, nargs="+", default=[3e5, 5e5, 8e5], help="RoPE bases; default 300000 500000 800000")
@@ -373,6 +413,7 @@ def check_flags(args):
         ("probe_window", lambda v: v is None or v >= 8, "must be >= 8 tokens"),
         ("max_doc_len", lambda v: v >= 2, "must be >= 2"),
         ("head_dim", lambda v: v >= 2 and v % 2 == 0, "must be even and >= 2 (RoPE rotates pairs)"),
+        ("base", lambda v: v is None or (math.isfinite(v) and v > 1), "must be a finite number > 1"),
         ("bases", lambda v: all(math.isfinite(b) and b > 1 for b in v), "must be finite numbers > 1"),
         ("windows", lambda v: all(w >= 1 for w in v), "must be >= 1 token"),
         ("shift", lambda v: all(math.isfinite(x) for x in v), "must be finite"),
@@ -387,7 +428,7 @@ def check_flags(args):
 
 
 COMMANDS = {"retrieval": run_retrieval, "spectrum": run_spectrum, "perturb": run_perturb, "qupdate": run_qupdate,
-            "alias": run_alias, "all": run_all}
+            "alias": run_alias, "match": run_match, "all": run_all}
 
 
 def main(argv=None):

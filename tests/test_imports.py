@@ -14,8 +14,8 @@ LAYERS = [
     {"formats.hf", "config", "viz.plots"},  # real-model files into the model; flags and presets; figures
     {"distill", "scale.dist", "longctx.report"},  # the loss and the teacher; data parallelism; loss by distance
     # and the passkey on real text
-    {"evaluate", "longctx.topk", "interp.perturb", "interp.qupdate"},  # probes, tables, what a run prints; a real
-    # teacher cached as its top-k; inside the model (findings 2 and 3)
+    {"evaluate", "longctx.topk", "interp.perturb", "interp.qupdate", "interp.match"},  # probes, tables, what a
+    # run prints; a real teacher cached as its top-k; inside the model (findings 2 and 3, a distance hole)
     {"runs", "scale.twin"},  # inputs, prerequisites, checkpoints around the loop
     {"train", "analyze"},  # the entry points of the core
     {"scale.loss_memory", "scale.bench", "research.robustness", "research.overlap", "research.experiment",

@@ -183,3 +183,27 @@ def plot_alias(res, out, name):
     ax.legend(fontsize=8)
     return save(fig, out, f"{name}.png")
 
+
+
+def plot_match(res, out, name):
+    """Per model: a layer-0 head's self-match score by distance, its slow- and fast-pair parts, the best other token,
+    and (dots, right axis) the head's measured attention to the record."""
+    models = res["models"]
+    fig, axes = plt.subplots(len(models), 1, figsize=(9, 3.2 * len(models)), layout="constrained", squeeze=False)
+    for ax, (label, r) in zip(axes[:, 0], models.items()):
+        d = r["distances"]
+        ax.plot(d, r["match"], color="k", lw=1, label="self-match (all pairs)")
+        ax.plot(d, r["slow"], color="tab:blue", lw=1, label="slow pairs (turn < once in the window)")
+        ax.plot(d, r["fast"], color="tab:orange", lw=1, label="fast pairs")
+        ax.plot(d, r["rival"], color="grey", lw=1, ls=":", label="best other token, same D")
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set(ylabel="attention logit", title=f"{label}: layer-0 head {r['head']}")
+        if r["measured"]:
+            tw = ax.twinx()
+            tw.plot([int(k) for k in r["measured"]], list(r["measured"].values()), "o", color="tab:red", ms=4,
+                    label="attention to the record (measured)")
+            tw.set(ylim=(0, 1.05), ylabel="attention weight")
+            tw.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="lower left", ncol=2)
+    axes[-1, 0].set_xlabel("distance D between the query key and the same key earlier")
+    return save(fig, out, f"{name}.png")
