@@ -282,12 +282,15 @@ def run_match(args):
             fail(f"--measure distances must lie in [1, {window - 3}] for a {window}-token window, got {args.measure}")
         r = match_results(model, TaskSpec().keys(), window, head=args.head)
         r["pairs"] = {d: r["pairs"][d] for d in args.measure}  # per pair at the measured distances only
+        r.update({k: [round(v, 4) for v in r[k]] for k in ("match", "rival", "slow", "fast")})
         r["measured"] = {d: record_attention(model, kv_probe(TaskSpec(), window, d, args.n_windows, seed=args.seed),
                                              r["head"], d) for d in args.measure}
         res["models"][label] = r
         fast, slow = np.array(r["fast"]), np.array(r["slow"])
         print(f"{label}: layer-0 head {r['head']}: slow pairs {slow[0]:.2f} at D = 0; fast pairs {fast[0]:.2f} at D = 0, "
               f"lowest from D = 16 on {fast[16:].min():.2f} at D = {16 + int(fast[16:].argmin())}")
+        print("  every layer-0 head at D = 0 (slow / fast pairs): "
+              + "; ".join(f"{h}: {z['slow']:.2f} / {z['fast']:.2f}" for h, z in enumerate(r["at_zero"])))
         for d, w in r["measured"].items():
             print(f"  D = {d}: fast pairs {fast[d]:+.2f}, attention to the record {w:.2f}")
     return [plot_match(res, args.out, args.name), write_json(args.out, f"{args.name}.json", res)]

@@ -76,12 +76,15 @@ def slow_pairs(model, window: int) -> torch.Tensor:
 
 
 def match_results(model, tokens, window: int, step: int = 1, head: int | None = None) -> dict:
-    """The profile of `head` (default: match_head) at D = 0, step, ..., window - 1, split into slow and fast pairs."""
+    """The profile of `head` (default: match_head) at D = 0, step, ..., window - 1, split into slow and fast pairs;
+    at_zero: every layer-0 head's slow and fast parts at D = 0 (a self-match head with a 'not itself' term: slow
+    parts well above 0, fast parts well below)."""
     distances = list(range(0, window, step))
     head = match_head(model, tokens, distances[:: max(1, len(distances) // 64)]) if head is None else head
     res = self_match(model, head, tokens, distances)
     slow = slow_pairs(model, window)
-    return {"head": head, "window": window, "distances": distances, "match": res["match"].tolist(),
+    at0 = [self_match(model, h, tokens, [0])["pairs"][0] for h in range(model.config.n_head)]  # (hd/2,) each
+    return {"head": head, "at_zero": [{"slow": p[slow].sum().item(), "fast": p[~slow].sum().item()} for p in at0], "window": window, "distances": distances, "match": res["match"].tolist(),
             "rival": res["rival"].tolist(), "slow": res["pairs"][:, slow].sum(-1).tolist(),
             "fast": res["pairs"][:, ~slow].sum(-1).tolist(), "pairs": res["pairs"].tolist(),
             "wavelengths": (2 * math.pi / model.inv_freq).tolist()}
@@ -101,3 +104,18 @@ def record_attention(model, batch, head: int, distance: int) -> float:
     weights = scores.masked_fill(~causal, float("-inf")).softmax(-1)
     rows, cols = ans.nonzero(as_tuple=True)  # a query key sits at input position c (its answer is the next token)
     return weights[rows, cols, cols - distance].mean().item()
+
+
+def match_markdown(res) -> str:
+    """The measured rows of `analyze.py match`'s JSON as a table: per model, the fast pairs' part of the self-match
+    and the head's attention to the record at each measured distance."""
+    models = list(res["models"].items())
+    ds = sorted(int(d) for d in models[0][1]["measured"])
+    out = ["| model | layer-0 head | at each D | " + " | ".join(f"D={d}" for d in ds) + " |",
+           "| --- | --- | --- | " + " | ".join("---" for _ in ds) + " |"]
+    for label, r in models:
+        out.append(f"| {label} | {r['head']} | fast pairs (logit) | "
+                   + " | ".join(f"{r['fast'][r['distances'].index(d)]:+.2f}" for d in ds) + " |")
+        out.append(f"| {label} | {r['head']} | attention to the record | "
+                   + " | ".join(f"{r['measured'][str(d)]:.2f}" for d in ds) + " |")
+    return "\n".join(out)

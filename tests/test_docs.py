@@ -145,3 +145,13 @@ def test_the_overlap_table_is_what_its_json_gives():
     assert block(read("docs/overlap.md"), "overlap").strip() == overlap_markdown(sweep).strip()
     assert {r["recurrence"] for r in sweep["rows"]} >= {0.0, None}  # the sweep holds rate 0 and the default
     assert len({r["phase1_seed"] for r in sweep["rows"]}) >= 2  # from two phase-1 students
+
+
+def test_the_match_hole_table_is_what_its_json_gives():
+    from interp.match import match_markdown
+    res = json.loads(read("docs/match-hole.json"))
+    assert block(read("docs/seeds.md"), "match-hole").strip() == match_markdown(res).strip()
+    for r in res["models"].values():  # the page's reading: the hole sits where the fast pairs dip deepest
+        fast = dict(zip(r["distances"], r["fast"]))
+        worst = min(r["measured"], key=r["measured"].get)
+        assert fast[int(worst)] == min(fast[int(d)] for d in r["measured"])

@@ -79,7 +79,7 @@ def test_record_attention_is_a_probability_and_analyze_match_writes_its_files(tm
     res = outputs(tmp_path, "match")["models"]["m.pt"]
     assert len(res["match"]) == 128 and set(res["measured"]) == {"40", "80"}
     assert all(0 <= w <= 1 for w in res["measured"].values()) and set(res["pairs"]) == {"40", "80"}
-    assert res["match"] == pytest.approx([s + f for s, f in zip(res["slow"], res["fast"])], abs=1e-4)
+    assert res["match"] == pytest.approx([s + f for s, f in zip(res["slow"], res["fast"])], abs=3e-4)  # 4 decimals each
     with pytest.raises(SystemExit) as e:
         analyze.main(["match", "--ckpt", path, "--head", "7", "--out", str(tmp_path / "x")])
     assert e.value.code == 2
