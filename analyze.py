@@ -13,9 +13,8 @@ Each subcommand shows one part of that on this project's own checkpoints:
              stream and the KL at the logits. A nonzero KL is positional signal in the logits.
 - qupdate    (finding 3) per layer, head and frequency pair, the relative update of W_q / W_k
              and of the query norms on a fixed probe, phase-1 -> phase-2 checkpoint.
-- match      (why a distance fails) a layer-0 head's score of a key against the same key D tokens back,
-             from the weights alone, split into slow and fast RoPE pairs; where the fast part dips the
-             head loses its record (optionally measured: its attention to the record on probe windows).
+- match      (why a distance fails) a layer-0 head's score of a key against the same key D tokens back, from
+             the weights, by slow and fast RoPE pairs; where the fast part dips, the head loses its record.
 - alias      (a check of the baselines) retrieval by distance for records at the window's start, one
              checkpoint under several RoPE bases, beside the distances where one RoPE pair has turned
              a whole number of times: a bump that moves with those is a phase alias, not long range.
@@ -272,8 +271,7 @@ def run_match(args):
     """Each checkpoint's layer-0 self-match profile (interp/match.py), under --base if given; with --measure, the
     head's attention to the record on probe windows at those distances, beside the profile's fast part there."""
     res = {"probe_seed": args.seed, "n_windows": args.n_windows, "models": {}}
-    for path, label in zip(args.ckpt, args.labels or [os.path.basename(p) for p in args.ckpt]):
-        model, _ = load(path, args.device)
+    for label, model in load_all(args.ckpt, args.labels, args.device).items():
         window = args.window or model.config.max_seq_len
         model = switch_rope(model, args.base, None, window).eval() if args.base else model
         if args.head is not None and not 0 <= args.head < model.config.n_head:

@@ -76,7 +76,7 @@ def test_match_head_picks_the_matching_head_over_an_anti_matching_one():
 def test_record_attention_is_a_probability_and_analyze_match_writes_its_files(tmp_path):
     path = write_ckpt(tmp_path / "m.pt", base=5e5, max_seq_len=128, phase="2", seed=5)
     analyze.main(["match", "--ckpt", path, "--measure", "40", "80", "--n-windows", "1", "--out", str(tmp_path)])
-    res = outputs(tmp_path, "match")["models"]["m.pt"]
+    res = outputs(tmp_path, "match")["models"]["m"]
     assert len(res["match"]) == 128 and set(res["measured"]) == {"40", "80"}
     assert all(0 <= w <= 1 for w in res["measured"].values()) and set(res["pairs"]) == {"40", "80"}
     assert res["match"] == pytest.approx([s + f for s, f in zip(res["slow"], res["fast"])], abs=3e-4)  # 4 decimals each
