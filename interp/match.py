@@ -19,75 +19,74 @@ from rope import apply_rope, rope_cos_sin
 
 
 @torch.no_grad()
-def layer0_qk(model, head: int):
-    """Pre-RoPE query and key of every vocabulary token for one layer-0 head: 2 x (V, hd). Read from the forward
-    pass (model.Inspect) on each token alone, which is all that layer 0 sees of it."""
+def layer0_qk(model):
+    """Pre-RoPE queries and keys of every vocabulary token for every layer-0 head: 2 x (V, H, hd), keys repeated over
+    a grouped-query group. Read from the forward pass (model.Inspect) on each token alone, all layer 0 sees of it."""
     cfg = model.config
     probe = Inspect()
     model(torch.arange(cfg.vocab_size, device=model.inv_freq.device)[:, None], inspect=probe)  # (V, 1): one token each
-    kv_head = head // (cfg.n_head // cfg.n_kv_head)  # grouped-query attention: heads share a key head
-    return probe.q_pre[0][:, head, 0].float().cpu(), probe.k_pre[0][:, kv_head, 0].float().cpu()
+    k = probe.k_pre[0][:, :, 0].float().cpu().repeat_interleave(cfg.n_head // cfg.n_kv_head, dim=1)
+    return probe.q_pre[0][:, :, 0].float().cpu(), k
 
 
-@torch.no_grad()
-def pair_terms(model, q, k, distances):
-    """Per-pair score of each query at position D against its own key at 0: (N, len(distances), hd/2).
-
-    Rotated with the model's own RoPE (rope.apply_rope), so the pairs' sum is the attention logit q_rot . k_rot /
-    sqrt(hd) that the forward pass computes for these two positions."""
+def rotate_to(model, x, distances):
+    """Vectors x (N, hd) placed at each position of `distances`, rotated by the model's RoPE: (N, nD, hd)."""
     pos = torch.as_tensor(distances, dtype=torch.long)[None]  # (1, nD)
-    cos, sin = rope_cos_sin(pos, model.inv_freq, model.attention_factor)  # (1, nD, hd)
-    cos0, sin0 = rope_cos_sin(torch.zeros(1, 1, dtype=torch.long), model.inv_freq, model.attention_factor)
-    q_rot = apply_rope(q[None, :, None, :], cos, sin)[0]  # (N, nD, hd)
-    k_rot = apply_rope(k[None, :, None, :], cos0, sin0)[0]  # (N, 1, hd)
-    prod = (q_rot * k_rot) / math.sqrt(q.shape[-1])
-    half = q.shape[-1] // 2
+    cos, sin = rope_cos_sin(pos, model.inv_freq.cpu(), model.attention_factor)  # (1, nD, hd)
+    return apply_rope(x[None, :, None, :], cos, sin)[0]
+
+
+def pair_terms(q_rot, k_rot):
+    """Per-pair attention logit of rotated queries (N, nD, hd) against rotated keys (N, 1, hd): (N, nD, hd/2). Their
+    sum is q_rot . k_rot / sqrt(hd), the logit the forward pass computes for these two positions."""
+    prod = q_rot * k_rot / math.sqrt(q_rot.shape[-1])
+    half = q_rot.shape[-1] // 2
     return prod[..., :half] + prod[..., half:]  # pair i: dims i and i + hd/2 (rotate-half layout)
 
 
 @torch.no_grad()
-def self_match(model, head: int, tokens, distances) -> dict:
-    """The self-match profile of one layer-0 head over `tokens` (e.g. the task's keys), means over the tokens:
-    match (nD,), the score against the same token D back; rival (nD,), the best score against any other token at
-    the same distance; pairs (nD, hd/2), match split by RoPE pair."""
-    q_all, k_all = layer0_qk(model, head)
+def self_match(model, q, k, tokens, distances) -> dict:
+    """One layer-0 head's self-match profile over `tokens` (e.g. the task's keys), from its q, k (V, hd); means over
+    the tokens: match (nD,), the score of a query at D against the same token at 0; rival (nD,), the best score
+    against any other token at 0; pairs (nD, hd/2), match split by RoPE pair."""
     idx = torch.as_tensor(tokens, dtype=torch.long)
-    terms = pair_terms(model, q_all[idx], k_all[idx], distances)  # (N, nD, hd/2)
-    pos = torch.as_tensor(distances, dtype=torch.long)[None]
-    cos, sin = rope_cos_sin(pos, model.inv_freq, model.attention_factor)
-    q_rot = apply_rope(q_all[idx][None, :, None, :], cos, sin)[0]  # (N, nD, hd); a key at 0 is unrotated
-    other = torch.einsum("ndh,vh->ndv", q_rot, k_all) / math.sqrt(q_all.shape[-1])  # (N, nD, V)
+    q_rot, k_rot = rotate_to(model, q[idx], distances), rotate_to(model, k, [0])[:, 0]  # (N, nD, hd), (V, hd)
+    terms = pair_terms(q_rot, k_rot[idx][:, None])  # (N, nD, hd/2)
+    other = torch.einsum("ndh,vh->ndv", q_rot, k_rot) / math.sqrt(q.shape[-1])  # (N, nD, V)
     other[torch.arange(len(idx)), :, idx] = float("-inf")  # not the token itself
     return {"match": terms.sum(-1).mean(0), "rival": other.amax(-1).mean(0), "pairs": terms.mean(0)}
 
 
-def match_head(model, tokens, distances) -> int:
+def match_head(model, tokens, distances, qk=None) -> int:
     """The layer-0 head whose self-match beats its rivals by the most on average over `distances`."""
+    q, k = layer0_qk(model) if qk is None else qk
     margins = []
     for h in range(model.config.n_head):
-        res = self_match(model, h, tokens, distances)
+        res = self_match(model, q[:, h], k[:, h], tokens, distances)
         margins.append((res["match"] - res["rival"]).mean().item())
     return max(range(len(margins)), key=margins.__getitem__)
 
 
 def slow_pairs(model, window: int) -> torch.Tensor:
     """(hd/2,) bool: pairs whose wavelength 2 pi / theta exceeds the window (they turn less than once over it)."""
-    return 2 * math.pi / model.inv_freq > window
+    return 2 * math.pi / model.inv_freq.cpu() > window
 
 
 def match_results(model, tokens, window: int, step: int = 1, head: int | None = None) -> dict:
     """The profile of `head` (default: match_head) at D = 0, step, ..., window - 1, split into slow and fast pairs;
     at_zero: every layer-0 head's slow and fast parts at D = 0 (a self-match head with a 'not itself' term: slow
     parts well above 0, fast parts well below)."""
+    q, k = layer0_qk(model)
     distances = list(range(0, window, step))
-    head = match_head(model, tokens, distances[:: max(1, len(distances) // 64)]) if head is None else head
-    res = self_match(model, head, tokens, distances)
+    head = match_head(model, tokens, distances[:: max(1, len(distances) // 64)], (q, k)) if head is None else head
+    res = self_match(model, q[:, head], k[:, head], tokens, distances)
     slow = slow_pairs(model, window)
-    at0 = [self_match(model, h, tokens, [0])["pairs"][0] for h in range(model.config.n_head)]  # (hd/2,) each
-    return {"head": head, "at_zero": [{"slow": p[slow].sum().item(), "fast": p[~slow].sum().item()} for p in at0], "window": window, "distances": distances, "match": res["match"].tolist(),
+    at0 = [self_match(model, q[:, h], k[:, h], tokens, [0])["pairs"][0] for h in range(model.config.n_head)]
+    return {"head": head, "window": window, "distances": distances, "match": res["match"].tolist(),
             "rival": res["rival"].tolist(), "slow": res["pairs"][:, slow].sum(-1).tolist(),
             "fast": res["pairs"][:, ~slow].sum(-1).tolist(), "pairs": res["pairs"].tolist(),
-            "wavelengths": (2 * math.pi / model.inv_freq).tolist()}
+            "at_zero": [{"slow": p[slow].sum().item(), "fast": p[~slow].sum().item()} for p in at0],
+            "wavelengths": (2 * math.pi / model.inv_freq.cpu()).tolist()}
 
 
 @torch.no_grad()

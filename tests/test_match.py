@@ -11,7 +11,7 @@ import torch
 
 import analyze
 from data import TaskSpec
-from interp.match import match_head, match_results, pair_terms, record_attention, layer0_qk, slow_pairs
+from interp.match import layer0_qk, match_head, match_results, pair_terms, rotate_to, slow_pairs
 from model import GPT, GPTConfig, Inspect
 
 from test_analyze import outputs, write_ckpt
@@ -37,8 +37,8 @@ def test_pairs_sum_to_the_forward_pass_logit():
     hd = model.config.head_dim
     for head in range(2):
         logit = (probe.q_post[0][0, head, D] @ probe.k_post[0][0, head, 0]).item() / math.sqrt(hd)
-        q, k = layer0_qk(model, head)
-        terms = pair_terms(model, q[[key]], k[[key]], [D])  # (1, 1, hd/2)
+        q, k = layer0_qk(model)
+        terms = pair_terms(rotate_to(model, q[[key], head], [D]), rotate_to(model, k[[key], head], [0]))  # (1, 1, hd/2)
         assert terms.sum().item() == pytest.approx(logit, rel=1e-4, abs=1e-5)
 
 
@@ -50,8 +50,8 @@ def test_a_head_matching_through_one_pair_gives_its_closed_form():
         wq.zero_(); wk.zero_()
         wq[pair].fill_(1.0); wk[pair].fill_(1.0)  # head 0, first dim of `pair` only: q = k = sum of the input
     keys = TaskSpec().keys()[:4]
-    q, _ = layer0_qk(model, 0)
-    amp = q[keys, pair] ** 2  # (4,): |q||k| of that pair, phase 0
+    q, _ = layer0_qk(model)
+    amp = q[keys, 0, pair] ** 2  # (4,): |q||k| of that pair, phase 0
     res = match_results(model, keys, 256, step=8, head=0)
     theta = float(model.inv_freq[pair])
     for i, D in enumerate(res["distances"]):

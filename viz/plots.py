@@ -184,7 +184,6 @@ def plot_alias(res, out, name):
     return save(fig, out, f"{name}.png")
 
 
-
 def plot_match(res, out, name):
     """Per model: a layer-0 head's self-match score by distance, its slow- and fast-pair parts, the best other token,
     and (dots, right axis) the head's measured attention to the record."""
