@@ -67,10 +67,9 @@ def load(path, device):
         fail(str(e))
     if model.config.vocab_size < TaskSpec().vocab_size:
         fail(f"{path}: vocabulary {model.config.vocab_size} is smaller than the probes' {TaskSpec().vocab_size}")
-    data = (ckpt.get("args") or {}).get("data")
-    if data:
-        fail(f"{path} was trained on --data {data}: the probes speak the synthetic language, not that data's")
     run = ckpt.get("args") or {}  # the in-document probe runs under the mask and positions the model trained with
+    if run.get("data"):
+        fail(f"{path} was trained on --data {run['data']}: the probes speak the synthetic language, not that data's")
     model.probe_conditions = {"doc_mask": bool(run.get("doc_mask")), "reset_positions": bool(run.get("reset_positions"))}
     return model.eval(), ckpt
 
@@ -80,6 +79,8 @@ def load_all(paths, labels, device):
     if labels and len(labels) != len(paths):
         fail(f"--labels gives {len(labels)} names for {len(paths)} checkpoints")
     labels = labels or [os.path.splitext(os.path.basename(os.path.normpath(p)))[0] for p in paths]
+    if len(set(labels)) < len(labels):  # same file name in two folders: one model would silently replace the other
+        fail(f"two checkpoints are named {sorted({x for x in labels if labels.count(x) > 1})}: give --labels")
     return {label: load(p, device)[0] for label, p in zip(labels, paths)}
 
 

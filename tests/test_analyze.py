@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -183,7 +184,7 @@ def test_qupdate_finds_the_one_edited_pair(run_dir, tmp_path):
     assert res["spans_above_p75"]["wq"][str(layer)][0]["pairs"] == [pair, pair]
 
 
-@pytest.mark.parametrize("case", ["missing", "garbage", "architecture", "pair"])
+@pytest.mark.parametrize("case", ["missing", "garbage", "architecture", "pair", "same-name"])
 def test_bad_input_is_one_error_line_and_exit_2(run_dir, tmp_path, capsys, case):
     good = str(run_dir / "teacher.pt")
     if case == "missing":
@@ -193,6 +194,10 @@ def test_bad_input_is_one_error_line_and_exit_2(run_dir, tmp_path, capsys, case)
         argv = ["retrieval", "--ckpt", good, str(tmp_path / "bad.pt")]
     elif case == "pair":
         argv = ["alias", "--ckpt", good, "--pair", "8", "--distances", "16"]  # head_dim 16: pairs 0-7
+    elif case == "same-name":  # teacher.pt from two folders: without --labels one would replace the other
+        (tmp_path / "b").mkdir()
+        shutil.copy(good, tmp_path / "b" / "teacher.pt")
+        argv = ["match", "--ckpt", good, str(tmp_path / "b" / "teacher.pt")]
     else:
         other = write_ckpt(tmp_path / "wide.pt", n_kv_head=1)
         argv = ["qupdate", "--before", good, "--after", other]
@@ -202,6 +207,8 @@ def test_bad_input_is_one_error_line_and_exit_2(run_dir, tmp_path, capsys, case)
     assert e.value.code == 2 and err.startswith("error:") and len(err.splitlines()) == 1
     if case == "architecture":
         assert "architectures differ" in err
+    if case == "same-name":
+        assert "give --labels" in err
     if case == "pair":
         assert "--pair must lie in [0, 7]" in err and not os.path.exists(tmp_path / "alias.json")
 
