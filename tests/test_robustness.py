@@ -205,3 +205,35 @@ def test_the_band_command_finds_a_variants_runs_and_scores_the_selection_probe_a
     assert [r["arm"] for r in rows] == ["kd"] and len(rows[0]["kv"]) == len(rows[0]["distances"])
     with pytest.raises(SystemExit):  # the recipe's run (no suffix) is not there: one error line
         robustness.main(["band", "--dir", str(tmp_path), "--phase1-seed", "6", "--arms", "kd", "--n-windows", "1"])
+
+
+def test_the_screen_command_gathers_each_students_phase1_and_band_rows(tmp_path, capsys):
+    """Hand-made run files: a student that passed its 16-token stage at step 3 and went on to the band, one stopped
+    inside that stage (no end-of-run JSON, no phase 2): the stage step is counted from the step lines alone (eval
+    lines have no stage), D = 16 read from the end-of-run table, and the table says which went on."""
+    from research import robustness
+    band = robustness.BAND_CRITERION["band"]
+
+    def steps(n16, n_main):
+        lines = [{"step": i + 1, "stage": "curriculum-16"} for i in range(n16)] + [{"step": 2, "eval": {}}]
+        return "\n".join(json.dumps(x) for x in lines + [{"step": n16 + 1, "stage": "main"}] * n_main) + "\n"
+    (tmp_path / "phase1-b10000-s5.jsonl").write_text(steps(3, 2))
+    (tmp_path / "phase1-b10000-s5.json").write_text(json.dumps({"run": "phase1-b10000-s5", "speed": {
+        "train_seconds": 90}, "results": {"phase1-b10000-s5": {"kv": {"16": 0.9}}}}))
+    (tmp_path / "phase1-b10000-s6.jsonl").write_text(steps(7, 0))
+    rows = [{"phase1_seed": 5, "phase2_seed": 0, "arm": a, "distances": band, "kv": [v] * 7, "in_doc": 1.0}
+            for a, v in (("step0", 0.0), ("kd", 1.0), ("ce", 0.2))]
+    (tmp_path / "band-p5-s0.json").write_text(json.dumps(rows))
+    out = tmp_path / "screen.json"
+    robustness.main(["screen", "--dir", str(tmp_path), "--phase1-seeds", "5", "6", "--out", str(out)])
+    screen = json.loads(out.read_text())
+    assert screen["students"] == [
+        {"phase1_seed": 5, "stage16_step": 3, "stage16_cap": 8000, "d16": 0.9, "phase1_minutes": 1.5},
+        {"phase1_seed": 6, "stage16_step": None, "stage16_cap": 8000, "d16": None, "stopped_at": 7}]
+    assert screen["runs"] == rows and screen["criterion"] == robustness.BAND_CRITERION
+    table = capsys.readouterr().out
+    assert "| 5 | 3 | 0.90 | yes | 0.00 | 1.00 | 1.00 | 0.20 | pass |" in table
+    assert "| 6 | not by step 7 (stopped) | - | no | - | - | - | - | not run |" in table
+    with pytest.raises(SystemExit):  # a student with no run files: one error line, nothing written
+        robustness.main(["screen", "--dir", str(tmp_path), "--phase1-seeds", "9", "--out", str(tmp_path / "x.json")])
+    assert not (tmp_path / "x.json").exists()
