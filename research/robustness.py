@@ -393,10 +393,14 @@ def acceptance_markdown(screen) -> str:
     for st in screen["students"]:
         arms = {r["arm"]: r for r in screen["runs"] if r["phase1_seed"] == st["phase1_seed"]}
         cells = {a: [dict(zip(r["distances"], r["kv"]))[d] for d in band] for a, r in arms.items()}
-        accepted = st["stage16_step"] is not None and st["d16"] >= ACCEPTANCE["d16_min"]
-        if not arms:  # phase 1 stopped before its 16-token stage passed: no phase 2
+        if "stopped_at" in st:  # phase 1 stopped before its 16-token stage passed: no phase 2
             out.append(f"| {st['phase1_seed']} | not by step {st['stopped_at']} (stopped) | - | no | - | - | - | - | "
                        "not run |")
+            continue
+        accepted = st["stage16_step"] is not None and st["d16"] >= ACCEPTANCE["d16_min"]
+        if not arms:  # phase 1 finished, phase 2 not run
+            out.append(f"| {st['phase1_seed']} | {st['stage16_step'] or 'capped'} | {fmt(st['d16'])} | "
+                       f"{'yes' if accepted else 'no'} | - | - | - | - | not run |")
             continue
         passed, why = band_verdict(arms)
         out.append(f"| {st['phase1_seed']} | {st['stage16_step'] or 'capped'} | {fmt(st['d16'])} | "
