@@ -133,10 +133,11 @@ def test_the_leak_free_table_is_what_its_json_gives():
     assert block(read("docs/causal.md"), "leakfree").strip() == runs_markdown(rows).strip()
 
 
-def test_the_acceptance_table_is_what_its_json_gives():
+@pytest.mark.parametrize("name", ["acceptance", "grid-lr"])
+def test_the_acceptance_tables_are_what_their_json_gives(name):
     from research.robustness import acceptance_markdown
-    screen = json.loads(read("docs/acceptance.json"))
-    assert block(read("docs/seeds.md"), "acceptance").strip() == acceptance_markdown(screen).strip()
+    screen = json.loads(read(f"docs/{name}.json"))
+    assert block(read("docs/seeds.md"), name).strip() == acceptance_markdown(screen).strip()
 
 
 def test_the_overlap_table_is_what_its_json_gives():
