@@ -381,65 +381,6 @@ def runs_markdown(rows) -> str:
     return "\n".join(out)
 
 
-ACCEPTANCE = {"stage16_passed": True, "d16_min": 0.85}  # a phase-1 student's test, fixed before the screen
-
-
-def acceptance_markdown(screen) -> str:
-    """The acceptance screen's table (docs/acceptance.json): per phase-1 student, what phase 1 showed (the step its
-    16-token stage passed, D = 16 after phase 1), whether ACCEPTANCE takes it, and phase 2's outcome on the band."""
-    out = ["| phase-1 seed | 16-token stage passed at step | after phase 1, D = 16 | accepted | step 0, band max | KD, band "
-           "min | KD, band mean | CE twin, band mean | phase 2 on the band |", "|" + " --- |" * 9]
-    band = BAND_CRITERION["band"]
-    for st in screen["students"]:
-        arms = {r["arm"]: r for r in screen["runs"] if r["phase1_seed"] == st["phase1_seed"]}
-        cells = {a: [dict(zip(r["distances"], r["kv"]))[d] for d in band] for a, r in arms.items()}
-        if "stopped_at" in st:  # phase 1 stopped before its 16-token stage passed: no phase 2
-            out.append(f"| {st['phase1_seed']} | not by step {st['stopped_at']} (stopped) | - | no | - | - | - | - | "
-                       "not run |")
-            continue
-        accepted = st["stage16_step"] is not None and st["d16"] >= ACCEPTANCE["d16_min"]
-        if not arms:  # phase 1 finished, phase 2 not run
-            out.append(f"| {st['phase1_seed']} | {st['stage16_step'] or 'capped'} | {fmt(st['d16'])} | "
-                       f"{'yes' if accepted else 'no'} | - | - | - | - | not run |")
-            continue
-        passed, why = band_verdict(arms)
-        out.append(f"| {st['phase1_seed']} | {st['stage16_step'] or 'capped'} | {fmt(st['d16'])} | "
-                   f"{'yes' if accepted else 'no'} | {fmt(max(cells['step0']))} | {fmt(min(cells['kd']))} | "
-                   f"{fmt(float(np.mean(cells['kd'])))} | {fmt(float(np.mean(cells['ce'])))} | "
-                   f"{'pass' if passed else 'fail: ' + '; '.join(why)} |")
-    return "\n".join(out)
-
-
-def screen_student(out_dir, phase1_seed, cap):
-    """What phase 1 showed for one student of a screen (docs/acceptance.json's "students"), from its run files:
-    the step its 16-token stage passed (None if it ran to its `cap`), D = 16 after phase 1, its minutes; a run
-    stopped inside that stage (no end-of-run JSON) gets stopped_at instead."""
-    base = os.path.join(out_dir, phase1_name(1e4, phase1_seed))
-    with open(base + ".jsonl") as f:  # one line per step: {"step", "stage", ...}
-        stage16 = sum(json.loads(line).get("stage") == "curriculum-16" for line in f)  # eval lines have none
-    st = {"phase1_seed": phase1_seed, "stage16_step": stage16 if stage16 < cap else None, "stage16_cap": cap}
-    if not os.path.exists(base + ".json"):
-        return {**st, "stage16_step": None, "d16": None, "stopped_at": stage16}
-    with open(base + ".json") as f:
-        run = json.load(f)
-    return {**st, "d16": run["results"][run["run"]]["kv"]["16"],
-            "phase1_minutes": round(run["speed"]["train_seconds"] / 60, 1)}
-
-
-def screen_json(out_dir, phase1_seeds, what, commands, cap=8000):
-    """A screen of phase-1 students in one folder, in docs/acceptance.json's format: each student's phase 1
-    (screen_student) and, where it went on, its held-out band rows (the band-pN-s0.json files of `band`)."""
-    from evaluate import HELDOUT_SEEDS
-    students, runs = [screen_student(out_dir, s, cap) for s in phase1_seeds], []
-    for s in phase1_seeds:
-        path = os.path.join(out_dir, f"band-p{s}-s0.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                runs += json.load(f)
-    return {"what": what, "acceptance": ACCEPTANCE, "criterion": BAND_CRITERION, "probe_seeds": list(HELDOUT_SEEDS),
-            "commands": commands, "students": students, "runs": runs}
-
-
 def band_rows(out_dir, phase1_seed, phase2_seed=0, n_windows=16, suffix="", seeds=None,
               arms=("step0", "kd", "ce")):
     """Band rows (BAND_CRITERION's band, D = 256 and 900) of step 0, the KD student and its CE twin, each value the
@@ -469,13 +410,10 @@ def band_rows(out_dir, phase1_seed, phase2_seed=0, n_windows=16, suffix="", seed
 
 
 def main(argv=None):
-    """`python -m research.robustness band --dir OUT --phase1-seed N`: the band rows, their verdict, a JSON.
-    `... screen --dir OUT --phase1-seeds N ... --out F.json`: a screen of students in acceptance.json's format."""
+    """`python -m research.robustness band --dir OUT --phase1-seed N`: the band rows, their verdict, a JSON."""
     from evaluate import HELDOUT_SEEDS
-    p = argparse.ArgumentParser(description="One combination on the distance band (held-out probes), judged; or a "
-                                "screen of phase-1 students gathered from their run files.")
-    p.add_argument("command", choices=["band", "screen"], help="band: step 0, KD student and CE twin on the band; "
-                   "screen: every --phase1-seeds student's phase 1 and band rows into --out (after band for each)")
+    p = argparse.ArgumentParser(description="One combination on the distance band (held-out probes), judged.")
+    p.add_argument("command", choices=["band"], help="band: step 0, KD student and CE twin on the band")
     p.add_argument("--dir", required=True, help="the folder the phase-1 student and both phase-2 runs were trained in")
     p.add_argument("--phase1-seed", type=int, default=0, help="phase-1 seed of the combination; default 0")
     p.add_argument("--seed", type=int, default=0, help="its phase-2 seed; default 0")
@@ -486,21 +424,7 @@ def main(argv=None):
                    help="probe seeds to average over; default the held-out ones (1 2 3); 0 is the selection probe")
     p.add_argument("--arms", nargs="+", default=["step0", "kd", "ce"], choices=["step0", "kd", "ce"],
                    help="which models to score (a KD run trained with --no-baseline has no CE twin); default all")
-    p.add_argument("--phase1-seeds", type=int, nargs="+", help="screen: the students, in the order to report")
-    p.add_argument("--out", help="screen: the JSON to write (acceptance.json's format)")
-    p.add_argument("--what", default="", help="screen: one sentence on what the students are")
-    p.add_argument("--commands", nargs="+", default=[], help="screen: the commands that trained and scored them")
     args = p.parse_args(argv)
-    if args.command == "screen":
-        if not args.phase1_seeds or not args.out:
-            fail("screen needs --phase1-seeds and --out")
-        try:
-            screen = screen_json(args.dir, args.phase1_seeds, args.what, args.commands)
-        except (OSError, ValueError, KeyError) as e:
-            fail(f"cannot gather the screen from {args.dir}: {e}")
-        atomic_write(args.out, lambda f: json.dump(screen, f, indent=1), mode="w")
-        print(acceptance_markdown(screen))
-        return
     if args.n_windows < 1 or args.phase1_seed < 0 or args.seed < 0 or min(args.probe_seeds) < 0:
         fail("--n-windows must be >= 1 and the seeds >= 0")
     suffix = "-" + args.variant.lstrip("-") if args.variant else ""

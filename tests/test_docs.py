@@ -135,7 +135,7 @@ def test_the_leak_free_table_is_what_its_json_gives():
 
 @pytest.mark.parametrize("name", ["acceptance", "grid-lr"])
 def test_the_acceptance_tables_are_what_their_json_gives(name):
-    from research.robustness import acceptance_markdown
+    from research.screen import acceptance_markdown
     screen = json.loads(read(f"docs/{name}.json"))
     assert block(read("docs/seeds.md"), name).strip() == acceptance_markdown(screen).strip()
 

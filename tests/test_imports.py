@@ -18,8 +18,8 @@ LAYERS = [
     # run prints; a real teacher cached as its top-k; inside the model (findings 2 and 3, a distance hole)
     {"runs", "scale.twin"},  # inputs, prerequisites, checkpoints around the loop
     {"train", "analyze"},  # the entry points of the core
-    {"scale.loss_memory", "scale.bench", "research.robustness", "research.overlap", "research.experiment",
-     "research.finding1", "research.finding3", "research.realtext", "walkthrough.demos", "walkthrough.__main__"},
+    {"scale.loss_memory", "scale.bench", "research.robustness", "research.screen", "research.overlap",
+     "research.experiment", "research.finding1", "research.finding3", "research.realtext", "walkthrough.demos", "walkthrough.__main__"},
     # built on the core; nothing in it imports them
 ]
 

@@ -211,7 +211,7 @@ def test_the_screen_command_gathers_each_students_phase1_and_band_rows(tmp_path,
     """Hand-made run files: a student that passed its 16-token stage at step 3 and went on to the band, one stopped
     inside that stage (no end-of-run JSON, no phase 2): the stage step is counted from the step lines alone (eval
     lines have no stage), D = 16 read from the end-of-run table, and the table says which went on."""
-    from research import robustness
+    from research import robustness, screen as screen_module
     band = robustness.BAND_CRITERION["band"]
 
     def steps(n16, n_main):
@@ -225,7 +225,7 @@ def test_the_screen_command_gathers_each_students_phase1_and_band_rows(tmp_path,
             for a, v in (("step0", 0.0), ("kd", 1.0), ("ce", 0.2))]
     (tmp_path / "band-p5-s0.json").write_text(json.dumps(rows))
     out = tmp_path / "screen.json"
-    robustness.main(["screen", "--dir", str(tmp_path), "--phase1-seeds", "5", "6", "--out", str(out)])
+    screen_module.main(["--dir", str(tmp_path), "--phase1-seeds", "5", "6", "--out", str(out)])
     screen = json.loads(out.read_text())
     assert screen["students"] == [
         {"phase1_seed": 5, "stage16_step": 3, "stage16_cap": 8000, "d16": 0.9, "phase1_minutes": 1.5},
@@ -235,5 +235,5 @@ def test_the_screen_command_gathers_each_students_phase1_and_band_rows(tmp_path,
     assert "| 5 | 3 | 0.90 | yes | 0.00 | 1.00 | 1.00 | 0.20 | pass |" in table
     assert "| 6 | not by step 7 (stopped) | - | no | - | - | - | - | not run |" in table
     with pytest.raises(SystemExit):  # a student with no run files: one error line, nothing written
-        robustness.main(["screen", "--dir", str(tmp_path), "--phase1-seeds", "9", "--out", str(tmp_path / "x.json")])
+        screen_module.main(["--dir", str(tmp_path), "--phase1-seeds", "9", "--out", str(tmp_path / "x.json")])
     assert not (tmp_path / "x.json").exists()
