@@ -31,20 +31,19 @@ def acceptance_markdown(screen) -> str:
            "min | KD, band mean | CE twin, band mean | phase 2 on the band |", "|" + " --- |" * 9]
     band = BAND_CRITERION["band"]
     for st in screen["students"]:
-        arms = {r["arm"]: r for r in screen["runs"] if r["phase1_seed"] == st["phase1_seed"]}
-        cells = {a: [dict(zip(r["distances"], r["kv"]))[d] for d in band] for a, r in arms.items()}
+        seed = st["phase1_seed"]
         if "stopped_at" in st:  # phase 1 stopped before its 16-token stage passed: no phase 2
-            out.append(f"| {st['phase1_seed']} | not by step {st['stopped_at']} (stopped) | - | no | - | - | - | - | "
-                       "not run |")
+            out.append(f"| {seed} | not by step {st['stopped_at']} (stopped) | - | no | - | - | - | - | not run |")
             continue
         accepted = st["stage16_step"] is not None and st["d16"] >= ACCEPTANCE["d16_min"]
+        phase1 = f"| {seed} | {st['stage16_step'] or 'capped'} | {fmt(st['d16'])} | {'yes' if accepted else 'no'} |"
+        arms = {r["arm"]: r for r in screen["runs"] if r["phase1_seed"] == seed}
         if not arms:  # phase 1 finished, phase 2 not run
-            out.append(f"| {st['phase1_seed']} | {st['stage16_step'] or 'capped'} | {fmt(st['d16'])} | "
-                       f"{'yes' if accepted else 'no'} | - | - | - | - | not run |")
+            out.append(phase1 + " - | - | - | - | not run |")
             continue
+        cells = {a: [dict(zip(r["distances"], r["kv"]))[d] for d in band] for a, r in arms.items()}
         passed, why = band_verdict(arms)
-        out.append(f"| {st['phase1_seed']} | {st['stage16_step'] or 'capped'} | {fmt(st['d16'])} | "
-                   f"{'yes' if accepted else 'no'} | {fmt(max(cells['step0']))} | {fmt(min(cells['kd']))} | "
+        out.append(f"{phase1} {fmt(max(cells['step0']))} | {fmt(min(cells['kd']))} | "
                    f"{fmt(float(np.mean(cells['kd'])))} | {fmt(float(np.mean(cells['ce'])))} | "
                    f"{'pass' if passed else 'fail: ' + '; '.join(why)} |")
     return "\n".join(out)
