@@ -11,6 +11,8 @@ training loop, so that train.py can show the loop, the step and the loss alone:
 - `train_prerequisites`: the teacher / phase-1 checkpoints a phase starts from: found in the output
   folder or in checkpoints/ (shipped), else trained first (or refused with --no-auto). With --data they
   are that text's (named by it: OUT/corpus-teacher.pt), trained on it, never the shipped ones.
+- `phase1_verdict`, `accept_or_retrain`: phase 1's acceptance test (config.ACCEPTANCE) and, with --retries,
+  the next student while it fails.
 - `RunLock`: one process per run: a second process asked to train the same run refuses.
 - `save_run`, `resume_state`, `record_step`, `truncate_log`: checkpoints, resume and the step log.
 - `one_line_errors`: a failed run ends in one line and stops phase 2's CE-only twin (scale/twin.py).
@@ -20,13 +22,14 @@ import fcntl
 import json
 import math
 import os
+import sys
 from contextlib import contextmanager
 
 import torch
 
 from scale import dist
-from config import (SHIPPED, build_parser, check_out_dir, data_prefix, fail, phase1_name, resolve,
-                    stage_batch_sizes)
+from config import (ACCEPTANCE, RETRY_STRIDE, SHIPPED, build_parser, check_out_dir, curriculum_stages, data_prefix,
+                    fail, phase1_name, resolve, stage_batch_sizes)
 from formats.text import DataError, read_bin_documents, read_text_documents
 from distill import load_teacher
 from formats.hf import load_pretrained
@@ -240,6 +243,69 @@ def ensure(args, what, path, shipped_name, phase_argv, train):
         with one_line_errors(sub):
             train(sub, inputs)
     return own
+
+
+# ----------------------------------------------------------------------------- phase 1's acceptance test
+
+
+def stage_steps(log_path, stage) -> int:
+    """Steps a run spent in one stage, from its step log OUT/<run>.jsonl (one line per step; probe lines carry no
+    stage). --resume truncates the log to the checkpoint, so the count is the checkpoint's."""
+    with open(log_path) as f:
+        return sum(json.loads(line).get("stage") == stage for line in f)
+
+
+def accepted(stage16_step, d16) -> bool:
+    """config.ACCEPTANCE on what phase 1 showed: its first curriculum stage passed (a step, not None for capped) and
+    retrieval at the shortest probed distance (D = 16 in the cpu preset) at least 0.85."""
+    return stage16_step is not None and d16 is not None and d16 >= ACCEPTANCE["d16_min"]
+
+
+def phase1_verdict(args) -> dict:
+    """The acceptance test on this finished phase-1 run, from its files: the step its first curriculum stage passed
+    (None when it ran to its cap), retrieval at the shortest probed distance after phase 1, minutes of training."""
+    name, _, _, _, cap = curriculum_stages(args)[0]
+    steps = stage_steps(run_path(args, ".jsonl"), name)
+    with open(run_path(args, ".json")) as f:
+        run = json.load(f)
+    kv = run["results"][run["run"]]["kv"]  # {distance: accuracy}, the end-of-phase-1 table's row
+    d = min(kv, key=int)
+    step = steps if steps < cap else None
+    return {"seed": args.seed, "run": args.run_name, "stage": name, "stage_passed_at": step, "distance": int(d),
+            "kv": kv[d], "accepted": accepted(step, kv[d]), "minutes": round(run["speed"]["train_seconds"] / 60, 1) if run["speed"] else None}
+
+
+def accept_or_retrain(args, argv, main):
+    """--retries: test the phase-1 student just trained (phase1_verdict) and, while it fails, train the next one
+    with --seed + 1000 k (k = 1 .. --retries) through main(argv). Every student stays in OUT under its own seed's
+    name; OUT/<first run>.accept.json lists them all and the accepted seed, the one phase 2 starts from
+    (--phase1-seed). No student accepted: one error line, exit code 1."""
+    students = [phase1_verdict(args)]
+    while not students[-1]["accepted"] and len(students) <= args.retries:
+        last, seed = students[-1], args.seed + RETRY_STRIDE * len(students)
+        stage = (f"passed at step {last['stage_passed_at']}" if last["stage_passed_at"] else "not passed by its cap")
+        print(f"[retry] phase-1 student --seed {last['seed']} rejected ({last['stage']} {stage}, D={last['distance']}: "
+              f"{last['kv']:.2f}); training the next one: --seed {seed}", flush=True)
+        sub = argv + ["--seed", str(seed), "--retries", "0"]
+        sub_args = resolve(build_parser().parse_args(sub))
+        if sub_args.resume and not os.path.exists(run_path(sub_args, ".pt")):  # --resume: a student not begun yet
+            sub = [a for a in sub if a != "--resume"]
+        main(sub)
+        students.append(phase1_verdict(sub_args))
+    chosen = students[-1]["seed"] if students[-1]["accepted"] else None
+    record = {"acceptance": ACCEPTANCE, "retries": args.retries, "accepted_seed": chosen, "students": students}
+    if dist.is_main():
+        atomic_write(run_path(args, ".accept.json"), lambda f: f.write(json.dumps(record, indent=1).encode()))
+    if chosen is None:  # not bad input (exit code 2): the recipe's test said no to every student
+        if dist.is_main():
+            print(f"error: no phase-1 student accepted in {len(students)} (seeds "
+                  f"{', '.join(str(s['seed']) for s in students)}); every one is kept in {args.out_dir}, listed in "
+                  f"{run_path(args, '.accept.json')}", file=sys.stderr)
+        raise SystemExit(1)
+    minutes = sum(s["minutes"] or 0 for s in students)
+    print(f"phase-1 student accepted: --seed {chosen} ({len(students)} trained, {minutes:.1f} min of training); phase 2 "
+          f"from it: python train.py --phase 2 --phase1-seed {chosen}")
+    return chosen
 
 
 # ----------------------------------------------------------------------------- one process per run

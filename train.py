@@ -23,6 +23,7 @@ step without changing it.
 Main job:  python train.py --phase 2 --rope-base 500000
            torchrun --nproc_per_node 2 train.py --phase 2 --rope-base 500000 --threads 1
 """
+import json
 import math
 import os
 import signal
@@ -47,7 +48,8 @@ from rope import format_spectrum, spectrum_summary
 
 
 def main(argv=None):
-    """Check every input, train what this phase starts from if it is missing, then train the phase."""
+    """Check every input, train what this phase starts from if it is missing, then train the phase (with
+    --retries, phase 1's students until one passes the acceptance test). Returns the run's results."""
     argv = sys.argv[1:] if argv is None else argv
     args = resolve(build_parser().parse_args(argv))
     pick_device(args)
@@ -64,6 +66,9 @@ def main(argv=None):
                 results = train(args, inputs)
             twin.finish_twin(args, plan, proc, results, print_side_by_side)
     print(f"wall time: {(time.time() - t0) / 60:.1f} min")
+    if args.retries:  # phase 1's acceptance test: the next student while this one fails (runs.accept_or_retrain)
+        runs.accept_or_retrain(args, argv, main)
+    return results
 
 
 def train(args, inputs):
@@ -410,9 +415,13 @@ def stop_after_ctrl_c(model, opt, args, state):
 
 
 def final_report(args, teacher, device, autocast, spec, speed, model=None, corpus=None):
-    """report.report on the run (from its checkpoint if not given), its teacher and phase 2's starting point."""
+    """report.report on the run (from its checkpoint if not given), its teacher and phase 2's starting point. A
+    finished run reported again keeps the speed its training measured."""
     if model is None:
         model, _ = load_model(runs.run_path(args, ".pt"), device)
+    if speed is None and os.path.exists(runs.run_path(args, ".json")):
+        with open(runs.run_path(args, ".json")) as f:
+            speed = json.load(f).get("speed")
     models = {args.run_name: model, **({"teacher": teacher} if teacher is not None else {})}
     if args.phase == "2":  # the starting point: phase 1's weights with the new base, before any phase-2 step
         models[START] = build_student(args, device)

@@ -1,10 +1,10 @@
 """Which phase-1 students to keep: an acceptance test measured before phase 2, and its screens.
 
 Paper idea: "Short Data, Long Context" (arXiv 2604.06070) distils long-range retrieval into a student that phase 1
-trained on short windows; at this scale whether that works depends on the phase-1 student. This file holds the
-acceptance test for a phase-1 student (ACCEPTANCE: its 16-token curriculum stage passed before its cap, D = 16
-after phase 1 at least 0.85), fixed before the screens that test it, and gathers such a screen from its run
-folder: per student what phase 1 showed and, where it went on, its held-out band rows (research/robustness.py's
+trained on short windows; at this scale whether that works depends on the phase-1 student. The acceptance test
+for a phase-1 student (config.ACCEPTANCE: its 16-token curriculum stage passed before its cap, D = 16 after phase
+1 at least 0.85; runs.accepted, which train.py --phase 1 --retries applies) was fixed before the screens that test
+it. This file gathers such a screen from its run folder: per student what phase 1 showed and, where it went on, its held-out band rows (research/robustness.py's
 `band`), judged by research.robustness.BAND_CRITERION. It writes docs/acceptance.json-style files, whose tables
 docs/seeds.md shows:
 
@@ -16,12 +16,10 @@ import os
 
 import numpy as np
 
-from config import fail, phase1_name
+from config import ACCEPTANCE, fail, phase1_name
 from model import atomic_write
 from research.robustness import BAND_CRITERION, band_verdict, fmt
-
-
-ACCEPTANCE = {"stage16_passed": True, "d16_min": 0.85}  # a phase-1 student's test, fixed before the screen
+from runs import accepted, stage_steps
 
 
 def acceptance_markdown(screen) -> str:
@@ -35,8 +33,8 @@ def acceptance_markdown(screen) -> str:
         if "stopped_at" in st:  # phase 1 stopped before its 16-token stage passed: no phase 2
             out.append(f"| {seed} | not by step {st['stopped_at']} (stopped) | - | no | - | - | - | - | not run |")
             continue
-        accepted = st["stage16_step"] is not None and st["d16"] >= ACCEPTANCE["d16_min"]
-        phase1 = f"| {seed} | {st['stage16_step'] or 'capped'} | {fmt(st['d16'])} | {'yes' if accepted else 'no'} |"
+        ok = accepted(st["stage16_step"], st["d16"])
+        phase1 = f"| {seed} | {st['stage16_step'] or 'capped'} | {fmt(st['d16'])} | {'yes' if ok else 'no'} |"
         arms = {r["arm"]: r for r in screen["runs"] if r["phase1_seed"] == seed}
         if not arms:  # phase 1 finished, phase 2 not run
             out.append(phase1 + " - | - | - | - | not run |")
@@ -54,8 +52,7 @@ def screen_student(out_dir, phase1_seed, cap):
     the step its 16-token stage passed (None if it ran to its `cap`), D = 16 after phase 1, its minutes; a run
     stopped inside that stage (no end-of-run JSON) gets stopped_at instead."""
     base = os.path.join(out_dir, phase1_name(1e4, phase1_seed))
-    with open(base + ".jsonl") as f:  # one line per step: {"step", "stage", ...}
-        stage16 = sum(json.loads(line).get("stage") == "curriculum-16" for line in f)  # eval lines have none
+    stage16 = stage_steps(base + ".jsonl", "curriculum-16")
     st = {"phase1_seed": phase1_seed, "stage16_step": stage16 if stage16 < cap else None, "stage16_cap": cap}
     if not os.path.exists(base + ".json"):
         return {**st, "stage16_step": None, "d16": None, "stopped_at": stage16}

@@ -202,6 +202,38 @@ def test_a_second_ctrl_c_stops_at_once_and_keeps_the_last_checkpoint(tmp_path, m
     assert load_checkpoint(str(tmp_path / "teacher.pt"))["step"] == 4  # the last save, not the half step
 
 
+def test_the_acceptance_test_reads_the_first_stage_and_the_shortest_distance(tmp_path):
+    log = tmp_path / "run.jsonl"  # 3 steps of the first stage, a probe line (no stage), 2 of the next
+    log.write_text("".join(json.dumps(r) + "\n" for r in [{"step": 1, "stage": "curriculum-16"}, {"step": 2, "stage":
+        "curriculum-16"}, {"step": 3, "stage": "curriculum-16"}, {"step": 3, "kv": {}}, {"step": 4, "stage":
+        "curriculum-32"}, {"step": 5, "stage": "curriculum-32"}]))
+    assert runs.stage_steps(str(log), "curriculum-16") == 3 and runs.stage_steps(str(log), "main") == 0
+    assert runs.accepted(623, 0.98) and runs.accepted(903, 0.85)  # passed before its cap, D = 16 >= 0.85
+    assert not runs.accepted(903, 0.84) and not runs.accepted(None, 0.99)  # None: the stage ran to its cap
+
+
+def test_retries_train_the_next_student_while_the_test_fails(tmp_path, capsys, monkeypatch):
+    """A tiny student never passes its first stage (3 steps, an early end needs 50): rejected, the next one is
+    trained with --seed + 1000, every student is kept and listed, and no acceptance ends in exit code 1."""
+    out = str(tmp_path / "o")
+    with pytest.raises(SystemExit) as e:
+        run(["--phase", "1", "--out-dir", out, "--seed", "5", "--retries", "1"])
+    assert e.value.code == 1 and "no phase-1 student accepted in 2 (seeds 5, 1005)" in capsys.readouterr().err
+    record = json.load(open(os.path.join(out, "phase1-b10000-s5.accept.json")))
+    assert record["accepted_seed"] is None and [s["seed"] for s in record["students"]] == [5, 1005]
+    assert all(s["stage"] == "curriculum-8" and s["stage_passed_at"] is None and s["distance"] == 4
+               for s in record["students"])
+    assert all(load_checkpoint(os.path.join(out, f"phase1-b10000-s{s}.pt"))["done"] for s in (5, 1005))
+    calls = []  # now the test takes the second student it sees: no third one is trained, phase 2 is told its seed
+    monkeypatch.setattr(runs, "accepted", lambda step, kv: calls.append(kv) or len(calls) == 2)
+    run(["--phase", "1", "--out-dir", out, "--seed", "5", "--retries", "3", "--resume"])
+    record = json.load(open(os.path.join(out, "phase1-b10000-s5.accept.json")))
+    assert record["accepted_seed"] == 1005 and [s["accepted"] for s in record["students"]] == [False, True]
+    assert not os.path.exists(os.path.join(out, "phase1-b10000-s2005.pt"))
+    assert json.load(open(os.path.join(out, "phase1-b10000-s5.json")))["speed"]["train_seconds"] > 0  # kept
+    assert "python train.py --phase 2 --phase1-seed 1005" in capsys.readouterr().out
+
+
 def test_curriculum_doubles_the_window_up_to_the_phase_window():
     args = train.resolve(train.build_parser().parse_args(["--phase", "1", "--window", "256"]))
     stages = train.make_stages(args, train.TaskSpec())
