@@ -381,6 +381,13 @@ def runs_markdown(rows) -> str:
     return "\n".join(out)
 
 
+def student_paths(out_dir, phase1_seed, phase2_seed=0, suffix=""):
+    """{arm: checkpoint}: the phase-1 student (step 0), its KD student and CE twin, as train.py names them."""
+    p1, p2 = f"-p{phase1_seed}" if phase1_seed else "", f"-s{phase2_seed}" if phase2_seed else ""
+    return {"step0": os.path.join(out_dir, phase1_name(1e4, phase1_seed) + ".pt"),
+            **{a: os.path.join(out_dir, f"phase2-{a}-b10000-b500000{p1}{suffix}{p2}.pt") for a in ("kd", "ce")}}
+
+
 def band_rows(out_dir, phase1_seed, phase2_seed=0, n_windows=16, suffix="", seeds=None,
               arms=("step0", "kd", "ce")):
     """Band rows (BAND_CRITERION's band, D = 256 and 900) of step 0, the KD student and its CE twin, each value the
@@ -393,11 +400,7 @@ def band_rows(out_dir, phase1_seed, phase2_seed=0, n_windows=16, suffix="", seed
     from evaluate import HELDOUT_SEEDS, evaluate_heldout
     from model import load_model, switch_rope
     seeds = HELDOUT_SEEDS if seeds is None else seeds
-    p1 = f"-p{phase1_seed}" if phase1_seed else ""
-    p2 = f"-s{phase2_seed}" if phase2_seed else ""
-    paths = {"step0": os.path.join(out_dir, phase1_name(1e4, phase1_seed) + ".pt"),
-             "kd": os.path.join(out_dir, f"phase2-kd-b10000-b500000{p1}{suffix}{p2}.pt"),
-             "ce": os.path.join(out_dir, f"phase2-ce-b10000-b500000{p1}{suffix}{p2}.pt")}
+    paths = student_paths(out_dir, phase1_seed, phase2_seed, suffix)
     distances, rows = sorted(BAND_CRITERION["band"] + [256, 900]), []
     for arm in arms:
         model = load_model(paths[arm], "cpu")[0]

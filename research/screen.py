@@ -65,16 +65,81 @@ def screen_student(out_dir, phase1_seed, cap):
 def screen_json(out_dir, phase1_seeds, what, commands, cap=8000):
     """A screen of phase-1 students in one folder, in docs/acceptance.json's format: each student's phase 1
     (screen_student) and, where it went on, its held-out band rows (the band-pN-s0.json files of
-    research.robustness band)."""
+    research.robustness band) and its position probe (positions-pN-s0.json, student_positions)."""
     from evaluate import HELDOUT_SEEDS
-    students, runs = [screen_student(out_dir, s, cap) for s in phase1_seeds], []
+    students, runs, positions = [screen_student(out_dir, s, cap) for s in phase1_seeds], [], []
     for s in phase1_seeds:
-        path = os.path.join(out_dir, f"band-p{s}-s0.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                runs += json.load(f)
-    return {"what": what, "acceptance": ACCEPTANCE, "criterion": BAND_CRITERION, "probe_seeds": list(HELDOUT_SEEDS),
-            "commands": commands, "students": students, "runs": runs}
+        for name, found in ((f"band-p{s}-s0.json", runs), (f"positions-p{s}-s0.json", positions)):
+            if os.path.exists(os.path.join(out_dir, name)):
+                with open(os.path.join(out_dir, name)) as f:
+                    found += json.load(f)
+    screen = {"what": what, "acceptance": ACCEPTANCE, "criterion": BAND_CRITERION,
+              "probe_seeds": list(HELDOUT_SEEDS), "commands": commands, "students": students, "runs": runs}
+    return {**screen, "positions": positions} if positions else screen
+
+
+# ----------------------------------------------------------------------------- distance or position?
+
+POSITION_RULE = {"start_min": 0.9, "later_max": 0.5}  # "long range only from the window's start", fixed before
+
+
+def student_positions(out_dir, phase1_seed):
+    """The record-position x distance probe (evaluate.position_sweep: 16 records in [start, start + 64), each
+    queried D later; research.robustness's starts, distances and windows per cell; held-out probe seeds) of a
+    student's KD run and CE twin, measured once and kept in OUT/positions-pN-s0.json:
+    [{"phase1_seed", "arm", "starts", "distances", "kv": [[acc or None per D] per start]}]."""
+    path = os.path.join(out_dir, f"positions-p{phase1_seed}-s0.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            return json.load(f)
+    from contextlib import nullcontext
+
+    import torch
+    from data import TaskSpec
+    from evaluate import position_sweep
+    from model import load_model
+    from research.robustness import SWEEP_BAND, SWEEP_DISTANCES, SWEEP_STARTS, SWEEP_WINDOWS, student_paths
+    rows = []
+    for arm in ("kd", "ce"):
+        model = load_model(student_paths(out_dir, phase1_seed)[arm], "cpu")[0].eval()
+        grid = position_sweep(model, TaskSpec(), 1024, SWEEP_DISTANCES, SWEEP_STARTS, torch.device("cpu"),
+                              nullcontext(), SWEEP_WINDOWS, band=SWEEP_BAND)  # {start: {D: acc or None}}
+        rows.append({"phase1_seed": phase1_seed, "arm": arm, "starts": list(SWEEP_STARTS),
+                     "distances": list(SWEEP_DISTANCES), "kv": [[grid[s][d] for d in SWEEP_DISTANCES]
+                                                               for s in SWEEP_STARTS]})
+    atomic_write(path, lambda f: json.dump(rows, f, indent=1), mode="w")
+    return rows
+
+
+def position_summary(row) -> dict:
+    """One model's position probe in four numbers: long range (D >= 512) from records at the window's start,
+    D = 512-768 from records at 128-384 ("later"), D <= 256 from records at 512 or beyond ("late records"), and
+    its weakest cell; `only_start` by POSITION_RULE. A mean over the cells measured; None where none is."""
+    cells = [(s, d, v) for s, accs in zip(row["starts"], row["kv"]) for d, v in zip(row["distances"], accs)
+             if v is not None]
+
+    def mean(keep):
+        vals = [v for s, d, v in cells if keep(s, d)]
+        return float(np.mean(vals)) if vals else None
+    start = mean(lambda s, d: s == 0 and d >= 512)
+    later = mean(lambda s, d: 128 <= s <= 384 and 512 <= d <= 768)
+    weakest = min(cells, key=lambda c: c[2])
+    return {"start": start, "later": later, "late_records": mean(lambda s, d: s >= 512 and d <= 256),
+            "weakest": weakest, "only_start": start is not None and later is not None and
+            start >= POSITION_RULE["start_min"] and later < POSITION_RULE["later_max"]}
+
+
+def positions_markdown(screen) -> str:
+    """The position probe's table: per student and arm, position_summary's numbers."""
+    out = ["| phase-1 seed | model | D >= 512, records at 0 | D = 512-768, records at 128-384 | D <= 256, records at "
+           ">= 512 | weakest cell (record at, D) | long range only from the window's start |", "|" + " --- |" * 7]
+    for row in screen.get("positions", []):
+        p = position_summary(row)
+        s, d, v = p["weakest"]
+        out.append(f"| {row['phase1_seed']} | {'KD student' if row['arm'] == 'kd' else 'CE twin'} | {fmt(p['start'])} "
+                   f"| {fmt(p['later'])} | {fmt(p['late_records'])} | {v:.2f} ({s}, {d}) | "
+                   f"{'yes' if p['only_start'] else 'no'} |")
+    return "\n".join(out)
 
 
 def main(argv=None):
@@ -86,13 +151,23 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="the JSON to write (docs/acceptance.json's format)")
     p.add_argument("--what", default="", help="one sentence on what the students are")
     p.add_argument("--commands", nargs="+", default=[], help="the commands that trained and scored them")
+    p.add_argument("--positions", action="store_true", help="also the record-position x distance probe of every "
+                   "student with a KD run and CE twin (measured once, kept in DIR/positions-pN-s0.json)")
     args = p.parse_args(argv)
     try:
+        if args.positions:
+            from research.robustness import student_paths
+            for s in args.phase1_seeds:
+                if all(os.path.exists(student_paths(args.dir, s)[a]) for a in ("kd", "ce")):
+                    print(f"position probe of phase-1 student {s}", flush=True)
+                    student_positions(args.dir, s)
         screen = screen_json(args.dir, args.phase1_seeds, args.what, args.commands)
     except (OSError, ValueError, KeyError) as e:  # a student without run files, or a file not of this format
         fail(f"cannot gather the screen from {args.dir}: {e}")
     atomic_write(args.out, lambda f: json.dump(screen, f, indent=1), mode="w")
     print(acceptance_markdown(screen))
+    if screen.get("positions"):
+        print(positions_markdown(screen))
 
 
 if __name__ == "__main__":

@@ -207,6 +207,47 @@ def test_the_band_command_finds_a_variants_runs_and_scores_the_selection_probe_a
         robustness.main(["band", "--dir", str(tmp_path), "--phase1-seed", "6", "--arms", "kd", "--n-windows", "1"])
 
 
+def test_the_position_summary_reads_the_cells_it_names():
+    """A hand-made position grid: long range only from records at the window's start (1.0 there, 0.2 from records
+    at 128-384), late records at 0.5; the summary's means take exactly those cells and skip the unmeasured ones."""
+    from research.screen import position_summary, positions_markdown
+    starts, dists = [0, 128, 256, 384, 512, 640, 768, 896], [16, 64, 256, 512, 768, 900, 1000]
+    fits = lambda st, d: st + 64 + d <= 1024  # noqa: E731 (no query beyond the window: None)
+    grid = [[None if not fits(st, d) else 1.0 if st == 0 else 0.2 if d >= 512 else 0.5 if st >= 512 else 0.9
+             for d in dists] for st in starts]
+    row = {"phase1_seed": 3, "arm": "kd", "starts": starts, "distances": dists, "kv": grid}
+    p = position_summary(row)
+    assert p["start"] == 1.0 and p["later"] == pytest.approx(0.2) and p["late_records"] == 0.5
+    assert p["weakest"] == (128, 512, 0.2) and p["only_start"]
+    grid[1][3] = grid[2][3] = grid[3][3] = grid[1][4] = 0.6  # later records retrieved too: not only the start
+    assert not position_summary(row)["only_start"]
+    assert "| 3 | KD student | 1.00 | 0.60 | 0.50 | 0.50 (512, 16) | no |" in positions_markdown({"positions": [row]})
+
+
+def test_the_position_probe_is_measured_once_per_student_and_kept(tmp_path, monkeypatch):
+    """A student's KD run and CE twin (random tiny models of a 1024-token window): one grid each, None exactly
+    where a record band plus its distance leaves the window, written to positions-pN-s0.json and read back
+    from there, not measured again."""
+    import dataclasses
+    import model as model_module
+    from data import TaskSpec
+    from model import GPT, GPTConfig, save_checkpoint
+    from research import robustness, screen
+    cfg = GPTConfig(vocab_size=TaskSpec().vocab_size, d_model=16, n_head=2, n_kv_head=2, n_layer=1, max_seq_len=1024)
+    for arm, path in robustness.student_paths(str(tmp_path), 4).items():
+        save_checkpoint({"model": GPT(cfg).state_dict(), "config": dataclasses.asdict(cfg), "step": 1, "done": True},
+                        path)
+    monkeypatch.setattr(robustness, "SWEEP_WINDOWS", 1)  # one window per cell and probe seed: quick
+    rows = screen.student_positions(str(tmp_path), 4)
+    assert [(r["phase1_seed"], r["arm"]) for r in rows] == [(4, "kd"), (4, "ce")]
+    for r in rows:
+        assert len(r["kv"]) == len(r["starts"]) and all(len(a) == len(r["distances"]) for a in r["kv"])
+        for st, accs in zip(r["starts"], r["kv"]):
+            assert [a is None for a in accs] == [st + d >= 1024 for d in r["distances"]]
+    monkeypatch.setattr(model_module, "load_model", lambda *a: pytest.fail("measured twice"))
+    assert screen.student_positions(str(tmp_path), 4) == rows
+
+
 def test_the_screen_command_gathers_each_students_phase1_and_band_rows(tmp_path, capsys):
     """Hand-made run files: a student that passed its 16-token stage at step 3 and went on to the band, one stopped
     inside that stage (no end-of-run JSON, no phase 2): the stage step is counted from the step lines alone (eval
@@ -231,6 +272,7 @@ def test_the_screen_command_gathers_each_students_phase1_and_band_rows(tmp_path,
         {"phase1_seed": 5, "stage16_step": 3, "stage16_cap": 8000, "d16": 0.9, "phase1_minutes": 1.5},
         {"phase1_seed": 6, "stage16_step": None, "stage16_cap": 8000, "d16": None, "stopped_at": 7}]
     assert screen["runs"] == rows and screen["criterion"] == robustness.BAND_CRITERION
+    assert "positions" not in screen  # no position probe measured: the key stays out
     table = capsys.readouterr().out
     assert "| 5 | 3 | 0.90 | yes | 0.00 | 1.00 | 1.00 | 0.20 | pass |" in table
     assert "| 6 | not by step 7 (stopped) | - | no | - | - | - | - | not run |" in table
