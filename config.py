@@ -58,7 +58,8 @@ PHASE_KD = {"teacher": 0.0, "1": 0.5, "2": 0.9}
 PHASE_SEED = {"teacher": 0, "1": 10, "2": 20}
 # A phase-1 student's acceptance test, measured before any phase 2 and fixed before the screens that test it: its
 # first curriculum stage (16 tokens in the cpu preset) passed before its cap, and retrieval at the shortest probed
-# distance (D = 16) after phase 1 at least 0.85. With --retries a rejected student is retrained with --seed + 1000 k.
+# distance (D = 16 in the cpu preset) after phase 1 at least 0.85. With --retries a rejected student is retrained
+# with --seed + 1000 k.
 ACCEPTANCE = {"stage16_passed": True, "d16_min": 0.85}
 RETRY_STRIDE = 1000
 
@@ -163,7 +164,7 @@ MODEL_HELP = {
 
 def build_parser():
     p = argparse.ArgumentParser(description="Train the teacher (--phase teacher), the phase-1 student or the phase-2 "
-                                "student (logit distillation on packed short documents).")
+                                "student (logit distillation on packed short documents).", allow_abbrev=False)
     a = p.add_argument
     a("--phase", required=True, choices=["teacher", "1", "2"], help="what to train (see the module doc)")
     a("--preset", default="cpu", choices=list(PRESETS), help="size defaults: tiny (tests), cpu (default), gpu")
@@ -182,9 +183,9 @@ def build_parser():
     a("--resume", action="store_true", help="continue this run from its checkpoint")
     a("--overwrite", action="store_true", help="retrain even if this run already finished")
     a("--retries", type=int, default=0, help="phase 1: test the student before any phase 2 (its first curriculum "
-      "stage passed before its cap, retrieval at D = 16 >= 0.85 after phase 1) and train the next one (--seed + 1000, "
-      "+ 2000, ...) while it fails, up to this many times; every student is kept, OUT/<run>.accept.json lists them "
-      "(default 0: no test)")
+      "stage passed before its cap, retrieval at the shortest probed distance >= 0.85 after phase 1: the 16-token "
+      "stage and D = 16 in the cpu preset) and train the next one (--seed + 1000, + 2000, ...) while it fails, up to "
+      "this many times; every student is kept, OUT/<run>.accept.json lists them (default 0: no test)")
     a("--no-baseline", action="store_true", help="phase 2: do not train the CE-only baseline side by side")
     a("--arm", default=None, choices=list(ARMS), help="phase 2's objective: " + "; ".join(
       f"{k}: {arm.what}" for k, arm in ARMS.items()) + ". Default: kd, or ce with --kd-weight 0. Only kd trains its "
@@ -394,11 +395,14 @@ def resolve(args):
         (not (args.data and args.reset_positions),
          "--reset-positions applies to the synthetic packed documents, not to --data"),
         (args.retries >= 0, f"--retries must be >= 0, got {args.retries}"),
-        (not args.retries or (phase == "1" and args.curriculum_steps and not args.data and args.run_name is None
-                              and args.seed + RETRY_STRIDE * args.retries < 2**32),
-         "--retries tests a phase-1 student on the synthetic curriculum and probes: it needs --phase 1, "
-         "--curriculum-steps > 0, no --data, no --run-name (each student keeps its seed's name), and "
-         "--seed + 1000 x --retries below 2**32"),
+        (not args.retries or (phase == "1" and not args.data), "--retries tests a phase-1 student on the synthetic "
+         "curriculum and probes: it needs --phase 1 and no --data"),
+        (not args.retries or curriculum_stages(args), "--retries reads the first curriculum stage: it needs "
+         "--curriculum-steps > 0 and a --window longer than the preset's shortest curriculum window"),
+        (not args.retries or any(d < args.window for d in pre["eval_distances"]), "--retries reads the shortest "
+         f"probed distance, {min(pre['eval_distances'])} tokens: --window {args.window} is too short"),
+        (not args.retries or args.run_name is None, "--retries names each student by its seed: drop --run-name"),
+        (args.seed + RETRY_STRIDE * args.retries < 2**32, "--seed + 1000 x --retries must stay below 2**32"),
         (args.teacher_topk >= 0, f"--teacher-topk must be >= 0 (0 = the live teacher), got {args.teacher_topk}"),
         (not args.teacher_topk or (args.data and phase != "teacher"),
          "--teacher-topk caches a teacher on --data's training windows: it needs --data and --phase 1 or 2"),

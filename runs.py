@@ -51,6 +51,8 @@ def check_inputs(args):
     Returns (corpus or None, this run's previous checkpoint or None).
     """
     check_out_dir(args.out_dir, "--out-dir")
+    if args.retries and dist.launched_world_size() > 1:
+        fail("--retries trains one phase-1 student after another in one process: run it without torchrun")
     if args.attention == "flex" and not args.device.startswith("cuda"):
         fail("--attention flex trains on CUDA only (torch has no flex-attention backward on CPU); use --attention sdpa")
     if args.vocab_size is None:  # --data with --tokenizer: the tokenizer's vocabulary (config.resolve left it)
@@ -256,56 +258,65 @@ def stage_steps(log_path, stage) -> int:
 
 
 def accepted(stage16_step, d16) -> bool:
-    """config.ACCEPTANCE on what phase 1 showed: its first curriculum stage passed (a step, not None for capped) and
-    retrieval at the shortest probed distance (D = 16 in the cpu preset) at least 0.85."""
-    return stage16_step is not None and d16 is not None and d16 >= ACCEPTANCE["d16_min"]
+    """config.ACCEPTANCE on what phase 1 showed: its first curriculum stage passed (a step; None: it ran to its cap
+    or did not run) and retrieval at the shortest probed distance (D = 16 in the cpu preset) at least 0.85."""
+    passed = stage16_step is not None or not ACCEPTANCE["stage16_passed"]
+    return passed and d16 is not None and d16 >= ACCEPTANCE["d16_min"]
 
 
 def phase1_verdict(args) -> dict:
     """The acceptance test on this finished phase-1 run, from its files: the step its first curriculum stage passed
-    (None when it ran to its cap), retrieval at the shortest probed distance after phase 1, minutes of training."""
+    (None when it ran to its cap), retrieval at the shortest probed distance after phase 1, and the minutes of
+    training its results record (the last process's, on --resume)."""
     name, _, _, _, cap = curriculum_stages(args)[0]
     steps = stage_steps(run_path(args, ".jsonl"), name)
     with open(run_path(args, ".json")) as f:
         run = json.load(f)
     kv = run["results"][run["run"]]["kv"]  # {distance: accuracy}, the end-of-phase-1 table's row
     d = min(kv, key=int)
-    step = steps if steps < cap else None
+    step = steps if 0 < steps < cap else None
+    minutes = round(run["speed"]["train_seconds"] / 60, 1) if run["speed"] else None
     return {"seed": args.seed, "run": args.run_name, "stage": name, "stage_passed_at": step, "distance": int(d),
-            "kv": kv[d], "accepted": accepted(step, kv[d]), "minutes": round(run["speed"]["train_seconds"] / 60, 1) if run["speed"] else None}
+            "kv": kv[d], "accepted": accepted(step, kv[d]), "minutes": minutes}
 
 
 def accept_or_retrain(args, argv, main):
     """--retries: test the phase-1 student just trained (phase1_verdict) and, while it fails, train the next one
     with --seed + 1000 k (k = 1 .. --retries) through main(argv). Every student stays in OUT under its own seed's
-    name; OUT/<first run>.accept.json lists them all and the accepted seed, the one phase 2 starts from
-    (--phase1-seed). No student accepted: one error line, exit code 1."""
-    students = [phase1_verdict(args)]
-    while not students[-1]["accepted"] and len(students) <= args.retries:
-        last, seed = students[-1], args.seed + RETRY_STRIDE * len(students)
-        stage = (f"passed at step {last['stage_passed_at']}" if last["stage_passed_at"] else "not passed by its cap")
+    name; OUT/<first run>.accept.json lists them all (rewritten after each verdict) and the accepted one, which
+    phase 2 starts from (--init). No student accepted: one error line, exit code 1."""
+    students, record_path = [], run_path(args, ".accept.json")
+    while True:
+        sub_args = resolve(build_parser().parse_args(argv + ["--seed", str(args.seed + RETRY_STRIDE * len(students))]))
+        students.append(phase1_verdict(sub_args) if students else phase1_verdict(args))
+        last = students[-1]
+        init = run_path(sub_args, ".pt") if last["accepted"] else None
+        record = {"acceptance": ACCEPTANCE, "retries": args.retries, "accepted_seed": last["seed"] if init else None,
+                  "phase2_init": init, "students": students}
+        atomic_write(record_path, lambda f: f.write(json.dumps(record, indent=1).encode()))
+        if last["accepted"] or len(students) > args.retries:
+            break
+        seed = args.seed + RETRY_STRIDE * len(students)
+        stage = ("not passed by its cap" if last["stage_passed_at"] is None
+                 else f"passed at step {last['stage_passed_at']}")
+        kv = "-" if last["kv"] is None else f"{last['kv']:.2f}"
         print(f"[retry] phase-1 student --seed {last['seed']} rejected ({last['stage']} {stage}, D={last['distance']}: "
-              f"{last['kv']:.2f}); training the next one: --seed {seed}", flush=True)
+              f"{kv}); training the next one: --seed {seed}", flush=True)
         sub = argv + ["--seed", str(seed), "--retries", "0"]
-        sub_args = resolve(build_parser().parse_args(sub))
-        if sub_args.resume and not os.path.exists(run_path(sub_args, ".pt")):  # --resume: a student not begun yet
-            sub = [a for a in sub if a != "--resume"]
+        if args.resume and not os.path.exists(run_path(resolve(build_parser().parse_args(sub)), ".pt")):
+            sub = [a for a in sub if a != "--resume"]  # --resume: this student has not begun yet
         main(sub)
-        students.append(phase1_verdict(sub_args))
-    chosen = students[-1]["seed"] if students[-1]["accepted"] else None
-    record = {"acceptance": ACCEPTANCE, "retries": args.retries, "accepted_seed": chosen, "students": students}
-    if dist.is_main():
-        atomic_write(run_path(args, ".accept.json"), lambda f: f.write(json.dumps(record, indent=1).encode()))
-    if chosen is None:  # not bad input (exit code 2): the recipe's test said no to every student
-        if dist.is_main():
-            print(f"error: no phase-1 student accepted in {len(students)} (seeds "
-                  f"{', '.join(str(s['seed']) for s in students)}); every one is kept in {args.out_dir}, listed in "
-                  f"{run_path(args, '.accept.json')}", file=sys.stderr)
+    if init is None:  # not bad input (exit code 2): the recipe's test said no to every student
+        print(f"error: no phase-1 student accepted in {len(students)} (seeds "
+              f"{', '.join(str(s['seed']) for s in students)}); every one is kept in {args.out_dir}, listed in "
+              f"{record_path}", file=sys.stderr)
         raise SystemExit(1)
     minutes = sum(s["minutes"] or 0 for s in students)
-    print(f"phase-1 student accepted: --seed {chosen} ({len(students)} trained, {minutes:.1f} min of training); phase 2 "
-          f"from it: python train.py --phase 2 --phase1-seed {chosen}")
-    return chosen
+    preset = f" --preset {args.preset}" if args.preset != "cpu" else ""
+    print(f"phase-1 student accepted: --seed {last['seed']} ({len(students)} trained, {minutes:.1f} min of training); "
+          f"phase 2 from it: python train.py --phase 2{preset} --phase1-seed {last['seed']} --init {init} "
+          f"--out-dir {args.out_dir}")
+    return last["seed"]
 
 
 # ----------------------------------------------------------------------------- one process per run
@@ -380,6 +391,15 @@ def same_file(f, path) -> bool:
 
 
 # ----------------------------------------------------------------------------- checkpoints and the step log
+
+
+def saved_speed(args):
+    """The speed a finished run's results recorded (report_speed's dict), or None: what reporting it again keeps."""
+    try:
+        with open(run_path(args, ".json")) as f:
+            return json.load(f).get("speed")
+    except (OSError, ValueError):
+        return None
 
 
 def checkpoint_dict(model, opt, args, state, done):

@@ -23,7 +23,6 @@ step without changing it.
 Main job:  python train.py --phase 2 --rope-base 500000
            torchrun --nproc_per_node 2 train.py --phase 2 --rope-base 500000 --threads 1
 """
-import json
 import math
 import os
 import signal
@@ -83,8 +82,8 @@ def train(args, inputs):
     corpus, previous = inputs
     teacher = frozen_teacher(args, device) if runs.needs_teacher(args) else None
     if args.resume and previous is not None and previous.get("done"):
-        print(f"{runs.run_path(args, '.pt')} already finished; its results:")
-        return on_main(final_report, args, teacher, device, autocast, spec, None, corpus=corpus)
+        print(f"{runs.run_path(args, '.pt')} already finished; its results:")  # with the speed its training measured
+        return on_main(final_report, args, teacher, device, autocast, spec, runs.saved_speed(args), corpus=corpus)
     kd_teacher = cached_teacher(args, teacher, corpus, device)  # the teacher the loss reads
     model = build_student(args, device)
     opt = make_optimizer(model, args, device)
@@ -415,13 +414,9 @@ def stop_after_ctrl_c(model, opt, args, state):
 
 
 def final_report(args, teacher, device, autocast, spec, speed, model=None, corpus=None):
-    """report.report on the run (from its checkpoint if not given), its teacher and phase 2's starting point. A
-    finished run reported again keeps the speed its training measured."""
+    """report.report on the run (from its checkpoint if not given), its teacher and phase 2's starting point."""
     if model is None:
         model, _ = load_model(runs.run_path(args, ".pt"), device)
-    if speed is None and os.path.exists(runs.run_path(args, ".json")):
-        with open(runs.run_path(args, ".json")) as f:
-            speed = json.load(f).get("speed")
     models = {args.run_name: model, **({"teacher": teacher} if teacher is not None else {})}
     if args.phase == "2":  # the starting point: phase 1's weights with the new base, before any phase-2 step
         models[START] = build_student(args, device)

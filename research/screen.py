@@ -4,13 +4,15 @@ Paper idea: "Short Data, Long Context" (arXiv 2604.06070) distils long-range ret
 trained on short windows; at this scale whether that works depends on the phase-1 student. The acceptance test
 for a phase-1 student (config.ACCEPTANCE: its 16-token curriculum stage passed before its cap, D = 16 after phase
 1 at least 0.85; runs.accepted, which train.py --phase 1 --retries applies) was fixed before the screens that test
-it. This file gathers such a screen from its run folder: per student what phase 1 showed and, where it went on, its held-out band rows (research/robustness.py's
-`band`), judged by research.robustness.BAND_CRITERION. It writes docs/acceptance.json-style files, whose tables
-docs/seeds.md shows:
+it. This file gathers such a screen from its run folder: per student what phase 1 showed and, where it went
+on, its held-out band rows (research/robustness.py's `band`), judged by research.robustness.BAND_CRITERION,
+and with --positions where in the window its KD student and CE twin retrieve (record position x distance).
+It writes docs/acceptance.json-style files, whose tables docs/seeds.md shows:
 
     python -m research.screen --dir out/p1-lr --phase1-seeds 0 1 2 3 4 5 --out docs/grid-lr.json
 """
 import argparse
+import hashlib
 import json
 import os
 
@@ -53,7 +55,7 @@ def screen_student(out_dir, phase1_seed, cap):
     stopped inside that stage (no end-of-run JSON) gets stopped_at instead."""
     base = os.path.join(out_dir, phase1_name(1e4, phase1_seed))
     stage16 = stage_steps(base + ".jsonl", "curriculum-16")
-    st = {"phase1_seed": phase1_seed, "stage16_step": stage16 if stage16 < cap else None, "stage16_cap": cap}
+    st = {"phase1_seed": phase1_seed, "stage16_step": stage16 if 0 < stage16 < cap else None, "stage16_cap": cap}
     if not os.path.exists(base + ".json"):
         return {**st, "stage16_step": None, "d16": None, "stopped_at": stage16}
     with open(base + ".json") as f:
@@ -86,27 +88,39 @@ POSITION_RULE = {"start_min": 0.9, "later_max": 0.5}  # "long range only from th
 def student_positions(out_dir, phase1_seed):
     """The record-position x distance probe (evaluate.position_sweep: 16 records in [start, start + 64), each
     queried D later; research.robustness's starts, distances and windows per cell; held-out probe seeds) of a
-    student's KD run and CE twin, measured once and kept in OUT/positions-pN-s0.json:
-    [{"phase1_seed", "arm", "starts", "distances", "kv": [[acc or None per D] per start]}]."""
-    path = os.path.join(out_dir, f"positions-p{phase1_seed}-s0.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return json.load(f)
+    student's KD run and CE twin, kept in OUT/positions-pN-s0.json and measured again only when a checkpoint (its
+    SHA-256) or the probe's settings change: [{"phase1_seed", "arm", "starts", "distances", "windows_per_cell",
+    "checkpoint_sha256", "step", "kv": [[acc or None per D] per start]}]. An unfinished run is refused."""
     from contextlib import nullcontext
 
     import torch
     from data import TaskSpec
     from evaluate import position_sweep
     from model import load_model
-    from research.robustness import SWEEP_BAND, SWEEP_DISTANCES, SWEEP_STARTS, SWEEP_WINDOWS, student_paths
-    rows = []
+    from research import robustness
+    path, ckpts = (os.path.join(out_dir, f"positions-p{phase1_seed}-s0.json"),
+                   robustness.student_paths(out_dir, phase1_seed))
+    setup = {"starts": list(robustness.SWEEP_STARTS), "distances": list(robustness.SWEEP_DISTANCES),
+             "windows_per_cell": robustness.SWEEP_WINDOWS}
+    with_setup = []  # per arm: the settings and which checkpoint (its SHA-256) a measurement belongs to
     for arm in ("kd", "ce"):
-        model = load_model(student_paths(out_dir, phase1_seed)[arm], "cpu")[0].eval()
-        grid = position_sweep(model, TaskSpec(), 1024, SWEEP_DISTANCES, SWEEP_STARTS, torch.device("cpu"),
-                              nullcontext(), SWEEP_WINDOWS, band=SWEEP_BAND)  # {start: {D: acc or None}}
-        rows.append({"phase1_seed": phase1_seed, "arm": arm, "starts": list(SWEEP_STARTS),
-                     "distances": list(SWEEP_DISTANCES), "kv": [[grid[s][d] for d in SWEEP_DISTANCES]
-                                                               for s in SWEEP_STARTS]})
+        with open(ckpts[arm], "rb") as f:
+            with_setup.append({**setup, "checkpoint_sha256": hashlib.file_digest(f, "sha256").hexdigest()})
+    if os.path.exists(path):  # measured before: kept while the checkpoints and the probe's settings are the same
+        with open(path) as f:
+            rows = json.load(f)
+        if [{k: r.get(k) for k in with_setup[0]} for r in rows] == with_setup:
+            return rows
+    rows = []
+    for arm, keys in zip(("kd", "ce"), with_setup):
+        model, ckpt = load_model(ckpts[arm], "cpu")
+        if not ckpt.get("done"):
+            raise ValueError(f"{ckpts[arm]} is an unfinished run (step {ckpt.get('step')}): probe it once it is done")
+        grid = position_sweep(model.eval(), TaskSpec(), 1024, setup["distances"], setup["starts"],
+                              torch.device("cpu"), nullcontext(), setup["windows_per_cell"],
+                              band=robustness.SWEEP_BAND)  # {start: {D: acc or None}}
+        rows.append({"phase1_seed": phase1_seed, "arm": arm, **keys, "step": ckpt["step"],
+                     "kv": [[grid[s][d] for d in setup["distances"]] for s in setup["starts"]]})
     atomic_write(path, lambda f: json.dump(rows, f, indent=1), mode="w")
     return rows
 
@@ -159,8 +173,7 @@ def main(argv=None):
             from research.robustness import student_paths
             for s in args.phase1_seeds:
                 if all(os.path.exists(student_paths(args.dir, s)[a]) for a in ("kd", "ce")):
-                    print(f"position probe of phase-1 student {s}", flush=True)
-                    student_positions(args.dir, s)
+                    student_positions(args.dir, s)  # measured, or read back when measured before
         screen = screen_json(args.dir, args.phase1_seeds, args.what, args.commands)
     except (OSError, ValueError, KeyError) as e:  # a student without run files, or a file not of this format
         fail(f"cannot gather the screen from {args.dir}: {e}")

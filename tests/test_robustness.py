@@ -212,7 +212,7 @@ def test_the_position_summary_reads_the_cells_it_names():
     at 128-384), late records at 0.5; the summary's means take exactly those cells and skip the unmeasured ones."""
     from research.screen import position_summary, positions_markdown
     starts, dists = [0, 128, 256, 384, 512, 640, 768, 896], [16, 64, 256, 512, 768, 900, 1000]
-    fits = lambda st, d: st + 64 + d <= 1024  # noqa: E731 (no query beyond the window: None)
+    fits = lambda st, d: st + d < 1024  # noqa: E731 (as the probe: None where no query of the band fits)
     grid = [[None if not fits(st, d) else 1.0 if st == 0 else 0.2 if d >= 512 else 0.5 if st >= 512 else 0.9
              for d in dists] for st in starts]
     row = {"phase1_seed": 3, "arm": "kd", "starts": starts, "distances": dists, "kv": grid}
@@ -244,8 +244,14 @@ def test_the_position_probe_is_measured_once_per_student_and_kept(tmp_path, monk
         assert len(r["kv"]) == len(r["starts"]) and all(len(a) == len(r["distances"]) for a in r["kv"])
         for st, accs in zip(r["starts"], r["kv"]):
             assert [a is None for a in accs] == [st + d >= 1024 for d in r["distances"]]
+    load = model_module.load_model
     monkeypatch.setattr(model_module, "load_model", lambda *a: pytest.fail("measured twice"))
     assert screen.student_positions(str(tmp_path), 4) == rows
+    monkeypatch.setattr(model_module, "load_model", load)  # a retrained (here: unfinished) run is measured again
+    kd = robustness.student_paths(str(tmp_path), 4)["kd"]
+    save_checkpoint({"model": GPT(cfg).state_dict(), "config": dataclasses.asdict(cfg), "step": 1, "done": False}, kd)
+    with pytest.raises(ValueError, match="unfinished run"):
+        screen.student_positions(str(tmp_path), 4)
 
 
 def test_the_screen_command_gathers_each_students_phase1_and_band_rows(tmp_path, capsys):

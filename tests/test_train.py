@@ -224,14 +224,25 @@ def test_retries_train_the_next_student_while_the_test_fails(tmp_path, capsys, m
     assert all(s["stage"] == "curriculum-8" and s["stage_passed_at"] is None and s["distance"] == 4
                for s in record["students"])
     assert all(load_checkpoint(os.path.join(out, f"phase1-b10000-s{s}.pt"))["done"] for s in (5, 1005))
-    calls = []  # now the test takes the second student it sees: no third one is trained, phase 2 is told its seed
+    for ext in (".pt", ".json", ".jsonl"):  # the second student as if the chain had stopped before it began
+        os.remove(os.path.join(out, "phase1-b10000-s1005" + ext))
+    calls = []  # now the test takes the second student it sees: no third one is trained, phase 2 is told its file
     monkeypatch.setattr(runs, "accepted", lambda step, kv: calls.append(kv) or len(calls) == 2)
-    run(["--phase", "1", "--out-dir", out, "--seed", "5", "--retries", "3", "--resume"])
+    run(["--phase", "1", "--out-dir", out, "--seed", "5", "--retries", "3", "--resume"])  # --resume: trains s1005
     record = json.load(open(os.path.join(out, "phase1-b10000-s5.accept.json")))
+    init = os.path.join(out, "phase1-b10000-s1005.pt")
     assert record["accepted_seed"] == 1005 and [s["accepted"] for s in record["students"]] == [False, True]
+    assert record["phase2_init"] == init and load_checkpoint(init)["done"]
     assert not os.path.exists(os.path.join(out, "phase1-b10000-s2005.pt"))
     assert json.load(open(os.path.join(out, "phase1-b10000-s5.json")))["speed"]["train_seconds"] > 0  # kept
-    assert "python train.py --phase 2 --phase1-seed 1005" in capsys.readouterr().out
+    assert (f"python train.py --phase 2 --preset tiny --phase1-seed 1005 --init {init} --out-dir {out}"
+            in capsys.readouterr().out)
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun: refused before anything is trained
+    from config import build_parser, resolve
+    argv = ["--phase", "1", "--retries", "1", "--out-dir", out] + TINY
+    with pytest.raises(SystemExit):
+        runs.check_inputs(resolve(build_parser().parse_args(argv)))
+    assert "without torchrun" in capsys.readouterr().err
 
 
 def test_curriculum_doubles_the_window_up_to_the_phase_window():
