@@ -170,10 +170,16 @@ def main(argv=None):
     args = p.parse_args(argv)
     try:
         if args.positions:
+            from model import load_checkpoint
             from research.robustness import student_paths
             for s in args.phase1_seeds:
-                if all(os.path.exists(student_paths(args.dir, s)[a]) for a in ("kd", "ce")):
+                paths = [student_paths(args.dir, s)[a] for a in ("kd", "ce")]
+                if not all(os.path.exists(p) for p in paths):
+                    continue
+                if all(load_checkpoint(p).get("done") for p in paths):
                     student_positions(args.dir, s)  # measured, or read back when measured before
+                else:
+                    print(f"phase-1 student {s}: its phase 2 is unfinished, no position probe yet", flush=True)
         screen = screen_json(args.dir, args.phase1_seeds, args.what, args.commands)
     except (OSError, ValueError, KeyError) as e:  # a student without run files, or a file not of this format
         fail(f"cannot gather the screen from {args.dir}: {e}")

@@ -140,6 +140,13 @@ def test_the_acceptance_tables_are_what_their_json_gives(name):
     assert block(read("docs/seeds.md"), name).strip() == acceptance_markdown(screen).strip()
 
 
+def test_the_grid_position_table_is_what_its_json_gives():
+    from research.screen import positions_markdown
+    screen = json.loads(read("docs/grid-lr.json"))
+    assert {r["arm"] for r in screen["positions"]} == {"kd", "ce"}
+    assert block(read("docs/seeds.md"), "grid-lr-positions").strip() == positions_markdown(screen).strip()
+
+
 def test_the_overlap_table_is_what_its_json_gives():
     from research.overlap import overlap_markdown
     sweep = json.loads(read("docs/overlap.json"))
