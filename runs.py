@@ -285,12 +285,11 @@ def accept_or_retrain(args, argv, main):
     with --seed + 1000 k (k = 1 .. --retries) through main(argv). Every student stays in OUT under its own seed's
     name; OUT/<first run>.accept.json lists them all (rewritten after each verdict) and the accepted one, which
     phase 2 starts from (--init). No student accepted: one error line, exit code 1."""
-    students, record_path = [], run_path(args, ".accept.json")
+    students, record_path, student = [], run_path(args, ".accept.json"), args  # student: the run just trained
     while True:
-        sub_args = resolve(build_parser().parse_args(argv + ["--seed", str(args.seed + RETRY_STRIDE * len(students))]))
-        students.append(phase1_verdict(sub_args) if students else phase1_verdict(args))
+        students.append(phase1_verdict(student))
         last = students[-1]
-        init = run_path(sub_args, ".pt") if last["accepted"] else None
+        init = run_path(student, ".pt") if last["accepted"] else None
         record = {"acceptance": ACCEPTANCE, "retries": args.retries, "accepted_seed": last["seed"] if init else None,
                   "phase2_init": init, "students": students}
         atomic_write(record_path, lambda f: f.write(json.dumps(record, indent=1).encode()))
@@ -303,7 +302,8 @@ def accept_or_retrain(args, argv, main):
         print(f"[retry] phase-1 student --seed {last['seed']} rejected ({last['stage']} {stage}, D={last['distance']}: "
               f"{kv}); training the next one: --seed {seed}", flush=True)
         sub = argv + ["--seed", str(seed), "--retries", "0"]
-        if args.resume and not os.path.exists(run_path(resolve(build_parser().parse_args(sub)), ".pt")):
+        student = resolve(build_parser().parse_args(sub))
+        if args.resume and not os.path.exists(run_path(student, ".pt")):
             sub = [a for a in sub if a != "--resume"]  # --resume: this student has not begun yet
         main(sub)
     if init is None:  # not bad input (exit code 2): the recipe's test said no to every student
