@@ -24,19 +24,32 @@ from research.robustness import BAND_CRITERION, band_verdict, fmt
 from runs import accepted, stage_steps
 
 
+STEP0_CHECK = BAND_CRITERION["step0_max"]  # a candidate addition to the test: step 0's band max, selection probe
+
+
 def acceptance_markdown(screen) -> str:
     """The acceptance screen's table (docs/acceptance.json): per phase-1 student, what phase 1 showed (the step its
-    16-token stage passed, D = 16 after phase 1), whether ACCEPTANCE takes it, and phase 2's outcome on the band."""
-    out = ["| phase-1 seed | 16-token stage passed at step | after phase 1, D = 16 | accepted | step 0, band max | KD, band "
-           "min | KD, band mean | CE twin, band mean | phase 2 on the band |", "|" + " --- |" * 9]
+    16-token stage passed, D = 16 after phase 1), whether ACCEPTANCE takes it, and phase 2's outcome on the band.
+    Where the screen measured the step-0 check (step 0's band max on the selection probe, before phase 2), two more
+    columns: that maximum, and whether the test with the check added (at most STEP0_CHECK) takes the student."""
+    checked = any("step0_selection" in st for st in screen["students"])  # the step-0 check: its two columns
+    head = ["phase-1 seed", "16-token stage passed at step", "after phase 1, D = 16", "accepted"]
+    head += ["step 0, band max, selection probe", "accepted with the step-0 check"] if checked else []
+    head += ["step 0, band max", "KD, band min", "KD, band mean", "CE twin, band mean", "phase 2 on the band"]
+    out = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     band = BAND_CRITERION["band"]
     for st in screen["students"]:
         seed = st["phase1_seed"]
         if "stopped_at" in st:  # phase 1 stopped before its 16-token stage passed: no phase 2
-            out.append(f"| {seed} | not by step {st['stopped_at']} (stopped) | - | no | - | - | - | - | not run |")
+            check = " - | no |" if checked else ""
+            out.append(f"| {seed} | not by step {st['stopped_at']} (stopped) | - | no |{check} - | - | - | - | not run |")
             continue
         ok = accepted(st["stage16_step"], st["d16"])
         phase1 = f"| {seed} | {st['stage16_step'] or 'capped'} | {fmt(st['d16'])} | {'yes' if ok else 'no'} |"
+        if checked:
+            step0 = st.get("step0_selection")
+            ok_step0 = ok and step0 is not None and step0 <= STEP0_CHECK
+            phase1 += f" {fmt(step0)} | {'yes' if ok_step0 else 'no'} |"
         arms = {r["arm"]: r for r in screen["runs"] if r["phase1_seed"] == seed}
         if not arms:  # phase 1 finished, phase 2 not run
             out.append(phase1 + " - | - | - | - | not run |")
@@ -52,7 +65,9 @@ def acceptance_markdown(screen) -> str:
 def screen_student(out_dir, phase1_seed, cap):
     """What phase 1 showed for one student of a screen (docs/acceptance.json's "students"), from its run files:
     the step its 16-token stage passed (None if it ran to its `cap`), D = 16 after phase 1, its minutes; a run
-    stopped inside that stage (no end-of-run JSON) gets stopped_at instead."""
+    stopped inside that stage (no end-of-run JSON) gets stopped_at instead. Where `python -m research.robustness
+    band --arms step0 --probe-seeds 0` ran, step0_selection: the phase-1 student's band max after the base switch,
+    on the selection probe (measured before phase 2, so a candidate for the acceptance test)."""
     base = os.path.join(out_dir, phase1_name(1e4, phase1_seed))
     stage16 = stage_steps(base + ".jsonl", "curriculum-16")
     st = {"phase1_seed": phase1_seed, "stage16_step": stage16 if 0 < stage16 < cap else None, "stage16_cap": cap}
@@ -60,8 +75,13 @@ def screen_student(out_dir, phase1_seed, cap):
         return {**st, "stage16_step": None, "d16": None, "stopped_at": stage16}
     with open(base + ".json") as f:
         run = json.load(f)
-    return {**st, "d16": run["results"][run["run"]]["kv"]["16"],
-            "phase1_minutes": round(run["speed"]["train_seconds"] / 60, 1)}
+    st |= {"d16": run["results"][run["run"]]["kv"]["16"], "phase1_minutes": round(run["speed"]["train_seconds"] / 60, 1)}
+    step0 = os.path.join(out_dir, f"band-p{phase1_seed}-s0-probe0.json")  # band --arms step0 --probe-seeds 0
+    if os.path.exists(step0):
+        with open(step0) as f:
+            row = json.load(f)[0]
+        st["step0_selection"] = max(dict(zip(row["distances"], row["kv"]))[d] for d in BAND_CRITERION["band"])
+    return st
 
 
 def screen_json(out_dir, phase1_seeds, what, commands, cap=8000):

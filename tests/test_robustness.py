@@ -285,3 +285,27 @@ def test_the_screen_command_gathers_each_students_phase1_and_band_rows(tmp_path,
     with pytest.raises(SystemExit):  # a student with no run files: one error line, nothing written
         screen_module.main(["--dir", str(tmp_path), "--phase1-seeds", "9", "--out", str(tmp_path / "x.json")])
     assert not (tmp_path / "x.json").exists()
+
+
+def test_the_step0_check_reads_the_band_max_on_the_selection_probe(tmp_path, capsys):
+    """Hand-made files: two accepted students whose selection-probe step-0 band rows peak at 0.25 (inside the band)
+    and 0.36 (outside the bound), with 0.9 at D = 256 outside the band to show that only band cells count; the
+    table grows the two check columns, and the check turns down only the second student."""
+    from research import robustness, screen as screen_module
+    distances = sorted(robustness.BAND_CRITERION["band"] + [256, 900])
+    for seed, peak in ((5, 0.25), (6, 0.36)):
+        lines = [{"step": i + 1, "stage": "curriculum-16"} for i in range(3)] + [{"step": 4, "stage": "main"}]
+        (tmp_path / f"phase1-b10000-s{seed}.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+        (tmp_path / f"phase1-b10000-s{seed}.json").write_text(json.dumps({"run": f"phase1-b10000-s{seed}", "speed": {
+            "train_seconds": 60}, "results": {f"phase1-b10000-s{seed}": {"kv": {"16": 0.95}}}}))
+        kv = [{256: 0.9, 768: peak}.get(d, 0.05) for d in distances]
+        (tmp_path / f"band-p{seed}-s0-probe0.json").write_text(json.dumps([{
+            "phase1_seed": seed, "phase2_seed": 0, "arm": "step0", "distances": distances, "kv": kv, "in_doc": 0.1}]))
+    out = tmp_path / "screen.json"
+    screen_module.main(["--dir", str(tmp_path), "--phase1-seeds", "5", "6", "--out", str(out)])
+    students = json.loads(out.read_text())["students"]
+    assert [s["step0_selection"] for s in students] == [0.25, 0.36]
+    table = capsys.readouterr().out
+    assert "step 0, band max, selection probe | accepted with the step-0 check |" in table
+    assert "| 5 | 3 | 0.95 | yes | 0.25 | yes | - | - | - | - | not run |" in table
+    assert "| 6 | 3 | 0.95 | yes | 0.36 | no | - | - | - | - | not run |" in table
