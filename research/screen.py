@@ -15,6 +15,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 
 import numpy as np
 
@@ -50,15 +51,17 @@ def acceptance_markdown(screen) -> str:
             step0 = st.get("step0_selection")
             ok_step0 = ok and step0 is not None and step0 <= STEP0_CHECK
             phase1 += f" {fmt(step0)} | {'yes' if ok_step0 else 'no'} |"
-        arms = {r["arm"]: r for r in screen["runs"] if r["phase1_seed"] == seed}
-        if not arms:  # phase 1 finished, phase 2 not run
+        phase2_seeds = sorted({r["phase2_seed"] for r in screen["runs"] if r["phase1_seed"] == seed})
+        if not phase2_seeds:  # phase 1 finished, phase 2 not run
             out.append(phase1 + " - | - | - | - | not run |")
-            continue
-        cells = {a: [dict(zip(r["distances"], r["kv"]))[d] for d in band] for a, r in arms.items()}
-        passed, why = band_verdict(arms)
-        out.append(f"{phase1} {fmt(max(cells['step0']))} | {fmt(min(cells['kd']))} | "
-                   f"{fmt(float(np.mean(cells['kd'])))} | {fmt(float(np.mean(cells['ce'])))} | "
-                   f"{'pass' if passed else 'fail: ' + '; '.join(why)} |")
+        for p2 in phase2_seeds:  # one row per phase-2 seed; phase 2's seed 0 is the one every student has
+            arms = {r["arm"]: r for r in screen["runs"] if r["phase1_seed"] == seed and r["phase2_seed"] == p2}
+            cells = {a: [dict(zip(r["distances"], r["kv"]))[d] for d in band] for a, r in arms.items()}
+            passed, why = band_verdict(arms)
+            label = phase1 if p2 == 0 else phase1.replace(f"| {seed} |", f"| {seed}, phase-2 seed {p2} |", 1)
+            out.append(f"{label} {fmt(max(cells['step0']))} | {fmt(min(cells['kd']))} | "
+                       f"{fmt(float(np.mean(cells['kd'])))} | {fmt(float(np.mean(cells['ce'])))} | "
+                       f"{'pass' if passed else 'fail: ' + '; '.join(why)} |")
     return "\n".join(out)
 
 
@@ -86,12 +89,14 @@ def screen_student(out_dir, phase1_seed, cap):
 
 def screen_json(out_dir, phase1_seeds, what, commands, cap=8000):
     """A screen of phase-1 students in one folder, in docs/acceptance.json's format: each student's phase 1
-    (screen_student) and, where it went on, its held-out band rows (the band-pN-s0.json files of
-    research.robustness band) and its position probe (positions-pN-s0.json, student_positions)."""
+    (screen_student) and, where it went on, its held-out band rows (the band-pN-sK.json files of
+    research.robustness band, one per phase-2 seed K) and its position probe (positions-pN-s0.json, student_positions)."""
     from evaluate import HELDOUT_SEEDS
     students, runs, positions = [screen_student(out_dir, s, cap) for s in phase1_seeds], [], []
     for s in phase1_seeds:
-        for name, found in ((f"band-p{s}-s0.json", runs), (f"positions-p{s}-s0.json", positions)):
+        bands = sorted((f for f in os.listdir(out_dir) if re.fullmatch(rf"band-p{s}-s\d+\.json", f)),
+                       key=lambda f: int(f[:-5].rsplit("-s", 1)[1]))  # one per phase-2 seed; -probe0 files are not
+        for name, found in [(b, runs) for b in bands] + [(f"positions-p{s}-s0.json", positions)]:
             if os.path.exists(os.path.join(out_dir, name)):
                 with open(os.path.join(out_dir, name)) as f:
                     found += json.load(f)

@@ -271,16 +271,20 @@ def test_the_screen_command_gathers_each_students_phase1_and_band_rows(tmp_path,
     rows = [{"phase1_seed": 5, "phase2_seed": 0, "arm": a, "distances": band, "kv": [v] * 7, "in_doc": 1.0}
             for a, v in (("step0", 0.0), ("kd", 1.0), ("ce", 0.2))]
     (tmp_path / "band-p5-s0.json").write_text(json.dumps(rows))
+    rows1 = [{**r, "phase2_seed": 1, "kv": [0.5] * 7} if r["arm"] == "kd" else {**r, "phase2_seed": 1} for r in rows]
+    (tmp_path / "band-p5-s1.json").write_text(json.dumps(rows1))  # phase-2 seed 1 of the same student
+    (tmp_path / "band-p55-s0.json").write_text(json.dumps(rows))  # another student's file: not gathered for 5
     out = tmp_path / "screen.json"
     screen_module.main(["--dir", str(tmp_path), "--phase1-seeds", "5", "6", "--out", str(out)])
     screen = json.loads(out.read_text())
     assert screen["students"] == [
         {"phase1_seed": 5, "stage16_step": 3, "stage16_cap": 8000, "d16": 0.9, "phase1_minutes": 1.5},
         {"phase1_seed": 6, "stage16_step": None, "stage16_cap": 8000, "d16": None, "stopped_at": 7}]
-    assert screen["runs"] == rows and screen["criterion"] == robustness.BAND_CRITERION
+    assert screen["runs"] == rows + rows1 and screen["criterion"] == robustness.BAND_CRITERION
     assert "positions" not in screen  # no position probe measured: the key stays out
     table = capsys.readouterr().out
     assert "| 5 | 3 | 0.90 | yes | 0.00 | 1.00 | 1.00 | 0.20 | pass |" in table
+    assert "| 5, phase-2 seed 1 | 3 | 0.90 | yes | 0.00 | 0.50 | 0.50 | 0.20 | fail: kd 0.50 at D=512;" in table
     assert "| 6 | not by step 7 (stopped) | - | no | - | - | - | - | not run |" in table
     with pytest.raises(SystemExit):  # a student with no run files: one error line, nothing written
         screen_module.main(["--dir", str(tmp_path), "--phase1-seeds", "9", "--out", str(tmp_path / "x.json")])
