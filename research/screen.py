@@ -46,20 +46,20 @@ def acceptance_markdown(screen) -> str:
             out.append(f"| {seed} | not by step {st['stopped_at']} (stopped) | - | no |{check} - | - | - | - | not run |")
             continue
         ok = accepted(st["stage16_step"], st["d16"])
-        phase1 = f"| {seed} | {st['stage16_step'] or 'capped'} | {fmt(st['d16'])} | {'yes' if ok else 'no'} |"
+        phase1 = f" {st['stage16_step'] or 'capped'} | {fmt(st['d16'])} | {'yes' if ok else 'no'} |"  # after the seed
         if checked:
             step0 = st.get("step0_selection")
             ok_step0 = ok and step0 is not None and step0 <= STEP0_CHECK
             phase1 += f" {fmt(step0)} | {'yes' if ok_step0 else 'no'} |"
         phase2_seeds = sorted({r["phase2_seed"] for r in screen["runs"] if r["phase1_seed"] == seed})
         if not phase2_seeds:  # phase 1 finished, phase 2 not run
-            out.append(phase1 + " - | - | - | - | not run |")
+            out.append(f"| {seed} |{phase1} - | - | - | - | not run |")
         for p2 in phase2_seeds:  # one row per phase-2 seed; phase 2's seed 0 is the one every student has
             arms = {r["arm"]: r for r in screen["runs"] if r["phase1_seed"] == seed and r["phase2_seed"] == p2}
             cells = {a: [dict(zip(r["distances"], r["kv"]))[d] for d in band] for a, r in arms.items()}
             passed, why = band_verdict(arms)
-            label = phase1 if p2 == 0 else phase1.replace(f"| {seed} |", f"| {seed}, phase-2 seed {p2} |", 1)
-            out.append(f"{label} {fmt(max(cells['step0']))} | {fmt(min(cells['kd']))} | "
+            label = f"{seed}" if p2 == 0 else f"{seed}, phase-2 seed {p2}"
+            out.append(f"| {label} |{phase1} {fmt(max(cells['step0']))} | {fmt(min(cells['kd']))} | "
                        f"{fmt(float(np.mean(cells['kd'])))} | {fmt(float(np.mean(cells['ce'])))} | "
                        f"{'pass' if passed else 'fail: ' + '; '.join(why)} |")
     return "\n".join(out)
