@@ -28,6 +28,11 @@ from runs import accepted, stage_steps
 STEP0_CHECK = BAND_CRITERION["step0_max"]  # a candidate addition to the test: step 0's band max, selection probe
 
 
+def band_cells(row) -> list:
+    """A band row's accuracies at BAND_CRITERION's distances, in order (a row missing one is not a band row)."""
+    return [dict(zip(row["distances"], row["kv"]))[d] for d in BAND_CRITERION["band"]]
+
+
 def acceptance_markdown(screen) -> str:
     """The acceptance screen's table (docs/acceptance.json): per phase-1 student, what phase 1 showed (the step its
     16-token stage passed, D = 16 after phase 1), whether ACCEPTANCE takes it, and phase 2's outcome on the band.
@@ -38,7 +43,6 @@ def acceptance_markdown(screen) -> str:
     head += ["step 0, band max, selection probe", "accepted with the step-0 check"] if checked else []
     head += ["step 0, band max", "KD, band min", "KD, band mean", "CE twin, band mean", "phase 2 on the band"]
     out = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    band = BAND_CRITERION["band"]
     for st in screen["students"]:
         seed = st["phase1_seed"]
         if "stopped_at" in st:  # phase 1 stopped before its 16-token stage passed: no phase 2
@@ -56,7 +60,7 @@ def acceptance_markdown(screen) -> str:
             out.append(f"| {seed} |{phase1} - | - | - | - | not run |")
         for p2 in phase2_seeds:  # one row per phase-2 seed; phase 2's seed 0 is the one every student has
             arms = {r["arm"]: r for r in screen["runs"] if r["phase1_seed"] == seed and r["phase2_seed"] == p2}
-            cells = {a: [dict(zip(r["distances"], r["kv"]))[d] for d in band] for a, r in arms.items()}
+            cells = {a: band_cells(r) for a, r in arms.items()}
             passed, why = band_verdict(arms)
             label = f"{seed}" if p2 == 0 else f"{seed}, phase-2 seed {p2}"
             out.append(f"| {label} |{phase1} {fmt(max(cells['step0']))} | {fmt(min(cells['kd']))} | "
@@ -83,7 +87,7 @@ def screen_student(out_dir, phase1_seed, cap):
     if os.path.exists(step0):
         with open(step0) as f:
             row = json.load(f)[0]
-        st["step0_selection"] = max(dict(zip(row["distances"], row["kv"]))[d] for d in BAND_CRITERION["band"])
+        st["step0_selection"] = max(band_cells(row))
     return st
 
 
