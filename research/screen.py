@@ -10,6 +10,7 @@ and with --positions where in the window its KD student and CE twin retrieve (re
 It writes docs/acceptance.json-style files, whose tables docs/seeds.md shows:
 
     python -m research.screen --dir out/p1-lr --phase1-seeds 0 1 2 3 4 5 --out docs/grid-lr.json
+    python -m research.screen --dir out/p1-lr-more --phase1-seeds 6 7 --out docs/grid-lr.json --update  # grow it
 """
 import argparse
 import hashlib
@@ -109,6 +110,25 @@ def screen_json(out_dir, phase1_seeds, what, commands, cap=8000):
     return {**screen, "positions": positions} if positions else screen
 
 
+def merge_screens(old, new):
+    """A screen grown by more students (`--update`): `new`'s students, band rows and position rows replace `old`'s
+    of the same phase-1 seeds, `old`'s other students stay as they were; ordered by phase-1 seed. The two must share
+    the acceptance test, the criterion and the probe seeds; `new`'s sentence and commands win where given."""
+    for key in ("acceptance", "criterion", "probe_seeds"):
+        if old.get(key) != new[key]:
+            raise ValueError(f"the screen to update has another {key} ({old.get(key)} vs {new[key]})")
+    seeds = {st["phase1_seed"] for st in new["students"]}
+
+    def merged(key, order):
+        rows = [r for r in old.get(key, []) if r["phase1_seed"] not in seeds] + new.get(key, [])
+        return sorted(rows, key=order)  # stable: a student's rows keep their order (step0, kd, ce)
+    screen = {**{k: v for k, v in old.items() if k != "positions"}, "what": new["what"] or old["what"], "commands": new["commands"] or old["commands"],
+              "students": merged("students", lambda r: r["phase1_seed"]),
+              "runs": merged("runs", lambda r: (r["phase1_seed"], r["phase2_seed"]))}
+    positions = merged("positions", lambda r: r["phase1_seed"])
+    return {**screen, "positions": positions} if positions else screen
+
+
 # ----------------------------------------------------------------------------- distance or position?
 
 POSITION_RULE = {"start_min": 0.9, "later_max": 0.5}  # "long range only from the window's start", fixed before
@@ -194,6 +214,8 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="the JSON to write (docs/acceptance.json's format)")
     p.add_argument("--what", default="", help="one sentence on what the students are")
     p.add_argument("--commands", nargs="+", default=[], help="the commands that trained and scored them")
+    p.add_argument("--update", action="store_true", help="add these students to the screen already in --out (its "
+                   "other students stay; these seeds' rows are replaced), for a screen that grows in another folder")
     p.add_argument("--positions", action="store_true", help="also the record-position x distance probe of every "
                    "student with a KD run and CE twin (measured once, kept in DIR/positions-pN-s0.json)")
     args = p.parse_args(argv)
@@ -210,6 +232,9 @@ def main(argv=None):
                 else:
                     print(f"phase-1 student {s}: its phase 2 is unfinished, no position probe yet", flush=True)
         screen = screen_json(args.dir, args.phase1_seeds, args.what, args.commands)
+        if args.update:
+            with open(args.out) as f:
+                screen = merge_screens(json.load(f), screen)
     except (OSError, ValueError, KeyError) as e:  # a student without run files, or a file not of this format
         fail(f"cannot gather the screen from {args.dir}: {e}")
     atomic_write(args.out, lambda f: json.dump(screen, f, indent=1), mode="w")

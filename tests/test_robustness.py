@@ -313,3 +313,41 @@ def test_the_step0_check_reads_the_band_max_on_the_selection_probe(tmp_path, cap
     assert "step 0, band max, selection probe | accepted with the step-0 check |" in table
     assert "| 5 | 3 | 0.95 | yes | 0.25 | yes | - | - | - | - | not run |" in table
     assert "| 6 | 3 | 0.95 | yes | 0.36 | no | - | - | - | - | not run |" in table
+
+
+def test_the_screen_grows_by_update_and_keeps_the_students_it_already_had(tmp_path, capsys):
+    """--update: a screen of students 5 and 6 (hand-made) grown from another folder by students 6 (measured again)
+    and 7: 5's rows stay, 6's are replaced, 7's are added, all in seed order; a screen with another criterion is
+    refused with one error line and left as it was."""
+    from research import robustness, screen as screen_module
+    band = robustness.BAND_CRITERION["band"]
+
+    def band_rows(seed, kd):
+        return [{"phase1_seed": seed, "phase2_seed": 0, "arm": a, "distances": band, "kv": [v] * 7, "in_doc": 1.0}
+                for a, v in (("step0", 0.0), ("kd", kd), ("ce", 0.2))]
+    old = screen_module.screen_json(str(tmp_path), [], "first folder", ["cmd A"])
+    old["students"] = [{"phase1_seed": s, "stage16_step": 3, "stage16_cap": 8000, "d16": 0.9} for s in (5, 6)]
+    old["runs"] = band_rows(5, 1.0) + band_rows(6, 0.5)
+    old["positions"] = [{"phase1_seed": 6, "arm": "kd"}]
+    out = tmp_path / "screen.json"
+    out.write_text(json.dumps(old))
+    more = tmp_path / "more"
+    more.mkdir()
+    for seed in (7, 6):
+        lines = [{"step": i + 1, "stage": "curriculum-16"} for i in range(4)] + [{"step": 5, "stage": "main"}]
+        (more / f"phase1-b10000-s{seed}.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+        (more / f"phase1-b10000-s{seed}.json").write_text(json.dumps({"run": f"phase1-b10000-s{seed}", "speed": {
+            "train_seconds": 60}, "results": {f"phase1-b10000-s{seed}": {"kv": {"16": 0.95}}}}))
+        (more / f"band-p{seed}-s0.json").write_text(json.dumps(band_rows(seed, 0.95)))
+    screen_module.main(["--dir", str(more), "--phase1-seeds", "7", "6", "--out", str(out), "--update"])
+    screen = json.loads(out.read_text())
+    assert [(s["phase1_seed"], s["stage16_step"]) for s in screen["students"]] == [(5, 3), (6, 4), (7, 4)]
+    assert screen["runs"] == band_rows(5, 1.0) + band_rows(6, 0.95) + band_rows(7, 0.95)
+    assert "positions" not in screen  # 6's position rows belonged to its replaced runs
+    assert screen["what"] == "first folder" and screen["commands"] == ["cmd A"]  # none given: kept
+    assert "| 5 | 3 | 0.90 | yes | 0.00 | 1.00 | 1.00 | 0.20 | pass |" in capsys.readouterr().out
+    other = {**screen, "criterion": {**screen["criterion"], "kd_min": 0.5}}
+    out.write_text(json.dumps(other))
+    with pytest.raises(SystemExit):
+        screen_module.main(["--dir", str(more), "--phase1-seeds", "7", "--out", str(out), "--update"])
+    assert json.loads(out.read_text()) == other
