@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import runs
-from scale import dist, twin
+from scale import dist, lock, twin
 from config import (ARMS, MASKED_ARMS, PRESETS, build_parser, curriculum_stages, fail, phase_seed, pick_device,
                     ramp_stages, resolve)
 from data import DataSource, TaskSpec, prefetch, to_device
@@ -55,7 +55,7 @@ def main(argv=None):
     t0 = time.time()
     with dist.process_group(args):  # under torchrun: this rank's process group; nothing in a single process
         plan = twin.plan_twin(args, argv) if twin.wants_twin(args) else None  # phase 2: the CE-only twin
-        with runs.RunLock(args):  # one process per run and output folder, before anything is read or trained
+        with lock.RunLock(args):  # one process per run and output folder, before anything is read or trained
             inputs = runs.check_inputs(args)  # bad input ends here in one line, before anything is written
             if plan is not None and plan[2] is not None and dist.world_size() == 1:
                 runs.check_inputs(plan[2])  # the twin's inputs too, before it is launched

@@ -119,7 +119,7 @@ def test_results_json_and_log_rewrites_survive_a_full_disk_mid_write(tmp_path):
 
 WRITERS_OF_STREAMS = {  # open(..., "w" / "a") that is not a results file, a table or a log rewrite
     ("research/experiment.py", 1): "a launched run's stdout",
-    ("runs.py", 1): "the run lock's file (a pid, read only by a refused second process)",
+    ("scale/lock.py", 1): "the run lock's file (a pid, read only by a refused second process)",
     ("scale/twin.py", 1): "the CE twin's stdout",
     ("scale/loss_memory.py", 1): "/proc/self/clear_refs",
     ("scale/dist.py", 1): "/dev/null for the other ranks' stdout",
