@@ -26,6 +26,7 @@ from contextlib import contextmanager
 import torch
 
 from scale import dist
+from scale.lock import RunLock
 from config import (ACCEPTANCE, RETRY_STRIDE, SHIPPED, build_parser, check_out_dir, curriculum_stages, data_prefix,
                     fail, phase1_name, resolve, stage_batch_sizes)
 from formats.text import DataError, read_bin_documents, read_text_documents
