@@ -18,7 +18,7 @@ import os
 
 import numpy as np
 
-from config import ARMS, PRESETS, build_parser, fail, phase1_name, resolve
+from config import ARMS, CE_ARMS, PRESETS, build_parser, fail, phase1_name, resolve
 from model import atomic_write
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,8 +42,8 @@ def robustness_grid(args):
             for arm in arms:
                 argv = ["--phase", "2", "--rope-base", f"{LARGE:g}", "--phase1-seed", str(p1), "--seed", str(seed),
                         "--arm", arm, "--no-baseline", "--no-auto", "--preset", args.preset, "--out-dir", args.out_dir,
-                        "--device", args.device, "--dtype", args.dtype] + (["--steps", str(args.steps)] if args.steps
-                                                                           else [])
+                        "--device", args.device, "--dtype", args.dtype]
+                argv += ["--steps", str(args.steps)] if args.steps else []
                 grid.append((p1, seed, arm, resolve(build_parser().parse_args(argv)).run_name, argv))
     return grid
 
@@ -382,10 +382,11 @@ def runs_markdown(rows) -> str:
 
 
 def student_paths(out_dir, phase1_seed, phase2_seed=0, suffix=""):
-    """{arm: checkpoint}: the phase-1 student (step 0), its KD student and CE twin, as train.py names them."""
+    """{arm: checkpoint}: the phase-1 student (step 0) and its phase-2 run of every --arm, as train.py names them."""
     p1, p2 = f"-p{phase1_seed}" if phase1_seed else "", f"-s{phase2_seed}" if phase2_seed else ""
-    return {"step0": os.path.join(out_dir, phase1_name(1e4, phase1_seed) + ".pt"),
-            **{a: os.path.join(out_dir, f"phase2-{a}-b10000-b500000{p1}{suffix}{p2}.pt") for a in ("kd", "ce")}}
+    return {"step0": os.path.join(out_dir, phase1_name(1e4, phase1_seed) + ".pt"), **{a: os.path.join(out_dir,
+            f"phase2-{'ce' if a in CE_ARMS else 'kd'}-b10000-b500000{p1}{suffix}{arm.suffix}{p2}.pt")
+            for a, arm in ARMS.items()}}
 
 
 def band_rows(out_dir, phase1_seed, phase2_seed=0, n_windows=16, suffix="", seeds=None,
@@ -425,18 +426,18 @@ def main(argv=None):
                    "rec0.1 (--recurrence 0.1), ramp128.256.512x150, ...; default none (the recipe)")
     p.add_argument("--probe-seeds", type=int, nargs="+", default=list(HELDOUT_SEEDS),
                    help="probe seeds to average over; default the held-out ones (1 2 3); 0 is the selection probe")
-    p.add_argument("--arms", nargs="+", default=["step0", "kd", "ce"], choices=["step0", "kd", "ce"],
-                   help="which models to score (a KD run trained with --no-baseline has no CE twin); default all")
+    p.add_argument("--arms", nargs="+", default=["step0", "kd", "ce"], choices=["step0", *ARMS], help="models to score"
+                   " (--no-baseline: no CE twin); ablation arms write band-pN-sK-ARMS.json; default step0 kd ce")
     args = p.parse_args(argv)
     if args.n_windows < 1 or args.phase1_seed < 0 or args.seed < 0 or min(args.probe_seeds) < 0:
         fail("--n-windows must be >= 1 and the seeds >= 0")
     suffix = "-" + args.variant.lstrip("-") if args.variant else ""
     try:
-        rows = band_rows(args.dir, args.phase1_seed, args.seed, args.n_windows, suffix, args.probe_seeds,
-                         args.arms)
+        rows = band_rows(args.dir, args.phase1_seed, args.seed, args.n_windows, suffix, args.probe_seeds, args.arms)
     except (OSError, ValueError) as e:  # a missing or unreadable checkpoint (model.CheckpointError is a ValueError)
         fail(str(e))
-    name = f"band-p{args.phase1_seed}{suffix}-s{args.seed}"
+    ablations = [a for a in args.arms if a not in ("step0", "kd", "ce")]
+    name = f"band-p{args.phase1_seed}{suffix}-s{args.seed}" + ("-" + ".".join(ablations) if ablations else "")
     name += "" if args.probe_seeds == list(HELDOUT_SEEDS) else "-probe" + ".".join(map(str, args.probe_seeds))
     atomic_write(os.path.join(args.dir, name + ".json"), lambda f: json.dump(rows, f, indent=1), mode="w")
     print(runs_markdown(rows))
