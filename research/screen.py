@@ -97,23 +97,37 @@ def screen_json(out_dir, phase1_seeds, what, commands, cap=8000):
     (screen_student) and, where it went on, its held-out band rows (the band-pN-sK.json files of
     research.robustness band, one per phase-2 seed K) and its position probe (positions-pN-s0.json, student_positions)."""
     from evaluate import HELDOUT_SEEDS
-    students, runs, positions = [screen_student(out_dir, s, cap) for s in phase1_seeds], [], []
+    students, runs, positions, ablations = [screen_student(out_dir, s, cap) for s in phase1_seeds], [], [], []
     for s in phase1_seeds:
         bands = sorted((f for f in os.listdir(out_dir) if re.fullmatch(rf"band-p{s}-s\d+\.json", f)),
                        key=lambda f: int(f[:-5].rsplit("-s", 1)[1]))  # one per phase-2 seed; -probe0 files are not
-        for name, found in [(b, runs) for b in bands] + [(f"positions-p{s}-s0.json", positions)]:
+        arms = [f for f in os.listdir(out_dir) if re.fullmatch(rf"band-p{s}-s0-(?!probe)[a-z.-]+\.json", f)]
+        for name, found in ([(b, runs) for b in bands] + [(f"positions-p{s}-s0.json", positions)]
+                            + [(a, ablations) for a in sorted(arms)]):  # the ablation arms' band files
             if os.path.exists(os.path.join(out_dir, name)):
                 with open(os.path.join(out_dir, name)) as f:
                     found += json.load(f)
     screen = {"what": what, "acceptance": ACCEPTANCE, "criterion": BAND_CRITERION,
               "probe_seeds": list(HELDOUT_SEEDS), "commands": commands, "students": students, "runs": runs}
-    return {**screen, "positions": positions} if positions else screen
+    return {**screen, **{k: v for k, v in (("positions", positions), ("ablations", ablations)) if v}}
+
+
+def ablations_markdown(screen) -> str:
+    """The ablation table: per student with ablation runs (research.robustness band --arms kd-masked ...), step 0,
+    its KD student and CE twin (phase-2 seed 0), then each ablation arm, on the band (held-out probes)."""
+    from research.robustness import runs_markdown
+    rows = []
+    for s in sorted({r["phase1_seed"] for r in screen.get("ablations", [])}):
+        rows += [r for r in screen["runs"] if r["phase1_seed"] == s and r["phase2_seed"] == 0]
+        rows += [r for r in screen["ablations"] if r["phase1_seed"] == s]
+    return runs_markdown(rows)
 
 
 def merge_screens(old, new):
-    """A screen grown by more students (`--update`): `new`'s students, band rows and position rows replace `old`'s
-    of the same phase-1 seeds, `old`'s other students stay as they were; ordered by phase-1 seed. The two must share
-    the acceptance test, the criterion and the probe seeds; `new`'s sentence and commands win where given."""
+    """A screen grown by more students (`--update`): `new`'s students and their band, position and ablation rows
+    replace `old`'s of the same phase-1 seeds, `old`'s other students stay as they were; ordered by phase-1 seed. The
+    two must share the acceptance test, the criterion and the probe seeds; `new`'s sentence and commands win where
+    given."""
     for key in ("acceptance", "criterion", "probe_seeds"):
         if old.get(key) != new[key]:
             raise ValueError(f"the screen to update has another {key} ({old.get(key)} vs {new[key]})")
@@ -122,11 +136,12 @@ def merge_screens(old, new):
     def merged(key, order):
         rows = [r for r in old.get(key, []) if r["phase1_seed"] not in seeds] + new.get(key, [])
         return sorted(rows, key=order)  # stable: a student's rows keep their order (step0, kd, ce)
-    screen = {**{k: v for k, v in old.items() if k != "positions"}, "what": new["what"] or old["what"], "commands": new["commands"] or old["commands"],
+    screen = {**{k: v for k, v in old.items() if k not in ("positions", "ablations")},
+              "what": new["what"] or old["what"], "commands": new["commands"] or old["commands"],
               "students": merged("students", lambda r: r["phase1_seed"]),
               "runs": merged("runs", lambda r: (r["phase1_seed"], r["phase2_seed"]))}
-    positions = merged("positions", lambda r: r["phase1_seed"])
-    return {**screen, "positions": positions} if positions else screen
+    extra = {k: merged(k, lambda r: r["phase1_seed"]) for k in ("positions", "ablations")}  # a student's, in order
+    return {**screen, **{k: v for k, v in extra.items() if v}}
 
 
 # ----------------------------------------------------------------------------- distance or position?
@@ -241,6 +256,8 @@ def main(argv=None):
     print(acceptance_markdown(screen))
     if screen.get("positions"):
         print(positions_markdown(screen))
+    if screen.get("ablations"):
+        print(ablations_markdown(screen))
 
 
 if __name__ == "__main__":

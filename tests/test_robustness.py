@@ -339,13 +339,20 @@ def test_the_screen_grows_by_update_and_keeps_the_students_it_already_had(tmp_pa
         (more / f"phase1-b10000-s{seed}.json").write_text(json.dumps({"run": f"phase1-b10000-s{seed}", "speed": {
             "train_seconds": 60}, "results": {f"phase1-b10000-s{seed}": {"kv": {"16": 0.95}}}}))
         (more / f"band-p{seed}-s0.json").write_text(json.dumps(band_rows(seed, 0.95)))
+    masked = [{**r, "arm": r["arm"] + "-masked"} for r in band_rows(7, 0.5)[1:]]  # band --arms kd-masked ce-masked
+    (more / "band-p7-s0-kd-masked.ce-masked.json").write_text(json.dumps(masked))
+    (more / "band-p7-s0-probe0.json").write_text(json.dumps(band_rows(7, 0.95)[:1]))  # the step-0 check: not one
     screen_module.main(["--dir", str(more), "--phase1-seeds", "7", "6", "--out", str(out), "--update"])
     screen = json.loads(out.read_text())
+    assert screen["ablations"] == masked
+    assert screen_module.ablations_markdown(screen).count("\n| 7 |") == 5  # step 0, KD, CE, then the two ablations
     assert [(s["phase1_seed"], s["stage16_step"]) for s in screen["students"]] == [(5, 3), (6, 4), (7, 4)]
     assert screen["runs"] == band_rows(5, 1.0) + band_rows(6, 0.95) + band_rows(7, 0.95)
     assert "positions" not in screen  # 6's position rows belonged to its replaced runs
     assert screen["what"] == "first folder" and screen["commands"] == ["cmd A"]  # none given: kept
-    assert "| 5 | 3 | 0.90 | yes | 0.00 | 1.00 | 1.00 | 0.20 | pass |" in capsys.readouterr().out
+    assert "| 5 | 3 | 0.90 | yes | - | no | 0.00 | 1.00 | 1.00 | 0.20 | pass |" in capsys.readouterr().out  # 7: checked
+    screen_module.main(["--dir", str(more), "--phase1-seeds", "6", "--out", str(out), "--update"])
+    assert json.loads(out.read_text())["ablations"] == masked  # another student updated: 7's ablations stay
     other = {**screen, "criterion": {**screen["criterion"], "kd_min": 0.5}}
     out.write_text(json.dumps(other))
     with pytest.raises(SystemExit):
@@ -365,3 +372,4 @@ def test_the_band_finds_every_arms_run_under_the_name_train_py_gives_it():
             argv = ["--phase", "2", "--rope-base", "500000", "--phase1-seed", str(p1), "--seed", str(p2), "--arm", arm]
             name = resolve(build_parser().parse_args(argv + variant)).run_name
             assert paths[arm] == os.path.join("out", name + ".pt")
+
