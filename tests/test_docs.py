@@ -147,6 +147,14 @@ def test_the_grid_position_table_is_what_its_json_gives():
     assert block(read("docs/seeds.md"), "grid-lr-positions").strip() == positions_markdown(screen).strip()
 
 
+def test_the_grid_ablation_table_is_what_its_json_gives():
+    from research.screen import ablations_markdown
+    screen = json.loads(read("docs/grid-lr.json"))
+    ablations = {"kd-masked", "ce-masked", "ce-teacher-labels", "kd-teacher-docmask"}
+    assert {r["arm"] for r in screen["ablations"]} <= ablations
+    assert block(read("docs/causal.md"), "grid-lr-ablations").strip() == ablations_markdown(screen).strip()
+
+
 def test_the_overlap_table_is_what_its_json_gives():
     from research.overlap import overlap_markdown
     sweep = json.loads(read("docs/overlap.json"))
