@@ -98,10 +98,11 @@ def screen_json(out_dir, phase1_seeds, what, commands, cap=8000):
     research.robustness band, one per phase-2 seed K) and its position probe (positions-pN-s0.json, student_positions)."""
     from evaluate import HELDOUT_SEEDS
     students, runs, positions, ablations = [screen_student(out_dir, s, cap) for s in phase1_seeds], [], [], []
+    files = os.listdir(out_dir)
     for s in phase1_seeds:
-        bands = sorted((f for f in os.listdir(out_dir) if re.fullmatch(rf"band-p{s}-s\d+\.json", f)),
+        bands = sorted((f for f in files if re.fullmatch(rf"band-p{s}-s\d+\.json", f)),
                        key=lambda f: int(f[:-5].rsplit("-s", 1)[1]))  # one per phase-2 seed; -probe0 files are not
-        arms = [f for f in os.listdir(out_dir) if re.fullmatch(rf"band-p{s}-s0-(?!probe)[a-z.-]+\.json", f)]
+        arms = [f for f in files if re.fullmatch(rf"band-p{s}-s0-(?!probe)[a-z.-]+\.json", f)]
         for name, found in ([(b, runs) for b in bands] + [(f"positions-p{s}-s0.json", positions)]
                             + [(a, ablations) for a in sorted(arms)]):  # the ablation arms' band files
             if os.path.exists(os.path.join(out_dir, name)):
