@@ -131,7 +131,8 @@ def phase1_name(base, seed=0, window=None, preset="cpu"):
 def variant_suffix(args):
     """The part of a run's name for flags that change what it computes beyond phase, bases and seeds: -yarn4
     (--rope-scaling), -rkl / -jsd0.5 / -T2 (divergence, temperature; with distillation only), -dm (--doc-mask),
-    -rp (--reset-positions), -rec0.1 (--recurrence), -masked / -tlabels / -tdocmask (phase 2's --arm). Empty for the
+    -rp (--reset-positions), -rec0.1 (--recurrence), -masked / -tlabels / -tdocmask (phase 2's --arm),
+    -p1opt (--init-optimizer). Empty for the
     defaults."""
     s = ""
     rope_type = scaling_type(args.scaling)
@@ -146,6 +147,7 @@ def variant_suffix(args):
     s += f"-rec{args.recurrence:g}" if getattr(args, "recurrence", None) is not None else ""
     s += "-ramp" + ".".join(str(w) for w in args.ramp_windows) + f"x{args.ramp_steps}" if args.ramp_windows else ""
     s += ARMS[args.arm].suffix if getattr(args, "arm", None) else ""
+    s += "-p1opt" if getattr(args, "init_optimizer", False) else ""
     return s
 
 
@@ -176,6 +178,8 @@ def build_parser():
       "(default: OUT/phase1-b<--phase1-base>.pt, else shipped)")
     a("--phase1-base", type=float, default=None, help="RoPE base of the phase-1 run that phase 2 starts from "
       "(default: the preset's phase-1 base, 10000)")
+    a("--init-optimizer", action="store_true", help="phase 2: start AdamW from the phase-1 checkpoint's moments "
+      "too, not from zero (this run's lr, betas and weight decay)")
     a("--phase1-seed", type=int, default=0, help="--seed of the phase-1 run that phase 2 starts from")
     a("--phase1-window", type=int, default=None, help="--window of the phase-1 run that phase 2 starts from "
       "(default: the preset's short window, 32 for cpu)")
@@ -387,6 +391,8 @@ def resolve(args):
          f"--eot-id {args.eot_id} must be a uint16 token id below --vocab-size {args.vocab_size}"),
         (not (args.resume and args.overwrite), "--resume continues a run and --overwrite restarts it: pass one"),
         (args.init is None or phase == "2", "--init is phase 2's starting point: it needs --phase 2"),
+        (not args.init_optimizer or phase == "2", "--init-optimizer: phase 2 starts from phase 1's moments; it needs "
+         "--phase 2"),
         (args.teacher is None or phase != "teacher", "--teacher: the teacher phase trains the teacher itself"),
         (not (args.data and args.eval_interval),
          "--eval-interval: the retrieval probes speak the synthetic language, not --data's; pass 0 or drop it"),

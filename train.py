@@ -40,6 +40,7 @@ from config import (ARMS, MASKED_ARMS, PRESETS, build_parser, curriculum_stages,
                     ramp_stages, resolve)
 from data import DataSource, TaskSpec, prefetch, to_device
 from distill import chunked_cross_entropy, kd_loss, load_teacher, teacher_logits
+from formats.checkpoint import load_checkpoint
 from model import GPT, CheckpointError, load_model, student_config, switch_rope
 from longctx.topk import topk_teacher
 from evaluate import START, print_side_by_side, quick_eval, records_placed, report, report_speed
@@ -303,7 +304,27 @@ def make_optimizer(model, args, device):
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+    opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
+    if getattr(args, "init_optimizer", False):  # a resumed run's own moments replace these (runs.resume_state)
+        load_moments(opt, runs.phase1_path(args), device)
+    return opt
+
+
+def load_moments(opt, path, device):
+    """--init-optimizer: AdamW's first and second moments (and step counts) from the phase-1 checkpoint that phase 2
+    starts from; the hyperparameters stay this run's. Same model, same parameter order, so the states line up."""
+    try:
+        saved = load_checkpoint(path, map_location=device).get("optimizer")
+    except CheckpointError as e:
+        fail(str(e))
+    if not saved:
+        fail(f"--init-optimizer: {path} holds no optimizer state (a phase-1 checkpoint of train.py does)")
+    try:
+        opt.load_state_dict({"state": saved["state"], "param_groups": [
+            {**group, "params": old["params"]} for group, old in zip(opt.state_dict()["param_groups"],
+                                                                    saved["param_groups"])]})
+    except (ValueError, KeyError) as e:
+        fail(f"--init-optimizer: {path}'s optimizer does not match this model: {str(e).splitlines()[0][:200]}")
 
 
 def lr_at(step, steps, args):

@@ -778,3 +778,26 @@ def test_a_run_that_ignores_sigint_keeps_ignoring_it(tmp_path):
             assert not c.requested()
     finally:
         signal.signal(signal.SIGINT, old)
+
+
+def test_init_optimizer_starts_phase_2_from_phase_1s_moments_with_its_own_lr(tiny_teacher, tmp_path):
+    _, out = phase1(tmp_path, tiny_teacher)
+    init = os.path.join(out, "phase1-b10000.pt")
+    argv = ["--phase", "2", "--init", init, "--out-dir", str(out), "--lr", "3e-4"] + TINY
+    args = train.resolve(train.build_parser().parse_args(argv + ["--init-optimizer"]))
+    assert args.run_name.endswith("-p1opt")  # its own files, beside the recipe's
+    model = train.build_student(args, torch.device("cpu"))
+    opt = train.make_optimizer(model, args, torch.device("cpu"))
+    saved = load_checkpoint(init)["optimizer"]
+    for i, p in enumerate(p for group in opt.param_groups for p in group["params"]):  # AdamW's numbering
+        assert torch.equal(opt.state[p]["exp_avg_sq"], saved["state"][i]["exp_avg_sq"])
+        assert opt.state[p]["exp_avg_sq"].abs().sum() > 0
+    assert [g["lr"] for g in opt.param_groups] == [3e-4, 3e-4]  # this run's hyperparameters, not phase 1's
+    fresh = train.make_optimizer(model, train.resolve(train.build_parser().parse_args(argv)), torch.device("cpu"))
+    assert not fresh.state  # without the flag AdamW starts from zero
+
+
+def test_init_optimizer_outside_phase_2_fails_in_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        run(["--phase", "1", "--init-optimizer"])
+    assert e.value.code == 2 and "--init-optimizer" in capsys.readouterr().err.strip().splitlines()[-1]
