@@ -131,9 +131,8 @@ def phase1_name(base, seed=0, window=None, preset="cpu"):
 def variant_suffix(args):
     """The part of a run's name for flags that change what it computes beyond phase, bases and seeds: -yarn4
     (--rope-scaling), -rkl / -jsd0.5 / -T2 (divergence, temperature; with distillation only), -dm (--doc-mask),
-    -rp (--reset-positions), -rec0.1 (--recurrence), -masked / -tlabels / -tdocmask (phase 2's --arm),
-    -p1opt (--init-optimizer). Empty for the
-    defaults."""
+    -rp (--reset-positions), -rec0.1 (--recurrence), -q2 (--queries), -masked / -tlabels / -tdocmask (phase 2's
+    --arm), -p1opt (--init-optimizer). Empty for the defaults."""
     s = ""
     rope_type = scaling_type(args.scaling)
     if rope_type is not None:
@@ -145,6 +144,7 @@ def variant_suffix(args):
     s += "-dm" if args.doc_mask else ""
     s += "-rp" if args.reset_positions else ""
     s += f"-rec{args.recurrence:g}" if getattr(args, "recurrence", None) is not None else ""
+    s += f"-q{args.queries}" if getattr(args, "queries", 1) != 1 else ""
     s += "-ramp" + ".".join(str(w) for w in args.ramp_windows) + f"x{args.ramp_steps}" if args.ramp_windows else ""
     s += ARMS[args.arm].suffix if getattr(args, "arm", None) else ""
     s += "-p1opt" if getattr(args, "init_optimizer", False) else ""
@@ -207,6 +207,8 @@ def build_parser():
     g.add_argument("--recurrence", type=float, default=None, help="students: the fraction of records whose key is "
                    "drawn from an earlier document of the packed window (the cross-document overlap the teacher's "
                    "far-back answers need; default: keys drawn uniformly, about 0.45)")
+    g.add_argument("--queries", type=int, default=1, help="students: how often each record of a short document is "
+                   "asked for in it (default 1)")
     g.add_argument("--reset-positions", action="store_true", help="restart position ids at each document "
                    "(needs --doc-mask)")
     g.add_argument("--doc-mask", action="store_true", help="block-diagonal attention (no cross-document attention)")
@@ -358,6 +360,9 @@ def resolve(args):
         (args.recurrence is None or (phase != "teacher" and not args.data),
          "--recurrence sets how the packer draws keys for a student's synthetic documents: not with --phase teacher "
          "or --data"),
+        (1 <= args.queries <= 4, f"--queries must lie in [1, 4], got {args.queries}"),
+        (args.queries == 1 or (phase != "teacher" and not args.data),
+         "--queries sets how the packer asks for a student's synthetic records: not with --phase teacher or --data"),
         (0 < args.curriculum_target <= 1, f"--curriculum-target must lie in (0, 1], got {args.curriculum_target}"),
         (args.temperature > 0 and finite(args.temperature), f"--temperature must be > 0, got {args.temperature}"),
         (0 <= args.kd_weight <= 1, f"--kd-weight must lie in [0, 1], got {args.kd_weight}"),

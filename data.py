@@ -108,12 +108,13 @@ def make_filler(spec: TaskSpec, rng: np.random.Generator, n_rows: int, length: i
     return spec.filler_ids()[state]
 
 
-def place_pairs(tokens, answers, rng, keys, distances, query_lo=0, query_hi=None):
+def place_pairs(tokens, answers, rng, keys, distances, query_lo=0, query_hi=None, queries=1):
     """Write the keys of "k v ... k v" into one document in place, record and query D apart.
 
     tokens (T,) int64; answers (T,) bool marks the query values (the retrieval targets). The query key goes to a
-    position q in [query_lo, query_hi], its record key to q - D. Returns [(key, record_pos, query_pos)]; a pair that
-    finds no free slot after 20 tries is dropped: about 1% of a teacher window's 48 pairs, but 12-20% in the
+    position q in [query_lo, query_hi], its record key to q - D; `queries` > 1 asks the same record again at free
+    places after it. Returns [(key, record_pos, (query_pos, ...))]; a pair that finds no free slot after 20 tries
+    is dropped (a further query likewise): about 1% of a teacher window's 48 pairs, but 12-20% in the
     curriculum's dense 16-128-token windows (train.py prints asked -> placed per stage).
     """
     T = len(tokens)
@@ -128,11 +129,24 @@ def place_pairs(tokens, answers, rng, keys, distances, query_lo=0, query_hi=None
             p = q - dist
             if free[p] and free[p + 1] and free[q] and free[q + 1]:
                 free[[p, p + 1, q, q + 1]] = False
-                tokens[p] = tokens[q] = key
-                answers[q + 1] = True
-                placed.append((key, int(p), int(q)))
+                qs = [int(q)] + [int(r) for r in more_queries(rng, free, p + 2, query_hi, queries - 1)]
+                tokens[[p, *qs]] = key
+                answers[[r + 1 for r in qs]] = True
+                placed.append((key, int(p), tuple(qs)))
                 break
     return placed
+
+
+def more_queries(rng, free, lo, hi, n):
+    """Up to n more query slots (2 free tokens each) in [lo, hi], taken from `free`; 20 tries each."""
+    found = []
+    for _ in range(n if lo <= hi else 0):
+        for r in rng.integers(lo, hi + 1, 20):
+            if free[r] and free[r + 1]:
+                free[[r, r + 1]] = False
+                found.append(r)
+                break
+    return found
 
 
 def choose_keys(rng, pool, n, seen, recurrence):
@@ -148,12 +162,13 @@ def choose_keys(rng, pool, n, seen, recurrence):
 
 
 def kv_document(spec, rng, length, n_pairs, distances, query_lo=0, query_hi=None, key_pool=0, filler=None,
-                seen=None, recurrence=None):
+                seen=None, recurrence=None, queries=1):
     """One document body (no SEP) of `length` tokens with n_pairs records at the given distances.
 
     Keys are unique within the document, drawn uniformly from the pool, or, with `recurrence` (a rate in [0, 1]),
     by choose_keys against `seen`, the set of keys of earlier documents in the window (updated in place).
-    `filler` (length,) may be given (made in bulk). Returns (tokens, answers) as (length,) arrays.
+    `filler` (length,) may be given (made in bulk); `queries`: see place_pairs. Returns (tokens, answers) as
+    (length,) arrays.
     """
     tokens = make_filler(spec, rng, 1, length)[0] if filler is None else filler.copy()
     answers = np.zeros(length, dtype=bool)
@@ -162,12 +177,12 @@ def kv_document(spec, rng, length, n_pairs, distances, query_lo=0, query_hi=None
         keys = rng.choice(pool, min(n_pairs, len(pool)), replace=False)
     else:
         keys = choose_keys(rng, pool, n_pairs, seen, recurrence)
-    placed = place_pairs(tokens, answers, rng, keys, distances[: len(keys)], query_lo, query_hi)
+    placed = place_pairs(tokens, answers, rng, keys, distances[: len(keys)], query_lo, query_hi, queries)
     if seen is not None:
         seen.update(int(k) for k, _, _ in placed)
     values = rng.choice(spec.values(), len(placed))
-    for (key, p, q), v in zip(placed, values):
-        tokens[p + 1] = tokens[q + 1] = v
+    for (key, p, qs), v in zip(placed, values):
+        tokens[[p + 1, *(q + 1 for q in qs)]] = v
     return tokens, answers
 
 
@@ -182,16 +197,16 @@ def long_document(spec, rng, length, n_pairs=None, filler=None):
     return kv_document(spec, rng, length, n_pairs, log_uniform(rng, 2, max(2, length - 3), n_pairs), filler=filler)
 
 
-def short_document(spec, rng, length, filler=None, seen=None, recurrence=None):
+def short_document(spec, rng, length, filler=None, seen=None, recurrence=None, queries=1):
     """Student data: a short document; every query's record lies in it (distances 2..length-3). `seen` and
-    `recurrence`: see kv_document (the packer's cross-document key recurrence)."""
+    `recurrence`: see kv_document (the packer's cross-document key recurrence); `queries` per record."""
     if length < 6:  # too short for a pair: filler only
         filler = make_filler(spec, rng, 1, length)[0] if filler is None else filler
         return filler, np.zeros(length, dtype=bool)
     n_pairs = max(1, length // spec.pair_every)
     distances = rng.integers(2, length - 2, n_pairs)
     return kv_document(spec, rng, length, n_pairs, distances, key_pool=spec.key_pool, filler=filler, seen=seen,
-                       recurrence=recurrence)
+                       recurrence=recurrence, queries=queries)
 
 
 # ----------------------------------------------------------------------------- packing
@@ -235,13 +250,14 @@ def short_doc_lengths(rng, total, min_len, max_len):
 
 
 def synthetic_batch(spec, rng, kind, batch_size, window, max_doc_len=128, min_doc_len=32, n_pairs=None,
-                    reset_positions=False, recurrence=None):
+                    reset_positions=False, recurrence=None, queries=1):
     """A batch of windows of `window + 1` tokens (input and shifted target), as numpy arrays.
 
     kind "long": one long document per window (teacher data, keys unique in the window);
     kind "packed": short documents of min_doc_len..max_doc_len tokens packed end to end; `recurrence` (None: keys
     drawn uniformly, about 45% of records reuse a key of an earlier document) asks each record's key to come from
-    an earlier document of the window with this probability (choose_keys).
+    an earlier document of the window with this probability (choose_keys); `queries`: how often each record is
+    asked for in its document (place_pairs).
     """
     if kind not in ("long", "packed"):
         raise ValueError(f"unknown data kind {kind!r} (long or packed)")
@@ -253,7 +269,7 @@ def synthetic_batch(spec, rng, kind, batch_size, window, max_doc_len=128, min_do
         else:
             bounds = np.cumsum([0] + short_doc_lengths(rng, window + 1, min_doc_len, max_doc_len))
             seen = set()  # keys of the window's documents so far
-            parts = [short_document(spec, rng, b - a - 1, row[a + 1:b], seen, recurrence)
+            parts = [short_document(spec, rng, b - a - 1, row[a + 1:b], seen, recurrence, queries)
                      for a, b in zip(bounds[:-1], bounds[1:])]
         docs += [p[0] for p in parts]
         answers += [p[1] for p in parts]
@@ -306,10 +322,11 @@ class DataSource:
     (kind long/packed) or from pre-packed windows of a real file."""
 
     def __init__(self, spec, kind, window, batch_size, seed, max_doc_len=128, min_doc_len=32, n_pairs=None,
-                 reset_positions=False, windows=None, recurrence=None):
+                 reset_positions=False, windows=None, recurrence=None, queries=1):
         self.spec, self.kind, self.window, self.batch_size, self.seed = spec, kind, window, batch_size, seed
         self.max_doc_len, self.min_doc_len, self.n_pairs = max_doc_len, min_doc_len, n_pairs
-        self.reset_positions, self.windows, self.recurrence = reset_positions, windows, recurrence
+        self.reset_positions, self.windows = reset_positions, windows
+        self.recurrence, self.queries = recurrence, queries
 
     def batch(self, step: int, rows: slice = slice(None)):
         """The step's batch of windows, or its `rows` (a rank's share, dist.BatchShape): numpy (rows, L+1) arrays.
@@ -322,7 +339,7 @@ class DataSource:
             return {k: v[idx] for k, v in self.windows.items()}
         # synthetic rows share one random stream, so a rank builds the whole batch and keeps its rows
         full = synthetic_batch(self.spec, rng, self.kind, self.batch_size, self.window, self.max_doc_len,
-                               self.min_doc_len, self.n_pairs, self.reset_positions, self.recurrence)
+                               self.min_doc_len, self.n_pairs, self.reset_positions, self.recurrence, self.queries)
         return {k: v[rows] for k, v in full.items()}
 
 

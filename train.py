@@ -346,7 +346,8 @@ def make_stages(args, spec, corpus=None):
         stages.append((name, src, steps, args.curriculum_target))
     for j, (name, window, batch, steps) in enumerate(ramp_stages(args)):  # phase 2: shorter packed windows first
         src = DataSource(spec, "packed", window, batch, phase_seed(args, 30 + j), args.max_doc_len, args.min_doc_len,
-                         reset_positions=args.reset_positions, recurrence=args.recurrence)
+                         reset_positions=args.reset_positions, recurrence=args.recurrence,
+                         queries=args.queries)
         stages.append((name, src, steps, None))
     if corpus is not None:
         src = DataSource(spec, "file", args.window, args.batch_size, phase_seed(args, 2), windows=corpus[0])
@@ -355,7 +356,8 @@ def make_stages(args, spec, corpus=None):
                          n_pairs=PRESETS[args.preset]["long_pairs"])
     else:  # the students: short documents packed into the window
         src = DataSource(spec, "packed", args.window, args.batch_size, phase_seed(args, 2), args.max_doc_len,
-                         args.min_doc_len, reset_positions=args.reset_positions, recurrence=args.recurrence)
+                         args.min_doc_len, reset_positions=args.reset_positions, recurrence=args.recurrence,
+                         queries=args.queries)
     stages.append(("main", src, args.steps, None))
     return stages
 

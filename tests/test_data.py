@@ -259,3 +259,23 @@ def test_needle_probe_has_one_record_per_window_and_seeds_draw_other_windows():
     is_value = np.isin(b["tokens"], SPEC.values())
     assert (is_value.sum(1) == 2).all()  # the record's value and the answer, nothing else
     assert not np.array_equal(b["tokens"], needle_probe(SPEC, 256, 100, n_windows=4, seed=2)["tokens"])
+
+
+@pytest.mark.parametrize("queries", [1, 2, 3])
+def test_each_record_is_asked_for_queries_times_in_its_document_with_its_own_value(queries):
+    from data import short_document
+    tokens, answers = short_document(SPEC, np.random.default_rng(queries), 120, queries=queries)
+    keys = set(SPEC.keys().tolist())
+    seen = {}
+    for t in range(len(tokens) - 1):
+        if int(tokens[t]) in keys:
+            seen.setdefault(int(tokens[t]), []).append(t)
+    assert len(seen) >= 4  # a document of 120 tokens holds several records
+    n_asked = 0
+    for key, where in seen.items():
+        assert tokens[where[0] + 1] in SPEC.values() and not answers[where[0] + 1]  # the record: not a target
+        assert 2 <= len(where) <= queries + 1  # a further query that finds no free slot is dropped
+        n_asked += len(where) - 1
+        for q in where[1:]:
+            assert answers[q + 1] and tokens[q + 1] == tokens[where[0] + 1]  # every query: the record's value
+    assert answers.sum() == n_asked and n_asked > len(seen) * (queries - 0.5)  # almost every query placed

@@ -304,8 +304,10 @@ def test_window_ramp_trains_the_main_stages_packed_documents_in_shorter_windows_
 
 @pytest.mark.parametrize("argv, msg", [(["--phase", "1", "--ramp-windows", "16"], "needs --phase 2"),
                                        (["--ramp-windows", "2048"], "must lie in [--max-doc-len 128, --window 1024)"),
-                                       (["--ramp-windows", "256", "--ramp-steps", "0"], "--ramp-steps must be >= 1")])
-def test_window_ramp_nonsense_fails_in_one_line(argv, msg, capsys):
+                                       (["--ramp-windows", "256", "--ramp-steps", "0"], "--ramp-steps must be >= 1"),
+                                       (["--queries", "0"], "--queries must lie in [1, 4]"),
+                                       (["--queries", "2", "--data", "x.txt"], "--queries sets how the packer")])
+def test_window_ramp_and_packer_nonsense_fails_in_one_line(argv, msg, capsys):
     with pytest.raises(SystemExit) as e:
         train.resolve(train.build_parser().parse_args(["--phase", "2"] + argv))
     assert e.value.code == 2 and msg in capsys.readouterr().err
@@ -320,6 +322,7 @@ def test_window_ramp_nonsense_fails_in_one_line(argv, msg, capsys):
     (["--rope-scaling", YARN, "--rope-base", "20000"], "phase2-kd-b10000-b20000-yarn4", 2e4),
     (["--kd-weight", "0", "--kd-loss", "reverse", "--temperature", "2"], "phase2-ce-b10000-b500000", 5e5),
     (["--ramp-windows", "128", "256", "--ramp-steps", "50"], "phase2-kd-b10000-b500000-ramp128.256x50", 5e5),
+    (["--queries", "2", "--recurrence", "0.1"], "phase2-kd-b10000-b500000-rec0.1-q2", 5e5),
 ])
 def test_run_names_tell_variants_apart(flags, name, base):
     args = train.resolve(train.build_parser().parse_args(["--phase", "2", *flags]))
