@@ -20,11 +20,11 @@ Each subcommand shows one part of that on this project's own checkpoints:
              a whole number of times: a bump that moves with those is a phase alias, not long range.
 - all        every analysis that the checkpoints in a training folder allow.
 
-Only the model's `Inspect` hooks and data.py's probes are used, never a copy of the forward
-pass. Each subcommand writes PNGs and a JSON of its numbers into --out (default figures/). This file
-is the command line: loading, flags, printing and writing; the measurements of findings 2 and 3
-(what a position perturbation does inside the model, what phase 2 changed per RoPE pair) live in
-interp/perturb.py and interp/qupdate.py, the figures in viz/plots.py.
+Only the model's `Inspect` hooks and the probes of data.py and evaluate.py are used, never a copy of the
+forward pass. Each subcommand writes PNGs and a JSON of its numbers into --out (default figures/). This file is
+the command line: loading, flags, printing and writing; the measurements of findings 2 and 3 (what a position
+perturbation does inside the model, what phase 2 changed per RoPE pair) live in interp/perturb.py and
+interp/qupdate.py, the figures in viz/plots.py.
 
   python analyze.py all --dir out
   python analyze.py retrieval --ckpt out/teacher.pt out/phase2-kd-b10000-b500000.pt
@@ -45,8 +45,9 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from data import TaskSpec, kv_probe, packed_probe, repeated_tokens_window
-from evaluate import HELDOUT_SEEDS, depth_sweep, evaluate, format_table, heuristic_floors, position_sweep
+from data import TaskSpec, kv_probe
+from evaluate import (HELDOUT_SEEDS, depth_sweep, evaluate, format_table, heuristic_floors, packed_probe,
+                      position_sweep, repeated_tokens_window)
 from formats.hf import load_pretrained
 from interp.perturb import REACHES_LOGITS_KL, perturbation_propagation
 from interp.match import match_results, record_attention
@@ -54,7 +55,7 @@ from interp.qupdate import qupdate_results
 from model import CheckpointError, atomic_write, switch_rope
 from config import check_out_dir, fail
 from viz.plots import plot_alias, plot_match, plot_perturb, plot_qupdate, plot_retrieval, plot_spectrum
-from rope import critical_pair, default_inv_freq, men_lower_bound, rotations, spectrum_summary
+from rope import critical_pair, default_inv_freq, men_lower_bound, rotations, spectrum_summary, turn_distances
 
 # ----------------------------------------------------------------------------- shared helpers
 
@@ -227,17 +228,9 @@ def run_qupdate(args):
 # ----------------------------------------------------------------------------- alias
 
 
-def turn_distances(head_dim, base, pair, max_distance):
-    """[D <= max_distance] where RoPE pair `pair` has turned k = 1, 2, ... whole times: D = 2 pi k / theta_pair,
-    theta_pair = base^(-2 pair / head_dim) (rope.py's frequencies). At such a D that pair's rotation is the
-    identity, as at D = 0, so a query-key match that relies on it looks like a short-range one there."""
-    period = 2 * math.pi / float(default_inv_freq(head_dim, base)[pair])
-    return [period * k for k in range(1, int(max_distance // period) + 1)]
-
-
 def run_alias(args):
     """One checkpoint's weights under each --bases: accuracy by distance for 16 records at the window's start
-    (data.position_probe, held-out probe seeds), and the whole-turn distances of --pair under each base."""
+    (evaluate.position_probe, held-out probe seeds), and the whole-turn distances of --pair under each base."""
     if len(args.ckpt) != 1:
         fail(f"alias reads one checkpoint, got {len(args.ckpt)}")
     model, _ = load(args.ckpt[0], args.device)

@@ -9,7 +9,6 @@ phases is a flag here; a preset (tiny / cpu / gpu) fills in whatever is not give
 Used by train.py (`python train.py --help` lists every flag).
 """
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -17,6 +16,7 @@ import os
 import torch
 
 from data import TaskSpec
+from distill import ARMS, CE_ARMS, MASKED_ARMS
 from longctx.corpus import data_prefix
 from rope import rope_frequencies, scaling_type
 from scale.device import autocast_dtype, cpu_has_native_bf16, fail, pick_device  # noqa: F401 (used through config)
@@ -62,38 +62,6 @@ PHASE_SEED = {"teacher": 0, "1": 10, "2": 20}
 # with --seed + 1000 k.
 ACCEPTANCE = {"stage16_passed": True, "d16_min": 0.85}
 RETRY_STRIDE = 1000
-
-
-# Phase 2's training objective (--arm): the KD student and its CE twin, and the baselines and ablations that ask
-# where the long-range signal comes from. "Far-back" targets (data.far_back_targets) are the values, at a record or
-# an answer, whose key stood in an earlier document of the packed window with another value: there the data's label
-# is the recent value while a long-context teacher answers with the far-back one.
-@dataclasses.dataclass(frozen=True)
-class Arm:
-    """One objective, as train.arm_terms reads it: what the teacher sees, the CE's targets, the positions each term
-    counts. loss = (1 - w) CE + w KD (--kd-weight w; an arm without a KD term trains with w = 0)."""
-    what: str  # for --help
-    teacher: str = "window"  # what the teacher sees: the whole packed "window", its own "document" only, or "none"
-    targets: str = "data"  # the CE's labels: the "data"'s next tokens, or the "teacher"'s argmax (hard labels)
-    ce_positions: str = "all"  # positions in the CE: "all", or "leak-free" (the far-back targets left out)
-    kd_positions: str = "all"  # positions in the KD term: "all", "leak-free", or "none" (no KD term)
-    suffix: str = ""  # of the run name (run names already say kd or ce)
-
-
-ARMS = {
-    "ce": Arm("CE on the data's labels (the CE-only twin)", teacher="none", kd_positions="none"),
-    "ce-masked": Arm("CE without the far-back targets in the loss (not trained against far retrieval)",
-                     teacher="none", ce_positions="leak-free", kd_positions="none", suffix="-masked"),
-    "ce-teacher-labels": Arm("CE on the teacher's argmax tokens (hard-label distillation)", targets="teacher",
-                             kd_positions="none", suffix="-tlabels"),
-    "kd": Arm("(1 - w) CE + w KD against the teacher's logits (the KD student)"),
-    "kd-masked": Arm("as kd, with the far-back targets removed from the KD term", kd_positions="leak-free",
-                     suffix="-masked"),
-    "kd-teacher-docmask": Arm("as kd, the teacher scored under the document mask (it cannot see other documents)",
-                              teacher="document", suffix="-tdocmask"),
-}
-CE_ARMS = tuple(k for k, a in ARMS.items() if a.kd_positions == "none")  # --kd-weight 0
-MASKED_ARMS = tuple(k for k, a in ARMS.items() if "leak-free" in (a.ce_positions, a.kd_positions))  # need far_back
 
 
 def curriculum_stages(args):

@@ -20,9 +20,8 @@ documents. No data set can be downloaded here, so this file generates both from 
   and document ids (for the optional mask).
 - `DataSource`: a step's batch as a pure function of (seed, step), or one rank's rows of it (train.py under
   torchrun); `prefetch` builds the next one while a step trains.
-- Probes (fixed seeds): key-value retrieval at exact distance D and depth, at a fixed record position
-  (`position_probe`: distance apart from absolute position), a single needle per window (`needle_probe`), and the
-  repeated-token window of finding 2.
+- `kv_probe` (fixed seeds): key-value retrieval at exact distance D and depth; evaluate.py builds the other
+  probes' windows from the same documents (a fixed record position, a single needle, finding 2's repeats).
 - `far_back_targets`: the value targets of a packed window (records and answers) whose key stood in an earlier
   document with another value (a packed batch carries them as `far_back`; the masked arms of train.py leave them
   out of the loss).
@@ -362,7 +361,7 @@ def prefetch(make, steps):
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-# ----------------------------------------------------------------------------- probes
+# ----------------------------------------------------------------------------- the retrieval probe
 
 
 def kv_probe(spec, window, distance, n_windows=16, n_pairs=16, depth=None, seed=0):
@@ -387,49 +386,6 @@ def kv_probe(spec, window, distance, n_windows=16, n_pairs=16, depth=None, seed=
         docs.append(tok)
         answers.append(ans)
     return pack_documents(docs, window + 1, answers=answers)
-
-
-def position_probe(spec, window, distance, record_start, band=64, n_windows=8, n_pairs=16, seed=0):
-    """Key-value retrieval with the records at a fixed place: record keys in [record_start, record_start + band)
-    of the document body (token record_start + 1 of the window, behind its SEP), each query exactly `distance` later.
-
-    Distance and absolute position vary apart (kv_probe's records sit wherever the distance lets them, so its long
-    distances are also records at the window's start). Returns a batch like kv_probe's; a cell where no query fits
-    the window has no answer (probe_accuracy: None).
-    """
-    rng = np.random.default_rng([seed, distance, 2002, record_start, n_pairs])
-    docs, answers = zip(*(kv_document(spec, rng, window, n_pairs, np.full(n_pairs, distance), record_start + distance,
-                                      record_start + band - 1 + distance) for _ in range(n_windows)))  # bodies of L
-    return pack_documents(docs, window + 1, answers=answers)
-
-
-def needle_probe(spec, window, distance, n_windows=16, seed=0):
-    """A single needle: one record per window, its query exactly `distance` later, anywhere the pair fits.
-
-    Beside kv_probe's 16 records per window: no other record competes for the query's attention (and, since
-    filler holds no value token, copying the one value seen also answers it: report its floor).
-    """
-    rng = np.random.default_rng([seed, distance, 3003])
-    docs, answers = zip(*(kv_document(spec, rng, window, 1, np.array([distance]), distance, window - 2)
-                          for _ in range(n_windows)))
-    return pack_documents(docs, window + 1, answers=answers)
-
-
-def repeated_tokens_window(spec, window, period=64, n_windows=4, seed=0):
-    """Finding 2's input: a random token sequence repeated back to back until the window is full."""
-    rng = np.random.default_rng([seed, period, 3])
-    seqs = rng.integers(1, spec.vocab_size, (n_windows, period))
-    reps = -(-(window + 1) // period)
-    tokens = np.tile(seqs, (1, reps))[:, : window + 1]
-    return {"tokens": tokens, "positions": np.broadcast_to(np.arange(window + 1), tokens.shape).copy(),
-            "doc_ids": np.zeros_like(tokens)}
-
-
-def packed_probe(spec, window, max_doc_len, min_doc_len=None, n_windows=16, seed=0, reset_positions=False):
-    """In-document accuracy: held-out packed windows of short documents, like the student's data."""
-    min_doc_len = min_doc_len or max(2, max_doc_len // 4)
-    return synthetic_batch(spec, np.random.default_rng([seed, 11]), "packed", n_windows, window, max_doc_len,
-                           min_doc_len, reset_positions=reset_positions)
 
 
 # ----------------------------------------------------------------------------- demo

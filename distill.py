@@ -21,10 +21,13 @@ positional, long-range information that the short documents alone do not.
   exists at a time, in the forward *and* the backward pass (the backward recomputes each chunk);
   tested equal, value and gradient, to the plain autograd path (chunk_size 0). train.py chunks
   only logits above train.CHUNK_ABOVE floats (a real vocabulary on long windows).
+- `ARMS` / `arm_terms`: phase 2's objectives (train.py --arm): the KD student, its CE-only twin, and the baselines
+  and ablations that ask where the long-range signal comes from; what each loss term learns from on a batch.
 - `teacher_topk` / `topk_forward_kl` / `TopK`: a teacher's logits cached as their top-k tokens, and the
   forward KL over those k tokens plus one "rest" bucket (train.py --teacher-topk, longctx/topk.py: a real
   teacher, computed once per window); `kd_loss` takes it when the teacher answers with a TopK.
 """
+import dataclasses
 import math
 from typing import NamedTuple
 
@@ -276,3 +279,92 @@ def teacher_logits(teacher, x, position_ids=None, doc_ids=None):
     with torch.inference_mode():
         logits = teacher(x, position_ids, doc_ids)
     return logits.clone()
+
+
+# ----------------------------------------------------------------------------- phase 2's arms
+
+
+# Phase 2's training objective (--arm): the KD student and its CE twin, and the baselines and ablations that ask
+# where the long-range signal comes from. "Far-back" targets (data.far_back_targets) are the values, at a record or
+# an answer, whose key stood in an earlier document of the packed window with another value: there the data's label
+# is the recent value while a long-context teacher answers with the far-back one.
+@dataclasses.dataclass(frozen=True)
+class Arm:
+    """One objective, as arm_terms reads it: what the teacher sees, the CE's targets, the positions each term
+    counts. loss = (1 - w) CE + w KD (--kd-weight w; an arm without a KD term trains with w = 0)."""
+    what: str  # for --help
+    teacher: str = "window"  # what the teacher sees: the whole packed "window", its own "document" only, or "none"
+    targets: str = "data"  # the CE's labels: the "data"'s next tokens, or the "teacher"'s argmax (hard labels)
+    ce_positions: str = "all"  # positions in the CE: "all", or "leak-free" (the far-back targets left out)
+    kd_positions: str = "all"  # positions in the KD term: "all", "leak-free", or "none" (no KD term)
+    suffix: str = ""  # of the run name (run names already say kd or ce)
+
+
+ARMS = {
+    "ce": Arm("CE on the data's labels (the CE-only twin)", teacher="none", kd_positions="none"),
+    "ce-masked": Arm("CE without the far-back targets in the loss (not trained against far retrieval)",
+                     teacher="none", ce_positions="leak-free", kd_positions="none", suffix="-masked"),
+    "ce-teacher-labels": Arm("CE on the teacher's argmax tokens (hard-label distillation)", targets="teacher",
+                             kd_positions="none", suffix="-tlabels"),
+    "kd": Arm("(1 - w) CE + w KD against the teacher's logits (the KD student)"),
+    "kd-masked": Arm("as kd, with the far-back targets removed from the KD term", kd_positions="leak-free",
+                     suffix="-masked"),
+    "kd-teacher-docmask": Arm("as kd, the teacher scored under the document mask (it cannot see other documents)",
+                              teacher="document", suffix="-tdocmask"),
+}
+CE_ARMS = tuple(k for k, a in ARMS.items() if a.kd_positions == "none")  # --kd-weight 0
+MASKED_ARMS = tuple(k for k, a in ARMS.items() if "leak-free" in (a.ce_positions, a.kd_positions))  # need far_back
+
+
+def run_arm(args):
+    """The Arm this run trains: phase 2's --arm; the teacher and phase 1 train kd, or ce at --kd-weight 0."""
+    return ARMS[args.arm or ("kd" if args.kd_weight > 0 else "ce")]
+
+
+def arm_terms(teacher, batch, args, autocast):
+    """What the loss learns from on this batch, as the run's arm (ARMS) says: (CE targets (b, T), CE positions
+    (counted), the teacher's logits (b, T, V) for the KD term or None = no KD term, KD positions (counted)).
+
+    The teacher sees the whole window, or its own document only (the document mask, as under --doc-mask: any
+    long-range signal it then passes on is not retrieval from an earlier document).
+    """
+    arm = run_arm(args)
+    x, y, pos, doc = batch[:4]  # (b, T) each
+    t_logits = None
+    if teacher is not None and arm.teacher != "none":
+        with autocast:
+            t_logits = teacher_logits(teacher, x, pos, doc if args.doc_mask or arm.teacher == "document" else None)
+    targets = t_logits.argmax(-1) if arm.targets == "teacher" else y  # hard-label distillation: the teacher's argmax
+    kd_logits = t_logits if arm.kd_positions != "none" else None
+    return targets, counted(batch, arm.ce_positions), kd_logits, counted(batch, arm.kd_positions)
+
+
+def counted(batch, where):
+    """(b, T) bool, True = the position counts in a loss term; None = every position. "leak-free": all but the
+    far-back targets (batch[5], data.far_back_targets), where the teacher answers from an earlier document."""
+    return ~batch[5] if where == "leak-free" else None
+
+
+def term_counts(batch, args):
+    """(2,) float: how many positions the CE and the KD term count in this batch (arm_terms)."""
+    arm = run_arm(args)
+    y = batch[1]  # (b, T)
+    keeps = (counted(batch, arm.ce_positions), counted(batch, arm.kd_positions))
+    return torch.stack([torch.tensor(y.numel(), device=y.device) if k is None else k.sum() for k in keeps]).float()
+
+
+def masked_cross_entropy(logits, targets, keep=None, total=None, chunk_size=0):
+    """Mean next-token cross-entropy over the positions `keep` (b, T) marks (all when None); with `total`, their sum
+    divided by total instead of their number.
+
+    chunk_size > 0 (train.py: logits above CHUNK_ABOVE floats, a real vocabulary on long windows) goes through
+    distill.chunked_cross_entropy in chunks of chunk_size (--kd-chunk) tokens: no float32 copy of them all.
+    """
+    if chunk_size:
+        return chunked_cross_entropy(logits, targets, keep, chunk_size, total)
+    if keep is None and total is None:
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+    per_token = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")  # (b T,)
+    if keep is not None:
+        per_token = per_token[keep.flatten()]
+    return per_token.sum() / (max(1, per_token.numel()) if total is None else total)

@@ -3,7 +3,7 @@
 Paper idea: the claim of "Short Data, Long Context" (arXiv 2604.06070) is measured as
 retrieval accuracy against distance: a KD student trained only on short documents should
 retrieve at distances far beyond its longest document, a CE-only student should not.
-This file scores any model on data.py's fixed, seeded probes:
+This file scores any model on fixed, seeded probes (data.kv_probe and the windows built here):
 
 - key-value retrieval with the record exactly D tokens before the query (argmax of the
   value token; one token, so exact match = per-token accuracy), optionally at a depth;
@@ -36,20 +36,69 @@ to its teacher and, in phase 2, its starting point (phase 1's weights with the n
 """
 import json
 import os
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from config import PRESETS
-from data import kv_probe, needle_probe, packed_probe, position_probe, to_device
+from data import kv_document, kv_probe, pack_documents, synthetic_batch, to_device
 from longctx.report import LONG_WINDOWS, format_long_context, long_context
 from model import atomic_write
 from scale import dist
+from scale.device import matmul_peak_flops
 
 SELECTION_SEED = 0  # probe seed of the quick probes during training and of every choice of a setting
 HELDOUT_SEEDS = (1, 2, 3)  # probe seeds of every reported number (their mean); never used to choose anything
+
+
+# ----------------------------------------------------------------------------- the probes' windows
+
+
+def position_probe(spec, window, distance, record_start, band=64, n_windows=8, n_pairs=16, seed=0):
+    """Key-value retrieval with the records at a fixed place: record keys in [record_start, record_start + band)
+    of the document body (token record_start + 1 of the window, behind its SEP), each query exactly `distance` later.
+
+    Distance and absolute position vary apart (kv_probe's records sit wherever the distance lets them, so its long
+    distances are also records at the window's start). Returns a batch like kv_probe's; a cell where no query fits
+    the window has no answer (probe_accuracy: None).
+    """
+    rng = np.random.default_rng([seed, distance, 2002, record_start, n_pairs])
+    docs, answers = zip(*(kv_document(spec, rng, window, n_pairs, np.full(n_pairs, distance), record_start + distance,
+                                      record_start + band - 1 + distance) for _ in range(n_windows)))  # bodies of L
+    return pack_documents(docs, window + 1, answers=answers)
+
+
+def needle_probe(spec, window, distance, n_windows=16, seed=0):
+    """A single needle: one record per window, its query exactly `distance` later, anywhere the pair fits.
+
+    Beside kv_probe's 16 records per window: no other record competes for the query's attention (and, since
+    filler holds no value token, copying the one value seen also answers it: report its floor).
+    """
+    rng = np.random.default_rng([seed, distance, 3003])
+    docs, answers = zip(*(kv_document(spec, rng, window, 1, np.array([distance]), distance, window - 2)
+                          for _ in range(n_windows)))
+    return pack_documents(docs, window + 1, answers=answers)
+
+
+def repeated_tokens_window(spec, window, period=64, n_windows=4, seed=0):
+    """Finding 2's input: a random token sequence repeated back to back until the window is full."""
+    rng = np.random.default_rng([seed, period, 3])
+    seqs = rng.integers(1, spec.vocab_size, (n_windows, period))
+    reps = -(-(window + 1) // period)
+    tokens = np.tile(seqs, (1, reps))[:, : window + 1]
+    return {"tokens": tokens, "positions": np.broadcast_to(np.arange(window + 1), tokens.shape).copy(),
+            "doc_ids": np.zeros_like(tokens)}
+
+
+def packed_probe(spec, window, max_doc_len, min_doc_len=None, n_windows=16, seed=0, reset_positions=False):
+    """In-document accuracy: held-out packed windows of short documents, like the student's data."""
+    min_doc_len = min_doc_len or max(2, max_doc_len // 4)
+    return synthetic_batch(spec, np.random.default_rng([seed, 11]), "packed", n_windows, window, max_doc_len,
+                           min_doc_len, reset_positions=reset_positions)
+
+
+# ----------------------------------------------------------------------------- scoring
 
 
 @torch.no_grad()
@@ -163,7 +212,7 @@ def evaluate_heldout(model, spec, window, distances, max_doc_len, device, autoca
 
 def position_sweep(model, spec, window, distances, starts, device, autocast, n_windows=8, seeds=HELDOUT_SEEDS,
                    band=64) -> dict:
-    """{record start: {D: acc}}: 16 records in [start, start + band), queries D later (data.position_probe); the
+    """{record start: {D: acc}}: 16 records in [start, start + band), queries D later (position_probe); the
     mean over the probe seeds; None where no query fits the window."""
     return {s: {d: mean_over_seeds([probe_accuracy(model, position_probe(spec, window, d, s, band, n_windows, seed=k),
                                                    device, autocast) for k in seeds]) for d in distances}
@@ -171,7 +220,7 @@ def position_sweep(model, spec, window, distances, starts, device, autocast, n_w
 
 
 def needle_sweep(model, spec, window, distances, device, autocast, n_windows=16, seeds=HELDOUT_SEEDS) -> dict:
-    """{D: acc}: one record per window, its query D later (data.needle_probe); the mean over the probe seeds."""
+    """{D: acc}: one record per window, its query D later (needle_probe); the mean over the probe seeds."""
     return {d: mean_over_seeds([probe_accuracy(model, needle_probe(spec, window, d, n_windows, seed=k), device,
                                                autocast) for k in seeds]) for d in distances}
 
@@ -197,7 +246,7 @@ def floor_accuracies(spec, batch) -> tuple[float, float] | None:
 
 def heuristic_floors(spec, window, distances, n_windows=16, seed=0, probe=kv_probe) -> dict:
     """{"last_value": {D: acc}, "uniform_seen": {D: acc}, "best": {D: the larger}} on evaluate()'s kv probes
-    (or `probe`'s, e.g. data.needle_probe), for one probe seed or the mean over a list of them."""
+    (or `probe`'s, e.g. needle_probe), for one probe seed or the mean over a list of them."""
     seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed]
     floors = {"last_value": {}, "uniform_seen": {}, "best": {}}
     for d in distances:
@@ -241,41 +290,6 @@ def format_table(rows: dict, max_doc_len: int, floor: dict | None = None) -> str
                                              "among the values seen, no retrieval needed" if floor else "")
                  + ("; -: not measurable in this window" if unmeasured else "") + ")")
     return "\n".join(lines)
-
-
-PEAK_SIZES = {"cpu": (1024, 2048, 4096), "cuda": (4096, 8192)}  # square matmuls the peak is the best of
-_PEAKS = {}  # (device, dtype, threads) -> FLOP/s: measured once per process
-
-
-def matmul_seconds(a, b) -> float:
-    """Wall time of one product a @ b (synchronized on CUDA)."""
-    sync = torch.cuda.synchronize if a.device.type == "cuda" else (lambda: None)
-    sync()
-    t0 = time.perf_counter()
-    a @ b
-    sync()
-    return time.perf_counter() - t0
-
-
-def matmul_peak_flops(device, dtype=torch.float32, sizes=None, repeats=50, seconds=0.5) -> float:
-    """The 'peak' for MFU: the best FLOP/s of square matmuls of a few sizes in `dtype` on `device`.
-
-    Best of up to `repeats` products per size (at least 2, as many as fit in about `seconds`), so that a moment
-    of load from other processes cannot lower it much: one timed size taken while other jobs ran once read
-    64 GFLOP/s on a core that does 120. It cannot undo steady load, though: a process that gets a third of a
-    core reads a third of the peak. Measured once per process for each device, dtype and CPU thread count.
-    """
-    key = (str(device), dtype, torch.get_num_threads() if device.type == "cpu" else 0)
-    if key not in _PEAKS:
-        best = 0.0
-        for n in sizes or PEAK_SIZES.get(device.type, PEAK_SIZES["cuda"]):
-            a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-            t0, runs = time.perf_counter(), 0
-            while runs < 2 or (runs < repeats and time.perf_counter() - t0 < seconds):  # the first run warms up
-                best = max(best, 2 * n**3 / matmul_seconds(a, b))  # 2 n^3 FLOPs per product
-                runs += 1
-        _PEAKS[key] = best
-    return _PEAKS[key]
 
 
 # --- what a training run prints and saves ---

@@ -11,8 +11,8 @@ spectrum as it can. This file makes every quantity behind that statement explici
 - `rope_cos_sin` / `apply_rope`: the rotation itself, for arbitrary (B, T) position
   ids (packed windows and the perturbation experiment need them), rotate-half layout.
 - Spectrum tools: wavelengths, rotations over a window, the critical dimension of
-  Liu et al. 2023, spectrum utilization, and the lower bound on the base of
-  Men et al. 2024.
+  Liu et al. 2023, spectrum utilization, the lower bound on the base of
+  Men et al. 2024, and the distances at which one pair has turned whole times (a phase alias).
 
 Pairs and dimensions, one vocabulary: a head of d dimensions holds d/2 frequency pairs;
 pair i turns at the frequency base^(-2i/d). Counted in dimensions, as Su et al. and
@@ -193,6 +193,14 @@ def critical_pair(head_dim: int, base: float, window: int) -> int:
 def spectrum_utilization(head_dim: int, base: float, window: int) -> float:
     """Fraction of pairs that complete >= 1 rotation within the window (the paper's 'spectrum use')."""
     return float((rotations(default_inv_freq(head_dim, base), window) >= 1).double().mean())
+
+
+def turn_distances(head_dim, base, pair, max_distance):
+    """[D <= max_distance] where RoPE pair `pair` has turned k = 1, 2, ... whole times: D = 2 pi k / theta_pair,
+    theta_pair = base^(-2 pair / head_dim) (default_inv_freq). At such a D that pair's rotation is the
+    identity, as at D = 0, so a query-key match that relies on it looks like a short-range one there."""
+    period = 2 * math.pi / float(default_inv_freq(head_dim, base)[pair])
+    return [period * k for k in range(1, int(max_distance // period) + 1)]
 
 
 def full_rotation_base(head_dim: int, window: int) -> float:

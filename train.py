@@ -13,7 +13,7 @@ RoPE base should be small while the window is short and large once it is long:
                    (--kd-weight 0.9); on by default, a CE-only baseline (--kd-weight 0) trains
                    side by side. --arm picks another objective (baselines and ablations: CE
                    without the recurring answers, CE on the teacher's argmax, KD without the
-                   recurring answers, KD from a teacher under the document mask; config.ARMS)
+                   recurring answers, KD from a teacher under the document mask; distill.ARMS)
 
 How to read it: `main` -> `train` (the loop) -> `train_step` -> `training_loss`. Everything a run
 needs around them (input checks, prerequisites, checkpoints, the CE twin) is in runs.py, the
@@ -31,15 +31,14 @@ import threading
 import time
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 import runs
 from scale import dist, lock, twin
-from config import (ARMS, MASKED_ARMS, PRESETS, build_parser, curriculum_stages, fail, phase_seed, pick_device,
-                    ramp_stages, resolve)
+from config import (PRESETS, build_parser, curriculum_stages, fail, phase_seed, pick_device, ramp_stages,
+                    resolve)
 from data import DataSource, TaskSpec, prefetch, to_device
-from distill import chunked_cross_entropy, kd_loss, load_teacher, teacher_logits
+from distill import MASKED_ARMS, arm_terms, kd_loss, load_teacher, masked_cross_entropy, term_counts
 from formats.checkpoint import load_checkpoint
 from model import GPT, CheckpointError, load_model, student_config, switch_rope
 from longctx.topk import topk_teacher
@@ -195,60 +194,6 @@ def training_loss(model, teacher, batch, args, autocast, counts=None):
         loss = (1 - args.kd_weight) * ce + args.kd_weight * kd
     correct = (logits.detach()[ans].argmax(-1) == y[ans]).float().sum()  # argmax of the answer rows only
     return loss, ce, kl, correct, ans.sum().float()
-
-
-def run_arm(args):
-    """The config.Arm this run trains: phase 2's --arm; the teacher and phase 1 train kd, or ce at --kd-weight 0."""
-    return ARMS[args.arm or ("kd" if args.kd_weight > 0 else "ce")]
-
-
-def arm_terms(teacher, batch, args, autocast):
-    """What the loss learns from on this batch, as the run's arm (config.ARMS) says: (CE targets (b, T), CE positions
-    (counted), the teacher's logits (b, T, V) for the KD term or None = no KD term, KD positions (counted)).
-
-    The teacher sees the whole window, or its own document only (the document mask, as under --doc-mask: any
-    long-range signal it then passes on is not retrieval from an earlier document).
-    """
-    arm = run_arm(args)
-    x, y, pos, doc = batch[:4]  # (b, T) each
-    t_logits = None
-    if teacher is not None and arm.teacher != "none":
-        with autocast:
-            t_logits = teacher_logits(teacher, x, pos, doc if args.doc_mask or arm.teacher == "document" else None)
-    targets = t_logits.argmax(-1) if arm.targets == "teacher" else y  # hard-label distillation: the teacher's argmax
-    kd_logits = t_logits if arm.kd_positions != "none" else None
-    return targets, counted(batch, arm.ce_positions), kd_logits, counted(batch, arm.kd_positions)
-
-
-def counted(batch, where):
-    """(b, T) bool, True = the position counts in a loss term; None = every position. "leak-free": all but the
-    far-back targets (batch[5], data.far_back_targets), where the teacher answers from an earlier document."""
-    return ~batch[5] if where == "leak-free" else None
-
-
-def term_counts(batch, args):
-    """(2,) float: how many positions the CE and the KD term count in this batch (arm_terms)."""
-    arm = run_arm(args)
-    y = batch[1]  # (b, T)
-    keeps = (counted(batch, arm.ce_positions), counted(batch, arm.kd_positions))
-    return torch.stack([torch.tensor(y.numel(), device=y.device) if k is None else k.sum() for k in keeps]).float()
-
-
-def masked_cross_entropy(logits, targets, keep=None, total=None, chunk_size=0):
-    """Mean next-token cross-entropy over the positions `keep` (b, T) marks (all when None); with `total`, their sum
-    divided by total instead of their number.
-
-    chunk_size > 0 (train.py: logits above CHUNK_ABOVE floats, a real vocabulary on long windows) goes through
-    distill.chunked_cross_entropy in chunks of chunk_size (--kd-chunk) tokens: no float32 copy of them all.
-    """
-    if chunk_size:
-        return chunked_cross_entropy(logits, targets, keep, chunk_size, total)
-    if keep is None and total is None:
-        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-    per_token = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")  # (b T,)
-    if keep is not None:
-        per_token = per_token[keep.flatten()]
-    return per_token.sum() / (max(1, per_token.numel()) if total is None else total)
 
 
 # Logits (256 MB in float32) above which the CE and the KD term go in chunks of --kd-chunk tokens; the default

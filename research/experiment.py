@@ -37,7 +37,8 @@ import time
 
 import numpy as np
 
-from config import ARMS, PRESETS, check_out_dir, fail, phase1_name
+from config import PRESETS, check_out_dir, fail, phase1_name
+from distill import ARMS
 from model import atomic_write
 from rope import critical_pair, men_lower_bound
 from research.robustness import LARGE, robustness

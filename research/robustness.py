@@ -18,7 +18,8 @@ import os
 
 import numpy as np
 
-from config import ARMS, CE_ARMS, PRESETS, build_parser, fail, phase1_name, resolve
+from config import PRESETS, build_parser, fail, phase1_name, resolve
+from distill import ARMS, CE_ARMS
 from model import atomic_write
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -200,7 +201,6 @@ def mean_cell(runs, d):
 def probe_models(args, grid, done_names):
     """{key: (label, loader)} of the models the position and needle probes run on: the teacher, each combination's
     step0 and each finished run; loaders build the model when called."""
-    import torch  # noqa: F401  (the probes need the checkpoints themselves)
     from model import load_model, switch_rope
     teacher = os.path.join(args.out_dir, "teacher.pt")
     teacher = teacher if os.path.isfile(teacher) else os.path.join(ROOT, "checkpoints", "teacher.pt")
@@ -232,8 +232,8 @@ def run_probes(args, grid, done_names):
     probe seeds), resumable (models already in the file are kept), and the needle probe's copy-the-value floor."""
     import torch
     from contextlib import nullcontext
-    from data import TaskSpec, needle_probe
-    from evaluate import HELDOUT_SEEDS, heuristic_floors, needle_sweep, position_sweep, recurring_signal
+    from data import TaskSpec
+    from evaluate import HELDOUT_SEEDS, heuristic_floors, needle_probe, needle_sweep, position_sweep, recurring_signal
     path = os.path.join(args.docs_dir, f"probes{results_suffix(args)}.json")
     setup = {"probe_seeds": list(HELDOUT_SEEDS), "starts": list(SWEEP_STARTS), "distances": list(SWEEP_DISTANCES),
              "band": SWEEP_BAND, "windows_per_cell": SWEEP_WINDOWS, "needle_distances": list(NEEDLE_DISTANCES)}

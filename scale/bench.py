@@ -8,7 +8,7 @@ and a vocabulary-wide KL. This script measures that price on one device:
    teacher), of a KD train step with a same-size teacher (kd_weight 0.5), and of the teacher
    forward alone (distill.teacher_logits); the KD/CE step-time ratio; the MFU of the CE step,
    model.flops_per_token(window) (causal attention: half the T x T scores) * tokens/s over the
-   matmul peak of the dtype in use (evaluate.matmul_peak_flops: best of several sizes and runs);
+   matmul peak of the dtype in use (scale.device.matmul_peak_flops: best of several sizes and runs);
 2. the extra peak memory of distill.kd_loss (forward + backward, beyond its two (N, V)
    inputs) chunked vs unchunked (scale/loss_memory.py);
 3. a window sweep: tokens/s and MFU of the CE step at each window, tokens per step constant;
@@ -42,7 +42,7 @@ import torch.multiprocessing as mp
 from scale import dist
 from data import DataSource, TaskSpec, to_device
 from distill import freeze_teacher, teacher_logits
-from evaluate import PEAK_SIZES, matmul_peak_flops
+from scale.device import PEAK_SIZES, matmul_peak_flops
 from model import GPT, GPTConfig, atomic_write
 from config import PRESETS, build_parser, check_out_dir, fail, pick_device
 from scale.loss_memory import kd_memory, kd_peak_bytes, megabytes  # noqa: F401 (bench's names too)

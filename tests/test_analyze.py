@@ -16,6 +16,7 @@ import torch
 
 import analyze
 import evaluate
+import rope
 from interp import perturb as interp_perturb, qupdate as interp_qupdate
 from data import TaskSpec, kv_probe
 from evaluate import heuristic_floors
@@ -273,8 +274,8 @@ def test_all_passes_the_device_to_every_analysis(run_dir, tmp_path, monkeypatch)
 
 
 def test_turn_distances_are_whole_turns_of_the_pair():
-    assert analyze.turn_distances(16, 1e4, 0, 20) == pytest.approx([2 * np.pi, 4 * np.pi, 6 * np.pi])
-    two_turns = analyze.turn_distances(32, 5e5, 5, 1024)[1]  # the CE students' bump near D = 768 (docs/causal.md)
+    assert rope.turn_distances(16, 1e4, 0, 20) == pytest.approx([2 * np.pi, 4 * np.pi, 6 * np.pi])
+    two_turns = rope.turn_distances(32, 5e5, 5, 1024)[1]  # the CE students' bump near D = 768 (docs/causal.md)
     assert two_turns == pytest.approx(4 * np.pi * 5e5 ** (10 / 32), rel=1e-6) and 740 < two_turns < 780
 
 
@@ -286,7 +287,7 @@ def test_alias_probes_one_checkpoint_under_each_base(run_dir, tmp_path):
     assert list(res["bases"]) == ["500000", "1e+06"] and res["distances"] == [32, 96, 160]
     for base, b in res["bases"].items():
         assert len(b["acc"]) == 3 and all(0 <= a <= 1 for a in b["acc"]) and b["peak"] in (96, 160)
-        assert b["turns"] and b["turns"] == pytest.approx(analyze.turn_distances(16, float(base), 1, 256))
+        assert b["turns"] and b["turns"] == pytest.approx(rope.turn_distances(16, float(base), 1, 256))
     # the same weights under the base they were saved with score what the checkpoint itself scores there
     cpu = torch.device("cpu")
     direct = evaluate.position_sweep(analyze.load(path, cpu)[0], TaskSpec(), 256, [96], [0], cpu,

@@ -4,7 +4,8 @@ import time
 import numpy as np
 import pytest
 
-from data import SEP, DataSource, TaskSpec, key_recurrence, kv_probe, pack_documents, prefetch, repeated_tokens_window, synthetic_batch
+from data import SEP, DataSource, TaskSpec, key_recurrence, kv_probe, pack_documents, prefetch, synthetic_batch
+from evaluate import needle_probe, position_probe, repeated_tokens_window
 from formats.text import DataError, read_bin_documents, read_text_documents
 from longctx.corpus import short_documents
 
@@ -242,7 +243,6 @@ def test_far_back_mask_on_a_hand_made_window():
 
 
 def test_position_probe_puts_records_in_their_band_and_queries_exactly_d_later():
-    from data import position_probe
     b = position_probe(SPEC, 1024, 512, 256, band=64, n_windows=2, seed=1)
     for tok, ans in zip(b["tokens"], b["answers"]):
         qs = np.flatnonzero(ans) - 1  # query keys
@@ -253,7 +253,6 @@ def test_position_probe_puts_records_in_their_band_and_queries_exactly_d_later()
 
 
 def test_needle_probe_has_one_record_per_window_and_seeds_draw_other_windows():
-    from data import needle_probe
     b = needle_probe(SPEC, 256, 100, n_windows=4, seed=1)
     assert (b["answers"].sum(1) == 1).all()
     is_value = np.isin(b["tokens"], SPEC.values())

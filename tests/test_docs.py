@@ -56,7 +56,7 @@ def test_the_alias_table_is_what_its_json_gives():
     page = read("docs/causal.md")
     for base, b in res["bases"].items():
         acc = dict(zip(res["distances"], b["acc"]))
-        two_turns = b["turns"][1]  # analyze.turn_distances: test_analyze.py checks the formula
+        two_turns = b["turns"][1]  # rope.turn_distances: test_analyze.py checks the formula
         label = f"{float(base):.0e}".replace("e+0", "e") + (" (its own)" if float(base) == experiment.LARGE else "")
         assert f"| {label} | {b['peak']} ({acc[b['peak']]:.2f}) | {two_turns:.0f} |" in page
 

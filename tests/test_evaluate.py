@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from data import SEP, TaskSpec, kv_probe
-import evaluate as evaluate_module
-from evaluate import evaluate, floor_accuracies, format_table, heuristic_floors, matmul_peak_flops, probe_accuracy
+from evaluate import evaluate, floor_accuracies, format_table, heuristic_floors, probe_accuracy
+from scale import device as device_module
+from scale.device import matmul_peak_flops
 
 SPEC = TaskSpec()
 CPU = torch.device("cpu")
@@ -96,7 +97,7 @@ def test_in_document_probe_runs_under_the_runs_mask_and_positions(doc_mask, rese
 def test_matmul_peak_is_the_best_run_over_sizes_and_is_measured_once(monkeypatch):
     """The peak is the best of several timed products over a few sizes (one slow run under load must not lower
     it), per dtype, and a second call in the same process measures nothing."""
-    monkeypatch.setattr(evaluate_module, "_PEAKS", {})
+    monkeypatch.setattr(device_module, "_PEAKS", {})
     times = iter([4.0, 1.0, 3.0, 2.0, 9.0, 9.0, 8.0, 8.0])  # seconds, in call order
     calls = []
 
@@ -104,7 +105,7 @@ def test_matmul_peak_is_the_best_run_over_sizes_and_is_measured_once(monkeypatch
         calls.append(a.shape[0])
         return next(times)
 
-    monkeypatch.setattr(evaluate_module, "matmul_seconds", fake_seconds)
+    monkeypatch.setattr(device_module, "matmul_seconds", fake_seconds)
     peak = matmul_peak_flops(CPU, torch.float32, sizes=(8, 16), repeats=2)
     assert calls == [8, 8, 16, 16] and peak == max(2 * 8**3 / 1.0, 2 * 16**3 / 2.0)
     assert matmul_peak_flops(CPU, torch.float32, sizes=(8, 16), repeats=2) == peak and len(calls) == 4  # cached

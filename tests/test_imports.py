@@ -11,9 +11,10 @@ LAYERS = [
     # ids, files into windows, files written whole
     {"model", "formats.gguf", "longctx.corpus", "scale.device"},  # the GPT and its checkpoints; llama.cpp files
     # read as HF Llama; your own text into windows; the device and autocast dtype
-    {"formats.hf", "config", "viz.plots"},  # real-model files into the model; flags and presets; figures
-    {"distill", "scale.dist", "scale.lock", "longctx.report"},  # the loss and the teacher; data parallelism; one
-    # process per run; loss by distance and the passkey on real text
+    {"formats.hf", "distill", "config", "viz.plots"},  # real-model files into the model; the loss, the teacher and
+    # phase 2's arms; flags and presets; figures
+    {"scale.dist", "scale.lock", "longctx.report"},  # data parallelism; one process per run; loss by distance and
+    # the passkey on real text
     {"evaluate", "longctx.topk", "interp.perturb", "interp.qupdate", "interp.match"},  # probes, tables, what a
     # run prints; a real teacher cached as its top-k; inside the model (findings 2 and 3, a distance hole)
     {"runs", "scale.twin"},  # inputs, prerequisites, checkpoints around the loop

@@ -12,7 +12,8 @@ import pytest
 import evaluate
 import runs
 import train
-from data import TaskSpec, packed_probe
+from data import TaskSpec
+from evaluate import packed_probe
 
 TINY = ["--preset", "tiny", "--threads", "1", "--device", "cpu"]
 

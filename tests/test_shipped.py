@@ -11,7 +11,8 @@ from contextlib import nullcontext
 import pytest
 import torch
 
-from data import TaskSpec, kv_probe, packed_probe
+from data import TaskSpec, kv_probe
+from evaluate import packed_probe
 from evaluate import probe_accuracy
 from model import load_model, switch_rope
 

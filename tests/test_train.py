@@ -17,6 +17,7 @@ import runs
 from scale import twin
 import train
 from data import DataSource, TaskSpec, to_device
+import distill
 from distill import freeze_teacher
 from model import GPT, GPTConfig, load_checkpoint, load_model
 
@@ -463,7 +464,7 @@ def test_a_bf16_step_keeps_loss_weights_and_optimizer_state_in_float32():
     bf16 = torch.autocast("cpu", dtype=torch.bfloat16)
     with bf16:
         assert student(batch[0], batch[2]).dtype == torch.bfloat16
-        assert train.teacher_logits(teacher, batch[0], batch[2]).dtype == torch.bfloat16
+        assert distill.teacher_logits(teacher, batch[0], batch[2]).dtype == torch.bfloat16
     opt = train.make_optimizer(student, args, torch.device("cpu"))
     loss, ce, kl, _ = train.train_step(student, teacher, opt, batch, args, bf16)
     assert loss == pytest.approx(0.5 * ce + 0.5 * kl, rel=1e-5)  # summed in float32
@@ -582,7 +583,7 @@ def test_kd_masked_kd_term_ignores_the_far_back_targets(arm_setup):
         logits = student(x, pos)
         t_logits = teacher(x, pos)
     kd_keep = train.kd_loss(logits, t_logits, mask=~rec)[0]
-    ce = train.masked_cross_entropy(logits, y)
+    ce = distill.masked_cross_entropy(logits, y)
     loss = train.training_loss(student, teacher, batch, args, nullcontext())[0]
     assert loss.item() == pytest.approx((0.1 * ce + 0.9 * kd_keep).item(), rel=1e-5)
 
@@ -592,7 +593,7 @@ def test_ce_teacher_labels_targets_are_the_teachers_argmax(arm_setup):
     x, y, pos, doc, ans, rec = batch
     with torch.no_grad():
         t_arg = teacher(x, pos).argmax(-1)
-        expected = train.masked_cross_entropy(student(x, pos), t_arg)
+        expected = distill.masked_cross_entropy(student(x, pos), t_arg)
     got = train.training_loss(student, teacher, batch, arm_args("ce-teacher-labels"), nullcontext())[0]
     assert got.item() == pytest.approx(expected.item(), rel=1e-6)
     assert not torch.equal(t_arg, y)
@@ -601,13 +602,13 @@ def test_ce_teacher_labels_targets_are_the_teachers_argmax(arm_setup):
 def test_kd_teacher_docmask_teacher_sees_only_its_document(arm_setup):
     _, teacher, batch = arm_setup
     x, y, pos, doc, ans, rec = batch
-    got = train.arm_terms(teacher, batch, arm_args("kd-teacher-docmask"), nullcontext())[2]
+    got = distill.arm_terms(teacher, batch, arm_args("kd-teacher-docmask"), nullcontext())[2]
     with torch.no_grad():
         assert torch.allclose(got, teacher(x, pos, doc), atol=1e-6)
         assert not torch.allclose(got, teacher(x, pos), atol=1e-3)  # the mask changes what it predicts
-    plain = train.arm_terms(teacher, batch, arm_args("kd"), nullcontext())[2]
+    plain = distill.arm_terms(teacher, batch, arm_args("kd"), nullcontext())[2]
     assert torch.allclose(plain, teacher(x, pos), atol=1e-6)
-    assert train.arm_terms(teacher, batch, arm_args("ce"), nullcontext())[2] is None
+    assert distill.arm_terms(teacher, batch, arm_args("ce"), nullcontext())[2] is None
 
 
 def test_a_second_process_into_the_same_run_refuses_while_the_first_trains(tmp_path, capsys, hold_run_lock):
@@ -657,7 +658,7 @@ def accumulated_and_whole(student, teacher, batch, args, grad_accum=2):
     whole[0].backward()
     g_whole = [p.grad.clone() for p in student.parameters()]
     student.zero_grad(set_to_none=True)
-    counts = train.term_counts(batch, args)  # what train_step counts first (then summed across ranks)
+    counts = distill.term_counts(batch, args)  # what train_step counts first (then summed across ranks)
     stats = dist.accumulate(student, batch, grad_accum,
                             lambda micro: train.training_loss(student, teacher, micro, args, nullcontext(), counts))
     g_acc = [p.grad.clone() for p in student.parameters()]
@@ -711,17 +712,16 @@ def test_large_logits_take_the_chunked_cross_entropy(monkeypatch):
     (no float32 copy of all logits): the same value."""
     torch.manual_seed(0)
     logits, targets = torch.randn(2, 40, 30, requires_grad=True), torch.randint(0, 30, (2, 40))
-    plain = train.masked_cross_entropy(logits, targets, None)
+    plain = distill.masked_cross_entropy(logits, targets, None)
     calls = []
-    real = train.chunked_cross_entropy
-    monkeypatch.setattr(train, "chunked_cross_entropy", lambda *a: calls.append(1) or real(*a))
-    chunked = train.masked_cross_entropy(logits, targets, None, chunk_size=16)
+    real = distill.chunked_cross_entropy
+    monkeypatch.setattr(distill, "chunked_cross_entropy", lambda *a: calls.append(1) or real(*a))
+    chunked = distill.masked_cross_entropy(logits, targets, None, chunk_size=16)
     assert calls and chunked.item() == pytest.approx(plain.item(), rel=1e-6)
 
 
 def spy_on_the_kl(monkeypatch):
     """{"plain": calls of distill.plain_kd_loss, "chunked": calls of ChunkedDivergence.apply}, counted from now on."""
-    import distill
     calls = {"plain": 0, "chunked": 0}
     plain, chunked = distill.plain_kd_loss, distill.ChunkedDivergence.apply
 
