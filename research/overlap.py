@@ -14,7 +14,8 @@ corpora overlap far less. This file tabulates phase 2 (the KD student and its CE
 
 Each input is a list of band rows (research.robustness band) or a robustness-format JSON ({"runs": [...]}); a file
 named band-...-recR-... holds rate R, any other file the default (uniform keys), of which only the KD and CE rows
-of the phase-1 students swept are kept. The table (overlap_markdown) and the figure (plot) come from the JSON.
+of the phase-1 students swept are kept; an earlier sweep's JSON (its "rows") adds its rows as they are, so a sweep
+grows by new students without their predecessors' run files. The table (overlap_markdown) and the figure (plot) come from the JSON.
 """
 import argparse
 import json
@@ -53,6 +54,10 @@ def collect(paths):
             raise ValueError(f"{path} is scored on other probe seeds than the held-out ones")
         with open(path) as f:
             data = json.load(f)
+        if isinstance(data, dict) and "rows" in data:  # an earlier sweep (its --out): its rows, rates as they were
+            rows += [{k: r[k] for k in ("phase1_seed", "arm", "distances", "kv", "in_doc", "recurrence")}
+                     for r in data["rows"]]
+            continue
         runs, rate = (data["runs"] if isinstance(data, dict) else data), rate_of(path)
         for r in runs:
             if r["arm"] in ("kd", "ce") and r.get("phase2_seed", 0) == 0:
@@ -124,8 +129,9 @@ def plot(sweep, out, name="overlap"):
 def main(argv=None):
     p = argparse.ArgumentParser(description="Tabulate and plot the overlap sweep (train.py --recurrence) from band "
                                 "files and the default runs' rows.")
-    p.add_argument("inputs", nargs="+", help="band JSON files (…-recR-… in the name for rate R) and JSON files with "
-                   "the default runs' rows (research.robustness band, or docs/leakfree.json)")
+    p.add_argument("inputs", nargs="+", help="band JSON files (…-recR-… in the name for rate R), JSON files with "
+                   "the default runs' rows (research.robustness band, or docs/leakfree.json), and an earlier sweep "
+                   "(its --out) whose rows are kept as they are")
     p.add_argument("--out", default="docs/overlap.json", help="the sweep's JSON; the figure goes next to it")
     args = p.parse_args(argv)
     from config import fail

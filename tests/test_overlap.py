@@ -34,6 +34,19 @@ def test_collect_keeps_the_swept_students_defaults_and_nothing_else(tmp_path):
         collect([band_file(tmp_path / "band-p0-rec0-s0-probe0.json", 0, ["kd"], 0.1)])
 
 
+def test_an_earlier_sweep_grows_by_new_students_and_keeps_its_rows(tmp_path):
+    first = collect([band_file(tmp_path / "band-p0-rec0-s0.json", 0, ["kd", "ce"], 0.1),
+                     band_file(tmp_path / "band-p0-s0.json", 0, ["kd", "ce"], 0.9)])
+    earlier = tmp_path / "overlap.json"
+    earlier.write_text(json.dumps({"rows": first}))
+    rows = collect([str(earlier), band_file(tmp_path / "band-p7-rec0-s0.json", 7, ["kd", "ce"], 0.3),
+                    band_file(tmp_path / "band-p7-s0.json", 7, ["step0", "kd", "ce"], 0.8)])
+    assert [(r["phase1_seed"], r["recurrence"], r["arm"]) for r in rows] == [
+        (0, 0.0, "kd"), (0, 0.0, "ce"), (0, None, "kd"), (0, None, "ce"),
+        (7, 0.0, "kd"), (7, 0.0, "ce"), (7, None, "kd"), (7, None, "ce")]
+    assert [long_range(r) for r in rows[::2]] == pytest.approx([0.1, 0.9, 0.3, 0.8])
+
+
 def test_the_measured_rate_follows_the_asked_one():
     stats = {r: overlap_stats(r, n_windows=16) for r in (0, 0.25, None)}
     assert stats[0]["recurrence_measured"] == 0 < stats[0.25]["recurrence_measured"] < stats[None]["recurrence_measured"]
