@@ -250,7 +250,7 @@ def make_optimizer(model, args, device):
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=args.lr, betas=(0.9, 0.95), fused=device.type == "cuda")
-    if getattr(args, "init_optimizer", False):  # a resumed run's own moments replace these (runs.resume_state)
+    if args.init_optimizer:  # a resumed run's own moments replace these (runs.resume_state)
         load_moments(opt, runs.phase1_path(args), device)
     return opt
 
