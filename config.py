@@ -100,7 +100,7 @@ def variant_suffix(args):
     """The part of a run's name for flags that change what it computes beyond phase, bases and seeds: -yarn4
     (--rope-scaling), -rkl / -jsd0.5 / -T2 (divergence, temperature; with distillation only), -dm (--doc-mask),
     -rp (--reset-positions), -rec0.1 (--recurrence), -q2 (--queries), -masked / -tlabels / -tdocmask (phase 2's
-    --arm), -p1opt (--init-optimizer). Empty for the defaults."""
+    --arm), -p1opt (--init-optimizer), -jit1.25 (--rope-jitter). Empty for the defaults."""
     s = ""
     rope_type = scaling_type(args.scaling)
     if rope_type is not None:
@@ -116,6 +116,7 @@ def variant_suffix(args):
     s += "-ramp" + ".".join(str(w) for w in args.ramp_windows) + f"x{args.ramp_steps}" if args.ramp_windows else ""
     s += ARMS[args.arm].suffix if getattr(args, "arm", None) else ""
     s += "-p1opt" if getattr(args, "init_optimizer", False) else ""
+    s += f"-jit{args.rope_jitter:g}" if getattr(args, "rope_jitter", 0) else ""
     return s
 
 
@@ -167,6 +168,8 @@ def build_parser():
                    "preset's phase-1 base, phase 2 500000, or phase 1's base with --rope-scaling)")
     g.add_argument("--rope-scaling", default=None, help='HF-style rope_scaling JSON, e.g. \'{"rope_type":"yarn",...}\'; '
                    "in phase 2 it replaces the base change (the base stays phase 1's unless --rope-base is given)")
+    g.add_argument("--rope-jitter", type=float, default=0.0, help="phase 2: each step the student sees the base "
+                   "times F**u, u uniform in [-1, 1] (F > 1; the teacher and every probe keep the base; default 0: off)")
     g = p.add_argument_group("data")
     g.add_argument("--window", type=int, default=None, help="training window (default: long for teacher/phase 2, "
                    "short for phase 1)")
@@ -364,8 +367,9 @@ def resolve(args):
          f"--eot-id {args.eot_id} must be a uint16 token id below --vocab-size {args.vocab_size}"),
         (not (args.resume and args.overwrite), "--resume continues a run and --overwrite restarts it: pass one"),
         (args.init is None or phase == "2", "--init is phase 2's starting point: it needs --phase 2"),
-        (not args.init_optimizer or phase == "2", "--init-optimizer: phase 2 starts from phase 1's moments; it needs "
-         "--phase 2"),
+        (not args.rope_jitter or (phase == "2" and args.rope_scaling is None and 1 < args.rope_jitter < math.inf),
+         f"--rope-jitter {args.rope_jitter:g}: a factor > 1 on phase 2's base (not with --rope-scaling)"),
+        (not args.init_optimizer or phase == "2", "--init-optimizer: phase 2 starts from phase 1's moments: --phase 2"),
         (args.teacher is None or phase != "teacher", "--teacher: the teacher phase trains the teacher itself"),
         (not (args.data and args.eval_interval),
          "--eval-interval: the retrieval probes speak the synthetic language, not --data's; pass 0 or drop it"),

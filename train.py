@@ -23,6 +23,7 @@ step without changing it.
 Main job:  python train.py --phase 2 --rope-base 500000
            torchrun --nproc_per_node 2 train.py --phase 2 --rope-base 500000 --threads 1
 """
+import contextlib
 import math
 import os
 import signal
@@ -43,7 +44,7 @@ from formats.checkpoint import load_checkpoint
 from model import GPT, CheckpointError, load_model, student_config, switch_rope
 from longctx.topk import topk_teacher
 from evaluate import START, print_side_by_side, quick_eval, records_placed, report, report_speed
-from rope import format_spectrum, spectrum_summary
+from rope import format_spectrum, rope_frequencies, spectrum_summary
 
 
 def main(argv=None):
@@ -115,7 +116,8 @@ def train(args, inputs):
                         stop_after_ctrl_c(model, opt, args, state)
                     for group in opt.param_groups:
                         group["lr"] = lr_at(local, steps, args)
-                    metrics = train_step(step_model, kd_teacher, opt, batch, args, autocast)
+                    with jittered_base(model, args, state["step"]):
+                        metrics = train_step(step_model, kd_teacher, opt, batch, args, autocast)
                     runs.record_step(state, clock, metrics, name, src.batch_size * src.window,
                                      model.flops_per_token(src.window), time.perf_counter() - t0,
                                      opt.param_groups[0]["lr"], bar, log)
@@ -171,6 +173,23 @@ def train_step(model, teacher, opt, batch, args, autocast):
     opt.step()
     loss, ce, kl = stats[:3].tolist()
     return loss, ce, kl, (stats[3] / stats[4]).item()  # 0 / 0 = NaN: no answer in the batch
+
+
+@contextlib.contextmanager
+def jittered_base(model, args, step):
+    """--rope-jitter F: for this step the student's RoPE base is b F**u, u ~ U[-1, 1] drawn from (--seed, step), so a
+    resumed run draws the same bases; the inv_freq buffer is rewritten in place (a compiled or DDP model keeps
+    reading the same tensor) and put back after the step, so the probes and the checkpoint see the base b."""
+    if not args.rope_jitter:
+        yield
+        return
+    u = torch.rand((), generator=torch.Generator().manual_seed(args.seed * 1_000_003 + step)).item() * 2 - 1
+    cfg, kept = model.config, model.inv_freq.clone()
+    model.inv_freq.copy_(rope_frequencies(cfg.head_dim, cfg.rope_base * args.rope_jitter ** u)[0])
+    try:
+        yield
+    finally:
+        model.inv_freq.copy_(kept)
 
 
 def training_loss(model, teacher, batch, args, autocast, counts=None):

@@ -804,3 +804,34 @@ def test_init_optimizer_outside_phase_2_fails_in_one_line(capsys):
     with pytest.raises(SystemExit) as e:
         run(["--phase", "1", "--init-optimizer"])
     assert e.value.code == 2 and "--init-optimizer" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_rope_jitter_draws_a_base_per_step_within_the_factor_and_puts_the_base_back():
+    args = train.resolve(train.build_parser().parse_args(["--phase", "2", "--preset", "tiny", "--rope-jitter", "2"]))
+    assert args.run_name.endswith("-jit2")
+    model = GPT(GPTConfig(d_model=32, n_head=2, n_kv_head=2, max_seq_len=32, rope_base=args.rope_base))
+    base = model.inv_freq.clone()
+    bases = []
+    for step in range(20):
+        with train.jittered_base(model, args, step):
+            ratio = model.inv_freq[1] / base[1]  # pair 1 turns at base**(-2/head_dim): ratio = (F**u)**(-2/hd)
+            bases.append(args.rope_base * ratio.item() ** (-model.config.head_dim / 2))
+            assert model.inv_freq[0] == base[0]  # pair 0 turns at 1 rad per token under every base
+        assert torch.equal(model.inv_freq, base)  # the probes and the checkpoint see the base itself
+    assert all(args.rope_base / 2 * 0.999 <= b <= args.rope_base * 2 * 1.001 for b in bases)
+    assert min(bases) < args.rope_base / 1.5 and max(bases) > args.rope_base * 1.5  # spread over [b/F, bF]
+    with train.jittered_base(model, args, 7):
+        again = model.inv_freq.clone()
+    with train.jittered_base(model, args, 7):
+        assert torch.equal(model.inv_freq, again)  # (seed, step) decides: a resumed run draws the same base
+    off = train.resolve(train.build_parser().parse_args(["--phase", "2", "--preset", "tiny"]))
+    with train.jittered_base(model, off, 7):
+        assert torch.equal(model.inv_freq, base)
+
+
+@pytest.mark.parametrize("argv", [["--phase", "1", "--rope-jitter", "1.5"], ["--phase", "2", "--rope-jitter", "0.8"],
+                                  ["--phase", "2", "--rope-jitter", "inf"]])
+def test_rope_jitter_nonsense_fails_in_one_line(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        run(argv)
+    assert e.value.code == 2 and "--rope-jitter" in capsys.readouterr().err.strip().splitlines()[-1]
