@@ -175,23 +175,6 @@ def train_step(model, teacher, opt, batch, args, autocast):
     return loss, ce, kl, (stats[3] / stats[4]).item()  # 0 / 0 = NaN: no answer in the batch
 
 
-@contextlib.contextmanager
-def jittered_base(model, args, step):
-    """--rope-jitter F: for this step the student's RoPE base is b F**u, u ~ U[-1, 1] drawn from (--seed, step), so a
-    resumed run draws the same bases; the inv_freq buffer is rewritten in place (a compiled or DDP model keeps
-    reading the same tensor) and put back after the step, so the probes and the checkpoint see the base b."""
-    if not args.rope_jitter:
-        yield
-        return
-    u = torch.rand((), generator=torch.Generator().manual_seed(args.seed * 1_000_003 + step)).item() * 2 - 1
-    cfg, kept = model.config, model.inv_freq.clone()
-    model.inv_freq.copy_(rope_frequencies(cfg.head_dim, cfg.rope_base * args.rope_jitter ** u)[0])
-    try:
-        yield
-    finally:
-        model.inv_freq.copy_(kept)
-
-
 def training_loss(model, teacher, batch, args, autocast, counts=None):
     """(1 - w) CE + w T^2 KL(teacher || student) (--kd-weight w), on what --arm says (arm_terms); CE alone at w = 0.
 
@@ -289,6 +272,23 @@ def load_moments(opt, path, device):
                                                                     saved["param_groups"])]})
     except (ValueError, KeyError) as e:
         fail(f"--init-optimizer: {path}'s optimizer does not match this model: {str(e).splitlines()[0][:200]}")
+
+
+@contextlib.contextmanager
+def jittered_base(model, args, step):
+    """--rope-jitter F: for this step the student's RoPE base is b F**u, u ~ U[-1, 1] drawn from (--seed, step), so a
+    resumed run draws the same bases; the inv_freq buffer is rewritten in place (a compiled or DDP model keeps
+    reading the same tensor) and put back after the step, so the probes and the checkpoint see the base b."""
+    if not args.rope_jitter:
+        yield
+        return
+    u = torch.rand((), generator=torch.Generator().manual_seed(args.seed * 1_000_003 + step)).item() * 2 - 1
+    cfg, kept = model.config, model.inv_freq.clone()
+    model.inv_freq.copy_(rope_frequencies(cfg.head_dim, cfg.rope_base * args.rope_jitter ** u)[0])
+    try:
+        yield
+    finally:
+        model.inv_freq.copy_(kept)
 
 
 def lr_at(step, steps, args):
