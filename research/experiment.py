@@ -42,7 +42,7 @@ from distill import ARMS
 from model import atomic_write
 from rope import critical_pair, men_lower_bound
 from research.robustness import LARGE, robustness
-from research.robustness import headline_markdown, verdicts, wilson_interval  # noqa: F401 (experiment's names too)
+from research.robustness import verdicts, wilson_interval  # noqa: F401 (experiment's names too)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = PRESETS["cpu"]["phase1_base"]  # the cpu preset's phase-1 base (research/finding1.py, research/finding3.py)

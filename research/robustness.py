@@ -5,7 +5,7 @@ documents acquires long-range retrieval through logit KD, where a CE-only studen
 that question across students: the (phase-1 seed, phase-2 seed, --arm) grid of the headline schedule (the KD
 student, its CE twin, and the baselines and ablations of train.py --arm), every number on the held-out probe
 seeds, a criterion fixed before the runs (CRITERION), the pass count with a Wilson 95% interval, the record-
-position x distance and single-needle probes of each model, and the README's headline table (headline_markdown).
+position x distance and single-needle probes of each model.
 It writes docs/robustness.json (one row per run), docs/robustness.md (its tables), docs/probes.json and
 docs/probes.png. Run it through research/experiment.py, which launches the runs:
 
@@ -344,29 +344,6 @@ def robustness(args, run_all):
           else "no finished run yet\n")
     atomic_write(os.path.join(args.docs_dir, f"robustness{results_suffix(args)}.md"), lambda f: f.write(md), mode="w")
     print(md)
-
-
-
-HEADLINE_ARMS = ("step0", "kd", "ce", "ce-masked", "ce-teacher-labels", "kd-masked", "kd-teacher-docmask")
-HEADLINE_LABELS = {"step0": "step 0 (phase 1 + base 5e5)", "kd": "KD student (0.1 CE + 0.9 KD)", "ce": "CE student",
-                   "ce-masked": "CE, recurring answers masked", "ce-teacher-labels": "CE on the teacher's argmax",
-                   "kd-masked": "KD, recurring answers masked", "kd-teacher-docmask": "KD, teacher under the doc mask"}
-
-
-def headline_markdown(robustness) -> str:
-    """The README's table from a robustness JSON: per arm, the mean over its runs at D = 256 ... 900 and in-doc,
-    on the held-out probe seeds; one place that turns docs/robustness*.json into the headline."""
-    rows = robustness["runs"]
-    out = ["| model | runs | " + " | ".join(f"D={d}" for d in TABLE_DISTANCES) + " | in-doc | runs within the "
-           "criterion's bound |", "|" + " --- |" * (len(TABLE_DISTANCES) + 4)]
-    for arm in HEADLINE_ARMS:
-        runs = [r for r in rows if r["arm"] == arm]
-        if runs:
-            cells = [fmt(mean_cell(runs, d)) for d in TABLE_DISTANCES]
-            within = (f"{sum(not outside_bound(r) for r in runs)} of {len(runs)}" if arm in CRITERION_ARMS else "-")
-            out.append(f"| {HEADLINE_LABELS[arm]} | {len(runs)} | " + " | ".join(cells)
-                       + f" | {fmt(float(np.mean([r['in_doc'] for r in runs])))} | {within} |")
-    return "\n".join(out)
 
 
 def runs_markdown(rows) -> str:

@@ -7,7 +7,8 @@ for a phase-1 student (config.ACCEPTANCE: its 16-token curriculum stage passed b
 it. This file gathers such a screen from its run folder: per student what phase 1 showed and, where it went
 on, its held-out band rows (research/robustness.py's `band`), judged by research.robustness.BAND_CRITERION,
 and with --positions where in the window its KD student and CE twin retrieve (record position x distance).
-It writes docs/acceptance.json-style files, whose tables docs/seeds.md shows:
+It writes docs/acceptance.json-style files, whose tables docs/seeds.md shows; docs/grid-lr.json's is also the
+README's headline (grid_headline_markdown):
 
     python -m research.screen --dir out/p1-lr --phase1-seeds 0 1 2 3 4 5 --out docs/grid-lr.json
     python -m research.screen --dir out/p1-lr-more --phase1-seeds 6 7 --out docs/grid-lr.json --update  # grow it
@@ -22,7 +23,7 @@ import numpy as np
 
 from config import ACCEPTANCE, fail, phase1_name
 from model import atomic_write
-from research.robustness import BAND_CRITERION, band_verdict, fmt
+from research.robustness import BAND_CRITERION, band_verdict, fmt, mean_cell, wilson_interval
 from runs import accepted, stage_steps
 
 
@@ -67,6 +68,56 @@ def acceptance_markdown(screen) -> str:
             out.append(f"| {label} |{phase1} {fmt(max(cells['step0']))} | {fmt(min(cells['kd']))} | "
                        f"{fmt(float(np.mean(cells['kd'])))} | {fmt(float(np.mean(cells['ce'])))} | "
                        f"{'pass' if passed else 'fail: ' + '; '.join(why)} |")
+    return "\n".join(out)
+
+
+GRID_LABELS = {"step0": "step 0 (phase 1 + base 5e5)", "kd": "KD student (0.1 CE + 0.9 KD)", "ce": "CE twin",
+               "ce-teacher-labels": "CE on the teacher's argmax", "kd-masked": "KD without the far-back targets",
+               "ce-masked": "CE without the far-back targets", "kd-teacher-docmask": "KD, teacher under the doc mask"}
+
+
+def within_bound(arms, arm) -> bool:
+    """Whether one combination's `arm` keeps the band criterion's own bound: step 0 <= step0_max and KD >= kd_min at
+    every band distance, the CE twin's band mean at least ce_gap below its KD student's."""
+    cells = {a: band_cells(r) for a, r in arms.items()}
+    c = BAND_CRITERION
+    if arm == "ce":
+        return float(np.mean(cells["ce"])) <= float(np.mean(cells["kd"])) - c["ce_gap"]
+    return all(v <= c["step0_max"] for v in cells[arm]) if arm == "step0" else all(v >= c["kd_min"] for v in cells[arm])
+
+
+def grid_headline_markdown(screen) -> str:
+    """The README's headline from a grid in docs/grid-lr.json's format: for the students the acceptance test takes
+    (the recipe with its retrain rule), the mean of step 0, KD and the CE twin over every combination at D = 256
+    and on the band, and how many keep the criterion's bound; the ablation arms' means over their students; then
+    the pass count over students (phase-2 seed 0) with its Wilson 95% interval, and over combinations."""
+    taken = {st["phase1_seed"] for st in screen["students"] if "stopped_at" not in st
+             and accepted(st["stage16_step"], st["d16"])}
+    combos = {}  # (phase-1 seed, phase-2 seed) -> {arm: row}
+    for r in screen["runs"]:
+        if r["phase1_seed"] in taken:
+            combos.setdefault((r["phase1_seed"], r["phase2_seed"]), {})[r["arm"]] = r
+    dists = [256] + BAND_CRITERION["band"]
+    out = ["| model | students (runs) | " + " | ".join(f"D={d}" for d in dists) + " | in-doc | runs within the "
+           "criterion's bound |", "|" + " --- |" * (len(dists) + 4)]
+    for arm in ("step0", "kd", "ce"):
+        runs = [arms[arm] for arms in combos.values()]
+        within = f"{sum(within_bound(arms, arm) for arms in combos.values())} of {len(runs)}"
+        out.append(f"| {GRID_LABELS[arm]} | {len({r['phase1_seed'] for r in runs})} ({len(runs)}) | "
+                   + " | ".join(fmt(mean_cell(runs, d)) for d in dists)
+                   + f" | {fmt(float(np.mean([r['in_doc'] for r in runs])))} | {within} |")
+    for arm in ("ce-teacher-labels", "kd-masked", "ce-masked", "kd-teacher-docmask"):
+        runs = [r for r in screen.get("ablations", []) if r["arm"] == arm]
+        if runs:
+            out.append(f"| {GRID_LABELS[arm]} | {len({r['phase1_seed'] for r in runs})} ({len(runs)}) | "
+                       + " | ".join(fmt(mean_cell(runs, d)) for d in dists)
+                       + f" | {fmt(float(np.mean([r['in_doc'] for r in runs])))} | - |")
+    passed = {key: band_verdict(arms)[0] for key, arms in combos.items()}
+    students = sorted(seed for seed, p2 in passed if p2 == 0)
+    k = sum(passed[(seed, 0)] for seed in students)
+    lo, hi = wilson_interval(k, len(students))
+    out += ["", f"**{k} of {len(students)}** accepted phase-1 students pass (phase-2 seed 0; Wilson 95% interval "
+            f"[{lo:.2f}, {hi:.2f}]); {sum(passed.values())} of {len(passed)} seed combinations."]
     return "\n".join(out)
 
 

@@ -107,17 +107,12 @@ def test_an_untracked_folder_inside_the_checkout_is_not_read(use_git):
         shutil.rmtree(folder)
 
 
-@pytest.mark.parametrize("name, source", [("headline", "docs/robustness.json")])
-def test_the_readme_tables_are_what_the_robustness_json_gives(name, source):
-    assert block(read("README.md"), name) == experiment.headline_markdown(json.loads(read(source)))
-
-
-def test_the_headline_averages_each_arms_runs_on_the_held_out_probes():
-    rows = [{"phase1_seed": 0, "phase2_seed": s, "arm": "kd", "distances": [256, 512, 768, 900],
-             "kv": [1.0, 0.5 + 0.5 * s, 1.0, None if s else 1.0], "in_doc": 0.6} for s in (0, 1)]
-    table = experiment.headline_markdown({"runs": rows})
-    # None: not measurable; neither run is within KD's bound (0.50 at D = 512; D = 900 not measurable)
-    assert "| KD student (0.1 CE + 0.9 KD) | 2 | 1.00 | 0.75 | 1.00 | - | 0.60 | 0 of 2 |" in table
+def test_the_readme_headline_is_what_the_grid_json_gives():
+    from research.screen import grid_headline_markdown
+    table = grid_headline_markdown(json.loads(read("docs/grid-lr.json")))
+    assert block(read("README.md"), "grid-headline") == table
+    passed, students = re.search(r"\*\*(\d+) of (\d+)\*\* accepted phase-1 students pass", table).groups()
+    assert f"for {passed} of {students} phase-1 students" in read("README.md")  # the front page's first sentence
 
 
 def test_the_finding1_table_is_what_its_json_gives():
