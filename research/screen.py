@@ -96,18 +96,17 @@ def grid_headline_markdown(screen) -> str:
     dists = [256] + BAND_CRITERION["band"]
     out = ["| model | students (runs) | " + " | ".join(f"D={d}" for d in dists) + " | in-doc | runs within the "
            "criterion's bound |", "|" + " --- |" * (len(dists) + 4)]
+
+    def line(arm, runs, within):  # one model: students (runs), the mean at each distance and in-doc, the bound
+        return (f"| {GRID_LABELS[arm]} | {len({r['phase1_seed'] for r in runs})} ({len(runs)}) | "
+                + " | ".join(fmt(mean_cell(runs, d)) for d in dists)
+                + f" | {fmt(float(np.mean([r['in_doc'] for r in runs])))} | {within} |")
     for arm in ("step0", "kd", "ce"):
-        runs = [arms[arm] for arms in combos.values()]
-        within = f"{sum(within_bound(arms, arm) for arms in combos.values())} of {len(runs)}"
-        out.append(f"| {GRID_LABELS[arm]} | {len({r['phase1_seed'] for r in runs})} ({len(runs)}) | "
-                   + " | ".join(fmt(mean_cell(runs, d)) for d in dists)
-                   + f" | {fmt(float(np.mean([r['in_doc'] for r in runs])))} | {within} |")
+        out.append(line(arm, [arms[arm] for arms in combos.values()],
+                        f"{sum(within_bound(arms, arm) for arms in combos.values())} of {len(combos)}"))
     for arm in ("ce-teacher-labels", "kd-masked", "ce-masked", "kd-teacher-docmask"):
-        runs = [r for r in screen.get("ablations", []) if r["arm"] == arm]
-        if runs:
-            out.append(f"| {GRID_LABELS[arm]} | {len({r['phase1_seed'] for r in runs})} ({len(runs)}) | "
-                       + " | ".join(fmt(mean_cell(runs, d)) for d in dists)
-                       + f" | {fmt(float(np.mean([r['in_doc'] for r in runs])))} | - |")
+        if runs := [r for r in screen.get("ablations", []) if r["arm"] == arm]:
+            out.append(line(arm, runs, "-"))
     passed = {key: band_verdict(arms)[0] for key, arms in combos.items()}
     students = sorted(seed for seed, p2 in passed if p2 == 0)
     k = sum(passed[(seed, 0)] for seed in students)

@@ -372,7 +372,6 @@ def test_the_band_finds_every_arms_run_under_the_name_train_py_gives_it():
             assert paths[arm] == os.path.join("out", name + ".pt")
 
 
-
 def test_the_grid_headline_counts_accepted_students_only_and_their_combinations():
     """A hand-made grid: a rejected student (not in the rows), an accepted one that passes, an accepted one with two
     phase-2 seeds that fails on step 0 with both; an ablation row from the passing one."""
