@@ -36,6 +36,7 @@ to its teacher and, in phase 2, its starting point (phase 1's weights with the n
 """
 import json
 import os
+import subprocess
 
 import numpy as np
 import torch
@@ -188,6 +189,17 @@ def evaluate(model, spec, window, distances, max_doc_len, device, autocast, n_wi
     out["in_doc_fresh"] = ratio(hits[ans & ~rec].sum(), (ans & ~rec).sum())  # keys new to the window
     out["in_doc_recurring"] = ratio(hits[ans & rec].sum(), (ans & rec).sum())  # keys an earlier document valued
     return out
+
+
+def source_commit(root=os.path.dirname(os.path.abspath(__file__))):
+    """The git commit the code runs from, with "+dirty" when tracked files differ from it; None outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
 
 
 def ratio(hits, total) -> float | None:
@@ -349,7 +361,8 @@ def report_speed(model, args, device, tokens, seconds, spread=0.0, flops=None):
 
 def report(args, models, device, autocast, spec, results_path, speed, corpus=None):
     """Evaluate the run's `models` ({name: model}: the run, its teacher, START) on the probes, or on --data's
-    corpus; print the table; save the results as JSON (with `speed`, from report_speed)."""
+    corpus; print the table; save the results as JSON (with `speed`, from report_speed, and the commit the run
+    ran on and when it started, from train.train: what a protocol's runs are checked against)."""
     dists = [d for d in PRESETS[args.preset]["eval_distances"] if d < args.window]
     n = PRESETS[args.preset]["eval_windows"]
     if args.data:  # the retrieval probes speak the synthetic language: the corpus loss, and the loss by distance
@@ -364,7 +377,8 @@ def report(args, models, device, autocast, spec, results_path, speed, corpus=Non
     results = {"run": args.run_name, "phase": args.phase, "window": args.window, "rope_base": args.rope_base,
                "kd_weight": args.kd_weight, "arm": getattr(args, "arm", None), "seed": args.seed,
                "max_doc_len": args.max_doc_len, "probe_seeds": None if args.data else list(HELDOUT_SEEDS),
-               "results": rows, "floors": floors, "speed": speed}
+               "results": rows, "floors": floors, "speed": speed, "commit": getattr(args, "commit", None),
+               "started": getattr(args, "started", None)}
     os.makedirs(args.out_dir, exist_ok=True)
     atomic_write(results_path, lambda f: json.dump(results, f, indent=1), "w")  # a kill leaves old or new
     if args.data:

@@ -30,6 +30,7 @@ import signal
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 
 import torch
 from tqdm import tqdm
@@ -43,7 +44,7 @@ from distill import MASKED_ARMS, arm_terms, kd_loss, load_teacher, masked_cross_
 from formats.checkpoint import load_checkpoint
 from model import GPT, CheckpointError, load_model, student_config, switch_rope
 from longctx.topk import topk_teacher
-from evaluate import START, print_side_by_side, quick_eval, records_placed, report, report_speed
+from evaluate import START, print_side_by_side, source_commit, quick_eval, records_placed, report, report_speed
 from rope import format_spectrum, rope_frequencies, spectrum_summary
 
 
@@ -79,6 +80,8 @@ def train(args, inputs):
     of each batch; rank 0 alone logs, probes and saves.
     """
     device, autocast = pick_device(args)
+    args.started = datetime.now(timezone.utc).isoformat(timespec="seconds")  # saved with the results
+    args.commit = source_commit()
     spec = TaskSpec()
     corpus, previous = inputs
     teacher = frozen_teacher(args, device) if runs.needs_teacher(args) else None

@@ -42,6 +42,7 @@ def test_three_phases_end_to_end_with_side_by_side_baseline(tmp_path):
         res = json.load(open(os.path.join(out, name + ".json")))
         assert set(res["results"][name]) == {"kv", "in_doc", "in_doc_fresh", "in_doc_recurring"}
         assert res["probe_seeds"] == [1, 2, 3]  # reported on the held-out probe seeds
+        assert res["commit"] == report.source_commit() and res["started"].endswith("+00:00")  # what ran, when
         assert len(losses(os.path.join(out, name + ".jsonl"))) == ckpt["step"]
     kd = load_checkpoint(os.path.join(out, "phase2-kd-b10000-b500000.pt"))
     assert kd["config"]["rope_base"] == 500000.0 and kd["config"]["max_seq_len"] == 64
@@ -50,6 +51,14 @@ def test_three_phases_end_to_end_with_side_by_side_baseline(tmp_path):
     assert all(r["kl"] != r["kl"] for r in ce_log if "kl" in r)  # CE-only: no teacher, KL is NaN
     kd_log = [r for r in map(json.loads, open(os.path.join(out, "phase2-kd-b10000-b500000.jsonl"))) if "kl" in r]
     assert all(r["kl"] >= 0 for r in kd_log)
+
+
+def test_the_source_commit_is_the_checkouts_head_or_none_outside_git(tmp_path):
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    commit = report.source_commit()
+    if head.returncode == 0:
+        assert commit.removesuffix("+dirty") == head.stdout.strip()
+    assert report.source_commit(str(tmp_path)) is None  # a folder outside any repository
 
 
 def test_auto_dtype_trains_prerequisites_in_float32_and_phase_2_in_bf16_on_a_bf16_cpu(tmp_path, monkeypatch):
