@@ -20,7 +20,7 @@ LAYERS = [
     {"runs", "scale.twin"},  # inputs, prerequisites, checkpoints around the loop
     {"train", "analyze"},  # the entry points of the core
     {"scale.loss_memory", "scale.bench", "research.robustness", "research.screen", "research.overlap",
-     "research.experiment", "research.finding1", "research.finding3", "research.realtext", "research.used_seeds", "walkthrough.demos",
+     "research.experiment", "research.finding1", "research.finding3", "research.realtext", "research.used_seeds", "research.grid", "walkthrough.demos",
      "walkthrough.__main__"},
     # built on the core; nothing in it imports them
 ]
