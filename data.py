@@ -27,13 +27,14 @@ documents. No data set can be downloaded here, so this file generates both from 
   out of the loss).
 - Real files (UTF-8 text, nanoGPT `.bin` token files) are read into documents for this packer by formats/text.py.
 
-Run `python data.py` to print samples.
+`python -m walkthrough data` prints samples of each.
 """
-import argparse
 import functools
 import itertools
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ SEP = 0  # document separator; the only special token
 # - a record and its query are each "k v": the value is the token right after its key (p + 1, q + 1), and
 #   the answer (the retrieval target) is the query's value, at q + 1;
 # - every document body is stored behind one SEP, so a body of n tokens takes n + 1 tokens of the stream and a
-#   document length "separator included" is its body + 1 (short_doc_lengths, longctx/corpus.py short_documents);
+#   document length "separator included" is its body + 1 (short_doc_lengths, cut_documents);
 # - a batch window holds L + 1 tokens: the model reads tokens[:-1] and predicts tokens[1:] (to_device).
 
 
@@ -57,6 +58,7 @@ class TaskSpec:
     order: int = 1  # Markov order of the filler: 1 = bigram, 2 = the next token depends on the last two
     pair_every: int = 10  # one record/query pair per this many tokens of document
     key_pool: int = 0  # short documents draw keys from the first key_pool keys (0 = all)
+    queries: int = 1  # how often a short document asks for each of its records (place_pairs)
     chain_seed: int = 1234  # the Markov chain is part of the language, fixed across runs
 
     @property
@@ -196,16 +198,16 @@ def long_document(spec, rng, length, n_pairs=None, filler=None):
     return kv_document(spec, rng, length, n_pairs, log_uniform(rng, 2, max(2, length - 3), n_pairs), filler=filler)
 
 
-def short_document(spec, rng, length, filler=None, seen=None, recurrence=None, queries=1):
-    """Student data: a short document; every query's record lies in it (distances 2..length-3). `seen` and
-    `recurrence`: see kv_document (the packer's cross-document key recurrence); `queries` per record."""
+def short_document(spec, rng, length, filler=None, seen=None, recurrence=None):
+    """Student data: a short document; every query's record lies in it (distances 2..length-3), each asked for
+    spec.queries times. `seen` and `recurrence`: see kv_document (the packer's cross-document key recurrence)."""
     if length < 6:  # too short for a pair: filler only
         filler = make_filler(spec, rng, 1, length)[0] if filler is None else filler
         return filler, np.zeros(length, dtype=bool)
     n_pairs = max(1, length // spec.pair_every)
     distances = rng.integers(2, length - 2, n_pairs)
     return kv_document(spec, rng, length, n_pairs, distances, key_pool=spec.key_pool, filler=filler, seen=seen,
-                       recurrence=recurrence, queries=queries)
+                       recurrence=recurrence, queries=spec.queries)
 
 
 # ----------------------------------------------------------------------------- packing
@@ -249,14 +251,13 @@ def short_doc_lengths(rng, total, min_len, max_len):
 
 
 def synthetic_batch(spec, rng, kind, batch_size, window, max_doc_len=128, min_doc_len=32, n_pairs=None,
-                    reset_positions=False, recurrence=None, queries=1):
+                    reset_positions=False, recurrence=None):
     """A batch of windows of `window + 1` tokens (input and shifted target), as numpy arrays.
 
     kind "long": one long document per window (teacher data, keys unique in the window);
     kind "packed": short documents of min_doc_len..max_doc_len tokens packed end to end; `recurrence` (None: keys
     drawn uniformly, about 45% of records reuse a key of an earlier document) asks each record's key to come from
-    an earlier document of the window with this probability (choose_keys); `queries`: how often each record is
-    asked for in its document (place_pairs).
+    an earlier document of the window with this probability (choose_keys).
     """
     if kind not in ("long", "packed"):
         raise ValueError(f"unknown data kind {kind!r} (long or packed)")
@@ -268,7 +269,7 @@ def synthetic_batch(spec, rng, kind, batch_size, window, max_doc_len=128, min_do
         else:
             bounds = np.cumsum([0] + short_doc_lengths(rng, window + 1, min_doc_len, max_doc_len))
             seen = set()  # keys of the window's documents so far
-            parts = [short_document(spec, rng, b - a - 1, row[a + 1:b], seen, recurrence, queries)
+            parts = [short_document(spec, rng, b - a - 1, row[a + 1:b], seen, recurrence)
                      for a, b in zip(bounds[:-1], bounds[1:])]
         docs += [p[0] for p in parts]
         answers += [p[1] for p in parts]
@@ -298,47 +299,41 @@ def far_back_targets(spec, tokens, doc_ids):
     return out
 
 
-def to_device(batch, device, far_back=False):
-    """numpy windows of L+1 tokens -> torch x, y, positions, doc_ids, answer mask, each (B, L); with far_back, also
-    the far-back target mask (far_back_targets, aligned with y; all False for a batch without one), a sixth tensor.
-    """
+def to_device(batch, device):
+    """numpy windows of L+1 tokens -> torch x, y, positions, doc_ids, answer mask, each (B, L)."""
     def move(a):
         t = torch.from_numpy(np.ascontiguousarray(a))
         return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
     tok = move(batch["tokens"])
-    x, y = tok[:, :-1], tok[:, 1:]
+    x = tok[:, :-1]
+    y = tok[:, 1:]
     pos = move(batch["positions"][:, :-1])
     doc = move(batch["doc_ids"][:, :-1])
     ans = move(batch["answers"][:, 1:]) if "answers" in batch else torch.zeros_like(y, dtype=torch.bool)
-    if not far_back:
-        return x, y, pos, doc, ans
-    far = move(batch["far_back"][:, 1:]) if "far_back" in batch else torch.zeros_like(y, dtype=torch.bool)
-    return x, y, pos, doc, ans, far
+    return x, y, pos, doc, ans
 
 
 class DataSource:
-    """Batches as a pure function of (seed, step): resuming at step s replays the same stream. From synthetic data
-    (kind long/packed) or from pre-packed windows of a real file."""
+    """One stage's batches as a pure function of (seed, step): resuming at step s replays the same stream.
 
-    def __init__(self, spec, kind, window, batch_size, seed, max_doc_len=128, min_doc_len=32, n_pairs=None,
-                 reset_positions=False, windows=None, recurrence=None, queries=1):
-        self.spec, self.kind, self.window, self.batch_size, self.seed = spec, kind, window, batch_size, seed
-        self.max_doc_len, self.min_doc_len, self.n_pairs = max_doc_len, min_doc_len, n_pairs
-        self.reset_positions, self.windows = reset_positions, windows
-        self.recurrence, self.queries = recurrence, queries
+    make(rng) builds a whole global batch of `batch_size` windows of window + 1 tokens from a numpy Generator (a
+    task's batch, e.g. synthetic_batch with its settings bound); `asked`: records per window the stage asks for
+    (long documents; data.place_pairs drops the ones that find no free slot).
+    """
+
+    def __init__(self, make, batch_size, seed, window, asked=None):
+        self.make = make
+        self.batch_size = batch_size
+        self.seed = seed
+        self.window = window
+        self.asked = asked
 
     def batch(self, step: int, rows: slice = slice(None)):
-        """The step's batch of windows, or its `rows` (a rank's share, dist.BatchShape): numpy (rows, L+1) arrays.
+        """The step's batch of windows, or its `rows` (a rank's share, train.BatchShape): numpy (rows, L+1) arrays.
 
         The rows are cut from the one global batch of the step, so 2 ranks x b rows see what 1 x 2b does.
         """
-        rng = np.random.default_rng([self.seed, step])
-        if self.windows is not None:  # a real corpus, packed once into windows of L+1
-            idx = rng.integers(0, len(self.windows["tokens"]), self.batch_size)[rows]
-            return {k: v[idx] for k, v in self.windows.items()}
-        # synthetic rows share one random stream, so a rank builds the whole batch and keeps its rows
-        full = synthetic_batch(self.spec, rng, self.kind, self.batch_size, self.window, self.max_doc_len,
-                               self.min_doc_len, self.n_pairs, self.reset_positions, self.recurrence, self.queries)
+        full = self.make(np.random.default_rng([self.seed, step]))
         return {k: v[rows] for k, v in full.items()}
 
 
@@ -388,59 +383,82 @@ def kv_probe(spec, window, distance, n_windows=16, n_pairs=16, depth=None, seed=
     return pack_documents(docs, window + 1, answers=answers)
 
 
-# ----------------------------------------------------------------------------- demo
+# ----------------------------------------------------------------------------- your own text
 
 
-def render(tokens, spec, answers=None, width=24):
-    """Readable tokens: | for SEP, K12 / V3 / f for key, value, filler; [V3] marks an answer."""
-    out = []
-    for i, t in enumerate(tokens[:width]):
-        t = int(t)
-        s = "|" if t == SEP else f"K{t - 1}" if t <= spec.n_keys else (
-            f"V{t - 1 - spec.n_keys}" if t <= spec.n_keys + spec.n_values else ".")
-        out.append(f"[{s}]" if answers is not None and answers[i] else s)
-    return " ".join(out)
+class DataError(ValueError):
+    """A data file that cannot be used (missing, empty, unreadable, malformed)."""
 
 
-def key_recurrence(spec, batch):
-    """Fraction of records whose key already appeared in an earlier document of the same window."""
-    hits = total = 0
-    for tok, doc in zip(batch["tokens"], batch["doc_ids"]):
-        is_key = (tok >= 1) & (tok <= spec.n_keys)
-        for d in np.unique(doc):
-            keys_here = set(tok[(doc == d) & is_key].tolist())
-            before = set(tok[(doc < d) & is_key].tolist())
-            hits += len(keys_here & before)
-            total += len(keys_here)
-    return hits / max(total, 1)
+class Corpus(NamedTuple):
+    train: dict  # training windows: tokens, positions, doc_ids, each (N, L + 1)
+    held_out: dict  # windows built like the training ones from the held-out text (the end-of-run loss)
+    long: np.ndarray  # (M, L + 1) the held-out text in order, whole documents behind their separators
 
 
-def main():
-    p = argparse.ArgumentParser(description="Print samples of the synthetic data, the packer and the probes.")
-    p.add_argument("--window", type=int, default=1024, help="long window L")
-    p.add_argument("--max-doc-len", type=int, default=128, help="longest short document (separator included)")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--recurrence", type=float, default=None,
-                   help="ask this fraction of records to reuse a key of an earlier document (default: uniform keys)")
-    args = p.parse_args()
-    spec, rng = TaskSpec(), np.random.default_rng(args.seed)
-    print(f"vocabulary {spec.vocab_size}: SEP=0 '|', keys K0..K{spec.n_keys - 1}, values V0..V{spec.n_values - 1}, "
-          f"filler '.' (Markov, {spec.branching} successors)\n")
-    long = synthetic_batch(spec, rng, "long", 1, args.window)
-    print("A long document (teacher data), first 48 tokens, answers in [ ]:")
-    print(" ", render(long["tokens"][0], spec, long["answers"][0], 48))
-    packed = synthetic_batch(spec, rng, "packed", 8, args.window, args.max_doc_len, recurrence=args.recurrence)
-    starts = np.flatnonzero(packed["tokens"][0] == SEP)
-    print(f"\nA packed window of short documents: {len(starts)} documents start at {starts.tolist()}")
-    print("  the first 48 tokens:", render(packed["tokens"][0], spec, packed["answers"][0], 48))
-    print(f"  records whose key already appeared in an earlier document of the window: "
-          f"{key_recurrence(spec, packed):.0%}; far-back value targets: {packed['far_back'].sum() / 8:.0f} per window")
-    probe = kv_probe(spec, args.window, 256, n_windows=1, n_pairs=4)
-    q = np.flatnonzero(probe["answers"][0])
-    print(f"\nA retrieval probe at D=256: answers at positions {q.tolist()}; around the first:")
-    print("  record:", render(probe["tokens"][0][q[0] - 257:], spec, width=3),
-          "  query:", render(probe["tokens"][0][q[0] - 1:], spec, probe["answers"][0][q[0] - 1:], 3))
+def read_text_documents(path, min_len=1, encode=None):
+    """UTF-8 text as bytes (token = byte + 1; 0 is SEP; vocabulary 257), or as the ids of `encode(text)`.
+
+    A folder gives one document per file (sorted by name); a file gives one document per paragraph (split at
+    blank lines).
+    """
+    if not os.path.exists(path):
+        raise DataError(f"data path not found: {path}")
+    files = sorted(os.path.join(path, f) for f in os.listdir(path)) if os.path.isdir(path) else [path]
+    docs = []
+    for f in (f for f in files if os.path.isfile(f)):
+        try:
+            with open(f, "rb") as fh:
+                text = fh.read().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"cannot read {f} as UTF-8 text: {e}") from None
+        parts = [text] if os.path.isdir(path) else text.split("\n\n")
+        for part in (p for p in parts if len(p.strip()) >= min_len):
+            ids = encode(part) if encode else np.frombuffer(part.encode("utf-8"), dtype=np.uint8).astype(np.int64) + 1
+            docs.append(np.asarray(ids, dtype=np.int64))
+    if not docs:
+        raise DataError(f"no text found in {path}")
+    return docs
 
 
-if __name__ == "__main__":
-    main()
+def split_held_out(docs, n_tokens):
+    """(training documents, held-out documents): the last n_tokens tokens of the text are held out (a document
+    on the cut is cut in two)."""
+    lengths = np.array([len(d) for d in docs])
+    after = np.cumsum(lengths[::-1])[::-1] - lengths  # tokens after each document
+    train, held = [], []
+    for d, n_after in zip(docs, after):
+        keep = max(0, len(d) - max(0, n_tokens - n_after))  # this document's tokens that stay in training
+        if keep:
+            train.append(d[:keep])
+        if keep < len(d):
+            held.append(d[keep:])
+    return train, held
+
+
+def cut_documents(docs, max_doc_len, rng=None):
+    """Every document cut into chunks of at most max_doc_len - 1 tokens (the separator makes max_doc_len), in
+    order, or shuffled with `rng` (a window's documents unrelated, as the paper's short documents)."""
+    body = max_doc_len - 1
+    chunks = [d[i:i + body] for d in docs for i in range(0, len(d), body)]
+    return chunks if rng is None else [chunks[i] for i in rng.permutation(len(chunks))]
+
+
+def build_corpus(docs, sep, window, max_doc_len, shuffle_seed=None, fraction=0.05, held_window=None) -> Corpus:
+    """The documents of a file as a Corpus: the last `fraction` of the tokens held out (at least two windows of
+    held_window, the longest window any phase on this text uses, so that every phase holds out the same text),
+    the rest cut into documents of at most max_doc_len tokens (shuffled with shuffle_seed) and packed."""
+    total = sum(len(d) + 1 for d in docs)
+    n_held = max(int(fraction * total), 2 * (max(window, held_window or 0) + 1))
+    if total - n_held < window + 1:
+        raise DataError(f"the data holds {total:,} tokens: need at least {n_held + window + 1:,} (one training window "
+                        f"of {window + 1} and {n_held:,} held out for the end-of-run report)")
+    train_docs, held_docs = split_held_out(docs, n_held)
+    rng = None if shuffle_seed is None else np.random.default_rng(shuffle_seed)
+    train = pack_documents(cut_documents(train_docs, max_doc_len, rng), window + 1, sep=sep)
+    held = pack_documents(cut_documents(held_docs, max_doc_len, rng), window + 1, sep=sep)
+    if not len(train["tokens"]) or not len(held["tokens"]):
+        raise DataError(f"the data holds fewer than {window + 1} tokens in its training or held-out part: not one "
+                        f"window")
+    long = pack_documents(held_docs, window + 1, sep=sep)["tokens"]  # (M, L + 1), whole documents in order
+    return Corpus(train, held, long)

@@ -1,39 +1,32 @@
-"""Long-range retrieval evaluation: how far back can a model find what it needs?
+"""The tasks a run trains on and how a model is judged on them: probes, floors, tables, what a run prints and saves.
 
-Paper idea: the claim of "Short Data, Long Context" (arXiv 2604.06070) is measured as
-retrieval accuracy against distance: a KD student trained only on short documents should
-retrieve at distances far beyond its longest document, a CE-only student should not.
-This file scores any model on fixed, seeded probes (data.kv_probe and the windows built here):
+Paper idea: the claim of "Short Data, Long Context" (arXiv 2604.06070) is measured as retrieval accuracy against
+distance: a KD student trained only on short documents should retrieve at distances far beyond its longest document,
+a CE-only student should not. This file scores any model on fixed, seeded probes:
 
-- key-value retrieval with the record exactly D tokens before the query (argmax of the
-  value token; one token, so exact match = per-token accuracy), optionally at a depth;
+- key-value retrieval with the record exactly D tokens before the query (data.kv_probe; argmax of the value token,
+  one token, so exact match = per-token accuracy), optionally at a depth;
 - in-document accuracy on held-out packed windows of short documents;
-- the floors of those key-value probes: what two heuristics that need no retrieval score on
-  the same windows (chance, 1/64, is not the floor: at D=16 copying the last value scores 0.67);
-- where a model fails: a record-position x distance sweep (`position_sweep`, distance apart from
-  absolute position) and a single needle per window (`needle_sweep`).
+- the floors of those probes: what two heuristics that need no retrieval score on the same windows (chance, 1/64,
+  is not the floor: at D=16 copying the last value scores 0.67).
 
-Selection vs report: probe seed SELECTION_SEED (0) is the one the quick probes during training
-use and the one any setting was chosen on; every reported number (`evaluate_heldout`, the
-end-of-phase table) is the mean over HELDOUT_SEEDS, windows drawn from other random streams
-that nothing was chosen on.
+Selection vs report: probe seed SELECTION_SEED (0) is the one the quick probes during training use and the one any
+setting was chosen on; every reported number (`evaluate_heldout`, the end-of-phase table) is the mean over
+HELDOUT_SEEDS, windows drawn from other random streams that nothing was chosen on. A probe with no answer position
+(a distance that does not fit the window) is not measurable: its accuracy is None (JSON null, "-" in tables), never 0.
 
-A probe with no answer position (a distance that does not fit the window) is not measurable:
-its accuracy is None (JSON null, "-" in tables), never 0.
+A **task** is what a run trains on and how its models are judged, behind one small interface (`Task`: batches,
+probes, floors). `KeyValueTask` is the synthetic language of data.py with its curriculum; `TextTask` is your own
+text (train.py --data corpus.txt), judged by its held-out loss; a task file (train.py --data my_task.py) defines
+its own (docs/fork.md). `make_task` picks one from the flags.
 
-Used by train.py (quick probes, end-of-phase tables) and analyze.py (plots).
-
-What a training run tells about itself (the second half of this file): a student is judged next
-to its teacher and, in phase 2, its starting point (phase 1's weights with the new RoPE base,
-`step 0`) and its CE-only twin. train.py calls these:
-
-- `quick_eval`: a few probe distances every --eval-interval steps, under the progress bar and in the log, on the
-  selection probe seed (SELECTION_SEED: what a setting may be chosen on);
-- `report_speed`: tokens/s of the steps (all ranks) and the student's MFU per device;
-- `report`: the probes (or the corpus loss with --data) of every model of the run, printed as a table
-  and saved as OUT/<run>.json; each number the mean over the held-out probe seeds (HELDOUT_SEEDS);
-- `print_side_by_side`: phase 2's table of teacher, step 0, KD student and CE student.
+What a training run tells about itself (the end of this file): `quick_eval` every --eval-interval steps on the
+selection probe; `report`, the probes of every model of the run (the student, its teacher and, in phase 2, its
+starting point `step 0`) on the held-out probe seeds, printed and saved as OUT/<run>.json; `print_side_by_side`,
+phase 2's table of teacher, step 0, the KD student and its CE-only twin.
 """
+import functools
+import importlib.util
 import json
 import os
 import subprocess
@@ -42,12 +35,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from config import PRESETS
-from data import kv_document, kv_probe, pack_documents, synthetic_batch, to_device
-from longctx.report import LONG_WINDOWS, format_long_context, long_context
+from data import (DataError, DataSource, TaskSpec, build_corpus, kv_probe, read_text_documents, synthetic_batch,
+                  to_device)
 from model import atomic_write
-from scale import dist
-from scale.device import matmul_peak_flops
 
 SELECTION_SEED = 0  # probe seed of the quick probes during training and of every choice of a setting
 HELDOUT_SEEDS = (1, 2, 3)  # probe seeds of every reported number (their mean); never used to choose anything
@@ -56,30 +46,11 @@ HELDOUT_SEEDS = (1, 2, 3)  # probe seeds of every reported number (their mean); 
 # ----------------------------------------------------------------------------- the probes' windows
 
 
-def position_probe(spec, window, distance, record_start, band=64, n_windows=8, n_pairs=16, seed=0):
-    """Key-value retrieval with the records at a fixed place: record keys in [record_start, record_start + band)
-    of the document body (token record_start + 1 of the window, behind its SEP), each query exactly `distance` later.
-
-    Distance and absolute position vary apart (kv_probe's records sit wherever the distance lets them, so its long
-    distances are also records at the window's start). Returns a batch like kv_probe's; a cell where no query fits
-    the window has no answer (probe_accuracy: None).
-    """
-    rng = np.random.default_rng([seed, distance, 2002, record_start, n_pairs])
-    docs, answers = zip(*(kv_document(spec, rng, window, n_pairs, np.full(n_pairs, distance), record_start + distance,
-                                      record_start + band - 1 + distance) for _ in range(n_windows)))  # bodies of L
-    return pack_documents(docs, window + 1, answers=answers)
-
-
-def needle_probe(spec, window, distance, n_windows=16, seed=0):
-    """A single needle: one record per window, its query exactly `distance` later, anywhere the pair fits.
-
-    Beside kv_probe's 16 records per window: no other record competes for the query's attention (and, since
-    filler holds no value token, copying the one value seen also answers it: report its floor).
-    """
-    rng = np.random.default_rng([seed, distance, 3003])
-    docs, answers = zip(*(kv_document(spec, rng, window, 1, np.array([distance]), distance, window - 2)
-                          for _ in range(n_windows)))
-    return pack_documents(docs, window + 1, answers=answers)
+def packed_probe(spec, window, max_doc_len, min_doc_len=None, n_windows=16, seed=0, reset_positions=False):
+    """In-document accuracy: held-out packed windows of short documents, like the student's data."""
+    min_doc_len = min_doc_len or max(2, max_doc_len // 4)
+    return synthetic_batch(spec, np.random.default_rng([seed, 11]), "packed", n_windows, window, max_doc_len,
+                           min_doc_len, reset_positions=reset_positions)
 
 
 def repeated_tokens_window(spec, window, period=64, n_windows=4, seed=0):
@@ -88,15 +59,8 @@ def repeated_tokens_window(spec, window, period=64, n_windows=4, seed=0):
     seqs = rng.integers(1, spec.vocab_size, (n_windows, period))
     reps = -(-(window + 1) // period)
     tokens = np.tile(seqs, (1, reps))[:, : window + 1]
-    return {"tokens": tokens, "positions": np.broadcast_to(np.arange(window + 1), tokens.shape).copy(),
-            "doc_ids": np.zeros_like(tokens)}
-
-
-def packed_probe(spec, window, max_doc_len, min_doc_len=None, n_windows=16, seed=0, reset_positions=False):
-    """In-document accuracy: held-out packed windows of short documents, like the student's data."""
-    min_doc_len = min_doc_len or max(2, max_doc_len // 4)
-    return synthetic_batch(spec, np.random.default_rng([seed, 11]), "packed", n_windows, window, max_doc_len,
-                           min_doc_len, reset_positions=reset_positions)
+    positions = np.broadcast_to(np.arange(window + 1), tokens.shape).copy()
+    return {"tokens": tokens, "positions": positions, "doc_ids": np.zeros_like(tokens)}
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -126,35 +90,6 @@ def answer_hits(model, batch, device, autocast, chunk=4, doc_mask=False) -> np.n
     return (pred == batch["tokens"][:, 1:]) & batch["answers"][:, 1:]
 
 
-def earlier_values(batch) -> np.ndarray:
-    """(N, L + 1) int64: at each far-back target (batch["far_back"]: a record or an answer), the value its key had at
-    its last occurrence in an earlier document (the far-back answer); -1 elsewhere."""
-    tok, doc = batch["tokens"], batch["doc_ids"]
-    out = np.full(tok.shape, -1, dtype=np.int64)
-    for r, a in zip(*np.nonzero(batch["far_back"])):
-        j = np.flatnonzero((tok[r, :a - 1] == tok[r, a - 1]) & (doc[r, :a - 1] < doc[r, a - 1]))
-        out[r, a] = tok[r, j[-1] + 1]
-    return out
-
-
-def recurring_signal(model, spec, window, max_doc_len, device, autocast, n_windows=16, seeds=HELDOUT_SEEDS,
-                     doc_mask=False) -> dict:
-    """What a model answers at the recurring answers of held-out packed windows (mean over the probe seeds):
-    {"local": the value of this document (the label), "far_back": the value of the key's earlier document,
-    "fresh": accuracy at the other answers}. For the teacher this is the long-range signal KD passes on."""
-    res = {"local": [], "far_back": [], "fresh": []}
-    for seed in seeds:
-        batch = packed_probe(spec, window, max_doc_len, n_windows=n_windows, seed=seed)
-        pred = predictions(model, batch, device, autocast, doc_mask=doc_mask)  # (N, L), aligned with tokens[:, 1:]
-        ans, y = batch["answers"][:, 1:], batch["tokens"][:, 1:]
-        rec = ans & batch["far_back"][:, 1:]  # the recurring answers: queries whose key an earlier document valued
-        far = earlier_values(batch)[:, 1:]
-        res["local"].append(ratio((pred == y)[rec].sum(), rec.sum()))
-        res["far_back"].append(ratio((pred == far)[rec].sum(), rec.sum()))
-        res["fresh"].append(ratio((pred == y)[ans & ~rec].sum(), (ans & ~rec).sum()))
-    return {k: mean_over_seeds(v) for k, v in res.items()}
-
-
 def probe_accuracy(model, batch, device, autocast, chunk=4, doc_mask=False, where=None) -> float | None:
     """Argmax accuracy at the probe's answer positions, over windows in chunks of `chunk`; None if it has none.
 
@@ -170,36 +105,23 @@ def probe_accuracy(model, batch, device, autocast, chunk=4, doc_mask=False, wher
 
 def evaluate(model, spec, window, distances, max_doc_len, device, autocast, n_windows=16, seed=0,
              doc_mask=False, reset_positions=False) -> dict:
-    """{"kv": {D: acc}, "in_doc": acc} on windows of `window` tokens.
+    """{"kv": {D: acc}, "in_doc": acc, "in_doc_fresh": acc, "in_doc_recurring": acc} on windows of `window` tokens.
 
     doc_mask / reset_positions: score under the attention and positions a run trained with (--doc-mask,
     --reset-positions). They change only the in-document probe: a key-value probe window is one document.
-
-    (A repeated-span copy probe used to sit here; every model, the teacher included, scored at
-    chance on it, since nothing in the training data rewards copying filler, so it was dropped.)
     """
     out = {"kv": {}}
     for d in distances:
-        out["kv"][d] = probe_accuracy(model, kv_probe(spec, window, d, n_windows, seed=seed), device, autocast,
-                                      doc_mask=doc_mask)
+        probe = kv_probe(spec, window, d, n_windows, seed=seed)
+        out["kv"][d] = probe_accuracy(model, probe, device, autocast, doc_mask=doc_mask)
     in_doc = packed_probe(spec, window, max_doc_len, n_windows=n_windows, seed=seed, reset_positions=reset_positions)
     hits = answer_hits(model, in_doc, device, autocast, doc_mask=doc_mask)  # (N, L): one pass for the three scores
-    ans, rec = in_doc["answers"][:, 1:], in_doc["far_back"][:, 1:]
+    ans = in_doc["answers"][:, 1:]
+    rec = in_doc["far_back"][:, 1:]
     out["in_doc"] = ratio(hits[ans].sum(), ans.sum())
     out["in_doc_fresh"] = ratio(hits[ans & ~rec].sum(), (ans & ~rec).sum())  # keys new to the window
     out["in_doc_recurring"] = ratio(hits[ans & rec].sum(), (ans & rec).sum())  # keys an earlier document valued
     return out
-
-
-def source_commit(root=os.path.dirname(os.path.abspath(__file__))):
-    """The git commit the code runs from, with "+dirty" when tracked files differ from it; None outside git."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
-        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                                capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")
 
 
 def ratio(hits, total) -> float | None:
@@ -222,19 +144,16 @@ def evaluate_heldout(model, spec, window, distances, max_doc_len, device, autoca
     return out
 
 
-def position_sweep(model, spec, window, distances, starts, device, autocast, n_windows=8, seeds=HELDOUT_SEEDS,
-                   band=64) -> dict:
-    """{record start: {D: acc}}: 16 records in [start, start + band), queries D later (position_probe); the
-    mean over the probe seeds; None where no query fits the window."""
-    return {s: {d: mean_over_seeds([probe_accuracy(model, position_probe(spec, window, d, s, band, n_windows, seed=k),
-                                                   device, autocast) for k in seeds]) for d in distances}
-            for s in starts}
+def depth_sweep(model, spec, window, distances, depths, device, autocast, n_windows=8, seed=0):
+    """{depth: {D: acc}}: key-value retrieval with the queries at a relative depth of the window."""
+    sweep = {}
+    for depth in depths:
+        probes = {d: kv_probe(spec, window, d, n_windows, depth=depth, seed=seed) for d in distances}
+        sweep[depth] = {d: probe_accuracy(model, p, device, autocast) for d, p in probes.items()}
+    return sweep
 
 
-def needle_sweep(model, spec, window, distances, device, autocast, n_windows=16, seeds=HELDOUT_SEEDS) -> dict:
-    """{D: acc}: one record per window, its query D later (needle_probe); the mean over the probe seeds."""
-    return {d: mean_over_seeds([probe_accuracy(model, needle_probe(spec, window, d, n_windows, seed=k), device,
-                                               autocast) for k in seeds]) for d in distances}
+# ----------------------------------------------------------------------------- floors
 
 
 def floor_accuracies(spec, batch) -> tuple[float, float] | None:
@@ -244,7 +163,8 @@ def floor_accuracies(spec, batch) -> tuple[float, float] | None:
     uniform_seen guesses uniformly among the distinct value tokens seen so far, scored exactly
     (1/n if the answer is one of the n, else 0).
     """
-    last = uniform = 0.0
+    last = 0.0
+    uniform = 0.0
     total = 0
     for tokens, answers in zip(batch["tokens"], batch["answers"]):
         is_value = np.isin(tokens, spec.values())
@@ -258,23 +178,24 @@ def floor_accuracies(spec, batch) -> tuple[float, float] | None:
 
 def heuristic_floors(spec, window, distances, n_windows=16, seed=0, probe=kv_probe) -> dict:
     """{"last_value": {D: acc}, "uniform_seen": {D: acc}, "best": {D: the larger}} on evaluate()'s kv probes
-    (or `probe`'s, e.g. needle_probe), for one probe seed or the mean over a list of them."""
+    (or `probe`'s), for one probe seed or the mean over a list of them."""
     seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed]
     floors = {"last_value": {}, "uniform_seen": {}, "best": {}}
     for d in distances:
         accs = [floor_accuracies(spec, probe(spec, window, d, n_windows, seed=k)) for k in seeds]
         if any(a is None for a in accs):
-            floors["last_value"][d] = floors["uniform_seen"][d] = floors["best"][d] = None
+            floors["last_value"][d] = None
+            floors["uniform_seen"][d] = None
+            floors["best"][d] = None
             continue
-        floors["last_value"][d], floors["uniform_seen"][d] = (float(np.mean(x)) for x in zip(*accs))
-        floors["best"][d] = max(floors["last_value"][d], floors["uniform_seen"][d])
+        last, uniform = (float(np.mean(x)) for x in zip(*accs))
+        floors["last_value"][d] = last
+        floors["uniform_seen"][d] = uniform
+        floors["best"][d] = max(last, uniform)
     return floors
 
 
-def depth_sweep(model, spec, window, distances, depths, device, autocast, n_windows=8, seed=0):
-    """{depth: {D: acc}}: key-value retrieval with the queries at a relative depth of the window."""
-    return {depth: {d: probe_accuracy(model, kv_probe(spec, window, d, n_windows, depth=depth, seed=seed),
-                                      device, autocast) for d in distances} for depth in depths}
+# ----------------------------------------------------------------------------- tables
 
 
 def format_accuracy(acc) -> str:
@@ -295,127 +216,276 @@ def format_table(rows: dict, max_doc_len: int, floor: dict | None = None) -> str
         rows = dict(rows, floor={"kv": floor, "in_doc": None})
     for name, r in rows.items():
         kv = {int(k): v for k, v in r["kv"].items()}
-        lines.append(f"| {name} | " + " | ".join(format_accuracy(kv.get(d)) for d in dists)
-                     + f" | {format_accuracy(r['in_doc'])} |")
-    lines.append(f"(key-value retrieval accuracy at distance D; * = beyond the longest short document, "
-                 f"{max_doc_len} tokens" + ("; floor: the better of copying the last value token and guessing "
-                                             "among the values seen, no retrieval needed" if floor else "")
-                 + ("; -: not measurable in this window" if unmeasured else "") + ")")
+        cells = " | ".join(format_accuracy(kv.get(d)) for d in dists)
+        lines.append(f"| {name} | {cells} | {format_accuracy(r['in_doc'])} |")
+    note = f"(key-value retrieval accuracy at distance D; * = beyond the longest short document, {max_doc_len} tokens"
+    if floor:
+        note += "; floor: the better of copying the last value token and guessing among the values seen, no " \
+                "retrieval needed"
+    lines.append(note + ("; -: not measurable in this window" if unmeasured else "") + ")")
     return "\n".join(lines)
 
 
-# --- what a training run prints and saves ---
+def generic_table(rows: dict, floors: dict | None = None) -> str:
+    """Markdown table of a task's rows ({model: {column: value}}), the floors (if any) as a last row."""
+    columns = list(next(iter(rows.values())))
+    if floors:
+        rows = dict(rows, floor=floors)
+    lines = ["| model | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 1)]
+    for name, r in rows.items():
+        lines.append(f"| {name} | " + " | ".join(format_accuracy(r.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- tasks
+
+
+class Task:
+    """What a run trains on and how its models are judged. A new task is one file that defines a subclass as TASK
+    with a vocabulary size and three methods; `train.py --data my_task.py` takes it (docs/fork.md):
+
+    - batch(kind, window, batch_size, rng): numpy windows of window + 1 tokens: "tokens" (B, L + 1) int64 ids below
+      vocab_size, "positions", "doc_ids" (B, L + 1) and "answers" (B, L + 1) bool, the targets the probes score;
+      kind "long" for the teacher (long documents), "packed" for the students (short documents packed);
+    - probes(window, seed): {column: windows like batch's}, each scored as the argmax accuracy at its answers;
+    - floors(window, seed): {column: accuracy} that needs no learning, or None.
+
+    The rest (the stages a phase trains through, the held-out evaluation, the table) follows from those three.
+    """
+    name = ""  # in front of its runs' names
+    vocab_size = 0
+
+    def batch(self, kind, window, batch_size, rng):
+        raise NotImplementedError
+
+    def probes(self, window, seed):
+        return {}
+
+    def floors(self, window, seed):
+        return None
+
+    def prepare(self, args):
+        """Read what the task needs from files, before anything is written (a bad file fails in one line)."""
+
+    def stages(self, args, seed):
+        """[(name, DataSource, steps, stop at running accuracy or None)]: the phase's own data."""
+        kind = "long" if args.phase == "teacher" else "packed"
+        source = DataSource(functools.partial(self.batch, kind, args.window, args.batch_size), args.batch_size,
+                            seed(2), args.window)
+        return [("main", source, args.steps, None)]
+
+    def evaluate(self, model, args, device, autocast, seeds):
+        """{column: the mean accuracy over the probe seeds}."""
+        scores = {}
+        for seed in seeds:
+            for column, probe in self.probes(args.window, seed).items():
+                scores.setdefault(column, []).append(probe_accuracy(model, probe, device, autocast))
+        return {column: mean_over_seeds(values) for column, values in scores.items()}
+
+    def mean_floors(self, args, seeds):
+        floors = [self.floors(args.window, seed) for seed in seeds]
+        if any(f is None for f in floors):
+            return None
+        return {column: mean_over_seeds([f[column] for f in floors]) for column in floors[0]}
+
+    def table(self, rows, args, floors):
+        return generic_table(rows, floors)
+
+    def quick(self, model, args, device, autocast):
+        """({column: value}, one line) of a quick look while it trains, or None (no quick probe)."""
+        return None
+
+
+class KeyValueTask(Task):
+    """The synthetic language of data.py: key-value records and their queries, with the dense curriculum of short
+    windows before a phase's own data, judged by retrieval against distance and in-document accuracy."""
+
+    def __init__(self, spec=None):
+        self.spec = spec or TaskSpec()
+        self.vocab_size = self.spec.vocab_size
+
+    def stages(self, args, seed, curriculum=()):
+        """The curriculum's stages (config.curriculum_stages: long documents in short windows, up to a running
+        accuracy), then the phase's own data: a long document per window (teacher) or short ones packed."""
+        stages = []
+        for i, (name, window, batch, n_pairs, steps) in enumerate(curriculum):
+            make = functools.partial(synthetic_batch, self.spec, kind="long", batch_size=batch, window=window,
+                                     n_pairs=n_pairs)
+            stages.append((name, DataSource(make, batch, seed(1 if i == 0 else 2 + i), window, n_pairs), steps,
+                           args.curriculum_target))
+        if args.phase == "teacher":
+            n_pairs = args.long_pairs
+            make = functools.partial(synthetic_batch, self.spec, kind="long", batch_size=args.batch_size,
+                                     window=args.window, n_pairs=n_pairs)
+        else:
+            n_pairs = None
+            make = functools.partial(synthetic_batch, self.spec, kind="packed", batch_size=args.batch_size,
+                                     window=args.window, max_doc_len=args.max_doc_len, min_doc_len=args.min_doc_len,
+                                     reset_positions=args.reset_positions, recurrence=args.recurrence)
+        stages.append(("main", DataSource(make, args.batch_size, seed(2), args.window, n_pairs), args.steps, None))
+        return stages
+
+    def evaluate(self, model, args, device, autocast, seeds):
+        return evaluate_heldout(model, self.spec, args.window, args.eval_distances, args.max_doc_len, device,
+                                autocast, args.eval_windows, seeds, args.doc_mask, args.reset_positions)
+
+    def mean_floors(self, args, seeds):
+        return heuristic_floors(self.spec, args.window, args.eval_distances, args.eval_windows, list(seeds))
+
+    def table(self, rows, args, floors):
+        return format_table(rows, args.max_doc_len, floors["best"])
+
+    def quick(self, model, args, device, autocast):
+        """A few probe distances on half the probe windows, on the selection probe seed."""
+        ds = args.eval_distances
+        distances = sorted({ds[1], ds[len(ds) // 2], ds[-2], ds[-1]}) if len(ds) >= 4 else ds
+        row = evaluate(model, self.spec, args.window, distances, args.max_doc_len, device, autocast,
+                       args.eval_windows // 2, seed=SELECTION_SEED, doc_mask=args.doc_mask,
+                       reset_positions=args.reset_positions)
+        line = ", ".join(f"D={d}: {format_accuracy(a)}" for d, a in row["kv"].items())
+        return row, line + f", in-doc {format_accuracy(row['in_doc'])}"
+
+
+class TextTask(Task):
+    """Your own text (train.py --data corpus.txt): UTF-8 bytes (token = byte + 1; 0 separates documents), its end
+    held out (data.build_corpus), judged by the cross-entropy on held-out windows (research/realtext.py adds the
+    loss at each distance into the window and a passkey). encode, sep, vocab_size: another tokenizer's (a lab's, e.g.
+    a real teacher's BPE)."""
+
+    def __init__(self, path, encode=None, sep=0, vocab_size=257, name=None):
+        self.path = path
+        self.encode = encode
+        self.sep = sep
+        self.vocab_size = vocab_size
+        self.name = name or os.path.splitext(os.path.basename(os.path.normpath(path)))[0] + "-"
+        self.corpus = None
+
+    def documents(self):
+        return read_text_documents(self.path, encode=self.encode)
+
+    def prepare(self, args):
+        shuffle = None if args.phase == "teacher" else args.seed
+        self.corpus = build_corpus(self.documents(), self.sep, args.window, args.max_doc_len, shuffle,
+                                   held_window=args.long_window)
+
+    def batch(self, kind, window, batch_size, rng):
+        windows = self.corpus.train
+        idx = rng.integers(0, len(windows["tokens"]), batch_size)
+        return {k: v[idx] for k, v in windows.items()}
+
+    def evaluate(self, model, args, device, autocast, seeds):
+        """{"corpus_ce": mean next-token cross-entropy on the held-out windows (under the run's document mask)}."""
+        held = self.corpus.held_out
+        tokens = held["tokens"][:8 * args.batch_size]
+        doc_ids = held["doc_ids"][:8 * args.batch_size] if args.doc_mask else None
+        return {"corpus_ce": token_losses(model, tokens, device, autocast, doc_ids).mean().item()}
+
+    def table(self, rows, args, floors):
+        lines = [f"{name}: cross-entropy {r['corpus_ce']:.3f} nats/token on held-out windows" for name, r in rows.items()]
+        if args.preset == "tiny":
+            lines.append("(the tiny preset is a smoke test: its models are too small and too briefly trained for "
+                         "these numbers to mean anything)")
+        return "\n".join(lines)
+
+
+@torch.no_grad()
+def token_losses(model, tokens, device, autocast, doc_ids=None) -> torch.Tensor:
+    """(n, L) next-token cross-entropy at each position of windows tokens (n, L + 1), in eval mode; doc_ids (n, L + 1):
+    attend within documents only (as a --doc-mask run trained)."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(len(tokens)):
+        x = torch.as_tensor(tokens[i:i + 1, :-1]).to(device)
+        y = torch.as_tensor(tokens[i, 1:]).to(device)
+        doc = None if doc_ids is None else torch.as_tensor(doc_ids[i:i + 1, :-1]).to(device)
+        with autocast:
+            logits = model(x, None, doc)[0].float()  # (L, V)
+        out.append(F.cross_entropy(logits, y, reduction="none").cpu())
+    model.train(was_training)
+    return torch.stack(out)
+
+
+def load_task_file(path):
+    """The TASK a task file defines (docs/fork.md), or DataError."""
+    spec = importlib.util.spec_from_file_location(os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except (OSError, SyntaxError, ImportError) as e:
+        raise DataError(f"cannot load the task file {path}: {e}") from None
+    task = getattr(module, "TASK", None)
+    if not isinstance(task, Task):
+        raise DataError(f"{path} defines no TASK (an evaluate.Task)")
+    task.name = task.name or spec.name + "-"
+    return task
+
+
+def make_task(args) -> Task:
+    """The task of --data: the synthetic language (none), a task file (.py) or text (a file or a folder)."""
+    if not args.data:
+        return KeyValueTask()
+    if args.data.endswith(".py"):
+        return load_task_file(args.data)
+    return TextTask(args.data)
+
+
+# ----------------------------------------------------------------------------- what a training run prints and saves
 
 START = "step 0"  # results key of a phase-2 student before its first step (phase 1 + the base switch)
 
 
-def quick_eval(model, args, spec, device, autocast, local, step, bar, log):
-    """A few probe distances on half the probe windows, printed under the progress bar and logged."""
-    quick = evaluate(model, spec, args.window, quick_distances(args), args.max_doc_len, device, autocast,
-                     PRESETS[args.preset]["eval_windows"] // 2, seed=SELECTION_SEED, doc_mask=args.doc_mask,
-                     reset_positions=args.reset_positions)
-    bar.write(f"  step {local}: " + ", ".join(f"D={d}: {format_accuracy(a)}" for d, a in quick["kv"].items())
-              + f", in-doc {format_accuracy(quick['in_doc'])}")
-    log.write(json.dumps({"step": step, "eval": quick}) + "\n")
-
-
-def records_placed(stages) -> str:
-    """One line: per synthetic stage, records asked for per window and placed on average in its first batch
-    (data.place_pairs drops a record that finds no free slot: 12-20% in the dense curriculum windows)."""
-    parts = []
-    for name, src, *_ in stages:
-        if src.kind == "long" and src.n_pairs:
-            placed = src.batch(0)["answers"].sum(1).mean()
-            parts.append(f"{name} {src.n_pairs} -> {placed:.1f}")
-    return "  records per window, asked -> placed: " + ", ".join(parts) if parts else None
-
-
-def quick_distances(args):
-    ds = [d for d in PRESETS[args.preset]["eval_distances"] if d < args.window]
-    return sorted({ds[1], ds[len(ds) // 2], ds[-2], ds[-1]}) if len(ds) >= 4 else ds
-
-
-def report_speed(model, args, device, tokens, seconds, spread=0.0, flops=None):
-    """tokens/s of the training steps (all ranks together) and MFU per device (the causal FLOP count over the matmul
-    peak of the dtype in use, measured on rank 0); under torchrun also the ranks and how far their weights differ (0.0).
-    flops: the FLOPs of the steps, each stage counted at its own window (the curriculum's are shorter); without
-    it every token is counted at --window."""
+def report_speed(args, tokens, seconds, ranks=1, spread=0.0):
+    """tokens/s of the training steps (all ranks together, batches included); under torchrun also the ranks and how
+    far their weights differ (0.0). None when no step ran."""
     if not tokens:
         return None
     tok_s = tokens / seconds
-    dtype = args.autocast_dtype  # float32 or bfloat16: what pick_device resolved --dtype to
-    peak = args.peak_flops or matmul_peak_flops(device, getattr(torch, dtype))
-    ranks = dist.world_size()
-    flops = flops if flops is not None else model.flops_per_token(args.window) * tokens  # causal count
-    mfu = flops / seconds / ranks / peak
-    # the teacher's forward is not counted: this is the student's MFU
-    print(f"speed: {tok_s:,.0f} tokens/s over {seconds:.0f} s of steps (batches included, {dtype}); student MFU "
-          f"{mfu:.1%} of {peak / 1e9:,.0f} GFLOP/s ({dtype} matmul peak, {torch.get_num_threads()} threads)"
-          + (f" per rank, {ranks} ranks" if ranks > 1 else ""))
+    threads = torch.get_num_threads()
+    where = f"{threads} thread{'s' if threads > 1 else ''}" if args.device == "cpu" else args.device
+    print(f"speed: {tok_s:,.0f} tokens/s over {seconds:.1f} s of steps (batches included, {args.autocast_dtype}, "
+          f"{where}" + (f" per rank, {ranks} ranks" if ranks > 1 else "") + ")")
     if ranks > 1:
         print(f"ranks: {ranks}, their weights " + ("identical" if spread == 0 else f"differ by up to {spread:.3g}"))
-    return {"tokens_per_s": tok_s, "train_seconds": seconds, "mfu": mfu, "peak_flops": peak, "dtype": dtype,
-            "ranks": ranks,
+    return {"tokens_per_s": tok_s, "train_seconds": seconds, "dtype": args.autocast_dtype, "ranks": ranks,
             "grad_accum": args.grad_accum, "rank_weight_spread": spread}
 
 
-def report(args, models, device, autocast, spec, results_path, speed, corpus=None):
-    """Evaluate the run's `models` ({name: model}: the run, its teacher, START) on the probes, or on --data's
-    corpus; print the table; save the results as JSON (with `speed`, from report_speed, and the commit the run
-    ran on and when it started, from train.train: what a protocol's runs are checked against)."""
-    dists = [d for d in PRESETS[args.preset]["eval_distances"] if d < args.window]
-    n = PRESETS[args.preset]["eval_windows"]
-    if args.data:  # the retrieval probes speak the synthetic language: the corpus loss, and the loss by distance
-        rows = {name: {"corpus_ce": corpus_loss(m, args, corpus, device, autocast)} for name, m in models.items()}
-        for name, r in long_context(models, corpus, args.window, device, autocast, args.doc_mask, args.seed).items():
-            rows[name].update(r)  # and the passkey on held-out text (longctx/report.py)
-    else:
-        rows = {name: evaluate_heldout(m, spec, args.window, dists, args.max_doc_len, device, autocast, n,  # every
-                                       doc_mask=args.doc_mask, reset_positions=args.reset_positions)  # row as the
-                for name, m in models.items()}  # run trained, on the held-out probe seeds
-    floors = None if args.data else heuristic_floors(spec, args.window, dists, n, list(HELDOUT_SEEDS))  # no retrieval
+def report(args, task, models, device, autocast, results_path, speed):
+    """Evaluate the run's `models` ({name: model}: the run, its teacher, START) on the task's held-out probes, print
+    the table, save the results as JSON (with `speed`, the commit the run ran on and when it started: what a
+    protocol's runs are checked against)."""
+    rows = {name: task.evaluate(m, args, device, autocast, HELDOUT_SEEDS) for name, m in models.items()}
+    floors = task.mean_floors(args, HELDOUT_SEEDS)  # what needs no retrieval, on the same probes
     results = {"run": args.run_name, "phase": args.phase, "window": args.window, "rope_base": args.rope_base,
-               "kd_weight": args.kd_weight, "arm": getattr(args, "arm", None), "seed": args.seed,
-               "max_doc_len": args.max_doc_len, "probe_seeds": None if args.data else list(HELDOUT_SEEDS),
-               "results": rows, "floors": floors, "speed": speed, "commit": getattr(args, "commit", None),
-               "started": getattr(args, "started", None)}
+               "kd_weight": args.kd_weight, "seed": args.seed, "max_doc_len": args.max_doc_len,
+               "probe_seeds": list(HELDOUT_SEEDS), "results": rows, "floors": floors, "speed": speed,
+               "commit": getattr(args, "commit", None), "started": getattr(args, "started", None)}
     os.makedirs(args.out_dir, exist_ok=True)
     atomic_write(results_path, lambda f: json.dump(results, f, indent=1), "w")  # a kill leaves old or new
-    if args.data:
-        print("\n".join(f"{name}: cross-entropy {r['corpus_ce']:.3f} nats/token on held-out corpus windows"
-                        for name, r in rows.items()))
-        print(format_long_context(rows, min(LONG_WINDOWS, len(corpus.long)), args.window))
-    else:
-        print(format_table(rows, args.max_doc_len, floors["best"]))
-        print(f"(each value: the mean over the held-out probe seeds {list(HELDOUT_SEEDS)})")
+    print(task.table(rows, args, floors))
+    print(f"(each value: the mean over the held-out probe seeds {list(HELDOUT_SEEDS)})")
     print(f"checkpoint: {os.path.join(args.out_dir, args.run_name + '.pt')}\nresults:    {results_path}")
     return results
 
 
-@torch.no_grad()
-def corpus_loss(model, args, corpus, device, autocast, n_batches=8):
-    """Mean next-token cross-entropy on the held-out windows of the real corpus (up to n_batches batches)."""
-    held = corpus[1]  # the held-out windows of a longctx.corpus.Corpus (runs.load_corpus)
-    total = count = 0
-    for i in range(0, min(len(held["tokens"]), n_batches * args.batch_size), args.batch_size):
-        x, y, pos, doc, _ = to_device({k: v[i:i + args.batch_size] for k, v in held.items()}, device)
-        with autocast:  # under the attention the run trained with
-            total += F.cross_entropy(model(x, pos, doc if args.doc_mask else None).float().flatten(0, 1), y.flatten(), reduction="sum").item()
-        count += y.numel()
-    return total / count
-
-
-def print_side_by_side(args, results, ce_name):
+def print_side_by_side(args, results, ce_name, task=None):
     """Phase 2's table: teacher, step 0, the KD student and its CE-only twin (from its results file)."""
     with open(os.path.join(args.out_dir, ce_name + ".json")) as f:
         ce = json.load(f)
     rows = {"teacher": results["results"]["teacher"], START: results["results"][START],
             "KD student": results["results"][args.run_name], "CE student": ce["results"][ce_name]}
-    if args.data:  # real text: the corpus loss and the long-context report of the four
-        print(f"\nHeld-out text of {args.data}; phase-1 base {args.phase1_base:g} -> phase-2 base {args.rope_base:g}:")
-        print("\n".join(f"{name}: cross-entropy {r['corpus_ce']:.3f} nats/token" for name, r in rows.items()))
-        print(format_long_context(rows, None, args.window))
-        return
     print(f"\nShort documents (<= {args.max_doc_len} tokens) packed into {args.window}-token windows; "
           f"phase-1 base {args.phase1_base:g} -> phase-2 base {args.rope_base:g}:")
-    print(format_table(rows, args.max_doc_len, results["floors"]["best"]))
+    print((task or make_task(args)).table(rows, args, results["floors"]))
+
+
+def source_commit(root=os.path.dirname(os.path.abspath(__file__))):
+    """The git commit the code runs from, with "+dirty" when tracked files differ from it; None outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head.stdout.strip() + ("+dirty" if status.stdout.strip() else "")

@@ -16,7 +16,12 @@ chosen layers. Without it, nothing extra runs.
 Run `python model.py` for the parameter count and FLOPs/token of the default config.
 """
 import math
+import os
+import pickle
+import re
+import tempfile
 import warnings
+import zipfile
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
@@ -24,8 +29,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from formats.checkpoint import (CHECKPOINT_KEYS, CheckpointError, archive_problem, atomic_write,  # noqa: F401
-                                check_config, load_checkpoint, save_checkpoint)  # re-exported: callers import them here
 from rope import apply_rope, rope_cos_sin, rope_frequencies
 
 
@@ -100,8 +103,8 @@ class Attention(nn.Module):
             inspect.k_pre.append(k.detach()); inspect.k_post.append(k_rot.detach())
         if kernel == "reference":
             y = reference_attention(q_rot, k_rot, v, attn_mask)  # (B, H, T, hd)
-        elif kernel == "flex":
-            y = flex_attention(q_rot, k_rot, v, attn_mask)
+        elif kernel in KERNELS:
+            y = KERNELS[kernel](q_rot, k_rot, v, attn_mask)
         else:
             y = sdpa_attention(q_rot, k_rot, v, attn_mask, in_float32)
         return self.wo(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
@@ -187,7 +190,7 @@ def document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     """Block-diagonal causal mask (B, 1, T, T): token t sees token s iff s <= t and same document.
 
     Dense: B * T^2 bools (268 MB at the gpu preset's 16 x 4096), and SDPA with an explicit mask cannot take the
-    flash kernel. `document_block_mask` is the sparse alternative (--attention flex).
+    flash kernel. variants/flex.py's block mask is the sparse alternative (python -m variants --attention flex).
     """
     T = doc_ids.shape[1]
     causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
@@ -195,47 +198,10 @@ def document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
     return (same_doc & causal).unsqueeze(1)
 
 
-def document_block_mask(doc_ids: torch.Tensor, compile_mask: bool | None = None):
-    """The same mask as a flex-attention BlockMask: 128 x 128 tiles, the fully masked ones skipped (PyTorch's
-    FlexAttention, 2024). Memory O(B * (T/128)^2) instead of O(B * T^2).
-
-    compile_mask (default: on CUDA) builds it with torch.compile, tile by tile: built eagerly, it first
-    materialises the B x T x T bools it summarises (394 MiB at B = 2, T = 4096, more than the dense mask).
-    The mask of the last doc_ids is kept, so a step's student and teacher, which see the same batch, share one.
-    """
-    from torch.nn.attention.flex_attention import create_block_mask
-    last = _LAST_BLOCK_MASK.get("doc_ids")
-    if last is not None and last[0] is doc_ids and last[1] == doc_ids._version:
-        return _LAST_BLOCK_MASK["mask"]
-
-    def same_doc_causal(b, h, q, k):
-        return (q >= k) & (doc_ids[b, q] == doc_ids[b, k])
-    B, T = doc_ids.shape
-    compile_mask = doc_ids.is_cuda if compile_mask is None else compile_mask
-    mask = create_block_mask(same_doc_causal, B, None, T, T, device=doc_ids.device, _compile=compile_mask)
-    _LAST_BLOCK_MASK.update(doc_ids=(doc_ids, doc_ids._version), mask=mask)  # holds doc_ids: its id stays unique
-    return mask
-
-
-_LAST_BLOCK_MASK = {}  # {"doc_ids": (the tensor, its version counter), "mask": its BlockMask}
-
-
-def flex_attention(q, k, v, block_mask):
-    """A speed path for --doc-mask: torch's flex_attention with a BlockMask (document_block_mask), the same as
-    reference_attention under document_mask; compiled on CUDA (fused kernel), eager elsewhere (unfused, and no
-    backward on CPU)."""
-    from torch.nn.attention.flex_attention import flex_attention as flex
-    global _compiled_flex
-    enable_gqa = k.shape[1] != q.shape[1]
-    if q.device.type == "cuda":
-        _compiled_flex = _compiled_flex or torch.compile(flex)
-        return _compiled_flex(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
-    with warnings.catch_warnings():  # torch warns that eager flex is unfused: known, it only checks the CUDA path
-        warnings.simplefilter("ignore")
-        return flex(q, k, v, block_mask=block_mask, enable_gqa=enable_gqa)
-
-
-_compiled_flex = None
+# Kernels beyond "sdpa" and "reference", by name (model.attention): objects with mask(doc_ids) -> the mask they
+# read and __call__(q, k, v, mask) -> (B, H, T, hd), each tested equal to reference_attention under document_mask.
+# variants/flex.py registers "flex" (flex attention with a block mask, for --doc-mask on CUDA).
+KERNELS = {}
 
 
 class GPT(nn.Module):
@@ -253,7 +219,7 @@ class GPT(nn.Module):
         inv_freq, self.attention_factor = rope_frequencies(cfg.head_dim, cfg.rope_base, cfg.rope_scaling,
                                                            cfg.max_seq_len)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self.attention = "sdpa"  # the kernel: "sdpa" (default), "reference" (the formula) or "flex" (--attention)
+        self.attention = "sdpa"  # the kernel: "sdpa" (default), "reference" (the formula) or one of KERNELS
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2 scaled init of residual projections
             if name.endswith(("wo.weight", "w_down.weight")):
@@ -284,8 +250,10 @@ class GPT(nn.Module):
         x = self.tok_emb(idx)  # (B, T, C)
         rope = rope_cos_sin(position_ids, self.inv_freq, self.attention_factor, x.dtype)  # 2 x (B, T, hd)
         kernel = self.attention
-        attn_mask = None if doc_ids is None else document_block_mask(doc_ids) if kernel == "flex" else document_mask(doc_ids)
-        if kernel == "flex" and doc_ids is None:
+        attn_mask = None
+        if doc_ids is not None:
+            attn_mask = KERNELS[kernel].mask(doc_ids) if kernel in KERNELS else document_mask(doc_ids)
+        elif kernel in KERNELS:
             kernel = "sdpa"  # plain causal attention: flash is the fast path
         if inspect is not None and inspect.record:
             inspect.residuals.append(x.detach())
@@ -301,28 +269,9 @@ class GPT(nn.Module):
                 inspect.residuals.append(x.detach())
         return self.lm_head(self.norm(x))
 
-    # ------------------------------------------------------------------ accounting
-
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # tied weights are counted once
 
-    def flops_per_token(self, seq_len: int, causal: bool = True) -> float:
-        """Training FLOPs per token: 6N for the weights plus the attention scores and their weighted sum.
-
-        N counts the weights that take part in matmuls: all parameters except the input
-        embedding table (which is a lookup) unless it is tied to the LM head.
-        Attention: nanoGPT's estimate_mfu counts 12 * L * H * Q * T, the full T x T score matrix
-        (causal=False); a causal kernel computes only the lower triangle, about half of it, so the
-        default counts 6 * L * H * Q * T. With the full count MFU rises with the window past what the
-        hardware can do (at window 1024 it is 3/4 of this model's FLOPs).
-        """
-        cfg = self.config
-        n = self.num_params()
-        if not cfg.tie_embeddings:
-            n -= self.tok_emb.weight.numel()
-        n -= sum(p.numel() for name, p in self.named_parameters() if "norm" in name)
-        attention = 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len  # (Q K^T and A V, fwd + bwd) per token
-        return 6 * n + (attention / 2 if causal else attention)
 
 
 def switch_rope(model: GPT, rope_base: float, rope_scaling: dict | None = None, max_seq_len: int | None = None) -> GPT:
@@ -338,32 +287,134 @@ def switch_rope(model: GPT, rope_base: float, rope_scaling: dict | None = None, 
     return switched
 
 
-def student_config(args, init_config=None):
-    """The model config a run trains: from the flags (teacher, phase 1), or phase 1's config (init_config) with
-    phase 2's base, scaling and window (the same weights under a new RoPE: switch_rope). args: config.resolve's."""
-    if init_config is not None:
-        return replace(init_config, rope_base=args.rope_base, rope_scaling=args.scaling, max_seq_len=args.window)
-    return GPTConfig(vocab_size=args.vocab_size, n_layer=args.n_layer, n_head=args.n_head, n_kv_head=args.n_kv_head,
-                     d_model=args.d_model, d_ff=args.d_ff, rope_base=args.rope_base, rope_scaling=args.scaling,
-                     max_seq_len=args.window)
-
-
 # ----------------------------------------------------------------------------- checkpoints
+# Every file a later step reads is written whole or not at all (atomic_write), and read back without running code
+# or trusting it: load_checkpoint checks the archive's checksums before torch.load(weights_only=True), check_config
+# the stored sizes before anything is built, load_model the tensors' shapes against the config.
 
 
-def gpt_shapes(cfg: GPTConfig) -> dict:
-    """{state_dict name: shape} of GPT(cfg), computed without building it (nothing is allocated)."""
-    d, hd, V, ff = cfg.d_model, cfg.head_dim, cfg.vocab_size, cfg.d_ff
-    shapes = {"tok_emb.weight": (V, d), "norm.weight": (d,), "lm_head.weight": (V, d)}  # tied: both names
-    for i in range(cfg.n_layer):
-        p = f"blocks.{i}."
-        shapes.update({p + "attn_norm.weight": (d,), p + "attn.wq.weight": (cfg.n_head * hd, d),
-                       p + "attn.wk.weight": (cfg.n_kv_head * hd, d), p + "attn.wv.weight": (cfg.n_kv_head * hd, d),
-                       p + "attn.wo.weight": (d, cfg.n_head * hd)})
-        if ff:
-            shapes.update({p + "mlp_norm.weight": (d,), p + "mlp.w_gate.weight": (ff, d),
-                           p + "mlp.w_up.weight": (ff, d), p + "mlp.w_down.weight": (d, ff)})
-    return shapes
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, truncated, hostile or of the wrong kind."""
+
+
+CHECKPOINT_KEYS = ("model", "config", "step")
+
+
+def atomic_write(path: str, write, mode: str = "wb"):
+    """Write `path` atomically: write(f) into a temp file in the same folder, flush + fsync, rename over `path`.
+
+    A kill at any moment leaves either the old or the new file, never a truncated one. The file gets the
+    permissions a plain open() would give (0666 less the umask), not the temp file's private 0600.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+    try:
+        with os.fdopen(fd, mode) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_checkpoint(obj: dict, path: str):
+    """Atomic save of a checkpoint dict (atomic_write)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def archive_problem(path: str) -> str | None:
+    """What keeps `path` from being a sound torch.save archive, in words; None if it is one.
+
+    torch.save writes a zip archive whose members carry CRC-32 checksums, so a file cut
+    short or with flipped bytes is found here, before any of it is unpickled.
+    """
+    size = os.path.getsize(path)
+    if size == 0:
+        return "is empty (0 bytes), not a checkpoint"
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04":  # the zip signature every torch.save file starts with
+        return f"is not a checkpoint of this project ({size:,} bytes that are not a torch.save archive)"
+    try:
+        with zipfile.ZipFile(path) as z:
+            if not any(name.endswith("/data.pkl") for name in z.namelist()):
+                return (f"is not a checkpoint of this project (a zip archive of {size:,} bytes without "
+                        f"torch.save's data.pkl)")
+            bad = z.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError):
+        return f"is truncated or corrupt ({size:,} bytes: the end of the archive is missing or damaged)"
+    if bad is not None:
+        return f"is corrupt ({size:,} bytes: its member {bad} fails the checksum)"
+    return None
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    """torch.load with weights_only=True (loading never runs code), then check what came back.
+
+    Every failure is a CheckpointError that says in one line what is wrong with the file.
+    """
+    if os.path.isdir(path):
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    problem = archive_problem(path)
+    if problem:
+        raise CheckpointError(f"{path} {problem}")
+    try:
+        with warnings.catch_warnings():  # torch warns about pickle protocols: not the user's business
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:  # the weights-only unpickler met something it will not build
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(f"{path} holds objects other than tensors and plain data{what}: refused for "
+                              f"safety, nothing in it was run") from None
+    except Exception as e:  # a sound archive that still does not load
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise CheckpointError(f"{path} is corrupt ({os.path.getsize(path):,} bytes): {type(e).__name__}"
+                              + (f": {first}" if first and "weights_only" not in first else "")) from None
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
+        raise CheckpointError(f"{path} is not a checkpoint of this project (a torch.save file without the keys "
+                              f"{', '.join(CHECKPOINT_KEYS)})")
+    return ckpt
+
+
+# Sizes a stored config may declare: far above any model this project trains or loads (formats/hf.py has the same
+# for config.json), far below what would exhaust memory before the tensors' own shapes are compared.
+CONFIG_BOUNDS = {"vocab_size": (1, 1 << 22), "n_layer": (1, 1024), "n_head": (1, 1024), "n_kv_head": (1, 1024),
+                 "d_model": (2, 1 << 16), "d_ff": (0, 1 << 20), "max_seq_len": (1, 1 << 24)}
+
+
+def check_config(config, path: str):
+    """CheckpointError unless `config` (a checkpoint's "config" entry) has sizes that are integers within
+    CONFIG_BOUNDS, finite positive floats for rope_base and norm_eps, a bool tie_embeddings and a dict or None
+    rope_scaling. Nothing is built or allocated here."""
+    def bad(what):
+        return CheckpointError(f"{path} does not hold a model of this project: its config {what}")
+    if not isinstance(config, dict):
+        raise bad(f"is a {type(config).__name__}, not a dict")
+    for key, (lo, hi) in CONFIG_BOUNDS.items():
+        v = config.get(key)
+        if key in config and (isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi):
+            raise bad(f"has {key} {v!r}: it must be an integer from {lo} to {hi:,}")
+    for key in ("rope_base", "norm_eps"):
+        v = config.get(key)
+        if key in config and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+                              or v <= 0):
+            raise bad(f"has {key} {v!r}: it must be a finite number > 0")
+    if not isinstance(config.get("tie_embeddings", True), bool):
+        raise bad(f"has tie_embeddings {config['tie_embeddings']!r}: it must be true or false")
+    if not isinstance(config.get("rope_scaling"), (dict, type(None))):
+        raise bad(f"has rope_scaling {config['rope_scaling']!r}: it must be a dict or null")
+
+
 
 
 def load_model(path: str, device="cpu"):
@@ -378,7 +429,9 @@ def load_model(path: str, device="cpu"):
     except (TypeError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path} does not hold a model of this project: its config {first[:200]}") from None
-    weights, expected = ckpt["model"], gpt_shapes(cfg)
+    weights = ckpt["model"]
+    with torch.device("meta"):  # the shapes GPT(cfg) has, without allocating them
+        expected = {k: tuple(v.shape) for k, v in GPT(cfg).state_dict().items()}
     if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
         raise CheckpointError(f"{path} does not hold a model of this project: its 'model' entry is not a dict "
                               f"of tensors")
@@ -398,5 +451,4 @@ if __name__ == "__main__":
     cfg = GPTConfig()
     model = GPT(cfg)
     print(cfg)
-    print(f"parameters: {model.num_params():,}; training FLOPs/token at window {cfg.max_seq_len}: "
-          f"{model.flops_per_token(cfg.max_seq_len):,.0f}")
+    print(f"parameters: {model.num_params():,}")

@@ -5,14 +5,14 @@ Paper idea: finding 1 of "Short Data, Long Context" (arXiv 2604.06070) is that
 a large base once it is long, so that each phase uses as much of the rotational
 spectrum as it can. This file makes every quantity behind that statement explicit:
 
-- `rope_frequencies`: inv_freq for a base plus the Hugging Face `rope_scaling`
-  variants (linear, dynamic NTK, NTK-aware, YaRN, llama3), each returning
+- `rope_frequencies`: inv_freq for a base (the base change of ABF, the paper's extension), or a Hugging Face
+  `rope_scaling` variant (linear, dynamic NTK, NTK-aware, YaRN, llama3: variants/rope_scaling.py), each returning
   (inv_freq, attention_factor) like HF `modeling_rope_utils.py`.
 - `rope_cos_sin` / `apply_rope`: the rotation itself, for arbitrary (B, T) position
   ids (packed windows and the perturbation experiment need them), rotate-half layout.
 - Spectrum tools: wavelengths, rotations over a window, the critical dimension of
-  Liu et al. 2023, spectrum utilization, the lower bound on the base of
-  Men et al. 2024, and the distances at which one pair has turned whole times (a phase alias).
+  Liu et al. 2023, spectrum utilization (interp/spectrum.py adds the lower bound on the base of
+  Men et al. 2024 and the distances at which one pair has turned whole times, a phase alias).
 
 Pairs and dimensions, one vocabulary: a head of d dimensions holds d/2 frequency pairs;
 pair i turns at the frequency base^(-2i/d). Counted in dimensions, as Su et al. and
@@ -23,12 +23,10 @@ critical dimension d_extra (Liu et al.'s number, printed as "crit dim") is alway
 and names the critical pair d_extra / 2: for d = 32 and a 1,024-token window, critical
 dimension 18 is pair 9 at base 1e4, and 14 is pair 7 at base 5e5.
 
-Run `python rope.py --head-dim 64 --window 1024 --base 10000 500000` for a table.
+`python -m interp spectrum --head-dim 64 --bases 10000 500000 --windows 1024` prints and draws the figures.
 """
-import argparse
 import math
 
-import numpy as np
 import torch
 
 # ----------------------------------------------------------------------------- frequencies
@@ -44,73 +42,10 @@ def default_inv_freq(head_dim: int, base: float) -> torch.Tensor:
     return (1.0 / base**exponents).float()
 
 
-def _need(scaling: dict, *keys):
-    """Return scaling[k] for each key, with a clear error naming a missing one."""
-    missing = [k for k in keys if k not in scaling]
-    if missing:
-        raise ValueError(f"rope_scaling of type {scaling.get('rope_type')!r} needs key(s) {missing}")
-    values = [float(scaling[k]) for k in keys]
-    return values[0] if len(values) == 1 else values
-
-
-def _linear(head_dim, base, scaling, seq_len):
-    # Position interpolation (Chen et al. 2023): every frequency divided by s.
-    factor = _need(scaling, "factor")
-    return default_inv_freq(head_dim, base) / factor, 1.0
-
-
-def _ntk(head_dim, base, scaling, seq_len):
-    # NTK-aware scaling (bloc97 2023): base' = base * s^(d/(d-2)).
-    factor = _need(scaling, "factor")
-    return default_inv_freq(head_dim, base * factor ** (head_dim / (head_dim - 2))), 1.0
-
-
-def _dynamic(head_dim, base, scaling, seq_len):
-    # Dynamic NTK (HF): base' = base * ((s*L/L_orig) - (s-1))^(d/(d-2)), only when L > L_orig.
-    factor, orig = _need(scaling, "factor", "original_max_position_embeddings")
-    seq_len = max(seq_len or orig, orig)
-    new_base = base * ((factor * seq_len / orig) - (factor - 1)) ** (head_dim / (head_dim - 2))
-    return default_inv_freq(head_dim, new_base), 1.0
-
-
-def _yarn(head_dim, base, scaling, seq_len):
-    # YaRN (Peng et al. 2023), as in HF `_compute_yarn_parameters`.
-    factor, orig = _need(scaling, "factor", "original_max_position_embeddings")
-    beta_fast = float(scaling.get("beta_fast", 32.0))
-    beta_slow = float(scaling.get("beta_slow", 1.0))
-
-    def correction_dim(rotations):  # the pair index that completes `rotations` turns in orig
-        return head_dim * math.log(orig / (rotations * 2 * math.pi)) / (2 * math.log(base))
-
-    low = max(math.floor(correction_dim(beta_fast)), 0)
-    high = min(math.ceil(correction_dim(beta_slow)), head_dim - 1)
-    if low == high:
-        high += 0.001  # avoid a division by zero, as HF does
-    ramp = ((torch.arange(head_dim // 2, dtype=torch.float32) - low) / (high - low)).clamp(0, 1)
-    inv = default_inv_freq(head_dim, base)
-    inv_freq = (inv / factor) * ramp + inv * (1 - ramp)  # interpolate slow pairs, keep fast ones
-    # attention_factor multiplies cos and sin (rope_cos_sin), so q.k by its square: 0.1 ln s + 1 on each of q, k
-    attention_factor = scaling.get("attention_factor")
-    if attention_factor is None:
-        attention_factor = 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
-    return inv_freq, float(attention_factor)
-
-
-def _llama3(head_dim, base, scaling, seq_len):
-    # Llama 3.1 (Meta 2024), as in HF `_compute_llama3_parameters`.
-    factor, low_ff, high_ff, orig = _need(
-        scaling, "factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
-    inv = default_inv_freq(head_dim, base)
-    wavelen = 2 * math.pi / inv
-    low_wavelen, high_wavelen = orig / low_ff, orig / high_ff
-    scaled = torch.where(wavelen > low_wavelen, inv / factor, inv)  # long waves: divide by s
-    smooth = (orig / wavelen - low_ff) / (high_ff - low_ff)
-    blended = (1 - smooth) * scaled / factor + smooth * scaled
-    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-    return torch.where(medium, blended, scaled), 1.0
-
-
-ROPE_VARIANTS = {"linear": _linear, "ntk": _ntk, "dynamic": _dynamic, "yarn": _yarn, "llama3": _llama3}
+# Scaling variants by rope_type (linear, dynamic, yarn, llama3, ...): each a function (head_dim, base, scaling dict,
+# seq_len) -> (inv_freq, attention_factor), as Hugging Face's modeling_rope_utils.py. variants/rope_scaling.py
+# registers them here; the core trains with a base change alone (ABF).
+SCALINGS = {}
 
 
 def scaling_type(scaling: dict | None) -> str | None:
@@ -124,9 +59,10 @@ def rope_frequencies(head_dim: int, base: float, scaling: dict | None = None, se
     rope_type = scaling_type(scaling)
     if rope_type is None:
         return default_inv_freq(head_dim, base), 1.0
-    if rope_type not in ROPE_VARIANTS:
-        raise ValueError(f"unknown rope_type {rope_type!r}; choose one of default, {', '.join(ROPE_VARIANTS)}")
-    return ROPE_VARIANTS[rope_type](head_dim, base, scaling, seq_len)
+    if rope_type not in SCALINGS:
+        known = ", ".join(["default", *SCALINGS]) + (" (variants/rope_scaling.py has more)" if not SCALINGS else "")
+        raise ValueError(f"unknown rope_type {rope_type!r}; choose one of {known}")
+    return SCALINGS[rope_type](head_dim, base, scaling, seq_len)
 
 
 # ----------------------------------------------------------------------------- rotation
@@ -195,42 +131,9 @@ def spectrum_utilization(head_dim: int, base: float, window: int) -> float:
     return float((rotations(default_inv_freq(head_dim, base), window) >= 1).double().mean())
 
 
-def turn_distances(head_dim, base, pair, max_distance):
-    """[D <= max_distance] where RoPE pair `pair` has turned k = 1, 2, ... whole times: D = 2 pi k / theta_pair,
-    theta_pair = base^(-2 pair / head_dim) (default_inv_freq). At such a D that pair's rotation is the
-    identity, as at D = 0, so a query-key match that relies on it looks like a short-range one there."""
-    period = 2 * math.pi / float(default_inv_freq(head_dim, base)[pair])
-    return [period * k for k in range(1, int(max_distance // period) + 1)]
-
-
 def full_rotation_base(head_dim: int, window: int) -> float:
     """Base at which the slowest pair (i = d/2-1) turns exactly once over L: (L/2pi)^(d/(d-2))."""
     return (window / (2 * math.pi)) ** (head_dim / (head_dim - 2))
-
-
-def _base_bound_holds(head_dim: int, base: float, window: int) -> bool:
-    m = np.arange(window, dtype=np.float64)[:, None]  # (L, 1) relative distances
-    theta = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)  # (d/2,)
-    return bool((np.cos(m * theta).sum(axis=1) >= 0).all())
-
-
-def men_lower_bound(head_dim: int, window: int, step: float = 1.005, hi: float = 1e12) -> float:
-    """Smallest base with sum_i cos(m * base^(-2i/d)) >= 0 for all m < L (Men et al. 2024, arXiv 2405.14591).
-
-    Brute force: scan bases upward from L/2 on a 0.5% geometric grid (the condition is not
-    monotone in the base: it holds in narrow islands below the final threshold, e.g. near
-    4.3e3 for d=128, L=1K, so a coarse grid overshoots), then bisect the last step.
-    """
-    base = max(window / 2, 2.0)
-    while not _base_bound_holds(head_dim, base, window):
-        base *= step
-        if base > hi:
-            raise ValueError(f"no base below {hi:g} satisfies the bound for d={head_dim}, L={window}")
-    low, high = base / step, base
-    for _ in range(20):
-        mid = math.sqrt(low * high)
-        low, high = (low, mid) if _base_bound_holds(head_dim, mid, window) else (mid, high)
-    return high
 
 
 def spectrum_summary(head_dim: int, base: float, window: int) -> dict:
@@ -250,28 +153,3 @@ def format_spectrum(s: dict) -> str:
     return (f"RoPE base {s['base']:g}, window {s['window']}, head_dim {s['head_dim']}: critical dim "
             f"{s['critical_dim']}, utilization {s['utilization']:.2f}, slowest pair turns "
             f"{s['slowest_rotations']:.3g}x (full-rotation base {s['full_rotation_base']:.3g})")
-
-
-def main():
-    p = argparse.ArgumentParser(description="Print the RoPE spectrum figures for some bases and one window.")
-    p.add_argument("--head-dim", type=int, default=32, help="attention head dimension d (even)")
-    p.add_argument("--window", type=int, default=1024, help="context window L in tokens")
-    p.add_argument("--base", type=float, nargs="+", default=[1e4, 5e5], help="one or more RoPE bases")
-    args = p.parse_args()
-    try:
-        print(f"head_dim {args.head_dim}, window {args.window}; full-rotation base "
-              f"{full_rotation_base(args.head_dim, args.window):.4g}; Men lower bound "
-              f"{men_lower_bound(args.head_dim, args.window):.4g}")
-        # crit dim: the critical dimension d_extra (pair d_extra / 2 is the first that never turns once)
-        print(f"{'base':>10} {'crit dim':>9} {'util':>6} {'slowest turns':>14} {'fastest wavelength':>19}")
-        for base in args.base:
-            s = spectrum_summary(args.head_dim, base, args.window)
-            lam = wavelengths(default_inv_freq(args.head_dim, base))
-            print(f"{base:>10g} {s['critical_dim']:>9d} {s['utilization']:>6.2f} "
-                  f"{s['slowest_rotations']:>14.3g} {float(lam[0]):>19.3g}")
-    except ValueError as e:
-        raise SystemExit(f"error: {e}")
-
-
-if __name__ == "__main__":
-    main()

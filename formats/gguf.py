@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from formats.checkpoint import FormatError
+from formats.files import FormatError
 
 GGUF_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head",
               "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",

@@ -28,11 +28,12 @@ import sys
 
 import torch
 
-from formats.checkpoint import FormatError, atomic_folder
+from formats.files import FormatError, atomic_folder
 from formats.gguf import gguf_config, gguf_field, gguf_hf_name, gguf_state_dict, open_gguf
 from formats.gguf import GGUF_NAMES, llama_cpp_permute, llama_cpp_unpermute  # noqa: F401 (formats.hf's names too)
 from model import GPT, CheckpointError, GPTConfig, atomic_write, load_model
 from rope import rope_frequencies, scaling_type
+import variants.rope_scaling  # noqa: F401 (real models may carry a rope_scaling: its variants registered)
 from formats.tokenizer import Tokenizer
 
 WEIGHTS, INDEX, CONFIG = "model.safetensors", "model.safetensors.index.json", "config.json"

@@ -7,7 +7,7 @@ amp_i cos(theta_i D - phi_i) (RoFormer, Su et al. 2021, the relative form of the
 wavelength 2 pi / theta_i is longer than the window barely turn over it and carry the content match; faster
 pairs add a term that wanders with D. Where the fast terms turn negative together the match loses its margin
 over the other tokens, and retrieval at that distance fails for a reason visible without any data.
-`python analyze.py match --ckpt CKPT` prints and draws it; the head is the layer-0 head with the best margin.
+`python -m interp match --ckpt CKPT` prints and draws it; the head is the layer-0 head with the best margin.
 """
 import math
 
@@ -106,7 +106,7 @@ def record_attention(model, batch, head: int, distance: int) -> float:
 
 
 def match_markdown(res) -> str:
-    """The measured rows of `analyze.py match`'s JSON as a table: per model, the fast pairs' part of the self-match
+    """The measured rows of `python -m interp match`'s JSON as a table: per model, the fast pairs' part of the self-match
     and the head's attention to the record at each measured distance."""
     models = list(res["models"].items())
     ds = sorted(int(d) for d in models[0][1]["measured"])

@@ -3,7 +3,7 @@
 Between a phase-1 checkpoint and a phase-2 student of the same architecture: the relative update of each head's
 rows of W_q / W_k that one RoPE pair rotates (pair i: rows i and i + head_dim/2, the rotate-half layout), and the
 relative change of the mean query norm per pair on a fixed probe, next to the critical pair of each (base,
-window). The paper expects the largest updates around and beyond the critical pair. `python analyze.py qupdate`
+window). The paper expects the largest updates around and beyond the critical pair. `python -m interp qupdate`
 runs this on checkpoints and draws it (viz.plots.plot_qupdate); research/finding3.py repeats it over seeds.
 """
 import numpy as np

@@ -5,20 +5,85 @@ student. A real teacher (a pretrained LLM, formats/hf.py) costs far more than a 
 on a window never change: they are computed once per training window and kept as their k most likely tokens
 (distill.teacher_topk), in a safetensors file keyed by everything they depend on: the teacher's files, the
 device and dtype it ran in, k, and a hash of the exact windows (edited text gives other windows, another key).
-`CachedTopK` then stands in for the teacher in train.py's loop: called like a teacher on a batch of training
-windows it returns their cached top-k (distill.TopK), and distill.kd_loss takes the forward KL over those k
-tokens plus one bucket for the rest (distill.topk_forward_kl).
+`CachedTopK` then stands in for the teacher in train.py's loop (train.Lab.teacher): called like a teacher on a
+batch of training windows it returns their cached top-k (`TopK`), and the KD term (`topk_kd_loss`, the KD term
+train.training_loss takes from the lab) is the forward KL over those k tokens plus one bucket for the rest
+(`topk_forward_kl`).
 """
 import hashlib
 import json
 import os
 import time
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from distill import TopK, teacher_topk
-from scale import dist
+from config import is_main
+from train import barrier
+
+
+# ----------------------------------------------------------------------------- the top-k KL
+# A real teacher costs far more than a small student: its logits can be computed once and kept as
+# their k most likely tokens per position (a (B, T, k) id and log-prob pair instead of (B, T, V)).
+# The loss then compares the two distributions coarsened to k + 1 outcomes: each of the teacher's
+# k tokens, and one bucket "any other token" holding the rest of the mass. That is a true KL
+# (between two distributions on k + 1 outcomes): >= 0, zero with zero gradient when the student
+# equals the teacher, equal to the full forward KL when k = V, and never above it (coarsening
+# cannot increase a KL: the data-processing inequality). Dropping the bucket would not be a
+# divergence: its minimum puts all the student's mass on the k tokens.
+
+
+def teacher_topk(logits, k):
+    """(ids int64 (..., k), log-probs float32 (..., k)) of the k most likely next tokens."""
+    logp, ids = torch.topk(F.log_softmax(logits.float(), -1), k, dim=-1)
+    return ids, logp
+
+
+def topk_forward_kl(student_logp, top_ids, top_logp):
+    """KL(p_t || p_s) over the teacher's k tokens plus one bucket for the rest, per position (...,).
+
+    = sum_k p_t (log p_t - log p_s) + r_t (log r_t - log r_s), r = 1 - sum_k p (the mass outside
+    the k tokens). student_logp: log-softmax (..., V); top_ids, top_logp: teacher_topk (..., k).
+    k = V gives forward_kl exactly (no rest).
+    """
+    log_ps = student_logp.gather(-1, top_ids)  # (..., k)
+    kl = (top_logp.exp() * (top_logp - log_ps)).sum(-1)  # (...,)
+    if top_ids.shape[-1] == student_logp.shape[-1]:
+        return kl
+    rest_t = (-torch.expm1(torch.logsumexp(top_logp, -1))).clamp(min=0)  # (...,) teacher mass outside
+    log_rest_s = student_logp.scatter(-1, top_ids, float("-inf")).logsumexp(-1)  # (...,) log of the student's
+    return kl + torch.xlogy(rest_t, rest_t) - rest_t * log_rest_s
+
+
+class TopK(NamedTuple):
+    """What a cached teacher answers instead of logits: its k most likely next tokens, ids int64 (..., k) and
+    log-probs float32 (..., k) (teacher_topk)."""
+    ids: torch.Tensor
+    logp: torch.Tensor
+
+    def clone(self):  # as logits.clone(): normal tensors out of inference mode (teacher_logits)
+        return TopK(self.ids.clone(), self.logp.clone())
+
+
+def topk_kd_loss(student_logits, top, mask=None, temperature=1.0, chunk_size=0, total=None):
+    """(loss, divergence): the mean over unmasked tokens of topk_forward_kl between the student's logits
+    (B, T, V) and a cached teacher's TopK (B, T, k); mask (B, T) bool, True = use. The KD term's signature
+    (distill.kd_loss, train.training_loss's kd); no temperature: the cache holds the teacher's probabilities at
+    T = 1 (variants checks that T is 1)."""
+    kl = topk_forward_kl(F.log_softmax(student_logits.float(), -1), top.ids, top.logp)  # (B, T)
+    loss = kl.mean() if mask is None else (kl * mask).sum() / mask.sum().clamp(min=1)
+    return loss, loss.detach()
+
+
+def topk_coverage(top_logp):
+    """Mean share of the teacher's probability mass its k tokens hold (what the top-k loss sees exactly)."""
+    return top_logp.exp().sum(-1).mean().item()
+
+
+# ----------------------------------------------------------------------------- the cache
 
 
 def teacher_identity(path) -> list:
@@ -111,13 +176,13 @@ def topk_teacher(teacher, teacher_path, windows, k, out_dir, device):
     windows = torch.as_tensor(np.asarray(windows, dtype=np.int64))
     key = cache_key(teacher_path, teacher, device, k, windows)
     path = cache_path(out_dir, k, key)
-    if dist.is_main():
+    if is_main():
         os.makedirs(out_dir, exist_ok=True)
         cached = os.path.isfile(path)
         ids, logp = cached_teacher_topk(teacher, windows, k, path, key, device)
         print(f"teacher top-{k}: {'read from' if cached else 'computed on the training windows and cached in'} "
               f"{path}")
-    dist.barrier()
-    if not dist.is_main():
+    barrier()
+    if not is_main():
         ids, logp = cached_teacher_topk(teacher, windows, k, path, key, device)
     return CachedTopK(windows, ids, logp)

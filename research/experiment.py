@@ -38,9 +38,10 @@ import time
 import numpy as np
 
 from config import PRESETS, check_out_dir, fail, phase1_name
-from distill import ARMS
+from variants.arms import ARMS
 from model import atomic_write
-from rope import critical_pair, men_lower_bound
+from interp.spectrum import men_lower_bound
+from rope import critical_pair
 from research.robustness import LARGE, robustness
 from research.robustness import verdicts, wilson_interval  # noqa: F401 (experiment's names too)
 
@@ -72,8 +73,9 @@ def run_name(loss, b1, b2, seed, p1_seed=0):
 
 
 def launch(argv, log_path, threads):
-    """train.py argv as a process, its output in log_path; threads: --threads for it (0: train.py's default)."""
-    cmd = [sys.executable, os.path.join(ROOT, "train.py")] + argv + (["--threads", str(int(threads))] if threads else [])
+    """A run of train.py's flags and variants' (python -m variants: --arm, --phase1-base, ...) as a process, its output
+    in log_path; threads: --threads for it (0: train.py's default)."""
+    cmd = [sys.executable, "-m", "variants"] + argv + (["--threads", str(int(threads))] if threads else [])
     return subprocess.Popen(cmd, stdout=open(log_path, "w"), stderr=subprocess.STDOUT, cwd=ROOT)
 
 
@@ -323,8 +325,8 @@ def main(argv=None):
     print("4/4 results")
     print(summarize(args))
     if not args.no_analysis:
-        subprocess.run([sys.executable, os.path.join(ROOT, "analyze.py"), "all", "--dir", args.out_dir, "--device",
-                        args.device], check=True)
+        subprocess.run([sys.executable, "-m", "interp", "all", "--dir", args.out_dir, "--device", args.device],
+                       check=True, cwd=ROOT)
     print(f"wall time: {(time.time() - t0) / 60:.1f} min")
 
 

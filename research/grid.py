@@ -25,6 +25,8 @@ import subprocess
 import sys
 import time
 
+from model import atomic_write
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_PY = os.path.join(ROOT, "train.py")
 
@@ -226,8 +228,7 @@ def run(stage, out, heads64, slots=2, poll=20):
             del running[key]
             LAUNCHED.discard(key)
             if code != 0:
-                with open(os.path.join(out, key + ".failed"), "w") as f:
-                    f.write(f"exit code {code}\n")
+                atomic_write(os.path.join(out, key + ".failed"), lambda f: f.write(f"exit code {code}\n"), "w")
                 print(f"{time.strftime('%H:%M')} {key}: exit code {code}", flush=True)
             else:
                 print(f"{time.strftime('%H:%M')} {key}: done", flush=True)
@@ -254,7 +255,7 @@ def measure(out, what, seed, model=None):
 
     from data import TaskSpec
     from evaluate import evaluate, evaluate_heldout
-    from model import atomic_write, load_model, switch_rope
+    from model import load_model, switch_rope
     torch.set_num_threads(1)
     cpu = torch.device("cpu")
     phase1 = os.path.join(out, phase1_run(seed) + ".pt")

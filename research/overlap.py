@@ -29,10 +29,24 @@ from model import atomic_write
 LONG = (512, 768, 900)  # the long-range summary: the mean over these distances (present in every row format)
 
 
+def key_recurrence(spec, batch):
+    """Fraction of records whose key already appeared in an earlier document of the same window."""
+    hits = total = 0
+    for tok, doc in zip(batch["tokens"], batch["doc_ids"]):
+        is_key = (tok >= 1) & (tok <= spec.n_keys)
+        for d in np.unique(doc):
+            keys_here = set(tok[(doc == d) & is_key].tolist())
+            before = set(tok[(doc < d) & is_key].tolist())
+            hits += len(keys_here & before)
+            total += len(keys_here)
+    return hits / max(total, 1)
+
+
+
 def overlap_stats(rate, n_windows=64, seed=0):
     """What the packer makes at a rate (None: uniform keys): the measured share of records reusing a key of an
     earlier document, far-back value targets and answers per 1024-token window (phase 2's documents of 32-128)."""
-    from data import TaskSpec, key_recurrence, synthetic_batch
+    from data import TaskSpec, synthetic_batch
     spec = TaskSpec()
     batch = synthetic_batch(spec, np.random.default_rng(seed), "packed", n_windows, 1024, 128, 32, recurrence=rate)
     return {"recurrence_measured": round(key_recurrence(spec, batch), 3),

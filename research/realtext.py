@@ -35,17 +35,17 @@ import numpy as np
 import torch
 
 import train
-from config import build_parser, fail, resolve
-from data import pack_documents
+from config import build_parser, fail, pick_device, resolve, run_path
+from data import Corpus, pack_documents
 from distill import freeze_teacher
+from evaluate import TextTask
 from formats.hf import load_gguf, load_pretrained, write_json
-from longctx.corpus import Corpus
-from longctx.report import bucket_losses, passkey_accuracy, token_losses
+from formats.tokenizer import Tokenizer
+from evaluate import token_losses
+from longctx.report import bucket_losses, passkey_accuracy
 from longctx.topk import topk_teacher
 from model import GPT, CheckpointError, GPTConfig, load_model
-from formats.tokenizer import Tokenizer
-from runs import run_path
-from scale.device import pick_device
+from variants import train as variants
 
 PRESETS = {  # tiny: tests; cpu: about 20-30 minutes on one shared core; gpu: the scale-up (not run here)
     "tiny": dict(d_model=16, n_layer=1, n_head=2, d_ff=0, window=64, max_doc_len=16, min_doc_len=4,
@@ -153,12 +153,15 @@ def student_argv(args, p, name, kd_weight, vocab, rope_base):
     return argv + [str(a) for kv in sizes.items() for a in kv]
 
 
-def train_student(args, p, corpus, kd_weight, name, vocab, rope_base):
+def train_student(args, p, task, kd_weight, name, vocab, rope_base):
     """A student from scratch (same init and batches for every kd_weight), trained by train.py's loop on
-    (1 - w) CE + w top-k KD. Returns (model in eval mode, [(step, CE, top-k KL or None)] every 25 steps)."""
-    targs = resolve(build_parser().parse_args(student_argv(args, p, name, kd_weight, vocab, rope_base)))
+    (1 - w) CE + w top-k KD (python -m variants' hooks). Returns (model in eval mode, [(step, CE, top-k KL or None)]
+    every 25 steps)."""
+    opts, rest = variants.parse(student_argv(args, p, name, kd_weight, vocab, rope_base))
+    lab = variants.Variants(opts)
+    targs = resolve(build_parser().parse_args(rest), lab)
     device, _ = pick_device(targs)
-    train.train(targs, (corpus, None))
+    train.train(targs, task, None, lab)
     model, _ = load_model(run_path(targs, ".pt"), device)
     with open(run_path(targs, ".jsonl")) as f:
         steps = [r for r in map(json.loads, f) if "ce" in r]  # train.py's step log: step counted from 1
@@ -235,13 +238,14 @@ def run_experiment(args):
     cfg = GPTConfig(vocab_size=len(tok), n_layer=p["n_layer"], n_head=p["n_head"], n_kv_head=p["n_head"],
                     d_model=p["d_model"], d_ff=p["d_ff"], rope_base=teacher.config.rope_base, max_seq_len=p["window"])
     segs = held_out_segments(held, tok, p["eval_docs"], p["window"])
-    corpus = Corpus(as_windows(windows, tok.eos_id), as_windows(segs[:1], tok.eos_id), segs.numpy(), tok.encode,
-                    tok.eos_id)  # train.py's own end-of-run report reads the held-out stretches too
+    task = TextTask(args.plays, tok.encode, tok.eos_id, len(tok))  # the plays, read here: its corpus is set, not read
+    task.corpus = Corpus(as_windows(windows, tok.eos_id), as_windows(segs[:1], tok.eos_id),
+                         segs.numpy())  # train.py's own end-of-run report reads the held-out stretches too
     models, histories = {"teacher": teacher}, {}
     for name, w in (("KD student", 0.5), ("CE student", 0.0)):
         log(f"{name}: {GPT(cfg).num_params():,} parameters, loss {1 - w:g} CE + {w:g} KD, {p['steps']} steps")
         t0 = time.time()
-        models[name], histories[name] = train_student(args, p, corpus, w, name, len(tok), teacher.config.rope_base)
+        models[name], histories[name] = train_student(args, p, task, w, name, len(tok), teacher.config.rope_base)
         times[name.split()[0] + "_train_s"] = time.time() - t0
     t0 = time.time()
     prompts = passkey_prompts(tok, p["passkey_distances"], p["passkey_trials"], args.seed)

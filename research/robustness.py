@@ -19,7 +19,8 @@ import os
 import numpy as np
 
 from config import PRESETS, build_parser, fail, phase1_name, resolve
-from distill import ARMS, CE_ARMS
+from variants import train as variants
+from variants.arms import ARMS, CE_ARMS
 from model import atomic_write
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +46,9 @@ def robustness_grid(args):
                         "--arm", arm, "--no-baseline", "--no-auto", "--preset", args.preset, "--out-dir", args.out_dir,
                         "--device", args.device, "--dtype", args.dtype]
                 argv += ["--steps", str(args.steps)] if args.steps else []
-                grid.append((p1, seed, arm, resolve(build_parser().parse_args(argv)).run_name, argv))
+                opts, rest = variants.parse(argv)
+                grid.append((p1, seed, arm, resolve(build_parser().parse_args(rest), variants.Variants(opts)).run_name,
+                             argv))
     return grid
 
 
@@ -233,7 +236,8 @@ def run_probes(args, grid, done_names):
     import torch
     from contextlib import nullcontext
     from data import TaskSpec
-    from evaluate import HELDOUT_SEEDS, heuristic_floors, needle_probe, needle_sweep, position_sweep, recurring_signal
+    from evaluate import HELDOUT_SEEDS, heuristic_floors
+    from interp.probes import needle_probe, needle_sweep, position_sweep, recurring_signal
     path = os.path.join(args.docs_dir, f"probes{results_suffix(args)}.json")
     setup = {"probe_seeds": list(HELDOUT_SEEDS), "starts": list(SWEEP_STARTS), "distances": list(SWEEP_DISTANCES),
              "band": SWEEP_BAND, "windows_per_cell": SWEEP_WINDOWS, "needle_distances": list(NEEDLE_DISTANCES)}
@@ -370,7 +374,7 @@ def band_rows(out_dir, phase1_seed, phase2_seed=0, n_windows=16, suffix="", seed
               arms=("step0", "kd", "ce")):
     """Band rows (BAND_CRITERION's band, D = 256 and 900) of step 0, the KD student and its CE twin, each value the
     mean over the probe `seeds` (None: the held-out ones; a screen asks for the selection probe, [0]). `suffix`: the
-    phase-2 runs' name suffix for a variant (config.variant_suffix: -rec0.1, -ramp128.256.512x150, ...)."""
+    phase-2 runs' name suffix for a variant (config.run_name, variants.train.Variants.suffix: -rec0.1, -ramp128.256.512x150, ...)."""
     from contextlib import nullcontext
 
     import torch

@@ -7,7 +7,7 @@ and a vocabulary-wide KL. This script measures that price on one device:
 1. tokens/s of a CE train step (forward, CE, backward, AdamW: train.train_step without a
    teacher), of a KD train step with a same-size teacher (kd_weight 0.5), and of the teacher
    forward alone (distill.teacher_logits); the KD/CE step-time ratio; the MFU of the CE step,
-   model.flops_per_token(window) (causal attention: half the T x T scores) * tokens/s over the
+   flops_per_token(model, window) (causal attention: half the T x T scores) * tokens/s over the
    matmul peak of the dtype in use (scale.device.matmul_peak_flops: best of several sizes and runs);
 2. the extra peak memory of distill.kd_loss (forward + backward, beyond its two (N, V)
    inputs) chunked vs unchunked (scale/loss_memory.py);
@@ -29,6 +29,7 @@ packed batch of the synthetic language (data.py), reused each step.
     python -m scale.bench --cpu-ranks 1 2 4                # data-parallel scaling over 4 CPU ranks
 """
 import argparse
+import functools
 import json
 import os
 import socket
@@ -39,14 +40,13 @@ import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
 
-from scale import dist
-from data import DataSource, TaskSpec, to_device
+from data import DataSource, TaskSpec, synthetic_batch, to_device
 from distill import freeze_teacher, teacher_logits
 from scale.device import PEAK_SIZES, matmul_peak_flops
 from model import GPT, GPTConfig, atomic_write
-from config import PRESETS, build_parser, check_out_dir, fail, pick_device
+from config import PRESETS, build_parser, check_out_dir, fail, pick_device, resolve as resolve_run
 from scale.loss_memory import kd_memory, kd_peak_bytes, megabytes  # noqa: F401 (bench's names too)
-from train import make_optimizer, train_step
+from train import BatchShape, make_optimizer, stop_process_group, train_step, wrap
 
 ARCH = ("d_model", "n_layer", "n_head", "n_kv_head", "d_ff")
 MODELS = {  # architecture, window and batch per --model
@@ -97,6 +97,25 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def flops_per_token(model, seq_len: int, causal: bool = True) -> float:
+    """Training FLOPs per token: 6N for the weights plus the attention scores and their weighted sum.
+
+    N counts the weights that take part in matmuls: all parameters except the input
+    embedding table (which is a lookup) unless it is tied to the LM head.
+    Attention: nanoGPT's estimate_mfu counts 12 * L * H * Q * T, the full T x T score matrix
+    (causal=False); a causal kernel computes only the lower triangle, about half of it, so the
+    default counts 6 * L * H * Q * T. With the full count MFU rises with the window past what the
+    hardware can do (at window 1024 it is 3/4 of this model's FLOPs).
+    """
+    cfg = model.config
+    n = model.num_params()
+    if not cfg.tie_embeddings:
+        n -= model.tok_emb.weight.numel()
+    n -= sum(p.numel() for name, p in model.named_parameters() if "norm" in name)
+    attention = 12 * cfg.n_layer * cfg.n_head * cfg.head_dim * seq_len  # (Q K^T and A V, fwd + bwd) per token
+    return 6 * n + (attention / 2 if causal else attention)
+
+
 def time_step(fn, device, warmup, iters) -> float:
     """Seconds per call of fn(), timed over `iters` calls after `warmup` untimed ones."""
     for _ in range(warmup):
@@ -109,9 +128,24 @@ def time_step(fn, device, warmup, iters) -> float:
     return (time.perf_counter() - t0) / iters
 
 
+def packed_source(batch_size, window):
+    """The batches of packed short documents (data.synthetic_batch) of a benchmark: seed 0."""
+    make = functools.partial(synthetic_batch, TaskSpec(), kind="packed", batch_size=batch_size, window=window)
+    return DataSource(make, batch_size, 0, window)
+
+
 def packed_batch(batch_size, window, device):
     """(x, y, positions, doc_ids, answers), each (B, L): one batch of packed short documents."""
-    return to_device(DataSource(TaskSpec(), "packed", window, batch_size, seed=0).batch(0), device)
+    return to_device(packed_source(batch_size, window).batch(0), device)
+
+
+def step_settings(device="cpu", dtype="auto", lr=PRESETS["cpu"]["lr"]):
+    """train.py's phase-2 step settings (0.5 CE + 0.5 KD; chunking, clipping, weight decay as in the recipe) at the
+    preset's full learning rate."""
+    run = resolve_run(build_parser().parse_args(["--phase", "2", "--device", device, "--kd-weight", "0.5", "--dtype",
+                                                 dtype, "--out-dir", os.devnull]))
+    run.lr = lr
+    return run
 
 
 def train_throughput(student, step_student, teacher, opt, run, batch, autocast, cli, peak) -> dict:
@@ -129,7 +163,7 @@ def train_throughput(student, step_student, teacher, opt, run, batch, autocast, 
     t_s = time_step(teacher_forward, cli.dev, cli.warmup, cli.iters)
     return {"ce_step_tokens_per_s": n_tok / ce_s, "kd_step_tokens_per_s": n_tok / kd_s,
             "teacher_forward_tokens_per_s": n_tok / t_s, "kd_over_ce_step_time": kd_s / ce_s,
-            "ce_mfu": student.flops_per_token(cli.window) * n_tok / ce_s / peak}
+            "ce_mfu": flops_per_token(student, cli.window) * n_tok / ce_s / peak}
 
 
 def window_sweep(student, step_student, opt, run, autocast, cli, peak) -> dict:
@@ -142,7 +176,7 @@ def window_sweep(student, step_student, opt, run, autocast, cli, peak) -> dict:
                         cli.iters)
         tok_s = batch[0].numel() / sec
         out[window] = {"batch": batch[0].shape[0], "tokens_per_s": tok_s,
-                       "mfu": student.flops_per_token(window) * tok_s / peak}
+                       "mfu": flops_per_token(student, window) * tok_s / peak}
     return out
 
 
@@ -159,19 +193,18 @@ def rank_worker(rank, world, port, cli, out):
     if world > 1:
         tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     cpu = torch.device("cpu")
-    run = build_parser().parse_args(["--phase", "2", "--kd-weight", "0.5"])  # train.py's step settings
-    run.lr = PRESETS["cpu"]["lr"]
+    run = step_settings()
     torch.manual_seed(0)
     student = GPT(cli.cfg)
     teacher = freeze_teacher(GPT(cli.cfg), cpu)
     opt = make_optimizer(student, run, cpu)
-    model = dist.wrap(student, cpu)  # DDP on 2+ ranks, as train.py under torchrun
-    rows = dist.BatchShape(world * cli.batch, world).rows(rank)
-    batch = to_device(DataSource(TaskSpec(), "packed", cli.window, world * cli.batch, seed=0).batch(0, rows), cpu)
+    model = wrap(student, cpu)  # DDP on 2+ ranks, as train.py under torchrun
+    rows = BatchShape(world * cli.batch, world).rows(rank)
+    batch = to_device(packed_source(world * cli.batch, cli.window).batch(0, rows), cpu)
     sec = time_step(lambda: train_step(model, teacher, opt, batch, run, nullcontext()), cpu, cli.warmup, cli.iters)
     if rank == 0:
         out.put(world * batch[0].numel() / sec)
-    dist.stop()
+    stop_process_group()
 
 
 def ranks_throughput(cli) -> dict:
@@ -189,7 +222,7 @@ def ranks_throughput(cli) -> dict:
 def batch_build_seconds(cli) -> float:
     """Seconds to build one packed numpy batch (data.py) of the model's batch and window: what train.py's
     prefetch thread builds while a step trains, and what the step clock used to leave out."""
-    src = DataSource(TaskSpec(), "packed", cli.window, cli.batch, seed=0)
+    src = packed_source(cli.batch, cli.window)
     t0 = time.perf_counter()
     for step in range(cli.iters):
         src.batch(step)
@@ -252,7 +285,7 @@ def dtype_targets(cli, run) -> dict:
             compiled = torch.compile(student)
             fns["bfloat16 compiled"] = lambda: train_step(compiled, None, opt, batch, run, bf16)
         sec = interleaved_seconds(fns, dev, cli.warmup, cli.iters)
-        n_tok, flops = batch[0].numel(), student.flops_per_token(window)
+        n_tok, flops = batch[0].numel(), flops_per_token(student, window)
         r = {"config": vars(cfg), "batch": batch_size, "window": window, "params": student.num_params(),
              "tokens_per_s": {k: n_tok / v for k, v in sec.items()},
              "mfu": {k: flops * n_tok / v / peaks[k.split()[0]] for k, v in sec.items()},
@@ -325,9 +358,7 @@ def check_flags(cli, spec):
 
 def main(argv=None):
     cli = resolve(build_parser_bench().parse_args(argv))
-    run = build_parser().parse_args(["--phase", "2", "--device", cli.device, "--kd-weight", "0.5"])  # train.py's
-    run.lr = PRESETS["gpu" if cli.model != "cpu" else "cpu"]["lr"]  # step settings; kd_chunk, grad_clip: defaults
-    run.dtype = cli.dtype
+    run = step_settings(cli.device, cli.dtype, PRESETS["gpu" if cli.model != "cpu" else "cpu"]["lr"])
     cli.dev, autocast = pick_device(run)  # run.autocast_dtype: what --dtype resolved to (phase 2's steps)
     cuda = cli.dev.type == "cuda"
     if cli.targets:

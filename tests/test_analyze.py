@@ -1,4 +1,4 @@
-"""analyze.py on tiny random checkpoints (d_model 32, 2 heads, 3 layers, window 64) written here.
+"""analyze.py and `python -m interp` on tiny random checkpoints (d_model 32, 2 heads, 3 layers, window 64) written here.
 
 Each subcommand must write non-empty PNGs and a JSON whose numbers have the properties the
 findings rest on: a zero perturbation changes nothing, a perturbation at layer l leaves the
@@ -16,8 +16,10 @@ import torch
 
 import analyze
 import evaluate
-import rope
-from interp import perturb as interp_perturb, qupdate as interp_qupdate
+import interp.analyses
+from interp import qupdate as interp_qupdate
+from interp.probes import position_sweep
+from interp.spectrum import turn_distances
 from data import TaskSpec, kv_probe
 from evaluate import heuristic_floors
 from model import GPT, GPTConfig, save_checkpoint
@@ -70,8 +72,8 @@ def perturb(run_dir, out, *flags):
 
 
 def test_spectrum_critical_pair_is_first_pair_without_a_full_turn(tmp_path):
-    analyze.main(["spectrum", "--head-dim", str(HEAD_DIM), "--bases", "10000", "500000", "--windows", "64", "256",
-                  "--out", str(tmp_path)])
+    interp.analyses.main(["spectrum", "--head-dim", str(HEAD_DIM), "--bases", "10000", "500000", "--windows", "64",
+                          "256", "--out", str(tmp_path)])
     res = outputs(tmp_path, "spectrum")
     assert len(res["settings"]) == 4 and res["schedule"]["phase 2"] == {"window": 256, "base": 500000.0}
     for s in res["settings"]:
@@ -139,7 +141,7 @@ def test_perturbation_at_layer_l_leaves_residuals_up_to_l_alone(run_dir, tmp_pat
     assert np.all(change[: layer + 1] == 0)  # residuals[0..l]: embedding and blocks before l
     assert np.all(change[layer + 1:] > 1e-4)
     assert np.all(np.array(run["rel_change_per_position"])[: layer + 1] == 0)
-    assert run["kl_mean"] > interp_perturb.REACHES_LOGITS_KL and run["reaches_logits"]
+    assert run["kl_mean"] > analyze.REACHES_LOGITS_KL and run["reaches_logits"]
 
 
 def test_shifting_queries_and_keys_together_is_invisible(run_dir, tmp_path):
@@ -161,7 +163,7 @@ def test_on_the_students_packed_windows_too_only_relative_positions_count(run_di
 
 def test_qupdate_of_a_checkpoint_against_itself_is_zero(run_dir, tmp_path):
     p1 = str(run_dir / "phase1-b10000.pt")
-    analyze.main(["qupdate", "--before", p1, "--after", p1, "--n-windows", "1", "--out", str(tmp_path)])
+    interp.analyses.main(["qupdate", "--before", p1, "--after", p1, "--n-windows", "1", "--out", str(tmp_path)])
     res = outputs(tmp_path, "qupdate")
     for key in ("wq", "wk", "q_norm_change"):
         assert np.all(np.array(res[key]) == 0), key
@@ -177,7 +179,7 @@ def test_qupdate_finds_the_one_edited_pair(run_dir, tmp_path):
 
     before = str(run_dir / "phase1-b10000.pt")
     after = write_ckpt(tmp_path / "edited.pt", max_seq_len=32, seed=1, edit=edit)
-    analyze.main(["qupdate", "--before", before, "--after", after, "--n-windows", "1", "--out", str(tmp_path)])
+    interp.analyses.main(["qupdate", "--before", before, "--after", after, "--n-windows", "1", "--out", str(tmp_path)])
     res = outputs(tmp_path, "qupdate")
     assert {k: res["wq_max"][k] for k in ("layer", "head", "pair")} == {"layer": layer, "head": head, "pair": pair}
     wq = np.array(res["wq"])
@@ -202,8 +204,9 @@ def test_bad_input_is_one_error_line_and_exit_2(run_dir, tmp_path, capsys, case)
     else:
         other = write_ckpt(tmp_path / "wide.pt", n_kv_head=1)
         argv = ["qupdate", "--before", good, "--after", other]
+    entry = analyze.main if argv[0] in analyze.COMMANDS else interp.analyses.main  # retrieval, perturb: analyze.py
     with pytest.raises(SystemExit) as e:
-        analyze.main(argv + ["--out", str(tmp_path)])
+        entry(argv + ["--out", str(tmp_path)])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and err.startswith("error:") and len(err.splitlines()) == 1
     if case == "architecture":
@@ -215,7 +218,7 @@ def test_bad_input_is_one_error_line_and_exit_2(run_dir, tmp_path, capsys, case)
 
 
 def test_all_renders_every_figure_the_folder_allows(run_dir, tmp_path):
-    analyze.main(["all", "--dir", str(run_dir), "--n-windows", "1", "--out", str(tmp_path)])
+    interp.analyses.main(["all", "--dir", str(run_dir), "--n-windows", "1", "--out", str(tmp_path)])
     spectrum = outputs(tmp_path, "spectrum")
     assert {s["base"] for s in spectrum["settings"]} == {10000.0, 500000.0}
     assert {s["window"] for s in spectrum["settings"]} == {32, 64}
@@ -232,8 +235,8 @@ def test_an_hf_folder_is_analyzed_like_the_checkpoint_it_was_exported_from(run_d
     from formats import hf
     folder = str(tmp_path / "teacher-hf")
     hf.main(["export", str(run_dir / "teacher.pt"), folder])
-    analyze.main(["retrieval", "--ckpt", str(run_dir / "teacher.pt"), folder, "--distances", "4", "40",
-                  "--depths", "0", "--n-windows", "2", "--max-doc-len", "16", "--out", str(tmp_path)])
+    interp.analyses.main(["retrieval", "--ckpt", str(run_dir / "teacher.pt"), folder, "--distances", "4", "40",
+                          "--depths", "0", "--n-windows", "2", "--max-doc-len", "16", "--out", str(tmp_path)])
     res = outputs(tmp_path, "retrieval")["models"]
     assert list(res) == ["teacher", "teacher-hf"] and res["teacher"]["kv"] == res["teacher-hf"]["kv"]
     assert res["teacher"]["in_doc"] == res["teacher-hf"]["in_doc"]
@@ -266,30 +269,31 @@ def test_qupdate_numbers_leave_the_device_before_numpy(run_dir, monkeypatch):
 
 def test_all_passes_the_device_to_every_analysis(run_dir, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(analyze, "main", lambda argv: calls.append(argv) or [])
-    analyze.run_all(argparse.Namespace(dir=str(run_dir), out=str(tmp_path), device=torch.device("cuda"), seed=0,
-                                       n_windows=1))
+    monkeypatch.setattr(interp.analyses, "main", lambda argv: calls.append(argv) or [])
+    interp.analyses.run_all(argparse.Namespace(dir=str(run_dir), out=str(tmp_path), device=torch.device("cuda"),
+                                               seed=0, n_windows=1, reader=interp.analyses.load_pretrained))
     assert [argv[0] for argv in calls] == ["spectrum", "retrieval", "perturb", "qupdate", "qupdate"]
     assert all(argv[argv.index("--device") + 1] == "cuda" for argv in calls)
 
 
 def test_turn_distances_are_whole_turns_of_the_pair():
-    assert rope.turn_distances(16, 1e4, 0, 20) == pytest.approx([2 * np.pi, 4 * np.pi, 6 * np.pi])
-    two_turns = rope.turn_distances(32, 5e5, 5, 1024)[1]  # the CE students' bump near D = 768 (docs/causal.md)
+    assert turn_distances(16, 1e4, 0, 20) == pytest.approx([2 * np.pi, 4 * np.pi, 6 * np.pi])
+    two_turns = turn_distances(32, 5e5, 5, 1024)[1]  # the CE students' bump near D = 768 (docs/causal.md)
     assert two_turns == pytest.approx(4 * np.pi * 5e5 ** (10 / 32), rel=1e-6) and 740 < two_turns < 780
 
 
 def test_alias_probes_one_checkpoint_under_each_base(run_dir, tmp_path):
     path = write_ckpt(tmp_path / "long.pt", base=5e5, max_seq_len=256, phase="2", seed=4)
-    analyze.main(["alias", "--ckpt", path, "--bases", "500000", "1000000", "--distances", "32", "96", "160",
-                  "--max-doc-len", "16", "--peak-from", "90", "--n-windows", "1", "--pair", "1", "--out", str(tmp_path)])
+    interp.analyses.main(["alias", "--ckpt", path, "--bases", "500000", "1000000", "--distances", "32", "96",
+                          "160", "--max-doc-len", "16", "--peak-from", "90", "--n-windows", "1", "--pair", "1",
+                          "--out", str(tmp_path)])
     res = outputs(tmp_path, "alias")
     assert list(res["bases"]) == ["500000", "1e+06"] and res["distances"] == [32, 96, 160]
     for base, b in res["bases"].items():
         assert len(b["acc"]) == 3 and all(0 <= a <= 1 for a in b["acc"]) and b["peak"] in (96, 160)
-        assert b["turns"] and b["turns"] == pytest.approx(rope.turn_distances(16, float(base), 1, 256))
+        assert b["turns"] and b["turns"] == pytest.approx(turn_distances(16, float(base), 1, 256))
     # the same weights under the base they were saved with score what the checkpoint itself scores there
     cpu = torch.device("cpu")
-    direct = evaluate.position_sweep(analyze.load(path, cpu)[0], TaskSpec(), 256, [96], [0], cpu,
-                                     __import__("contextlib").nullcontext(), 1, evaluate.HELDOUT_SEEDS)[0][96]
+    direct = position_sweep(analyze.load(path, cpu)[0], TaskSpec(), 256, [96], [0], cpu,
+                            __import__("contextlib").nullcontext(), 1, evaluate.HELDOUT_SEEDS)[0][96]
     assert res["bases"]["500000"]["acc"][1] == pytest.approx(direct)

@@ -1,5 +1,5 @@
-"""checkpoint.py and model.load_model: files replaced whole or not at all; a hostile stored config refused in one
-line before anything is built from it."""
+"""Checkpoints (model.py) and model.load_model: files replaced whole or not at all; a hostile stored config refused in
+one line before anything is built from it."""
 import json
 import os
 import subprocess
@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from model import GPT, GPTConfig, gpt_shapes
+from model import GPT, CheckpointError, GPTConfig, load_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(vocab_size=50, n_layer=1, n_head=2, n_kv_head=2, d_model=32)
@@ -16,9 +16,18 @@ SMALL = dict(vocab_size=50, n_layer=1, n_head=2, n_kv_head=2, d_model=32)
 
 @pytest.mark.parametrize("cfg", [SMALL, dict(SMALL, d_ff=48, tie_embeddings=False),
                                  dict(SMALL, n_layer=2, n_head=4, n_kv_head=2)])
-def test_gpt_shapes_are_the_shapes_of_the_model_it_describes(cfg):
-    built = {k: tuple(v.shape) for k, v in GPT(GPTConfig(**cfg)).state_dict().items()}
-    assert gpt_shapes(GPTConfig(**cfg)) == built
+def test_load_model_accepts_the_shapes_of_the_model_its_config_describes_and_refuses_others(cfg, tmp_path):
+    model = GPT(GPTConfig(**cfg))
+    built = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    path = str(tmp_path / "model.pt")
+    torch.save({"model": model.state_dict(), "config": vars(model.config), "step": 0}, path)
+    loaded, _ = load_model(path)
+    assert {k: tuple(v.shape) for k, v in loaded.state_dict().items()} == built
+    for name in built:  # any one tensor of another shape than its config needs: refused
+        weights = dict(model.state_dict(), **{name: model.state_dict()[name][..., :-1]})
+        torch.save({"model": weights, "config": vars(model.config), "step": 0}, path)
+        with pytest.raises(CheckpointError, match=f"weights and config disagree: {name} has shape"):
+            load_model(path)
 
 
 HOSTILE = {"vocab_2e31": {"vocab_size": 2**31}, "heads_0": {"n_head": 0}, "kv_heads_0": {"n_kv_head": 0},
@@ -101,29 +110,29 @@ def with_a_full_disk(write, room=16):
 
 
 def test_results_json_and_log_rewrites_survive_a_full_disk_mid_write(tmp_path):
-    """hf.write_json (realtext's results.json, exported config.json) and runs.truncate_log (--resume's step log):
+    """hf.write_json (realtext's results.json, exported config.json) and config.truncate_log (--resume's step log):
     a write that fails midway leaves the old file whole and no temp file beside it."""
+    import config
     from formats import hf
-    import runs
     results, log = tmp_path / "results.json", tmp_path / "run.jsonl"
     results.write_text(json.dumps({"old": list(range(50))}))
     log.write_text("".join(json.dumps({"step": s, "loss": 1.0 / s}) + "\n" for s in range(1, 30)))
     before = {p: p.read_bytes() for p in (results, log)}
     assert with_a_full_disk(lambda: hf.write_json(str(results), {"new": list(range(100))})) == 1
-    assert with_a_full_disk(lambda: runs.truncate_log(str(log), 20)) == 1
+    assert with_a_full_disk(lambda: config.truncate_log(str(log), 20)) == 1
     assert {p: p.read_bytes() for p in (results, log)} == before
     assert sorted(os.listdir(tmp_path)) == ["results.json", "run.jsonl"]
-    runs.truncate_log(str(log), 20)  # with room on the disk: the records past step 20 go
+    config.truncate_log(str(log), 20)  # with room on the disk: the records past step 20 go
     assert [json.loads(line)["step"] for line in open(log)] == list(range(1, 21))
 
 
 WRITERS_OF_STREAMS = {  # open(..., "w" / "a") that is not a results file, a table or a log rewrite
     ("research/experiment.py", 1): "a launched run's stdout",
-    ("scale/lock.py", 1): "the run lock's file (a pid, read only by a refused second process)",
-    ("scale/twin.py", 1): "the CE twin's stdout",
+    ("research/grid.py", 1): "a launched run's stdout",
+    ("config.py", 1): "the run lock's file (a pid, read only by a refused second process)",
     ("scale/loss_memory.py", 1): "/proc/self/clear_refs",
-    ("scale/dist.py", 1): "/dev/null for the other ranks' stdout",
-    ("train.py", 1): "the step log, appended to line by line (truncate_log rewrites it atomically)",
+    ("train.py", 3): "the step log, appended to line by line (truncate_log rewrites it atomically); the CE twin's "
+                     "stdout; /dev/null for the other ranks' stdout",
     ("formats/tokenizer.py", 2): "tokenizer files inside the temp folder that hf.write_folder renames into place",
 }
 

@@ -1,13 +1,16 @@
 """Data: the packer, the synthetic generator, batches and their prefetch, the probes, and real files."""
+import functools
 import time
 
 import numpy as np
 import pytest
 
-from data import SEP, DataSource, TaskSpec, key_recurrence, kv_probe, pack_documents, prefetch, synthetic_batch
-from evaluate import needle_probe, position_probe, repeated_tokens_window
-from formats.text import DataError, read_bin_documents, read_text_documents
-from longctx.corpus import short_documents
+from data import (SEP, Corpus, DataError, DataSource, TaskSpec, cut_documents, kv_probe, pack_documents, prefetch,
+                  read_text_documents, synthetic_batch)
+from evaluate import TextTask, repeated_tokens_window
+from formats.text import read_bin_documents
+from interp.probes import needle_probe, position_probe
+from research.overlap import key_recurrence
 
 SPEC = TaskSpec()
 
@@ -96,10 +99,17 @@ def test_recurrence_rate_moves_the_measured_overlap_and_default_stays_uniform():
     assert 0.40 < default < 0.50  # uniform keys: the rate the docs quote (about 45%)
 
 
+def packed_source(window, batch_size, seed, max_doc_len=128, min_doc_len=32):
+    """Batches of short documents packed into windows, as a pure function of (seed, step)."""
+    make = functools.partial(synthetic_batch, SPEC, kind="packed", batch_size=batch_size, window=window,
+                             max_doc_len=max_doc_len, min_doc_len=min_doc_len)
+    return DataSource(make, batch_size, seed, window)
+
+
 def test_seeds_reproduce_and_differ():
-    a = DataSource(SPEC, "packed", 256, 2, seed=5).batch(3)
-    b = DataSource(SPEC, "packed", 256, 2, seed=5).batch(3)
-    c = DataSource(SPEC, "packed", 256, 2, seed=6).batch(3)
+    a = packed_source(256, 2, seed=5).batch(3)
+    b = packed_source(256, 2, seed=5).batch(3)
+    c = packed_source(256, 2, seed=6).batch(3)
     assert np.array_equal(a["tokens"], b["tokens"]) and not np.array_equal(a["tokens"], c["tokens"])
 
 
@@ -108,8 +118,12 @@ def test_seeds_reproduce_and_differ():
 def test_a_ranks_rows_are_its_share_of_the_one_global_batch(kind):
     """Rank r of N gets rows [r B/N, (r+1) B/N) of the batch one process draws (what keeps 1 process bit-exact)."""
     docs = [np.arange(1, 40) % 50 + 1 for _ in range(30)]
-    windows = pack_documents(short_documents(docs, 16), 33, sep=0) if kind == "file" else None
-    src = DataSource(SPEC, kind, 32, 4, seed=3, max_doc_len=16, min_doc_len=8, windows=windows)
+    if kind == "file":  # pre-packed windows of a text, drawn by TextTask.batch
+        task = TextTask("corpus.txt")
+        task.corpus = Corpus(pack_documents(cut_documents(docs, 16), 33, sep=0), None, None)
+        src = DataSource(functools.partial(task.batch, "packed", 32, 4), 4, 3, 32)
+    else:
+        src = packed_source(32, 4, seed=3, max_doc_len=16, min_doc_len=8)
     whole = src.batch(7)
     halves = [src.batch(7, slice(0, 2)), src.batch(7, slice(2, 4))]
     for key, value in whole.items():
@@ -168,7 +182,7 @@ def test_text_and_bin_files_round_trip(tmp_path):
     ids.tofile(tmp_path / "t.bin")
     docs = read_bin_documents(str(tmp_path / "t.bin"), eot_id=99, vocab_size=100)
     assert [d.tolist() for d in docs] == [[5, 6, 7], [8, 9], [10]]
-    win = pack_documents(short_documents(docs, 3), 5, sep=99)
+    win = pack_documents(cut_documents(docs, 3), 5, sep=99)
     assert win["tokens"].shape[1] == 5 and (win["tokens"][:, 0] == 99).all()
 
 
@@ -263,7 +277,7 @@ def test_needle_probe_has_one_record_per_window_and_seeds_draw_other_windows():
 @pytest.mark.parametrize("queries", [1, 2, 3])
 def test_each_record_is_asked_for_queries_times_in_its_document_with_its_own_value(queries):
     from data import short_document
-    tokens, answers = short_document(SPEC, np.random.default_rng(queries), 120, queries=queries)
+    tokens, answers = short_document(TaskSpec(queries=queries), np.random.default_rng(queries), 120)
     keys = set(SPEC.keys().tolist())
     seen = {}
     for t in range(len(tokens) - 1):

@@ -1,4 +1,4 @@
-"""scale/dist.py and train.py under torchrun (DDP, gloo on CPU, one thread per rank).
+"""train.py under torchrun (DDP, gloo on CPU, one thread per rank).
 
 2 ranks x b windows train like 1 process x 2b and like 1 process with --grad-accum 2; the ranks
 end with the same weights; a 2-rank run killed with SIGKILL resumes to the same losses; a failed save on rank 0,
@@ -21,7 +21,7 @@ import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
 
-from scale import dist
+import config
 import train
 from model import load_checkpoint
 
@@ -30,8 +30,28 @@ TINY = ["--preset", "tiny", "--threads", "1", "--device", "cpu"]
 STEPS = 60
 # phase 1 of the tiny preset: 0.5 CE + 0.5 KD against a teacher replicated on each rank; global batch 4
 PHASE1 = ["--phase", "1", "--curriculum-steps", "0", "--steps", str(STEPS), "--batch-size", "4", "--eval-interval",
-          "0", "--save-interval", "2", "--peak-flops", "1e9"] + TINY
+          "0"] + TINY
 RUN = "phase1-b10000"
+RUNNER = """
+import sys
+sys.path.insert(0, {root!r})
+import train
+
+
+class SaveOften(train.Lab):  # a checkpoint every 2 steps: a kill finds one to resume from
+    def configure(self, args):
+        args.save_interval = 2
+
+
+train.main(sys.argv[1:], SaveOften())
+"""
+
+
+class SaveOften(train.Lab):
+    """A checkpoint every 2 steps, as the torchrun runs (RUNNER) save."""
+
+    def configure(self, args):
+        args.save_interval = 2
 
 
 def free_port():
@@ -41,10 +61,14 @@ def free_port():
 
 
 def torchrun(out, *flags):
-    """A 2-rank torchrun job of train.py (gloo on 127.0.0.1), started in the background; its output in out.log."""
+    """A 2-rank torchrun job of train.py (gloo on 127.0.0.1; a checkpoint every 2 steps), started in the background;
+    its output in out.log."""
     os.makedirs(out, exist_ok=True)
+    runner = os.path.join(out, "runner.py")
+    with open(runner, "w") as f:
+        f.write(RUNNER.format(root=ROOT))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), "train.py", "--out-dir", str(out), *flags]
+           "--master_port", str(free_port()), runner, "--out-dir", str(out), *flags]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=open(os.path.join(out, "out.log"), "w"), stderr=subprocess.STDOUT)
 
 
@@ -69,9 +93,9 @@ def runs(tmp_path_factory):
                 "--eval-interval", "0"] + TINY)
     argv = PHASE1 + ["--teacher", str(root / "t" / "teacher.pt")]
     proc = torchrun(root / "ranks2", *argv)  # the single-process runs below train meanwhile
-    train.main(argv + ["--out-dir", str(root / "one")])
-    train.main(argv + ["--out-dir", str(root / "accum"), "--grad-accum", "2"])
-    train.main(argv + ["--out-dir", str(root / "half"), "--batch-size", "2", "--steps", "5"])
+    train.main(argv + ["--out-dir", str(root / "one")], SaveOften())
+    train.main(argv + ["--out-dir", str(root / "accum"), "--grad-accum", "2"], SaveOften())
+    train.main(argv + ["--out-dir", str(root / "half"), "--batch-size", "2", "--steps", "5"], SaveOften())
     finish(proc, root / "ranks2")
     return root, argv
 
@@ -136,29 +160,36 @@ def test_a_killed_two_rank_run_resumes_to_identical_losses(runs):
 
 
 def test_batch_shape_gives_each_rank_its_rows_of_the_global_batch():
-    shape = dist.BatchShape(global_batch=12, world=3, grad_accum=2)
-    assert (shape.per_rank, shape.micro) == (4, 2)
+    shape = train.BatchShape(global_batch=12, world=3, grad_accum=2)
     rows = [np.arange(12)[shape.rows(r)] for r in range(3)]
+    assert [len(r) for r in rows] == [4, 4, 4]
     assert np.array_equal(np.concatenate(rows), np.arange(12))  # every window once, in order
-    x = torch.arange(8).reshape(4, 2)  # one rank's rows: 4 windows of 2 tokens
-    micro = dist.micro_batches((x, -x), grad_accum=2)
-    assert len(micro) == 2 and torch.equal(micro[1][0], x[2:]) and torch.equal(micro[1][1], -x[2:])
+    x = torch.arange(8).reshape(4, 2)  # one rank's rows: 4 windows of 2 tokens, in 2 micro-batches of 2 windows
+    seen = []
+    train.accumulate(torch.nn.Linear(1, 1), (x, -x), 2, lambda micro: seen.append(micro) or loss_of(micro))
+    assert len(seen) == 2 and torch.equal(seen[1][0], x[2:]) and torch.equal(seen[1][1], -x[2:])
     for bad in (dict(global_batch=6, world=4), dict(global_batch=6, world=2, grad_accum=2)):
         with pytest.raises(ValueError, match="do not split"):
-            dist.BatchShape(**bad)
+            train.BatchShape(**bad)
+
+
+def loss_of(micro):
+    """A loss with a gradient and the statistics train.accumulate sums (loss, ce, kl, correct, answers)."""
+    w = torch.ones((), requires_grad=True)
+    return w * micro[0].float().sum(), w.detach(), torch.tensor(float("nan")), torch.tensor(0.0), torch.tensor(1.0)
 
 
 def check_collectives(rank, port):
     tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
-        assert dist.sum_across_ranks(torch.tensor([1.0, rank])).tolist() == [2.0, 1.0]
+        assert train.sum_across_ranks(torch.tensor([1.0, rank])).tolist() == [2.0, 1.0]
         model = torch.nn.Linear(3, 2)
         torch.nn.init.constant_(model.weight, 1.0)
         torch.nn.init.constant_(model.bias, 0.5)
-        assert dist.weight_spread(model) == 0.0
+        assert train.weight_spread(model) == 0.0
         with torch.no_grad():
             model.bias[1] += 0.25 * rank  # rank 1 drifts on one weight
-        assert dist.weight_spread(model) == 0.25
+        assert train.weight_spread(model) == 0.25
     finally:
         tdist.destroy_process_group()
 
@@ -171,33 +202,36 @@ def check_masked_arms_across_ranks(rank, port):
     """On 2 ranks x 2 micro-batches of one window each: train_step's loss, CE, KL and gradients are those of the one
     4-window batch computed in this process, for masked arms whose windows keep different numbers of tokens."""
     from contextlib import nullcontext
-    from data import DataSource, TaskSpec, to_device
+    from data import TaskSpec, synthetic_batch, to_device
     from distill import freeze_teacher
     from model import GPT, GPTConfig
+    from variants import train as variants
+    from variants.arms import ArmLoss
     tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     torch.set_num_threads(1)
     try:
         cpu = torch.device("cpu")
-        batch = to_device(DataSource(TaskSpec(), "packed", 64, 4, seed=0, max_doc_len=16, min_doc_len=8).batch(0),
-                          cpu, far_back=True)
-        far = batch[5].clone()
+        arrays = synthetic_batch(TaskSpec(), np.random.default_rng([0, 0]), "packed", 4, 64, 16, 8)
+        far = torch.from_numpy(arrays["far_back"][:, 1:]).clone()
         far[0, :40] = True  # rank 0's first micro-batch keeps far fewer tokens than the others
-        batch = (*batch[:5], far)
+        batch = (*to_device(arrays, cpu), far)
         cfg = GPTConfig(d_model=32, n_head=2, n_kv_head=2, max_seq_len=64)
         torch.manual_seed(1)
         teacher = freeze_teacher(GPT(cfg), cpu)
         for arm in ("ce-masked", "kd-masked"):
-            args = train.resolve(train.build_parser().parse_args(["--phase", "2", "--preset", "tiny", "--arm", arm,
-                                                                   "--grad-accum", "2", "--grad-clip", "0"]))
+            opts, rest = variants.parse(["--phase", "2", "--preset", "tiny", "--arm", arm, "--grad-accum", "2",
+                                         "--grad-clip", "0"])
+            lab = variants.Variants(opts)
+            args = config.resolve(config.build_parser().parse_args(rest), lab)
             torch.manual_seed(0)
             student = GPT(cfg)
-            whole = train.training_loss(student, teacher, batch, args, nullcontext())  # one process, one batch
+            whole = ArmLoss(arm)(student, teacher, batch, args, nullcontext())  # one process, one batch
             whole[0].backward()
             g_whole = [p.grad.clone() for p in student.parameters()]
             student.zero_grad(set_to_none=True)
-            rows = tuple(t[dist.BatchShape(4, 2, 2).rows(rank)] for t in batch)
+            rows = tuple(t[train.BatchShape(4, 2, 2).rows(rank)] for t in batch)
             opt = torch.optim.SGD(student.parameters(), lr=0.0)  # the gradients stay to be read
-            loss, ce, kl, _ = train.train_step(dist.wrap(student, cpu), teacher, opt, rows, args, nullcontext())
+            loss, ce, kl, _ = train.train_step(train.wrap(student, cpu), teacher, opt, rows, args, nullcontext(), lab)
             want = [whole[0].item(), whole[1].item(), whole[2].item()]
             assert [loss, ce] == pytest.approx(want[:2], abs=1e-6), (arm, loss, ce, want)
             assert kl == pytest.approx(want[2], abs=1e-6) or (math.isnan(kl) and math.isnan(want[2]))
@@ -211,8 +245,8 @@ def test_a_masked_arms_loss_over_ranks_and_micro_batches_is_the_one_batch_loss()
 
 
 def test_bad_batch_shapes_fail_in_one_line_before_anything_is_written(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(dist, "launched_world_size", lambda: 2)  # as under torchrun --nproc_per_node 2, but
-    monkeypatch.setattr(dist, "start", lambda args: None)  # without joining a process group
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun --nproc_per_node 2, but
+    monkeypatch.setattr(train, "start_process_group", lambda args: None)  # without joining a process group
     cases = [(["--phase", "teacher", "--batch-size", "3"], "--batch-size 3: 3 windows per step do not split into "
               "2 ranks x 1 micro-batches"),
              (["--phase", "1", "--grad-accum", "2"], "the curriculum-16 stage"),
@@ -225,48 +259,41 @@ def test_bad_batch_shapes_fail_in_one_line_before_anything_is_written(tmp_path, 
     assert not (tmp_path / "out").exists()
 
 
-def test_nccl_on_cpu_fails_before_the_process_group(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "0")
-    with pytest.raises(SystemExit) as e:
-        train.main(["--phase", "teacher", "--backend", "nccl", "--out-dir", str(tmp_path)] + TINY)
-    assert e.value.code == 2 and "--backend nccl needs CUDA" in capsys.readouterr().err
-    assert not tdist.is_initialized()
-
-
 def test_under_torchrun_phase_2_does_not_launch_its_twin_but_says_how(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(dist, "world_size", lambda: 2)
-    import runs as bookkeeping  # (`runs` is a fixture here)
-    from scale import twin
-    monkeypatch.setattr(twin.subprocess, "Popen", lambda *a, **k: pytest.fail("the CE twin was launched"))
-    monkeypatch.setattr(train, "train", lambda args, inputs: {"results": {}})
-    monkeypatch.setattr(bookkeeping, "train_prerequisites", lambda args, train: None)
+    monkeypatch.setattr(train, "world_size", lambda: 2)
+    monkeypatch.setattr(train.subprocess, "Popen", lambda *a, **k: pytest.fail("the CE twin was launched"))
+    monkeypatch.setattr(train, "train", lambda args, task, previous, lab: {"results": {}})
+    monkeypatch.setattr(train, "train_prerequisites", lambda args, lab: None)
     argv = ["--phase", "2", "--out-dir", str(tmp_path)] + TINY
     train.main(argv)
     hint = capsys.readouterr().out
     assert "torchrun --nproc_per_node 2 train.py --phase 2" in hint
-    assert "--kd-weight 0 --arm ce --no-baseline --no-auto --run-name phase2-ce-b10000-b500000" in hint
+    assert "--kd-weight 0 --no-baseline --no-auto --run-name phase2-ce-b10000-b500000" in hint
 
 
 @pytest.mark.parametrize("attempt", range(int(os.environ.get("TORCHRUN_REPEATS", "1"))))
 def test_every_rank_leaves_the_process_group_and_exits_0(tmp_path, attempt):
     """A rank used to abort at exit ("terminate called without an active exception", exit -6) when it tore down
-    its gloo connections while its peer still used them, most often on a loaded machine. dist.stop frees the
+    its gloo connections while its peer still used them, most often on a loaded machine. stop_process_group frees the
     DDP wrapper, meets at a barrier, destroys the group and waits for every rank before returning.
     TORCHRUN_REPEATS=20 runs it 20 times in a row (20 of 20 exited 0 with both cores loaded, 2026-11-29)."""
     out = tmp_path / "out"
     proc = torchrun(out, "--phase", "1", "--curriculum-steps", "0", "--steps", "4", "--batch-size", "4",
-                    "--eval-interval", "0", "--peak-flops", "1e9", *TINY)
+                    "--eval-interval", "0", *TINY)
     finish(proc, str(out))
     log = open(os.path.join(out, "out.log")).read()
     assert "terminate called" not in log and "exitcode" not in log
 
 
 FULL_DISK = '''
-import errno, sys
+import errno
+import sys
 sys.path.insert(0, {root!r})
-import runs, train
-real, saves = runs.save_checkpoint, []
+import config
+import train
+real = config.save_checkpoint
+saves = []
+
 
 def save_until_the_disk_is_full(obj, path):  # rank 0 alone saves: its first save works, the next finds the disk full
     saves.append(path)
@@ -274,8 +301,14 @@ def save_until_the_disk_is_full(obj, path):  # rank 0 alone saves: its first sav
         raise OSError(errno.ENOSPC, "No space left on device", path)
     real(obj, path)
 
-runs.save_checkpoint = save_until_the_disk_is_full
-train.main(sys.argv[1:])
+
+class SaveOften(train.Lab):
+    def configure(self, args):
+        args.save_interval = 2
+
+
+config.save_checkpoint = save_until_the_disk_is_full
+train.main(sys.argv[1:], SaveOften())
 '''
 
 
@@ -326,8 +359,7 @@ def test_a_failed_save_under_torchrun_stops_every_rank_and_keeps_the_last_checkp
     os.makedirs(out)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), str(script), "--out-dir", str(out), "--phase", "teacher",
-           "--curriculum-steps", "0", "--steps", "40", "--batch-size", "4", "--save-interval", "2",
-           "--eval-interval", "0", *TINY]
+           "--curriculum-steps", "0", "--steps", "40", "--batch-size", "4", "--eval-interval", "0", *TINY]
     code, log = bounded_torchrun(cmd)
     assert code != 0 and every_rank_failed(log), log[-3000:]
     assert "error: cannot save the checkpoint at step 4: No space left on device" in log, log[-3000:]

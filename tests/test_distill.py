@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from distill import kd_loss, load_teacher, teacher_logits
 from model import GPT, GPTConfig, save_checkpoint
+from variants.divergences import divergence_fn
 
 
 def logits(seed, shape=(2, 7, 33)):
@@ -18,9 +19,9 @@ def logits(seed, shape=(2, 7, 33)):
 def test_kl_is_zero_for_equal_logits_and_positive_otherwise():
     s = logits(0)
     for kind in ("forward", "reverse", "jsd"):
-        loss, div = kd_loss(s, s.clone(), kind=kind)
+        loss, div = kd_loss(s, s.clone(), div=divergence_fn(kind))
         assert abs(loss.item()) < 1e-6 and abs(div.item()) < 1e-6
-        assert kd_loss(s, logits(1), kind=kind)[0].item() > 0.01
+        assert kd_loss(s, logits(1), div=divergence_fn(kind))[0].item() > 0.01
     # a constant shift of the logits is the same distribution
     assert abs(kd_loss(s, s + 5.0)[0].item()) < 1e-5
 
@@ -32,7 +33,7 @@ def test_chunked_equals_unchunked_values_and_gradients(kind):
     grads = []
     for chunk in (0, 3):
         s = logits(0).requires_grad_()
-        loss, _ = kd_loss(s, t, mask, temperature=2.0, kind=kind, chunk_size=chunk)
+        loss, _ = kd_loss(s, t, mask, temperature=2.0, div=divergence_fn(kind), chunk_size=chunk)
         loss.backward()
         grads.append((loss.detach(), s.grad))
     assert torch.allclose(grads[0][0], grads[1][0], atol=1e-6)
@@ -96,10 +97,10 @@ def test_masking_ignores_masked_tokens():
 
 def test_jsd_endpoints_approach_forward_and_reverse_kl():
     s, t = logits(0) / 3, logits(1) / 3  # moderate logits: the O(beta^2) term stays small
-    fwd, rev = kd_loss(s, t, kind="forward")[0], kd_loss(s, t, kind="reverse")[0]
+    fwd, rev = kd_loss(s, t, div=divergence_fn("forward"))[0], kd_loss(s, t, div=divergence_fn("reverse"))[0]
     eps = 1e-4
-    assert (kd_loss(s, t, kind="jsd", beta=eps)[0] / eps).item() == pytest.approx(fwd.item(), rel=2e-3)
-    assert (kd_loss(s, t, kind="jsd", beta=1 - eps)[0] / eps).item() == pytest.approx(rev.item(), rel=2e-3)
+    assert (kd_loss(s, t, div=divergence_fn("jsd", eps))[0] / eps).item() == pytest.approx(fwd.item(), rel=2e-3)
+    assert (kd_loss(s, t, div=divergence_fn("jsd", 1 - eps))[0] / eps).item() == pytest.approx(rev.item(), rel=2e-3)
 
 
 def test_temperature_softens_and_scales():
@@ -135,7 +136,8 @@ def topk_case(seed=0, shape=(4, 9, 40)):
 
 
 def test_topk_kl_with_every_token_is_the_full_forward_kl_in_value_and_gradient():
-    from distill import forward_kl, teacher_topk, topk_forward_kl
+    from distill import forward_kl
+    from longctx.topk import teacher_topk, topk_forward_kl
     s, t = topk_case()
     ids, logp = teacher_topk(t, k=t.shape[-1])
     assert logp.dtype == torch.float32  # the cache is float32; compare in float64 from here
@@ -150,7 +152,8 @@ def test_topk_kl_with_every_token_is_the_full_forward_kl_in_value_and_gradient()
 
 @pytest.mark.parametrize("k", [1, 3, 10, 39])
 def test_topk_kl_is_the_kl_of_k_tokens_plus_one_rest_bucket_and_never_above_the_full_kl(k):
-    from distill import forward_kl, topk_forward_kl
+    from distill import forward_kl
+    from longctx.topk import topk_forward_kl
     s, t = topk_case()
     lpt, lps = F.log_softmax(t, -1), F.log_softmax(s, -1)
     logp, ids = lpt.topk(k, -1)
@@ -169,7 +172,7 @@ def test_topk_kl_is_the_kl_of_k_tokens_plus_one_rest_bucket_and_never_above_the_
 
 
 def test_topk_kl_is_zero_with_zero_gradient_when_the_student_is_the_teacher():
-    from distill import topk_forward_kl
+    from longctx.topk import topk_forward_kl
     _, t = topk_case()
     s = t.clone().requires_grad_()
     logp, ids = F.log_softmax(t, -1).topk(5, -1)
@@ -187,7 +190,7 @@ def test_topk_kl_is_zero_with_zero_gradient_when_the_student_is_the_teacher():
 def test_minimising_the_topk_kl_recovers_the_teachers_coarse_distribution():
     """Gradient descent on the bucketed loss leaves the student with the teacher's mass on the k tokens
     (the biased loss would push it to 1)."""
-    from distill import topk_forward_kl
+    from longctx.topk import topk_forward_kl
     t = logits(5, (3, 30)).double()
     lpt = F.log_softmax(t, -1)
     logp, ids = lpt.topk(4, -1)
@@ -202,7 +205,7 @@ def test_minimising_the_topk_kl_recovers_the_teachers_coarse_distribution():
 
 
 def test_topk_coverage_is_the_teachers_mass_on_its_k_tokens():
-    from distill import teacher_topk, topk_coverage
+    from longctx.topk import teacher_topk, topk_coverage
     t = logits(1)
     ids, logp = teacher_topk(t, k=3)
     assert torch.equal(ids, t.topk(3, -1).indices)
@@ -210,7 +213,7 @@ def test_topk_coverage_is_the_teachers_mass_on_its_k_tokens():
     assert topk_coverage(teacher_topk(t, k=t.shape[-1])[1]) == pytest.approx(1.0, abs=1e-6)
 
 
-def test_kd_softmax_runs_in_float32_for_bf16_logits(monkeypatch):
+def test_kd_softmax_runs_in_float32_for_bf16_logits():
     """Under bf16 autocast the logits arrive in bf16; the divergence (its log-softmax) must see float32 chunks,
     and the gradient goes back in the student's dtype."""
     import distill
@@ -221,9 +224,8 @@ def test_kd_softmax_runs_in_float32_for_bf16_logits(monkeypatch):
         seen.append((s.dtype, t.dtype))
         return plain(s, t)
 
-    monkeypatch.setattr(distill, "forward_kl", spy)
     s, t = logits(0).bfloat16().requires_grad_(), logits(1).bfloat16()
-    loss, _ = kd_loss(s, t, chunk_size=4)
+    loss, _ = kd_loss(s, t, chunk_size=4, div=spy)
     loss.backward()
     assert seen and set(seen) == {(torch.float32, torch.float32)}
     assert loss.dtype == torch.float32 and s.grad.dtype == torch.bfloat16
@@ -232,8 +234,9 @@ def test_kd_softmax_runs_in_float32_for_bf16_logits(monkeypatch):
 
 
 def test_a_hostile_hf_folder_teacher_is_refused_before_anything_is_allocated(tmp_path):
-    """train.py --teacher / --init reach hf.load_hf_folder through here: a config.json declaring absurd sizes
-    is a CheckpointError (train.py prints it as one error line), not an allocation."""
+    """python -m variants --teacher / --init reach hf.load_hf_folder through here (its lab's reader,
+    hf.load_pretrained): a config.json declaring absurd sizes is a CheckpointError (train.py prints it as one error
+    line), not an allocation."""
     import json
     import os
 
@@ -247,7 +250,7 @@ def test_a_hostile_hf_folder_teacher_is_refused_before_anything_is_allocated(tmp
                             ({"vocab_size": 4_000_000}, "but the config implies")]:
         json.dump(dict(cfg, **change), open(os.path.join(folder, "config.json"), "w"))
         with pytest.raises(CheckpointError, match=message):
-            load_teacher(folder, torch.device("cpu"))
+            load_teacher(folder, torch.device("cpu"), load=hf.load_pretrained)
 
 
 @pytest.mark.parametrize("masked", [False, True])
@@ -274,7 +277,7 @@ def test_topk_kl_on_a_hand_case_has_the_value_written_out(k, expected):
     """Teacher (0.5, 0.3, 0.2), student (0.2, 0.3, 0.5): k = 1 compares token 0 and the rest (0.5 vs 0.8); k = 2
     leaves one token as the rest, which is exact, so it is the full KL (the 0.3 terms are 0). Averaged over a
     (2, 3) batch of that position as the real-text loop averages it, the KD term keeps that scale (0.223, 0.275)."""
-    from distill import teacher_topk, topk_forward_kl
+    from longctx.topk import teacher_topk, topk_forward_kl
     pt, ps = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64), torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
     ids, logp = teacher_topk(pt.log().expand(2, 3, 3), k)  # (2, 3, k)
     kl = topk_forward_kl(ps.log().expand(2, 3, 3), ids, logp.double())  # (2, 3)

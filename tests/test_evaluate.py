@@ -139,7 +139,7 @@ def test_evaluate_heldout_is_the_mean_over_the_held_out_seeds():
 
 def test_earlier_values_is_the_keys_value_in_its_last_earlier_document():
     from data import far_back_targets, pack_documents
-    from evaluate import earlier_values
+    from interp.probes import earlier_values
     k, f = 1, 150
     docs = [np.array([k, 70, f, k, 70]), np.array([k, 71, f, k, 71]), np.array([k, 72, f, k, 72])]
     b = pack_documents(docs, 18, answers=[np.array([0, 0, 0, 0, 1], bool)] * 3)

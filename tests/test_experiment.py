@@ -15,14 +15,14 @@ def test_device_and_dtype_reach_every_training_run_and_the_analysis(tmp_path, mo
     assert all(argv[argv.index("--device") + 1] == "cuda" for _, argv in jobs)
     assert all(argv[argv.index("--dtype") + 1] == "float32" for _, argv in jobs)  # the grid of docs/results.md pins it
     (cmd,) = commands
-    assert cmd[cmd.index("all") - 1].endswith("analyze.py") and cmd[cmd.index("--device") + 1] == "cuda"
+    assert cmd[cmd.index("all") - 2:cmd.index("all")] == ["-m", "interp"] and cmd[cmd.index("--device") + 1] == "cuda"
 
 
 def test_robustness_writes_the_schema_from_finished_runs_and_resumes(tmp_path, monkeypatch):
     """The tiny preset end to end (runs in-process): teacher, phase 1, three arms; then nothing is retrained."""
     import json
 
-    import train
+    import variants.train
     trained = []
 
     def run_in_process(jobs, args, done=None):
@@ -30,7 +30,7 @@ def test_robustness_writes_the_schema_from_finished_runs_and_resumes(tmp_path, m
         for name, argv in jobs:
             if not done(name):
                 trained.append(name)
-                train.main(argv + ["--threads", "1"])
+                variants.train.main(argv + ["--threads", "1"])
 
     monkeypatch.setattr(experiment, "run_all", run_in_process)
     argv = ["robustness", "--preset", "tiny", "--device", "cpu", "--dtype", "float32", "--out-dir",

@@ -7,7 +7,7 @@ import signal
 import pytest
 import torch
 
-import runs
+import config
 import train
 from model import atomic_write, load_checkpoint
 
@@ -32,31 +32,38 @@ EARLY = 50  # the step at which the first curriculum stage reaches its accuracy 
 def target_reached_at_once(monkeypatch, ctrl_c_at=None):
     """Every step's running accuracy set to 1.0, so the first curriculum stage stops at step EARLY; SIGINT after
     step ctrl_c_at is recorded (the step of the early stop itself)."""
-    real = runs.record_step
+    real = config.record_step
 
     def record(state, *a, **k):
         real(state, *a, **k)
         state["acc_ema"] = 1.0
         if state["step"] == ctrl_c_at:
             os.kill(os.getpid(), signal.SIGINT)
-    monkeypatch.setattr(runs, "record_step", record)
+    monkeypatch.setattr(train, "record_step", record)
+
+
+class SaveRarely(train.Lab):
+    """No periodic checkpoint in these runs: the one Ctrl-C saves is the one tested."""
+
+    def configure(self, args):
+        args.save_interval = 1000
 
 
 def test_ctrl_c_in_the_step_where_a_stage_stops_early_resumes_exactly(tmp_path, monkeypatch, terminal):
     """The checkpoint saved at Ctrl-C records the stage advanced (stage 1 starting at step 50), and --resume
     trains the same steps, stages and weights as an uninterrupted run."""
-    argv = ["--phase", "teacher", "--curriculum-steps", "60", "--steps", "4", "--save-interval", "1000",
-            "--eval-interval", "0"] + TINY
-    full, cut = str(tmp_path / "full"), str(tmp_path / "cut")
+    argv = ["--phase", "teacher", "--curriculum-steps", "60", "--steps", "4", "--eval-interval", "0"] + TINY
+    full = str(tmp_path / "full")
+    cut = str(tmp_path / "cut")
     target_reached_at_once(monkeypatch)
-    train.main(argv + ["--out-dir", full])
+    train.main(argv + ["--out-dir", full], SaveRarely())
     target_reached_at_once(monkeypatch, ctrl_c_at=EARLY)
     with pytest.raises(SystemExit) as e:
-        train.main(argv + ["--out-dir", cut])
+        train.main(argv + ["--out-dir", cut], SaveRarely())
     ckpt = load_checkpoint(os.path.join(cut, "teacher.pt"))
     assert e.value.code == 130 and (ckpt["step"], ckpt["stage"], ckpt["stage_start"]) == (EARLY, 1, EARLY)
     target_reached_at_once(monkeypatch)
-    train.main(argv + ["--out-dir", cut, "--resume"])
+    train.main(argv + ["--out-dir", cut, "--resume"], SaveRarely())
     a, b = losses(os.path.join(cut, "teacher.jsonl")), losses(os.path.join(full, "teacher.jsonl"))
     assert a == b and len(b) == EARLY + 10 + 4  # 50 early-stopped + 60 / 6 + the main stage's 4
     wa, wb = load_checkpoint(os.path.join(cut, "teacher.pt")), load_checkpoint(os.path.join(full, "teacher.pt"))
@@ -69,8 +76,8 @@ def test_the_run_lock_comes_before_any_input_is_read_or_any_prerequisite_trained
     out = tmp_path / "out"
     holder = hold_run_lock(out, "teacher", 4242)  # what a running first process holds
     called = []
-    monkeypatch.setattr(runs, "check_inputs", lambda *a: called.append("check_inputs"))
-    monkeypatch.setattr(runs, "train_prerequisites", lambda *a: called.append("train_prerequisites"))
+    monkeypatch.setattr(train, "check_inputs", lambda *a: called.append("check_inputs"))
+    monkeypatch.setattr(train, "train_prerequisites", lambda *a: called.append("train_prerequisites"))
     with pytest.raises(SystemExit) as e:
         train.main(["--phase", "teacher", "--out-dir", str(out), "--steps", "4"] + TINY)
     err = capsys.readouterr().err.strip().splitlines()

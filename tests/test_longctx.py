@@ -1,5 +1,5 @@
-"""longctx/: your own text end to end (data-named prerequisites, held-out text, the long-context report) and a real
-teacher cached as its top-k inside train.py's loop (--teacher-topk)."""
+"""longctx/: your own text end to end (data-named prerequisites, held-out text, the loss by distance and the
+passkey) and a real teacher cached as its top-k inside train.py's loop (python -m variants --teacher-topk)."""
 import json
 import os
 import time
@@ -10,13 +10,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import config
 import train
-from distill import TopK, topk_forward_kl
-from longctx import corpus as lc, report as lr, topk as lt
-from model import GPT, GPTConfig
+from data import build_corpus
+from evaluate import make_task, token_losses
+from longctx import report as lr, topk as lt
+from longctx.topk import TopK, topk_forward_kl
+from model import GPT, GPTConfig, load_model
+from variants import train as variants
 
 TINY = ["--preset", "tiny", "--threads", "1", "--device", "cpu"]
 WORDS = "the river flows slowly through the old town past the market square and the church".split()
+
+
+def byte_ids(text):
+    """Text as --data reads it without a tokenizer: each UTF-8 byte + 1 (0 is the separator; data.py)."""
+    return (np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64) + 1).tolist()
 
 
 def write_corpus(path, n=300, seed=0):
@@ -27,7 +36,7 @@ def write_corpus(path, n=300, seed=0):
 
 def test_the_held_out_text_is_the_end_of_the_text_and_never_trained_on():
     docs = [np.arange(1, 41) + 100 * i for i in range(30)]  # 30 documents of 40 distinct tokens
-    c = lc.build_corpus(docs, 0, window=16, max_doc_len=8, shuffle_seed=0, encode=None, fraction=0.1)
+    c = build_corpus(docs, 0, window=16, max_doc_len=8, shuffle_seed=0, fraction=0.1)
     train_ids, held_ids = set(c.train["tokens"].ravel()) - {0}, set(c.held_out["tokens"].ravel()) - {0}
     assert not train_ids & held_ids and not (set(c.long.ravel()) - {0}) & train_ids
     assert min(held_ids) > max(train_ids)  # the end of the text, as one cut
@@ -39,12 +48,13 @@ def test_the_held_out_text_is_the_end_of_the_text_and_never_trained_on():
 
 
 def test_students_get_shuffled_short_documents_and_the_teacher_whole_ones(tmp_path):
-    import runs
     data = write_corpus(tmp_path / "corpus.txt")
     first = {}
     for phase in ("teacher", "1"):
-        args = train.resolve(train.build_parser().parse_args(["--phase", phase, "--data", data] + TINY))
-        c = runs.load_corpus(args)
+        args = config.resolve(config.build_parser().parse_args(["--phase", phase, "--data", data] + TINY))
+        task = make_task(args)
+        task.prepare(args)
+        c = task.corpus
         first[phase] = c.train["tokens"][0]
         docs = np.diff(np.flatnonzero(c.train["tokens"].ravel() == 0))
         assert docs.max() <= args.max_doc_len
@@ -53,9 +63,7 @@ def test_students_get_shuffled_short_documents_and_the_teacher_whole_ones(tmp_pa
     assert not bytes((first["1"][first["1"] > 0] - 1).astype(np.uint8)).startswith(text[:40])  # shuffled chunks
 
 
-def test_bucket_edges_double_up_to_the_window_and_the_losses_average_each_bucket():
-    assert lr.bucket_edges(1024) == [0, 64, 128, 256, 512, 1024]
-    assert lr.bucket_edges(64) == [0, 8, 16, 32, 64]
+def test_the_losses_average_each_bucket():
     b = lr.bucket_losses(torch.arange(64.0)[None].repeat(3, 1), [0, 8, 16, 32, 64])
     assert b == {"0-7": 3.5, "8-15": 11.5, "16-31": 23.5, "32-63": 47.5}
 
@@ -75,18 +83,18 @@ class Oracle(torch.nn.Module):
 def test_passkey_prompts_fill_the_window_and_are_scored_on_every_answer_token():
     filler = np.arange(1, 500) % 200 + 1
     window = 128
-    ds = lr.passkey_distances(lc.byte_ids, window)
-    prompts = lr.passkey_prompts(lc.byte_ids, filler, window, ds, trials=2)
+    ds = lr.passkey_distances(byte_ids, window)
+    prompts = lr.passkey_prompts(byte_ids, filler, window, ds, trials=2)
     assert len(prompts) == 2 * len(ds) and ds[-1] > 60
     for d, prompt, answer in prompts:
         text = bytes((np.array(prompt) - 1).astype(np.uint8))
         key = bytes((np.array(answer) - 1).astype(np.uint8)).strip()
         needle = text.index(b"The pass key is " + key)
         assert len(prompt) + len(answer) == window and text.endswith(b" The pass key is")
-        assert len(prompt) - len(lc.byte_ids(" The pass key is")) - (needle + len(f"The pass key is {key.decode()}. ")) == d
+        assert len(prompt) - len(byte_ids(" The pass key is")) - (needle + len(f"The pass key is {key.decode()}. ")) == d
     assert lr.passkey_accuracy(Oracle(prompts, 300), prompts, "cpu", distances=ds) == {str(d): 1.0 for d in ds}
     assert lr.passkey_accuracy(Oracle(prompts, 300, miss=1), prompts, "cpu", distances=ds) == {str(d): 0.0 for d in ds}
-    assert lr.passkey_distances(lc.byte_ids, 40) == []  # the window cannot hold the passkey's words
+    assert lr.passkey_distances(byte_ids, 40) == []  # the window cannot hold the passkey's words
 
 
 def tiny_teacher(vocab=40):
@@ -115,20 +123,22 @@ def old_realtext_loss(model, x, y, top_ids, top_logp, kd_weight):
 
 @pytest.mark.parametrize("kd_weight", [0.5, 1.0])
 def test_train_loops_top_k_kd_equals_the_old_realtext_loss(tmp_path, kd_weight):
-    """The same student, batch and cached top-k: train.py's training_loss with --teacher-topk gives the old
-    real-text loop's loss and gradient."""
+    """The same student, batch and cached top-k: train.py's training_loss with --teacher-topk (the loss hook of
+    python -m variants) gives the old real-text loop's loss and gradient."""
     windows = torch.randint(1, 40, (4, 33), generator=torch.Generator().manual_seed(1))
     ids, logp = lt.cached_teacher_topk(tiny_teacher(), windows, 5, str(tmp_path / "c"), "k", "cpu")
-    args = train.resolve(train.build_parser().parse_args(
+    opts, rest = variants.parse(
         ["--phase", "1", "--data", "x.bin", "--eot-id", "0", "--teacher-topk", "5", "--kd-weight", f"{kd_weight:g}", "--window", "32",
-         "--vocab-size", "40"] + TINY))
+         "--vocab-size", "40"] + TINY)
+    lab = variants.Variants(opts)
+    args = config.resolve(config.build_parser().parse_args(rest), lab)
     torch.manual_seed(1)  # not the teacher's init
     student = GPT(GPTConfig(vocab_size=40, n_layer=1, n_head=2, n_kv_head=2, d_model=16, max_seq_len=32))
     idx = torch.tensor([2, 0])
     x, y = windows[idx, :-1], windows[idx, 1:]
     pos, doc = torch.arange(32).expand(2, 32), torch.zeros(2, 32, dtype=torch.long)
     batch = (x, y, pos, doc, torch.zeros_like(y, dtype=torch.bool))
-    new = train.training_loss(student, lt.CachedTopK(windows.numpy(), ids, logp), batch, args, nullcontext())[0]
+    new = lab.loss(student, lt.CachedTopK(windows.numpy(), ids, logp), batch, args, nullcontext())[0]
     new_grad = torch.autograd.grad(new, list(student.parameters()))
     old = old_realtext_loss(student, x, y, ids[idx], logp[idx], kd_weight)
     old_grad = torch.autograd.grad(old, list(student.parameters()))
@@ -148,8 +158,8 @@ def hf_teacher(tmp_path):
 
 
 def test_teacher_topk_caches_the_teacher_once_per_text(tmp_path, monkeypatch):
-    """train.py --teacher-topk: the cache is written, read by the next run on the same text, and recomputed on
-    edited text; the top-k KL it trains on is logged and >= 0."""
+    """python -m variants --teacher-topk: the cache is written, read by the next run on the same text, and recomputed
+    on edited text; the top-k KL it trains on is logged and >= 0."""
     folder = hf_teacher(tmp_path)
     data = tmp_path / "corpus.txt"
     data.write_text("\n\n".join("the and then " * (i % 5 + 1) for i in range(200)))
@@ -159,16 +169,16 @@ def test_teacher_topk_caches_the_teacher_once_per_text(tmp_path, monkeypatch):
     calls = []
     real = lt.teacher_topk
     monkeypatch.setattr(lt, "teacher_topk", lambda logits, k: calls.append(1) or real(logits, k))
-    train.main(argv)
+    variants.main(argv)
     caches = [f for f in os.listdir(out) if f.startswith("teacher-top4-")]
     assert len(caches) == 1 and calls
-    log = [json.loads(line) for line in open(os.path.join(out, "corpus-hf-phase1-b10000.jsonl"))]
+    log = [json.loads(line) for line in open(os.path.join(out, "corpus-hf-phase1-b10000-top4.jsonl"))]
     assert all(r["kl"] >= 0 for r in log if "kl" in r)
     calls.clear()
-    train.main(argv)
+    variants.main(argv)
     assert not calls  # the same text: read from the cache
     data.write_text(data.read_text() + "\n\nthe end")
-    train.main(argv)
+    variants.main(argv)
     assert calls and len([f for f in os.listdir(out) if f.startswith("teacher-top4-")]) == 2  # edited: again
 
 
@@ -183,7 +193,7 @@ def test_bad_teacher_topk_is_one_error_line_and_writes_nothing(tmp_path, capsys,
     data = write_corpus(tmp_path / "corpus.txt")
     argv = ["--phase", "1", "--data", data, "--out-dir", str(tmp_path / "out")] + TINY + flags
     with pytest.raises(SystemExit) as e:
-        train.main(argv)
+        variants.main(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error:") and phrase in err[0], err
     assert not (tmp_path / "out").exists()
@@ -192,7 +202,8 @@ def test_bad_teacher_topk_is_one_error_line_and_writes_nothing(tmp_path, capsys,
 def test_own_text_end_to_end_from_a_fresh_clone(tmp_path, capsys):
     """python train.py --phase 2 --data corpus.txt: a teacher and a phase-1 student of that text are trained first,
     named by it (never the shipped ones, whose vocabulary is the synthetic language's), and the run ends with the
-    long-context report of the KD student, its CE twin and the teacher."""
+    held-out report of the KD student, its CE twin and the teacher; on the run's held-out text each of them has a
+    loss by distance and a passkey score (longctx/report.py), which research/realtext.py's tables print."""
     data = write_corpus(tmp_path / "corpus.txt")
     out = tmp_path / "out"
     t0 = time.time()
@@ -210,36 +221,58 @@ def test_own_text_end_to_end_from_a_fresh_clone(tmp_path, capsys):
     ce = json.load(open(out / "corpus-phase2-ce-b10000-b500000.json"))["results"]
     rows = {**kd, **ce}
     assert {"corpus-phase2-kd-b10000-b500000", "corpus-phase2-ce-b10000-b500000", "teacher"} <= set(rows)
-    for name, r in rows.items():
+    assert all(r["corpus_ce"] > 0 for r in rows.values()) and "cross-entropy" in printed.out
+    args = config.resolve(config.build_parser().parse_args(["--phase", "2", "--data", data, "--out-dir", str(out)]
+                                                           + TINY))
+    task = make_task(args)
+    task.prepare(args)
+    long = task.corpus.long  # the held-out text in order
+    stream = long.ravel()
+    distances = lr.passkey_distances(byte_ids, args.window)
+    prompts = lr.passkey_prompts(byte_ids, stream[stream != task.sep], args.window, distances, seed=args.seed)
+    edges = [0, 8, 16, 32, 64]  # doubling up to the window
+    long_rows = {}
+    for label, name in (("KD student", "corpus-phase2-kd-b10000-b500000"),
+                        ("CE student", "corpus-phase2-ce-b10000-b500000"), ("teacher", "corpus-teacher")):
+        model, _ = load_model(str(out / f"{name}.pt"), "cpu")
+        losses = token_losses(model, long[:lr.LONG_WINDOWS], "cpu", nullcontext())
+        long_rows[label] = {"buckets": lr.bucket_losses(losses, edges),
+                            "passkey": lr.passkey_accuracy(model, prompts, "cpu", distances=distances)}
+    for name, r in long_rows.items():
         assert list(r["buckets"]) == ["0-7", "8-15", "16-31", "32-63"] and all(v > 0 for v in r["buckets"].values())
         assert r["passkey"] and all(v is None or 0 <= v <= 1 for v in r["passkey"].values()), name
-    assert "Loss by distance" in printed.out and "| CE student |" in printed.out and "Passkey" in printed.out
+    from research import realtext
+    realtext.print_tables(long_rows, {"window": args.window, "passkey_distances": distances,
+                                      "passkey_trials": lr.PASSKEY_TRIALS}, len(long[:lr.LONG_WINDOWS]), {})
+    printed = capsys.readouterr()
+    assert "loss (nats) by position" in printed.out and "| CE student |" in printed.out and "Passkey" in printed.out
 
 
 def test_own_text_never_finds_the_shipped_checkpoints(tmp_path, capsys):
     """The default preset finds the shipped teacher and phase-1 student for the synthetic language; with --data it
     looks for that text's own (out/corpus-teacher.pt), so a run on text no longer stops on the shipped teacher's
     vocabulary of 193 against the text's 257."""
-    import runs
     data = write_corpus(tmp_path / "corpus.txt")
     out = str(tmp_path / "out")
-    synthetic = train.resolve(train.build_parser().parse_args(["--phase", "2", "--out-dir", out]))
-    assert runs.teacher_path(synthetic) == os.path.join(runs.SHIPPED, "teacher.pt")
-    text = train.resolve(train.build_parser().parse_args(["--phase", "2", "--out-dir", out, "--data", data]))
-    assert runs.teacher_path(text) is None and runs.phase1_path(text) is None
+    lab = train.Lab()
+    synthetic = config.resolve(config.build_parser().parse_args(["--phase", "2", "--out-dir", out]), lab)
+    assert config.teacher_path(synthetic, lab) == os.path.join(config.SHIPPED, "teacher.pt")
+    text = config.resolve(config.build_parser().parse_args(["--phase", "2", "--out-dir", out, "--data", data]), lab)
+    assert config.teacher_path(text, lab) is None and config.phase1_path(text, lab) is None
     with pytest.raises(SystemExit) as e:
         train.main(["--phase", "2", "--out-dir", out, "--data", data, "--no-auto", "--threads", "1"])
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and err.startswith("error: no teacher checkpoint at") and "corpus-teacher.pt" in err
 
 
-def test_the_report_says_why_a_passkey_is_missing():
-    rows = {"m": {"buckets": {"0-7": 1.0}, "passkey": {}}}
-    assert lr.format_long_context(rows, 2, 32).endswith("a window of 32 tokens cannot hold the passkey's words)")
-    rows["m"]["passkey"] = None
-    assert lr.format_long_context(rows, 2, 32).endswith("(no passkey test: a token file has no text to state a key in)")
-    rows["m"]["passkey"] = {"8": 0.5, "20": None}
-    assert lr.format_long_context(rows, 2, 32).splitlines()[-1] == "| m | 0.50 | - |"
+def test_a_passkey_is_missing_where_the_window_cannot_hold_it():
+    """No distance for a window of 32 tokens (it cannot hold the passkey's words); a distance asked for that no
+    prompt fits scores None, beside the one that does."""
+    assert lr.passkey_distances(byte_ids, 32) == []
+    filler = np.arange(1, 500) % 200 + 1
+    prompts = lr.passkey_prompts(byte_ids, filler, 64, [8, 60], trials=2)  # 60: more than the window holds
+    assert {d for d, _, _ in prompts} == {8}
+    assert lr.passkey_accuracy(Oracle(prompts, 300), prompts, "cpu", distances=[8, 60]) == {"8": 1.0, "60": None}
 
 
 def test_a_retrained_checkpoint_teacher_gets_another_cache_key(tmp_path):

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-import analyze
+import interp.analyses
 from data import TaskSpec
 from interp.match import layer0_qk, match_head, match_results, pair_terms, rotate_to, slow_pairs
 from model import GPT, GPTConfig, Inspect
@@ -75,11 +75,11 @@ def test_match_head_picks_the_matching_head_over_an_anti_matching_one():
 
 def test_record_attention_is_a_probability_and_analyze_match_writes_its_files(tmp_path):
     path = write_ckpt(tmp_path / "m.pt", base=5e5, max_seq_len=128, phase="2", seed=5)
-    analyze.main(["match", "--ckpt", path, "--measure", "40", "80", "--n-windows", "1", "--out", str(tmp_path)])
+    interp.analyses.main(["match", "--ckpt", path, "--measure", "40", "80", "--n-windows", "1", "--out", str(tmp_path)])
     res = outputs(tmp_path, "match")["models"]["m"]
     assert len(res["match"]) == 128 and set(res["measured"]) == {"40", "80"}
     assert all(0 <= w <= 1 for w in res["measured"].values()) and set(res["pairs"]) == {"40", "80"}
     assert res["match"] == pytest.approx([s + f for s, f in zip(res["slow"], res["fast"])], abs=3e-4)  # 4 decimals each
     with pytest.raises(SystemExit) as e:
-        analyze.main(["match", "--ckpt", path, "--head", "7", "--out", str(tmp_path / "x")])
+        interp.analyses.main(["match", "--ckpt", path, "--head", "7", "--out", str(tmp_path / "x")])
     assert e.value.code == 2

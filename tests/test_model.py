@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from distill import freeze_teacher
-from model import (GPT, CheckpointError, GPTConfig, Inspect, document_block_mask, document_mask, load_model,
-                   save_checkpoint, switch_rope)
+from model import GPT, CheckpointError, GPTConfig, Inspect, document_mask, load_model, save_checkpoint, switch_rope
 from rope import rope_cos_sin
+from scale.bench import flops_per_token
+from variants.flex import document_block_mask  # registers the "flex" kernel
 
 
 def tiny(**kw):
@@ -131,10 +132,10 @@ def test_flops_per_token_counts_the_causal_half_of_attention():
     m = tiny(d_ff=0)
     matmul_params = m.num_params() - sum(p.numel() for n, p in m.named_parameters() if "norm" in n)
     attention = 12 * 2 * 4 * 8 * 64  # nanoGPT's 12 * L * H * Q * T: the full T x T scores
-    assert m.flops_per_token(64, causal=False) == 6 * matmul_params + attention
-    assert m.flops_per_token(64) == 6 * matmul_params + attention / 2
+    assert flops_per_token(m, 64, causal=False) == 6 * matmul_params + attention
+    assert flops_per_token(m, 64) == 6 * matmul_params + attention / 2
     # doubling the window adds only the causal half of the attention term per token
-    assert m.flops_per_token(128) - m.flops_per_token(64) == attention / 2
+    assert flops_per_token(m, 128) - flops_per_token(m, 64) == attention / 2
 
 
 def test_checkpoint_round_trip_and_errors(tmp_path):
@@ -305,6 +306,5 @@ def test_a_steps_student_and_teacher_share_one_flex_block_mask(monkeypatch):
     assert calls == [False]  # once, eager on the CPU
     student(x, doc_ids=doc.clone())
     assert len(calls) == 2  # another batch: its own mask
-    from model import document_block_mask
     document_block_mask(doc.clone(), compile_mask=True)
     assert calls[-1] is True

@@ -9,20 +9,26 @@ import os
 import numpy as np
 import pytest
 
+import config
 import evaluate
-import runs
 import train
 from data import TaskSpec
 from evaluate import packed_probe
+from interp import probes
 
 TINY = ["--preset", "tiny", "--threads", "1", "--device", "cpu"]
+
+
+class Cosine(train.Lab):
+    def configure(self, args):
+        args.schedule = "cosine"
 
 
 def test_every_stage_after_a_curriculum_restarts_the_warmup_and_the_cosine(tmp_path):
     """Teacher, tiny preset (lr 2e-3, warmup 2): curriculum stages of 3 and 1 steps, then 6 main steps on a
     cosine to 10%. Each stage's schedule runs on its own step count from its own first step."""
     train.main(["--phase", "teacher", "--out-dir", str(tmp_path), "--curriculum-steps", "3", "--steps", "6",
-                "--schedule", "cosine", "--eval-interval", "0"] + TINY)
+                "--eval-interval", "0"] + TINY, Cosine())
     recs = [r for r in map(json.loads, open(tmp_path / "teacher.jsonl")) if "loss" in r]
     lr = 2e-3
 
@@ -42,7 +48,7 @@ def test_every_stage_after_a_curriculum_restarts_the_warmup_and_the_cosine(tmp_p
 
 def far_back_by_hand(batch):
     """(N, L + 1): at each recurring answer, the value its key had in the nearest earlier document; -1 elsewhere.
-    Written per document, apart from evaluate.earlier_values."""
+    Written per document, apart from interp.probes.earlier_values."""
     tok, doc, rec = batch["tokens"], batch["doc_ids"], batch["far_back"] & batch["answers"]
     out = np.full(tok.shape, -1)
     for r in range(len(tok)):
@@ -69,8 +75,8 @@ def test_recurring_signal_scores_a_model_that_answers_as_told(monkeypatch, oracl
             return np.full(y.shape, -7)
         far = far_back_by_hand(batch)[:, 1:]
         return np.where((batch["far_back"] & batch["answers"])[:, 1:], far, y) if oracle == "far" else y
-    monkeypatch.setattr(evaluate, "predictions", predictions)
-    got = evaluate.recurring_signal(None, spec, 512, 64, None, None, n_windows=4, seeds=(1, 2))
+    monkeypatch.setattr(probes, "predictions", predictions)
+    got = probes.recurring_signal(None, spec, 512, 64, None, None, n_windows=4, seeds=(1, 2))
     batch = packed_probe(spec, 512, 64, n_windows=4, seed=1)
     rec = (batch["far_back"] & batch["answers"])[:, 1:]  # the recurring answers
     assert rec.sum() > 10  # the probe has recurring answers to score
@@ -91,13 +97,14 @@ class Bar:
 
 
 def test_the_running_answer_accuracy_is_a_0_9_moving_average_and_counts_each_step():
-    """runs.record_step: acc_ema = 0.9 acc_ema + 0.1 acc (a NaN accuracy, no answer in the batch, leaves it), the
-    tokens, FLOPs and seconds summed; a curriculum stage ends when acc_ema passes --curriculum-target."""
-    state, clock = {"step": 0, "acc_ema": 0.0}, {"tokens": 0, "flops": 0.0, "seconds": 0.0}
+    """config.record_step: acc_ema = 0.9 acc_ema + 0.1 acc (a NaN accuracy, no answer in the batch, leaves it), the
+    tokens and seconds summed; a curriculum stage ends when acc_ema passes the curriculum target."""
+    state = {"step": 0, "acc_ema": 0.0}
+    clock = {"tokens": 0, "seconds": 0.0}
     log = open(os.devnull, "w")
     for acc in (1.0, 1.0, float("nan"), 0.0, 1.0):
-        runs.record_step(state, clock, (2.0, 1.5, 0.5, acc), "main", 64, 10.0, 0.5, 1e-3, Bar(), log)
-    assert state["step"] == 5 and clock == {"tokens": 320, "flops": 3200.0, "seconds": 2.5}
+        config.record_step(state, clock, (2.0, 1.5, 0.5, acc), "main", 64, 0.5, 1e-3, Bar(), log)
+    assert state["step"] == 5 and clock == {"tokens": 320, "seconds": 2.5}
     assert state["acc_ema"] == pytest.approx(((0.1 * 0.9 + 0.1) * 0.9) * 0.9 + 0.1)  # 0.1, 0.19, 0.19, 0.171, 0.2539
 
 

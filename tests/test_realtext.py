@@ -9,7 +9,8 @@ import torch
 
 from formats import hf
 from longctx import topk
-from longctx.corpus import Corpus
+from data import Corpus
+from evaluate import TextTask
 from research import realtext
 from model import GPT, GPTConfig
 from formats.tokenizer import Tokenizer
@@ -183,9 +184,9 @@ def test_the_kd_student_moves_toward_the_teacher(teacher_dir, tmp_path):
     p = dict(realtext.PRESETS["tiny"], steps=60, batch_size=4, lr=1e-2, warmup=1, window=32, d_model=32, d_ff=64)
     args = Namespace(seed=0, threads=1, device="cpu", preset="tiny", plays=str(tmp_path), teacher=teacher_dir, out=out)
     eos = tok.eos_id
-    corpus = Corpus(realtext.as_windows(windows, eos), realtext.as_windows(windows[:1], eos), windows[:1].numpy(),
-                    None, eos)
-    student, history = realtext.train_student(args, p, corpus, 1.0, "KD student", V, 10000.0)
+    task = TextTask(args.plays, tok.encode, eos, V)
+    task.corpus = Corpus(realtext.as_windows(windows, eos), realtext.as_windows(windows[:1], eos), windows[:1].numpy())
+    student, history = realtext.train_student(args, p, task, 1.0, "KD student", V, 10000.0)
     after = teacher_kl(student, teacher, windows)
     kls = [kl for _, _, kl in history]
     assert after < kls[0] / 3, (kls[0], after)

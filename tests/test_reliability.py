@@ -10,17 +10,19 @@ import pytest
 import torch
 
 import analyze
-from scale import bench
-from research import experiment
-from formats import checkpoint
-import runs
+import config
+import model
 import train
 from data import TaskSpec
+from interp import analyses
 from model import GPT, CheckpointError, GPTConfig, load_checkpoint, save_checkpoint
+from research import experiment
+from scale import bench
+from variants import train as variants
 
 TINY = ["--preset", "tiny", "--threads", "1", "--device", "cpu"]
-MAIN = {"train": lambda argv: train.main(TINY + argv), "analyze": analyze.main, "experiment": experiment.main,
-        "bench": bench.main}
+MAIN = {"train": lambda argv: train.main(TINY + argv), "variants": lambda argv: variants.main(TINY + argv),
+        "analyze": analyze.main, "interp": analyses.main, "experiment": experiment.main, "bench": bench.main}
 
 
 class Hostile:
@@ -94,7 +96,7 @@ BAD = {  # case: (script, argv, a phrase the error line must hold); {d} is the w
     "init truncated": ("train", ["--phase", "2", "--init", "{d}/cut.pt"], "truncated or corrupt (5,000 bytes"),
     "phase 2 bad teacher, with twin": ("train", ["--phase", "2", "--teacher", "{d}/text.pt"], "not a checkpoint"),
     "phase 2 resume, nothing to resume": ("train", ["--phase", "2", "--resume"], "no checkpoint"),
-    "vocabulary below the data's ids": ("train", ["--phase", "teacher", "--vocab-size", "10"], "--vocab-size 10"),
+    "vocabulary below the data's ids": ("variants", ["--phase", "teacher", "--vocab-size", "10"], "--vocab-size 10"),
     "out dir is a file": ("train", ["--phase", "1", "--out-dir", "{d}/text.pt"], "not a folder"),
     "negative eval interval": ("train", ["--phase", "teacher", "--eval-interval", "-3"], "--eval-interval"),
     # checkpoints of the wrong kind, or hostile
@@ -121,20 +123,17 @@ BAD = {  # case: (script, argv, a phrase the error line must hold); {d} is the w
                                                           "2"], "do not split into 1 ranks x 2 micro-batches"),
     "zero lr": ("train", ["--phase", "1", "--lr", "0"], "--lr"),
     "kd weight > 1": ("train", ["--phase", "1", "--kd-weight", "1.5"], "--kd-weight"),
-    "zero save interval": ("train", ["--phase", "1", "--save-interval", "0"], "--save-interval"),
+    "zero save interval": ("variants", ["--phase", "1", "--save-interval", "0"], "--save-interval"),
     "negative seed": ("train", ["--phase", "1", "--seed", "-1"], "--seed"),
-    "negative retries": ("train", ["--phase", "1", "--retries", "-1"], "--retries"),
-    "retries in phase 2": ("train", ["--phase", "2", "--retries", "2"], "--retries"),
-    "retries with one run name": ("train", ["--phase", "1", "--retries", "2", "--run-name", "x"], "--run-name"),
-    "negative kd chunk": ("train", ["--phase", "1", "--kd-chunk", "-1"], "--kd-chunk"),
-    "curriculum target 0": ("train", ["--phase", "1", "--curriculum-target", "0"], "--curriculum-target"),
+    "negative kd chunk": ("variants", ["--phase", "1", "--kd-chunk", "-1"], "--kd-chunk"),
+    "curriculum target 0": ("variants", ["--phase", "1", "--curriculum-target", "0"], "--curriculum-target"),
     "window of 4 tokens": ("train", ["--phase", "1", "--window", "4"], "--window"),
     "unknown device": ("train", ["--phase", "1", "--device", "tpu"], "--device"),
     "run name with a folder": ("train", ["--phase", "1", "--run-name", "a/b"], "--run-name"),
-    "rope scaling not an object": ("train", ["--phase", "1", "--rope-scaling", "5"], "JSON object"),
-    "rope scaling key missing": ("train", ["--phase", "1", "--rope-scaling", '{"rope_type": "yarn", "factor": 4}'],
+    "rope scaling not an object": ("variants", ["--phase", "1", "--rope-scaling", "5"], "JSON object"),
+    "rope scaling key missing": ("variants", ["--phase", "1", "--rope-scaling", '{"rope_type": "yarn", "factor": 4}'],
                                  "original_max_position_embeddings"),
-    "negative rope factor": ("train", ["--phase", "1", "--rope-scaling", '{"rope_type": "linear", "factor": -1}'],
+    "negative rope factor": ("variants", ["--phase", "1", "--rope-scaling", '{"rope_type": "linear", "factor": -1}'],
                              "not finite and positive"),
     # flags that only make sense together
     "window below document length": ("train", ["--phase", "2", "--window", "8", "--max-doc-len", "16"],
@@ -144,35 +143,35 @@ BAD = {  # case: (script, argv, a phrase the error line must hold); {d} is the w
     "odd head dimension": ("train", ["--phase", "1", "--d-model", "18", "--n-head", "2", "--n-kv-head", "2"], "even"),
     "resume and overwrite": ("train", ["--phase", "1", "--resume", "--overwrite"], "pass one"),
     "reset positions without doc mask": ("train", ["--phase", "1", "--reset-positions"], "needs --doc-mask"),
-    "flex attention without doc mask": ("train", ["--phase", "1", "--attention", "flex"], "pass --doc-mask"),
-    "flex attention on the CPU": ("train", ["--phase", "1", "--attention", "flex", "--doc-mask", "--device", "cpu"],
+    "flex attention without doc mask": ("variants", ["--phase", "1", "--attention", "flex"], "pass --doc-mask"),
+    "flex attention on the CPU": ("variants", ["--phase", "1", "--attention", "flex", "--doc-mask", "--device", "cpu"],
                                   "CUDA only"),
     "init outside phase 2": ("train", ["--phase", "1", "--init", "{d}/phase1.pt"], "--phase 2"),
     "probes on --data": ("train", ["--phase", "teacher", "--data", "{d}/corpus.txt", "--eval-interval", "5"],
                          "synthetic language"),
-    "eot id outside the vocabulary": ("train", ["--phase", "teacher", "--data", "{d}/ids.bin", "--vocab-size", "400",
+    "eot id outside the vocabulary": ("variants", ["--phase", "teacher", "--data", "{d}/ids.bin", "--vocab-size", "400",
                                                 "--eot-id", "500"], "--eot-id"),
-    ".bin ids beyond the vocabulary": ("train", ["--phase", "teacher", "--data", "{d}/ids.bin", "--vocab-size", "200",
+    ".bin ids beyond the vocabulary": ("variants", ["--phase", "teacher", "--data", "{d}/ids.bin", "--vocab-size", "200",
                                                  "--eot-id", "0"], "outside the vocabulary"),
     "empty data file": ("train", ["--phase", "teacher", "--data", "{d}/empty.txt"], "no text"),
-    "odd .bin": ("train", ["--phase", "teacher", "--data", "{d}/odd.bin"], "uint16"),
-    # analyze.py
+    "odd .bin": ("variants", ["--phase", "teacher", "--data", "{d}/odd.bin"], "uint16"),
+    # analyze.py and python -m interp
     "analyze: not a checkpoint": ("analyze", ["retrieval", "--ckpt", "{d}/text.pt", "--out", "{d}/figs"],
                                   "not a checkpoint"),
     "analyze: truncated": ("analyze", ["perturb", "--ckpt", "{d}/cut.pt", "--out", "{d}/figs"], "truncated"),
     "analyze: zero probe windows": ("analyze", ["retrieval", "--ckpt", "{d}/phase1.pt", "--n-windows", "0",
                                                 "--out", "{d}/figs"], "--n-windows"),
-    "analyze: odd head dim": ("analyze", ["spectrum", "--head-dim", "7", "--out", "{d}/figs"], "--head-dim"),
-    "analyze: base below 1": ("analyze", ["spectrum", "--bases", "0.5", "--out", "{d}/figs"], "--bases"),
-    "analyze: probe distance beyond window": ("analyze", ["qupdate", "--before", "{d}/phase1.pt", "--after",
+    "interp: odd head dim": ("interp", ["spectrum", "--head-dim", "7", "--out", "{d}/figs"], "--head-dim"),
+    "interp: base below 1": ("interp", ["spectrum", "--bases", "0.5", "--out", "{d}/figs"], "--bases"),
+    "interp: probe distance beyond window": ("interp", ["qupdate", "--before", "{d}/phase1.pt", "--after",
                                                           "{d}/phase1.pt", "--probe-distance", "5000",
                                                           "--out", "{d}/figs"], "--probe-distance"),
     "analyze: labels do not match": ("analyze", ["retrieval", "--ckpt", "{d}/phase1.pt", "--labels", "a", "b",
                                                  "--out", "{d}/figs"], "--labels"),
     "analyze: model of --data": ("analyze", ["retrieval", "--ckpt", "{d}/on-text.pt", "--out", "{d}/figs"],
                                  "synthetic language"),
-    "analyze: out is a file": ("analyze", ["spectrum", "--out", "{d}/text.pt"], "not a folder"),
-    "analyze: all, one bad checkpoint": ("analyze", ["all", "--dir", "{d}/run", "--out", "{d}/figs"],
+    "analyze: out is a file": ("analyze", ["retrieval", "--ckpt", "{d}/phase1.pt", "--out", "{d}/text.pt"], "not a folder"),
+    "interp: all, one bad checkpoint": ("interp", ["all", "--dir", "{d}/run", "--out", "{d}/figs"],
                                          "phase1-b10000.pt is truncated"),
     # research/experiment.py
     "experiment: no jobs": ("experiment", ["--jobs", "0", "--out-dir", "{d}/exp"], "--jobs"),
@@ -192,7 +191,7 @@ BAD = {  # case: (script, argv, a phrase the error line must hold); {d} is the w
 def test_bad_input_is_one_line_and_writes_nothing(case, workdir, capsys):
     script, argv, match = BAD[case]
     argv = [a.replace("{d}", str(workdir)) for a in argv]
-    if script == "train" and "--out-dir" not in argv:
+    if script in ("train", "variants") and "--out-dir" not in argv:
         argv += ["--out-dir", str(workdir / "out")]
     before = snapshot(workdir)
     with pytest.raises(SystemExit) as e:
@@ -216,9 +215,16 @@ def test_every_model_flag_has_its_own_help():
 # ----------------------------------------------------------------------------- faults while writing
 
 
+class SaveEvery3(train.Lab):
+    def configure(self, args):
+        args.save_interval = 3
+
+
 @pytest.mark.parametrize("fault", ["disk full mid-write", "folder not writable"])
 def test_failed_save_keeps_the_previous_checkpoint(fault, tmp_path, capsys, monkeypatch):
-    real_save, real_mkstemp, saves = torch.save, checkpoint.tempfile.mkstemp, []
+    real_save = torch.save
+    real_mkstemp = model.tempfile.mkstemp
+    saves = []
 
     def full_disk(obj, f, *a, **k):  # the second save writes part of the archive, then the disk is full
         saves.append(obj["step"])
@@ -234,12 +240,12 @@ def test_failed_save_keeps_the_previous_checkpoint(fault, tmp_path, capsys, monk
         return real_mkstemp(*a, **k)
 
     if fault == "disk full mid-write":
-        monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+        monkeypatch.setattr(model.torch, "save", full_disk)
     else:
-        monkeypatch.setattr(checkpoint.tempfile, "mkstemp", read_only)
+        monkeypatch.setattr(model.tempfile, "mkstemp", read_only)
     with pytest.raises(SystemExit) as e:
         train.main(["--phase", "teacher", "--out-dir", str(tmp_path), "--curriculum-steps", "0", "--steps", "10",
-                    "--save-interval", "3", "--eval-interval", "0"] + TINY)
+                    "--eval-interval", "0"] + TINY, SaveEvery3())
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     reason = "No space left on device" if fault == "disk full mid-write" else "Permission denied"
@@ -271,7 +277,7 @@ def test_a_failing_run_stops_its_twin_unless_interrupted(monkeypatch):
 
         twin = Twin()
         with pytest.raises(SystemExit):
-            with runs.one_line_errors(args, twin):
+            with config.one_line_errors(args, twin):
                 failing()
         assert twin.terminated == stopped and twin.waited
 
@@ -279,7 +285,7 @@ def test_a_failing_run_stops_its_twin_unless_interrupted(monkeypatch):
 def test_resume_drops_a_log_line_cut_by_a_kill(tmp_path):
     log = tmp_path / "run.jsonl"
     log.write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.9}\n{"step": 3, "lo')
-    runs.truncate_log(str(log), 2)
+    config.truncate_log(str(log), 2)
     assert log.read_text() == '{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.9}\n'
 
 

@@ -359,16 +359,19 @@ def test_the_screen_grows_by_update_and_keeps_the_students_it_already_had(tmp_pa
 
 def test_the_band_finds_every_arms_run_under_the_name_train_py_gives_it():
     """research.robustness.student_paths names each --arm's phase-2 run (ablations included, another phase-1 and
-    phase-2 seed, a variant) exactly as train.py does, so that `band --arms kd-masked ...` scores the run trained."""
+    phase-2 seed, a variant) exactly as python -m variants does, so that `band --arms kd-masked ...` scores the run
+    trained."""
     from config import build_parser, resolve
-    from distill import ARMS
     from research import robustness
+    from variants.arms import ARMS
+    from variants.train import Variants, parse
     for p1, p2, variant in ((0, 0, []), (17, 1, []), (17, 0, ["--recurrence", "0"])):
         paths = robustness.student_paths("out", p1, p2, "-rec0" if variant else "")
         assert set(paths) == {"step0", *ARMS}
         for arm in ARMS:
             argv = ["--phase", "2", "--rope-base", "500000", "--phase1-seed", str(p1), "--seed", str(p2), "--arm", arm]
-            name = resolve(build_parser().parse_args(argv + variant)).run_name
+            opts, rest = parse(argv + variant)
+            name = resolve(build_parser().parse_args(rest), Variants(opts)).run_name
             assert paths[arm] == os.path.join("out", name + ".pt")
 
 

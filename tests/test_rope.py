@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from rope import (apply_rope, critical_dimension, full_rotation_base, men_lower_bound, rope_cos_sin,
-                  rope_frequencies, rotations, spectrum_utilization)
+import variants.rope_scaling  # noqa: F401  (registers the scaling variants in rope.SCALINGS)
+from interp.spectrum import men_lower_bound
+from rope import (apply_rope, critical_dimension, full_rotation_base, rope_cos_sin, rope_frequencies, rotations,
+                  spectrum_utilization)
 
 
 def rotate(x, pos, inv_freq):

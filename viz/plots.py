@@ -1,9 +1,9 @@
-"""Figures for analyze.py: one drawing function per analysis, fed with its JSON-able results.
+"""Figures of the analyses beyond analyze.py's (python -m interp): one drawing function per analysis, fed with its
+JSON-able results.
 
-Paper idea: the figures of "Short Data, Long Context" (arXiv 2604.06070): retrieval against
-distance (the claim), the RoPE spectrum of the phase-wise schedule (finding 1), perturbation
-propagation to the logits (finding 2), and per-frequency query updates (finding 3).
-analyze.py measures; this file only draws (matplotlib, Agg backend, no display needed).
+Paper idea: the figures of "Short Data, Long Context" (arXiv 2604.06070) beyond the claim and finding 2 (analyze.py
+draws those): the RoPE spectrum of the phase-wise schedule (finding 1), per-frequency query updates (finding 3), a
+head's self-match by RoPE pair and a phase alias. interp/ measures; this file only draws (matplotlib, Agg backend).
 """
 import os
 
@@ -32,38 +32,6 @@ def mark_critical(ax, pairs: dict):
         ax.axvline(pair - 0.5, color="tab:cyan", ls=style, lw=2, label=label)
 
 
-def plot_retrieval(res, window, distances, depths, max_doc_len, out, name, floor=None):
-    """floor: {D: acc} that no retrieval needs (evaluate.heuristic_floors' best), drawn dashed."""
-    fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
-    if floor is not None:
-        ax.plot(distances, [floor[d] for d in distances], color="0.5", ls="--",
-                label="floor: copy the last value, or guess among the values seen")
-    for label, r in res.items():
-        line, = ax.plot(distances, [r["kv"][d] for d in distances], marker="o",
-                        label=f"{label} (base {r['rope_base']:g}, in-doc acc {r['in_doc']:.2f})")
-        if r["max_seq_len"] < window:  # dotted: the window this model was trained on
-            ax.axvline(r["max_seq_len"], color=line.get_color(), ls=":", lw=1)
-    ax.axvline(max_doc_len, color="k", ls="--", label=f"longest student document ({max_doc_len} tokens)")
-    ax.set(xscale="log", ylim=(-0.03, 1.03), xlabel="distance D from record to query (tokens, log scale)",
-           ylabel="key-value retrieval accuracy (fraction)",
-           title=f"Long-range retrieval on {window}-token windows (dotted: a model's training window)")
-    ax.legend(fontsize=8)
-    paths = [save(fig, out, f"{name}.png")]
-    fig, axes = plt.subplots(1, len(res), figsize=(3.4 * len(res) + 1.2, 3.8), squeeze=False, layout="constrained")
-    n_short = sum(d <= max_doc_len for d in distances)
-    for ax, (label, r) in zip(axes[0], res.items()):
-        grid = np.array([[r["depth"][dp][d] for d in distances] for dp in depths])  # (depths, distances)
-        im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
-        if 0 < n_short < len(distances):
-            ax.axvline(n_short - 0.5, color="w", ls="--", label="longest student document")
-        ax.set_xticks(range(len(distances)), [str(d) for d in distances], rotation=60)
-        ax.set_yticks(range(len(depths)), [f"{dp:g}" for dp in depths])
-        ax.set(title=label, xlabel="distance D (tokens)", ylabel="query depth (fraction of window)")
-    fig.colorbar(im, ax=axes[0].tolist(), label="retrieval accuracy (fraction)")
-    fig.suptitle("Key-value retrieval: depth x distance")
-    return paths + [save(fig, out, f"{name}_depth.png")]
-
-
 def plot_spectrum(res, out, name):
     d, pairs = res["head_dim"], np.arange(res["head_dim"] // 2)
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.8), width_ratios=[1.3, 1], layout="constrained")
@@ -89,33 +57,6 @@ def plot_spectrum(res, out, name):
     ax2.set(xlabel="frequency pair i", title="phase-wise schedule (|: critical pair; blue: turns >= once)")
     fig.colorbar(im, ax=ax2, label="log10 rotations within the window")
     return [save(fig, out, f"{name}.png")]
-
-
-def plot_perturb(res, period, target, out, name, smooth=16):
-    n = len(res)
-    (fig, axes), (fig2, axes2) = [plt.subplots(1, n, figsize=(5.5 * n, 4.2), squeeze=False, layout="constrained")
-                                  for _ in range(2)]
-    for ax, ax2, (label, r) in zip(axes[0], axes2[0], res.items()):
-        for run in r["runs"]:
-            run_label = f"layer {run['layer']}, {run['kind']} {run['size']:g}"
-            ax.plot(range(len(run["rel_change"])), run["rel_change"], marker="o", label=run_label)
-            kl = np.convolve(run["kl_per_position"], np.ones(smooth) / smooth, mode="valid")  # running mean
-            ax2.plot(np.arange(len(kl)) + smooth - 1, kl, lw=0.8, label=f"{run_label} (mean {run['kl_mean']:.2g})")
-        ax.set_yscale("symlog", linthresh=1e-3)  # log above 1e-3, linear through the exact zeros
-        ax.set_xticks(range(len(r["runs"][0]["rel_change"])))
-        ax.set(title=f"{label}: {target} positions of one layer moved", ylabel="relative L2 change ||h' - h|| / ||h||",
-               xlabel="residual stream (0 = embedding, j = after block j-1)")
-        if period is not None:
-            ax2.axvline(period, color="k", ls="--", lw=1, label=f"first repeat (period {period})")
-        if max((v for run in r["runs"] for v in run["kl_per_position"]), default=0) > 0:
-            ax2.set_yscale("log")
-        ax2.set(title=f"{label}: next-token KL(clean || perturbed)", xlabel="position in window (tokens)",
-                ylabel=f"KL (nats, running mean over {smooth} positions)")
-        ax.legend(fontsize=7)
-        ax2.legend(fontsize=7)
-    fig.suptitle("Finding 2: propagation of a RoPE position perturbation")
-    fig2.suptitle("Finding 2: the perturbation at the logits")
-    return [save(fig, out, f"{name}.png"), save(fig2, out, f"{name}_kl.png")]
 
 
 def plot_qupdate(res, title, out, name):

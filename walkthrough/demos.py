@@ -7,6 +7,7 @@ is made of, and the distillation target next to the one-hot target at one positi
 subcommand uses the shipped checkpoints and the project's own functions (never a copy of
 them), prints what WALKTHROUGH.md shows, and draws one figure into --out:
 
+  python -m walkthrough data       samples of the data: a long document, a packed window, a probe (no figure)
   python -m walkthrough batch      the first phase-2 batch, as train.py draws it   packed_window.png
   python -m walkthrough rope       RoPE's relative property and its spectrum        rope_turns.png
   python -m walkthrough attention  retrieval at D=512: teacher vs the step-0 student  (no figure)
@@ -25,12 +26,14 @@ import torch
 import torch.nn.functional as F
 
 from config import SHIPPED, build_parser as train_parser, check_out_dir, resolve
-from data import SEP, TaskSpec, kv_probe, render, to_device
+from data import SEP, TaskSpec, kv_probe, synthetic_batch, to_device
+from research.overlap import key_recurrence
 from distill import kd_loss, load_teacher, teacher_logits
 from model import Inspect, atomic_write, load_model, switch_rope
 from rope import (apply_rope, critical_dimension, critical_pair, default_inv_freq, rope_cos_sin, rotations,
                   spectrum_utilization)
-from train import make_optimizer, make_stages, train_step
+from evaluate import KeyValueTask
+from train import Lab, make_optimizer, make_stages, train_step
 
 CPU = torch.device("cpu")
 F32 = nullcontext()  # the walkthrough runs in float32 whatever train.py's --dtype default becomes
@@ -40,10 +43,42 @@ PHASE2_ARGV = ["--phase", "2", "--device", "cpu", "--dtype", "float32"]  # train
 # ----------------------------------------------------------------------------- shared
 
 
+def render(tokens, spec, answers=None, width=24):
+    """Readable tokens: | for SEP, K12 / V3 / f for key, value, filler; [V3] marks an answer."""
+    out = []
+    for i, t in enumerate(tokens[:width]):
+        t = int(t)
+        s = "|" if t == SEP else f"K{t - 1}" if t <= spec.n_keys else (
+            f"V{t - 1 - spec.n_keys}" if t <= spec.n_keys + spec.n_values else ".")
+        out.append(f"[{s}]" if answers is not None and answers[i] else s)
+    return " ".join(out)
+
+
+def run_data(args):
+    """Samples of data.py: a long document (teacher data), a packed window of short documents, a probe."""
+    spec, rng = TaskSpec(), np.random.default_rng(args.seed)
+    print(f"vocabulary {spec.vocab_size}: SEP=0 '|', keys K0..K{spec.n_keys - 1}, values V0..V{spec.n_values - 1}, "
+          f"filler '.' (Markov, {spec.branching} successors)\n")
+    long = synthetic_batch(spec, rng, "long", 1, args.window)
+    print("A long document (teacher data), first 48 tokens, answers in [ ]:")
+    print(" ", render(long["tokens"][0], spec, long["answers"][0], 48))
+    packed = synthetic_batch(spec, rng, "packed", 8, args.window, args.max_doc_len, recurrence=args.recurrence)
+    starts = np.flatnonzero(packed["tokens"][0] == SEP)
+    print(f"\nA packed window of short documents: {len(starts)} documents start at {starts.tolist()}")
+    print("  the first 48 tokens:", render(packed["tokens"][0], spec, packed["answers"][0], 48))
+    print(f"  records whose key already appeared in an earlier document of the window: "
+          f"{key_recurrence(spec, packed):.0%}; far-back value targets: {packed['far_back'].sum() / 8:.0f} per window")
+    probe = kv_probe(spec, args.window, 256, n_windows=1, n_pairs=4)
+    q = np.flatnonzero(probe["answers"][0])
+    print(f"\nA retrieval probe at D=256: answers at positions {q.tolist()}; around the first:")
+    print("  record:", render(probe["tokens"][0][q[0] - 257:], spec, width=3),
+          "  query:", render(probe["tokens"][0][q[0] - 1:], spec, probe["answers"][0][q[0] - 1:], 3))
+
+
 def phase2_batch():
     """(resolved train.py args, numpy batch): step 0 of the phase-2 data stream, exactly as train.py draws it."""
     args = resolve(train_parser().parse_args(PHASE2_ARGV))
-    name, src, steps, _ = make_stages(args, TaskSpec())[-1]  # phase 2 has one stage, "main"
+    name, src, steps, _ = make_stages(args, KeyValueTask(), Lab())[-1]  # phase 2 has one stage, "main"
     return args, src.batch(0)
 
 
@@ -303,12 +338,18 @@ def run_kd(args):
 
 # ----------------------------------------------------------------------------- CLI
 
-COMMANDS = {"batch": run_batch, "rope": run_rope, "attention": run_attention, "kd": run_kd}
+COMMANDS = {"data": run_data, "batch": run_batch, "rope": run_rope, "attention": run_attention, "kd": run_kd}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("command", choices=list(COMMANDS), help="the stop: batch, rope, attention or kd")
+    p.add_argument("command", choices=list(COMMANDS), help="the stop: data, batch, rope, attention or kd")
+    p.add_argument("--window", type=int, default=1024, help="data: the long window L; default 1024")
+    p.add_argument("--max-doc-len", type=int, default=128, help="data: the longest short document (separator "
+                   "included); default 128")
+    p.add_argument("--seed", type=int, default=0, help="data: the random seed; default 0")
+    p.add_argument("--recurrence", type=float, default=None, help="data: ask this fraction of records to reuse a key "
+                   "of an earlier document (default: uniform keys)")
     p.add_argument("--out", default="figures", help="folder for the figure; default figures/ (docs/walkthrough "
                    "holds the ones WALKTHROUGH.md shows)")
     args = p.parse_args(argv)

@@ -1,0 +1,3 @@
+from interp.analyses import main
+
+main()

@@ -1,0 +1,3 @@
+from variants.train import main
+
+main()
