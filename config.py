@@ -65,8 +65,8 @@ PRESETS = {
 # phase1_seeds: phase 1 without --seed trains these students in order until one passes the acceptance test
 # (ACCEPTANCE; None: no test, seed 0).
 # Settings every preset shares (train.Lab.configure may change them for a run):
-SETTINGS = dict(schedule="constant", weight_decay=0.1, grad_clip=1.0, curriculum_target=0.95, kd_chunk=256,
-                attention="sdpa", scaling=None)
+SETTINGS = dict(schedule="constant", weight_decay=0.1, grad_clip=1.0, curriculum_target=0.95, attention="sdpa",
+                scaling=None)
 PHASE_LR = {"teacher": 1.0, "1": 1.0, "2": 0.5}  # phase 2 fine-tunes: half the preset's lr
 # Phase 2 leans on the teacher: with 0.5 the CE half (which rewards looking only inside the current short document)
 # pulled a window-32 student's long-range retrieval back down after step ~750 (0.74-0.87 at D >= 512 after 1,500
@@ -373,8 +373,7 @@ def autocast_dtype(device, flag="auto", phase="2") -> torch.dtype:
     CPU_BF16_PHASES and float32 for the others; float32 on any other CPU.
 
     Under bf16 autocast the matmuls and attention run in bf16: RoPE's angles (rope.py), the loss, the KD
-    softmax (distill.py), the weights and the AdamW state stay float32 (tests/test_train.py checks it), and so
-    does a CPU training pass's attention below 1,024 tokens (model.float32_attention).
+    softmax (distill.py), the weights and the AdamW state stay float32 (tests/test_train.py checks it).
     """
     if flag == "auto":
         native = device.type == "cuda" or (cpu_has_native_bf16() and phase in CPU_BF16_PHASES)
@@ -743,12 +742,3 @@ def stage_steps(log_path, stage) -> int:
     stage). --resume truncates the log to the checkpoint, so the count is the checkpoint's."""
     with open(log_path) as f:
         return sum(json.loads(line).get("stage") == stage for line in f)
-
-
-def saved_speed(args):
-    """The speed a finished run's results recorded (evaluate.report_speed's dict), or None."""
-    try:
-        with open(run_path(args, ".json")) as f:
-            return json.load(f).get("speed")
-    except (OSError, ValueError):
-        return None

@@ -100,7 +100,8 @@ def make_filler(spec: TaskSpec, rng: np.random.Generator, n_rows: int, length: i
     """
     if spec.branching == 0 or length == 0:
         return spec.filler_ids()[rng.integers(0, spec.n_filler, (n_rows, length))]
-    succ, choice = spec.successors(), rng.integers(0, spec.branching, (n_rows, length))
+    succ = spec.successors()
+    choice = rng.integers(0, spec.branching, (n_rows, length))
     state = np.empty((n_rows, length), dtype=np.int64)
     state[:, :spec.order] = rng.integers(0, spec.n_filler, (n_rows, min(spec.order, length)))
     for t in range(spec.order, length):
@@ -262,7 +263,8 @@ def synthetic_batch(spec, rng, kind, batch_size, window, max_doc_len=128, min_do
     if kind not in ("long", "packed"):
         raise ValueError(f"unknown data kind {kind!r} (long or packed)")
     filler = make_filler(spec, rng, batch_size, window + 1)  # in bulk: one chain per window
-    docs, answers = [], []
+    docs = []
+    answers = []
     for row in filler:
         if kind == "long":
             parts = [long_document(spec, rng, window, n_pairs, row[1:])]
@@ -374,7 +376,8 @@ def kv_probe(spec, window, distance, n_windows=16, n_pairs=16, depth=None, seed=
         band = max(4 * n_pairs, body // 8)
         lo = distance + int(depth * max(0, hi - distance - band))
         hi = min(hi, lo + band)
-    docs, answers = [], []
+    docs = []
+    answers = []
     for _ in range(n_windows):
         k = min(n_pairs, n_fit)
         tok, ans = kv_document(spec, rng, body, k, np.full(k, distance), lo, hi)
@@ -426,7 +429,8 @@ def split_held_out(docs, n_tokens):
     on the cut is cut in two)."""
     lengths = np.array([len(d) for d in docs])
     after = np.cumsum(lengths[::-1])[::-1] - lengths  # tokens after each document
-    train, held = [], []
+    train = []
+    held = []
     for d, n_after in zip(docs, after):
         keep = max(0, len(d) - max(0, n_tokens - n_after))  # this document's tokens that stay in training
         if keep:

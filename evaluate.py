@@ -381,7 +381,8 @@ class TextTask(Task):
         return {"corpus_ce": token_losses(model, tokens, device, autocast, doc_ids).mean().item()}
 
     def table(self, rows, args, floors):
-        lines = [f"{name}: cross-entropy {r['corpus_ce']:.3f} nats/token on held-out windows" for name, r in rows.items()]
+        lines = [f"{name}: cross-entropy {r['corpus_ce']:.3f} nats/token on held-out windows"
+                 for name, r in rows.items()]
         if args.preset == "tiny":
             lines.append("(the tiny preset is a smoke test: its models are too small and too briefly trained for "
                          "these numbers to mean anything)")

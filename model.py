@@ -22,7 +22,6 @@ import re
 import tempfile
 import warnings
 import zipfile
-from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -83,7 +82,9 @@ class Attention(nn.Module):
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.n_head, self.n_kv_head, self.head_dim = cfg.n_head, cfg.n_kv_head, cfg.head_dim
+        self.n_head = cfg.n_head
+        self.n_kv_head = cfg.n_kv_head
+        self.head_dim = cfg.head_dim
         self.wq = nn.Linear(cfg.d_model, cfg.n_head * cfg.head_dim, bias=False)
         self.wk = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=False)
         self.wv = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=False)
@@ -94,19 +95,18 @@ class Attention(nn.Module):
         q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         v = self.wv(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
-        in_float32 = kernel == "sdpa" and float32_attention(q)  # a CPU bf16 speed path (see float32_attention)
-        if in_float32:
-            q, k, v = q.float(), k.float(), v.float()
         q_rot, k_rot = apply_rope(q, *rope_q), apply_rope(k, *rope_k)  # position enters here, and only here
         if inspect is not None and inspect.record:
-            inspect.q_pre.append(q.detach()); inspect.q_post.append(q_rot.detach())
-            inspect.k_pre.append(k.detach()); inspect.k_post.append(k_rot.detach())
+            inspect.q_pre.append(q.detach())
+            inspect.q_post.append(q_rot.detach())
+            inspect.k_pre.append(k.detach())
+            inspect.k_post.append(k_rot.detach())
         if kernel == "reference":
             y = reference_attention(q_rot, k_rot, v, attn_mask)  # (B, H, T, hd)
         elif kernel in KERNELS:
             y = KERNELS[kernel](q_rot, k_rot, v, attn_mask)
         else:
-            y = sdpa_attention(q_rot, k_rot, v, attn_mask, in_float32)
+            y = sdpa_attention(q_rot, k_rot, v, attn_mask)
         return self.wo(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
 
@@ -132,28 +132,11 @@ def reference_attention(q, k, v, mask=None):
     return weights @ v  # (B, H, T, hd)
 
 
-def sdpa_attention(q, k, v, mask=None, in_float32=False):
+def sdpa_attention(q, k, v, mask=None):
     """The same as reference_attention through torch's fused kernel: flash attention when mask is None
     (is_causal=True; never materialises the T x T scores), a masked kernel for a dense document mask."""
-    with torch.autocast(q.device.type, enabled=False) if in_float32 else nullcontext():
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
-                                              enable_gqa=k.shape[1] != q.shape[1])  # (B, H, T, hd)
-
-
-# Below this many tokens a CPU training step attends in float32 under bf16 autocast (float32_attention).
-FLOAT32_ATTENTION_BELOW = 1024
-
-
-def float32_attention(q) -> bool:
-    """A speed path: whether RoPE and attention run in float32 although autocast made q (B, H, T, hd) bf16:
-    on CPU, when a backward will follow and the window is short. torch 2.13's CPU flash attention is slower in
-    bf16 than in float32 forward + backward, by a cost per (batch, head) that dominates short windows (one
-    thread, 4,096 tokens, head_dim 32: x4.5 at T = 64, x3.7 at 128, x1.8 at 256, x1.4 at 512, x1.03 at 1024,
-    x1.05 at 2048; x11 at the curriculum's 16), while its bf16 forward alone is faster (x1.5 at 1024). From
-    1024 tokens on, float32 would only add the casts, so a training step there stays bf16, as does every
-    forward-only pass (the teacher, the probes). The projections and the LM head run in bf16 either way."""
-    return (q.dtype == torch.bfloat16 and q.device.type == "cpu" and q.requires_grad and torch.is_grad_enabled()
-            and q.shape[-2] < FLOAT32_ATTENTION_BELOW)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                          enable_gqa=k.shape[1] != q.shape[1])  # (B, H, T, hd)
 
 
 class SwiGLU(nn.Module):

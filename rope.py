@@ -134,22 +134,3 @@ def spectrum_utilization(head_dim: int, base: float, window: int) -> float:
 def full_rotation_base(head_dim: int, window: int) -> float:
     """Base at which the slowest pair (i = d/2-1) turns exactly once over L: (L/2pi)^(d/(d-2))."""
     return (window / (2 * math.pi)) ** (head_dim / (head_dim - 2))
-
-
-def spectrum_summary(head_dim: int, base: float, window: int) -> dict:
-    """Every spectrum figure of one (base, window) phase, as a dict (used by train.py and analyze.py)."""
-    inv = default_inv_freq(head_dim, base)
-    return {
-        "head_dim": head_dim, "base": base, "window": window,
-        "critical_dim": critical_dimension(head_dim, base, window),
-        "utilization": spectrum_utilization(head_dim, base, window),
-        "slowest_rotations": float(rotations(inv, window)[-1]),
-        "full_rotation_base": full_rotation_base(head_dim, window),
-    }
-
-
-def format_spectrum(s: dict) -> str:
-    """One line of spectrum figures; "critical dim" is Liu et al.'s d_extra, i.e. critical pair d_extra / 2."""
-    return (f"RoPE base {s['base']:g}, window {s['window']}, head_dim {s['head_dim']}: critical dim "
-            f"{s['critical_dim']}, utilization {s['utilization']:.2f}, slowest pair turns "
-            f"{s['slowest_rotations']:.3g}x (full-rotation base {s['full_rotation_base']:.3g})")

@@ -38,16 +38,16 @@ import torch.distributed as tdist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from config import (ACCEPTANCE, PRESETS, BatchShape, RunLock, any_rank, build_parser, check_inputs, curriculum_stages,
-                    fail, is_main, load_init, make_stages, one_line_errors, phase1_file, phase1_path, phase_seed, pick_device, rank,
-                    record_step, resolve, resume_state, run_path, save_run, saved_speed, stage_steps, student_config,
-                    teacher_file, teacher_path, world_size)
+from config import (ACCEPTANCE, PRESETS, BatchShape, RunLock, any_rank, build_parser, check_inputs,
+                    curriculum_stages, fail, is_main, load_init, make_stages, one_line_errors, phase1_file,
+                    phase1_path, phase_seed, pick_device, rank, record_step, resolve, resume_state, run_path,
+                    save_run, stage_steps, student_config, teacher_file, teacher_path, world_size)
 from data import prefetch, to_device
 from distill import cross_entropy, kd_loss, load_teacher, teacher_logits
 from evaluate import (START, KeyValueTask, evaluate, format_accuracy, make_task, print_side_by_side, report,
                       report_speed, source_commit)
 from model import GPT, CheckpointError, atomic_write, load_model, switch_rope
-from rope import format_spectrum, spectrum_summary
+from rope import critical_dimension, spectrum_utilization
 
 TRAIN_PY = os.path.abspath(__file__)
 
@@ -63,7 +63,7 @@ def main(argv=None, lab=None):
         return None
     pick_device(args)
     t0 = time.time()
-    start_process_group(args)  # under torchrun: this rank's process group; nothing in a single process
+    started = start_process_group(args)  # under torchrun: this rank's process group (not in a nested main)
     try:
         with RunLock(args):  # one process per run and output folder, before anything is read or trained
             task, previous = check_inputs(args, lab)  # bad input ends here in one line, before anything is written
@@ -74,7 +74,8 @@ def main(argv=None, lab=None):
                 results = train(args, task, previous, lab)
             finish_twin(args, twin, proc, results, task)
     finally:
-        stop_process_group()
+        if started:
+            stop_process_group()
     print(f"wall time: {(time.time() - t0) / 60:.1f} min")
     return results
 
@@ -89,14 +90,16 @@ def train(args, task, previous, lab):
     teacher = frozen_teacher(args, device, lab) if needs_teacher(args) else None
     if args.resume and previous is not None and previous.get("done"):
         print(f"{run_path(args, '.pt')} already finished; its results:")
-        return on_main(final_report, args, task, teacher, device, autocast, saved_speed(args), lab)
+        return on_main(final_report, args, task, teacher, device, autocast, None, lab)
     kd_teacher = lab.teacher(teacher, args, task, device)  # what the loss reads
     model = build_student(args, device, lab)
     opt = make_optimizer(model, args, device)
     state = resume_state(args, previous, model, opt)  # {step, stage, stage_start, acc_ema}
     print(f"== phase {args.phase}: {args.run_name} | window {args.window} | {model.num_params():,} params | "
           f"loss {loss_name(args)} | {device}")
-    print("  " + format_spectrum(spectrum_summary(model.config.head_dim, model.config.rope_base, args.window)))
+    spectrum = (model.config.head_dim, model.config.rope_base, args.window)  # what the phase trains in (rope.py)
+    print(f"  RoPE base {spectrum[1]:g}, window {args.window}, head_dim {spectrum[0]}: critical dim "
+          f"{critical_dimension(*spectrum)}, utilization {spectrum_utilization(*spectrum):.2f}")
     stages = make_stages(args, task, lab)
     step_model = wrap(model, device)  # DDP under torchrun
     clock = {"tokens": 0, "seconds": 0.0}
@@ -174,26 +177,25 @@ def train_step(model, teacher, opt, batch, args, autocast, lab=None):
     return loss, ce, kl, (stats[3] / stats[4]).item()  # 0 / 0 = NaN: no answer in the batch
 
 
-def training_loss(model, teacher, batch, args, autocast, counts=None, kd=kd_loss):
+def training_loss(model, teacher, batch, args, autocast, counts=None, kd=kd_loss, ce=cross_entropy):
     """(1 - w) CE + w T^2 KL(teacher || student) (--kd-weight w, --temperature T), or CE alone at w = 0; returns
     (loss, ce, kl, correct answers, answers), 0-dim tensors, kl NaN without a KD term. counts: the positions each term
-    counts in the global batch (term_counts) when this batch is part of one. kd: the KD term (distill.kd_loss)."""
+    counts in the global batch (term_counts) when this batch is part of one. kd, ce: the two terms (distill.py's)."""
     x, y, pos, doc, ans = batch  # (b, T) each
     with autocast:
         logits = model(x, pos, doc if args.doc_mask else None)  # (b, T, V)
     ce_total = None if counts is None else counts[0]
     kd_total = None if counts is None else counts[1]
-    chunk = args.kd_chunk if logits.numel() > CHUNK_ABOVE else 0  # 0: plain autograd, as distill.py writes it
-    ce = cross_entropy(logits, y, None, ce_total, chunk)
-    loss = ce
+    ce_term = ce(logits, y, None, ce_total)
+    loss = ce_term
     kl = torch.tensor(float("nan"))
     if teacher is not None and args.kd_weight > 0:  # the paper's loss: (1 - w) CE + w T^2 KL(p_t || p_s)
         with autocast:
             t_logits = teacher_logits(teacher, x, pos, doc if args.doc_mask else None)
-        kd_term, kl = kd(logits, t_logits, None, args.temperature, chunk, kd_total)
-        loss = (1 - args.kd_weight) * ce + args.kd_weight * kd_term
+        kd_term, kl = kd(logits, t_logits, None, args.temperature, kd_total)
+        loss = (1 - args.kd_weight) * ce_term + args.kd_weight * kd_term
     correct = (logits.detach()[ans].argmax(-1) == y[ans]).float().sum()  # argmax of the answer rows only
-    return loss, ce, kl, correct, ans.sum().float()
+    return loss, ce_term, kl, correct, ans.sum().float()
 
 
 def term_counts(batch):
@@ -253,11 +255,6 @@ class Lab:
     def twin(self):
         """(the Lab of phase 2's CE-only twin, the command that trains it, its train.py flags after it)."""
         return Lab(), [sys.executable, TRAIN_PY]
-
-
-# Logits (256 MB in float32) above which the CE and the KD term go in chunks of kd_chunk tokens; the default
-# phase-2 step's are 0.8M (4 x 1024 x 193), so it runs distill.py's plain KL and F.cross_entropy.
-CHUNK_ABOVE = 2**26
 
 
 def loss_name(args) -> str:
@@ -431,25 +428,22 @@ def common_argv(args):
 
 def train_prerequisites(args, lab):
     """The teacher (for KD and phase 2) and the phase-1 student (for phase 2), each trained first if it does not
-    exist yet. Returns their paths (None where not needed)."""
-    teacher = None
-    init = None
+    exist yet (config.teacher_path and config.phase1_path then find them)."""
     if needs_teacher(args):
         argv = ["--phase", "teacher"] + common_argv(args)
-        teacher = ensure(args, "teacher", teacher_path(args, lab), teacher_file(args, lab), argv,
-                         lab.prerequisite("teacher"))
+        ensure(args, "teacher", teacher_path(args, lab), teacher_file(args, lab), argv, lab.prerequisite("teacher"))
     if args.phase == "2":
         argv = ["--phase", "1", "--rope-base", f"{args.phase1_base:g}", "--window", str(args.phase1_window)]
         argv += ["--seed", str(args.phase1_seed)] if args.phase1_seed is not None else []  # else the recipe's test
         argv += ["--teacher", args.teacher] if args.teacher else []  # phase 1 learns from the same teacher
-        init = ensure(args, "phase-1", phase1_path(args, lab), phase1_file(args, lab), argv + common_argv(args),
-                      lab.prerequisite("1"))
-    return teacher, init
+        ensure(args, "phase-1", phase1_path(args, lab), phase1_file(args, lab), argv + common_argv(args),
+               lab.prerequisite("1"))
+
 
 
 def ensure(args, what, found, file_name, phase_argv, lab):
-    """A prerequisite's checkpoint: `found` (its --teacher / --init, or the one in OUT or shipped), else trained first
-    (with its own prerequisites; --no-auto: refused) under its lock."""
+    """A prerequisite's checkpoint `found` (its --teacher / --init, or the one in OUT or shipped) exists; else it is
+    trained first with main(phase_argv) (with its own prerequisites and lock; --no-auto: refused)."""
     if found is not None:
         if not os.path.exists(found):
             fail(f"{what} checkpoint not found: {found}")
@@ -459,20 +453,8 @@ def ensure(args, what, found, file_name, phase_argv, lab):
     if args.no_auto:
         fail(f"no {what} checkpoint at {own} (train it with: {command}, or drop --no-auto)")
     print(f"[auto] no {what} checkpoint at {own}: training it first ({command}); --no-auto stops instead", flush=True)
-    return main_path(phase_argv, lab)
-
-
-def main_path(argv, lab):
-    """Train a prerequisite with main(argv) (phase 1: its acceptance test too) and return its checkpoint's path."""
-    sub = resolve(build_parser().parse_args(argv), lab)
-    if sub.seed is None:
-        return first_accepted(sub, argv, lab)
-    with RunLock(sub):  # before its inputs are read: a process that finishes it meanwhile is not trained over
-        task, previous = check_inputs(sub, lab)
-        train_prerequisites(sub, lab)
-        with one_line_errors(sub):
-            train(sub, task, previous, lab)
-    return run_path(sub, ".pt")
+    main(phase_argv, lab)
+    return None
 
 
 # ----------------------------------------------------------------------------- phase 1's acceptance test
@@ -513,17 +495,20 @@ def acceptance(args) -> dict:
     when it ran to its cap) and retrieval at the shortest probed distance on the selection probe."""
     name, _, _, _, cap = curriculum_stages(args)[0]
     steps = stage_steps(run_path(args, ".jsonl"), name)
-    passed = 0 < steps < cap or not ACCEPTANCE["stage_passed"]
+    passed_at = steps if 0 < steps < cap else None
     model, _ = load_model(run_path(args, ".pt"))
     d = args.eval_distances[0]
+    probe_seed = ACCEPTANCE["probe_seed"]
     probe = evaluate(model.eval(), KeyValueTask().spec, args.window, [d], args.max_doc_len, torch.device("cpu"),
-                     nullcontext(), args.eval_windows, seed=ACCEPTANCE["probe_seed"])
+                     nullcontext(), args.eval_windows, seed=probe_seed)
     acc = probe["kv"][d]
-    why = [] if passed else [f"{name} not passed by its cap of {cap} steps"]
+    why = []
+    if passed_at is None and ACCEPTANCE["stage_passed"]:
+        why.append(f"{name} not passed by its cap of {cap} steps")
     if acc is None or acc < ACCEPTANCE["min_accuracy"]:
-        why.append(f"D={d} {format_accuracy(acc)} < {ACCEPTANCE['min_accuracy']} (probe seed {ACCEPTANCE['probe_seed']})")
-    return {"seed": args.seed, "run": args.run_name, "stage": name, "stage_passed_at": steps if 0 < steps < cap else None,
-            "distance": d, "kv": acc, "probe_seed": ACCEPTANCE["probe_seed"], "accepted": not why, "why": "; ".join(why)}
+        why.append(f"D={d} {format_accuracy(acc)} < {ACCEPTANCE['min_accuracy']} (probe seed {probe_seed})")
+    return {"seed": args.seed, "run": args.run_name, "stage": name, "stage_passed_at": passed_at, "distance": d,
+            "kv": acc, "probe_seed": probe_seed, "accepted": not why, "why": "; ".join(why)}
 
 
 # ----------------------------------------------------------------------------- phase 2's CE-only twin
@@ -599,13 +584,14 @@ def launched_world_size() -> int:
 
 
 def start_process_group(args):
-    """Join torchrun's process group (one per run) and give this rank its device; nothing without torchrun.
+    """Join torchrun's process group (one per run) and give this rank its device; False without torchrun or when
+    the group exists already (a prerequisite trained inside the run).
 
     args.device (already resolved by config.pick_device) becomes cuda:LOCAL_RANK on CUDA: nccl there, gloo on CPU.
     The other ranks' stdout goes to /dev/null, so that each line is printed once; stderr stays.
     """
     if launched_world_size() == 1 or tdist.is_initialized():
-        return
+        return False
     cuda = args.device.startswith("cuda")
     if cuda:
         args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
@@ -613,6 +599,7 @@ def start_process_group(args):
     tdist.init_process_group("nccl" if cuda else "gloo", device_id=torch.device(args.device) if cuda else None)
     if not is_main():
         sys.stdout = open(os.devnull, "w")
+    return True
 
 
 def stop_process_group():

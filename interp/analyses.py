@@ -40,8 +40,8 @@ from interp.match import match_results, record_attention
 from interp.probes import position_sweep
 from interp.qupdate import qupdate_results
 from model import switch_rope
-from interp.spectrum import men_lower_bound, turn_distances
-from rope import critical_pair, default_inv_freq, rotations, spectrum_summary
+from interp.spectrum import men_lower_bound, spectrum_summary, turn_distances
+from rope import critical_pair, default_inv_freq, rotations
 from viz.plots import plot_alias, plot_match, plot_qupdate, plot_spectrum
 
 

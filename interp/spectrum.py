@@ -9,7 +9,8 @@ import math
 
 import numpy as np
 
-from rope import default_inv_freq
+from rope import (critical_dimension, default_inv_freq, full_rotation_base, rotations,  # noqa: F401
+                  spectrum_utilization)
 
 
 def turn_distances(head_dim, base, pair, max_distance):
@@ -43,3 +44,22 @@ def men_lower_bound(head_dim: int, window: int, step: float = 1.005, hi: float =
         mid = math.sqrt(low * high)
         low, high = (low, mid) if _base_bound_holds(head_dim, mid, window) else (mid, high)
     return high
+
+
+def spectrum_summary(head_dim: int, base: float, window: int) -> dict:
+    """Every spectrum figure of one (base, window) phase, as a dict (python -m interp spectrum)."""
+    inv = default_inv_freq(head_dim, base)
+    return {
+        "head_dim": head_dim, "base": base, "window": window,
+        "critical_dim": critical_dimension(head_dim, base, window),
+        "utilization": spectrum_utilization(head_dim, base, window),
+        "slowest_rotations": float(rotations(inv, window)[-1]),
+        "full_rotation_base": full_rotation_base(head_dim, window),
+    }
+
+
+def format_spectrum(s: dict) -> str:
+    """One line of spectrum figures; "critical dim" is Liu et al.'s d_extra, i.e. critical pair d_extra / 2."""
+    return (f"RoPE base {s['base']:g}, window {s['window']}, head_dim {s['head_dim']}: critical dim "
+            f"{s['critical_dim']}, utilization {s['utilization']:.2f}, slowest pair turns "
+            f"{s['slowest_rotations']:.3g}x (full-rotation base {s['full_rotation_base']:.3g})")

@@ -68,7 +68,7 @@ class TopK(NamedTuple):
         return TopK(self.ids.clone(), self.logp.clone())
 
 
-def topk_kd_loss(student_logits, top, mask=None, temperature=1.0, chunk_size=0, total=None):
+def topk_kd_loss(student_logits, top, mask=None, temperature=1.0, total=None):
     """(loss, divergence): the mean over unmasked tokens of topk_forward_kl between the student's logits
     (B, T, V) and a cached teacher's TopK (B, T, k); mask (B, T) bool, True = use. The KD term's signature
     (distill.kd_loss, train.training_loss's kd); no temperature: the cache holds the teacher's probabilities at

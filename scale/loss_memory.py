@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from distill import kd_loss
+from variants.chunked import kd_loss
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -1,4 +1,5 @@
-"""KD loss: zero iff equal, chunking, temperature, masking, JSD endpoints, gradients; teacher loading."""
+"""KD loss: zero iff equal, chunking (variants/chunked.py, which computes distill.py's loss in chunks and with other
+divergences), temperature, masking, JSD endpoints, gradients; teacher loading."""
 import dataclasses
 import math
 
@@ -6,8 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill import kd_loss, load_teacher, teacher_logits
+import distill
+from distill import load_teacher, teacher_logits
 from model import GPT, GPTConfig, save_checkpoint
+from variants.chunked import kd_loss
 from variants.divergences import divergence_fn
 
 
@@ -24,6 +27,7 @@ def test_kl_is_zero_for_equal_logits_and_positive_otherwise():
         assert kd_loss(s, logits(1), div=divergence_fn(kind))[0].item() > 0.01
     # a constant shift of the logits is the same distribution
     assert abs(kd_loss(s, s + 5.0)[0].item()) < 1e-5
+    assert kd_loss(s, logits(1))[0].item() == distill.kd_loss(s, logits(1))[0].item()  # unchunked: distill.py's
 
 
 @pytest.mark.parametrize("kind", ["forward", "reverse", "jsd"])
@@ -216,7 +220,6 @@ def test_topk_coverage_is_the_teachers_mass_on_its_k_tokens():
 def test_kd_softmax_runs_in_float32_for_bf16_logits():
     """Under bf16 autocast the logits arrive in bf16; the divergence (its log-softmax) must see float32 chunks,
     and the gradient goes back in the student's dtype."""
-    import distill
     seen = []
     plain = distill.forward_kl
 
@@ -256,7 +259,7 @@ def test_a_hostile_hf_folder_teacher_is_refused_before_anything_is_allocated(tmp
 @pytest.mark.parametrize("masked", [False, True])
 def test_chunked_cross_entropy_equals_the_plain_one(masked):
     """Same value and gradient as F.cross_entropy on a float32 copy, from bf16 logits, with or without a mask."""
-    from distill import chunked_cross_entropy
+    from variants.chunked import chunked_cross_entropy
     torch.manual_seed(0)
     logits = torch.randn(3, 50, 97).bfloat16().requires_grad_()
     targets = torch.randint(0, 97, (3, 50))

@@ -243,33 +243,6 @@ def test_switch_rope_keeps_every_weight_and_changes_only_the_rotation():
     assert torch.equal(switch_rope(switched, m.config.rope_base).eval()(x), m(x))
 
 
-def test_cpu_bf16_training_attends_in_float32_below_the_window_threshold(monkeypatch):
-    """Under CPU bf16 autocast a short-window training pass rotates and attends in float32 (torch's bf16 flash
-    backward is slow there); a forward-only pass, and a training pass at long windows, stay bf16."""
-    import model as model_module
-    m = tiny().train()
-    x = torch.randint(0, 50, (2, 16))
-
-    def q_dtype():
-        probe = Inspect()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = m(x, inspect=probe)
-        assert logits.dtype == torch.bfloat16  # the LM head runs in bf16 either way
-        return probe.q_post[0].dtype
-
-    assert q_dtype() == torch.float32
-    with torch.no_grad():
-        assert q_dtype() == torch.bfloat16
-    monkeypatch.setattr(model_module, "FLOAT32_ATTENTION_BELOW", 16)
-    assert q_dtype() == torch.bfloat16
-    with torch.autocast("cpu", dtype=torch.bfloat16):  # and the float32 path computes the same attention
-        a = m(x)
-    monkeypatch.setattr(model_module, "FLOAT32_ATTENTION_BELOW", 1024)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        b = m(x)
-    assert not torch.equal(a, b) and (a.float() - b.float()).abs().max() < 0.05 * a.float().abs().max()
-
-
 def test_checkpoints_get_the_umask_permissions_not_the_temp_files(tmp_path):
     """A checkpoint written through the private temp file is readable as a plain open() would leave it."""
     from model import save_checkpoint

@@ -8,6 +8,7 @@ import math
 import os
 from contextlib import nullcontext
 
+import numpy as np
 import pytest
 import torch
 
@@ -452,3 +453,47 @@ def test_a_masked_arms_loss_is_the_mean_over_the_kept_tokens_of_the_whole_batch(
     means = [loss(student, teacher, micro, args, nullcontext())[0] for micro in zip(*(t.chunk(2) for t in batch))]
     if arm != "kd-teacher-docmask":  # unmasked terms: equal windows, so the mean of means is the batch mean too
         assert abs(sum(means).item() / 2 - whole[0].item()) > 1e-5  # so the check above tells the two apart
+
+
+# ----------------------------------------------------------------------------- the losses in chunks
+
+
+def test_large_logits_take_the_chunked_cross_entropy(monkeypatch):
+    """With a chunk size the CE goes through chunks (no float32 copy of all logits): the same value."""
+    from variants import chunked
+    torch.manual_seed(0)
+    logits = torch.randn(2, 40, 30, requires_grad=True)
+    targets = torch.randint(0, 30, (2, 40))
+    plain = distill.cross_entropy(logits, targets, None)
+    calls = []
+    real = chunked.chunked_cross_entropy
+    monkeypatch.setattr(chunked, "chunked_cross_entropy", lambda *a: calls.append(1) or real(*a))
+    got = chunked.cross_entropy(logits, targets, None, chunk_size=16)
+    assert calls and got.item() == pytest.approx(plain.item(), rel=1e-6)
+
+
+def test_variants_chunk_only_large_logits_to_the_same_loss(monkeypatch):
+    """python -m variants' step below CHUNK_ABOVE floats computes distill.plain_kd_loss and F.cross_entropy, never
+    ChunkedDivergence; above it both terms go in chunks, to the same loss."""
+    from variants import chunked
+    args, lab = lab_args(["--phase", "2", "--preset", "tiny", "--kd-weight", "0.5"])
+    batch = to_device(synthetic_batch(TaskSpec(), np.random.default_rng([0, 0]), "packed", 2, 32, 16, 8),
+                      torch.device("cpu"))
+    cfg = GPTConfig(d_model=32, n_head=2, n_kv_head=2, max_seq_len=32)
+    torch.manual_seed(0)
+    student = GPT(cfg)
+    teacher = freeze_teacher(GPT(cfg), torch.device("cpu"))
+    calls = {"plain": 0, "chunked": 0}
+    plain_kl = distill.plain_kd_loss
+    apply = chunked.ChunkedDivergence.apply
+
+    def count(name, fn):
+        return lambda *a, **k: calls.__setitem__(name, calls[name] + 1) or fn(*a, **k)
+    monkeypatch.setattr(distill, "plain_kd_loss", count("plain", plain_kl))
+    monkeypatch.setattr(chunked.ChunkedDivergence, "apply", count("chunked", apply))
+    plain = lab.loss(student, teacher, batch, args, nullcontext())
+    assert calls == {"plain": 1, "chunked": 0}
+    monkeypatch.setattr(chunked, "CHUNK_ABOVE", 0)  # as for a real vocabulary on long windows
+    got = lab.loss(student, teacher, batch, args, nullcontext())
+    assert calls == {"plain": 1, "chunked": 2}  # the CE and the KD term
+    assert [c.item() for c in got[:3]] == pytest.approx([p.item() for p in plain[:3]], rel=1e-5)

@@ -19,7 +19,6 @@ import dataclasses
 import torch
 
 from distill import cross_entropy, kd_loss, teacher_logits
-from train import CHUNK_ABOVE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,9 +63,10 @@ class ArmLoss:
     """train.Lab's loss and counts for one arm: what each loss term learns from on a batch, and how many positions
     it counts (for a global batch that arrives in micro-batches and ranks)."""
 
-    def __init__(self, arm, kd=kd_loss):
+    def __init__(self, arm, kd=kd_loss, ce=cross_entropy):
         self.arm = ARMS[arm]
-        self.kd = kd  # the KD term (distill.kd_loss, or another divergence's)
+        self.kd = kd  # the KD term and the CE term, distill.py's signatures (variants/chunked.py: in chunks)
+        self.ce = ce
 
     def far_back(self, batch):
         x, y, pos, doc = batch[:4]
@@ -89,13 +89,12 @@ class ArmLoss:
         targets = t_logits.argmax(-1) if arm.targets == "teacher" else y  # hard-label distillation: the argmax
         ce_total = None if counts is None else counts[0]
         kd_total = None if counts is None else counts[1]
-        chunk = args.kd_chunk if logits.numel() > CHUNK_ABOVE else 0
-        ce = cross_entropy(logits, targets, self.kept(batch, arm.ce_positions), ce_total, chunk)
+        ce = self.ce(logits, targets, self.kept(batch, arm.ce_positions), ce_total)
         loss = ce
         kl = torch.tensor(float("nan"))
         if t_logits is not None and arm.kd_positions != "none":
             kept = self.kept(batch, arm.kd_positions)
-            kd, kl = self.kd(logits, t_logits, kept, args.temperature, chunk, kd_total)
+            kd, kl = self.kd(logits, t_logits, kept, args.temperature, kd_total)
             loss = (1 - args.kd_weight) * ce + args.kd_weight * kd
         correct = (logits.detach()[ans].argmax(-1) == y[ans]).float().sum()
         return loss, ce, kl, correct, ans.sum().float()

@@ -33,15 +33,15 @@ import torch
 import train
 from config import fail, phase_seed
 from data import DataSource, TaskSpec, synthetic_batch
-from distill import kd_loss
 from evaluate import KeyValueTask, make_task
 from model import CheckpointError, load_checkpoint
 from rope import rope_frequencies, scaling_type
 import variants.rope_scaling  # noqa: F401 (--rope-scaling's variants registered in rope.SCALINGS)
 from variants.arms import ARMS, CE_ARMS, ArmLoss
+from variants.chunked import terms
 from variants.divergences import divergence_fn
 
-SETTINGS = ("warmup", "schedule", "weight_decay", "grad_clip", "curriculum_target", "save_interval", "kd_chunk",
+SETTINGS = ("warmup", "schedule", "weight_decay", "grad_clip", "curriculum_target", "save_interval",
             "attention", "min_doc_len", "phase1_window", "phase1_base", "vocab_size")
 
 
@@ -126,7 +126,10 @@ class Variants(train.Lab):
         self.opts = opts
         self.scaling = json.loads(opts.rope_scaling) if opts.rope_scaling else None
         div = divergence_fn(opts.kd_loss, opts.jsd_beta) if 0 < opts.jsd_beta < 1 else None
-        self.kd = kd_loss if opts.kd_loss == "forward" else lambda *a: kd_loss(*a, div=div)
+        self.kd, self.ce = terms(256 if opts.kd_chunk is None else opts.kd_chunk, div)  # chunked above CHUNK_ABOVE
+        if opts.teacher_topk:
+            from longctx.topk import topk_kd_loss
+            self.kd = topk_kd_loss
         self.arm = None
 
     # ------------------------------------------------------------------ what the run is
@@ -280,16 +283,12 @@ class Variants(train.Lab):
 
     def loss(self, model, teacher, batch, args, autocast, counts=None):
         if self.arm not in (None, "kd", "ce"):
-            return ArmLoss(self.arm, self.kd)(model, teacher, batch, args, autocast, counts)
-        kd = self.kd
-        if self.opts.teacher_topk:
-            from longctx.topk import topk_kd_loss
-            kd = topk_kd_loss
-        return train.training_loss(model, teacher, batch, args, autocast, counts, kd)
+            return ArmLoss(self.arm, self.kd, self.ce)(model, teacher, batch, args, autocast, counts)
+        return train.training_loss(model, teacher, batch, args, autocast, counts, self.kd, self.ce)
 
     def counts(self, batch, args):
         if self.arm not in (None, "kd", "ce"):
-            return ArmLoss(self.arm, self.kd).counts(batch, args)
+            return ArmLoss(self.arm, self.kd, self.ce).counts(batch, args)
         return train.term_counts(batch)
 
     # ------------------------------------------------------------------ around the step and beside the run

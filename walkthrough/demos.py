@@ -29,6 +29,7 @@ from config import SHIPPED, build_parser as train_parser, check_out_dir, resolve
 from data import SEP, TaskSpec, kv_probe, synthetic_batch, to_device
 from research.overlap import key_recurrence
 from distill import kd_loss, load_teacher, teacher_logits
+from variants import chunked
 from model import Inspect, atomic_write, load_model, switch_rope
 from rope import (apply_rope, critical_dimension, critical_pair, default_inv_freq, rope_cos_sin, rotations,
                   spectrum_utilization)
@@ -37,6 +38,7 @@ from train import Lab, make_optimizer, make_stages, train_step
 
 CPU = torch.device("cpu")
 F32 = nullcontext()  # the walkthrough runs in float32 whatever train.py's --dtype default becomes
+CHUNK = 256  # tokens per chunk of variants/chunked.py's KL, which a real vocabulary takes
 PHASE2_ARGV = ["--phase", "2", "--device", "cpu", "--dtype", "float32"]  # train.py's main job, defaults
 
 
@@ -307,12 +309,12 @@ def run_kd(args):
           f"back): the teacher's top guess is the earlier document's value in {older_hits}, this document's in "
           f"{this_hits}")
     ce = F.cross_entropy(s_logits.flatten(0, 1), y.flatten())
-    kd, kl = kd_loss(s_logits, t_logits, temperature=targs.temperature, chunk_size=targs.kd_chunk)
-    _, kl_whole = kd_loss(s_logits, t_logits, temperature=targs.temperature, chunk_size=0)
+    kd, kl = chunked.kd_loss(s_logits, t_logits, temperature=targs.temperature, chunk_size=CHUNK)
+    _, kl_whole = kd_loss(s_logits, t_logits, temperature=targs.temperature)
     loss = (1 - targs.kd_weight) * ce + targs.kd_weight * kd
     print(f"over all {x.numel():,} tokens: CE {ce:.4f}, KL {kl:.4f}, loss {1 - targs.kd_weight:g} * CE + "
           f"{targs.kd_weight:g} * KL = {loss:.4f}")
-    print(f"  KL in chunks of {targs.kd_chunk} tokens vs all at once: {same_within(kl, kl_whole, 1e-5)}")
+    print(f"  KL in chunks of {CHUNK} tokens vs all at once: {same_within(kl, kl_whole, 1e-5)}")
     opt = make_optimizer(student.train(), targs, CPU)
     t_loss, t_ce, t_kl, t_acc = train_step(student, teacher, opt, (x, y, pos, doc, ans), targs, F32)
     print(f"train.py's train_step on the same batch: loss {t_loss:.4f}, CE {t_ce:.4f}, KL {t_kl:.4f} "
