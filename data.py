@@ -54,10 +54,8 @@ class TaskSpec:
     n_keys: int = 64
     n_values: int = 64
     n_filler: int = 64
-    branching: int = 4  # successors per filler context in the Markov chain (0 = uniform filler)
-    order: int = 1  # Markov order of the filler: 1 = bigram, 2 = the next token depends on the last two
+    branching: int = 4  # successors of each filler token in the Markov chain
     pair_every: int = 10  # one record/query pair per this many tokens of document
-    key_pool: int = 0  # short documents draw keys from the first key_pool keys (0 = all)
     queries: int = 1  # how often a short document asks for each of its records (place_pairs)
     chain_seed: int = 1234  # the Markov chain is part of the language, fixed across runs
 
@@ -75,16 +73,14 @@ class TaskSpec:
         return np.arange(1 + self.n_keys + self.n_values, self.vocab_size)
 
     def successors(self):
-        """(n_filler,) * order + (branching,) table: the filler tokens that may follow a context."""
-        return markov_successors(self.n_filler, self.branching, self.order, self.chain_seed)
+        """(n_filler, branching) table: the filler tokens that may follow each filler token."""
+        return markov_successors(self.n_filler, self.branching, self.chain_seed)
 
 
 @functools.lru_cache(maxsize=8)
-def markov_successors(n_filler, branching, order, seed):
+def markov_successors(n_filler, branching, seed):
     rng = np.random.default_rng(seed)
-    contexts = n_filler**order
-    table = np.stack([rng.choice(n_filler, branching, replace=False) for _ in range(contexts)])
-    table = table.reshape((n_filler,) * order + (branching,))
+    table = np.stack([rng.choice(n_filler, branching, replace=False) for _ in range(n_filler)])
     table.flags.writeable = False
     return table
 
@@ -93,20 +89,16 @@ def markov_successors(n_filler, branching, order, seed):
 
 
 def make_filler(spec: TaskSpec, rng: np.random.Generator, n_rows: int, length: int) -> np.ndarray:
-    """(n_rows, length) filler tokens: a Markov chain of order spec.order over the filler class.
-
-    Order 2 (the next token depends on the previous two) pays a model to build a previous-token
-    head early, which is half of the induction circuit that retrieval needs.
-    """
-    if spec.branching == 0 or length == 0:
+    """(n_rows, length) filler tokens: a Markov chain over the filler class (each token one of its `branching`
+    successors), so that there is something to model besides retrieval."""
+    if length == 0:
         return spec.filler_ids()[rng.integers(0, spec.n_filler, (n_rows, length))]
     succ = spec.successors()
     choice = rng.integers(0, spec.branching, (n_rows, length))
     state = np.empty((n_rows, length), dtype=np.int64)
-    state[:, :spec.order] = rng.integers(0, spec.n_filler, (n_rows, min(spec.order, length)))
-    for t in range(spec.order, length):
-        state[:, t] = succ[state[:, t - 1], choice[:, t]] if spec.order == 1 else \
-            succ[state[:, t - 2], state[:, t - 1], choice[:, t]]
+    state[:, :1] = rng.integers(0, spec.n_filler, (n_rows, 1))
+    for t in range(1, length):
+        state[:, t] = succ[state[:, t - 1], choice[:, t]]
     return spec.filler_ids()[state]
 
 
@@ -163,18 +155,18 @@ def choose_keys(rng, pool, n, seen, recurrence):
     return rng.permutation(np.concatenate([old[:n_old], new[:n_new]]))
 
 
-def kv_document(spec, rng, length, n_pairs, distances, query_lo=0, query_hi=None, key_pool=0, filler=None,
-                seen=None, recurrence=None, queries=1):
+def kv_document(spec, rng, length, n_pairs, distances, query_lo=0, query_hi=None, filler=None, seen=None,
+                recurrence=None, queries=1):
     """One document body (no SEP) of `length` tokens with n_pairs records at the given distances.
 
-    Keys are unique within the document, drawn uniformly from the pool, or, with `recurrence` (a rate in [0, 1]),
+    Keys are unique within the document, drawn uniformly, or, with `recurrence` (a rate in [0, 1]),
     by choose_keys against `seen`, the set of keys of earlier documents in the window (updated in place).
     `filler` (length,) may be given (made in bulk); `queries`: see place_pairs. Returns (tokens, answers) as
     (length,) arrays.
     """
     tokens = make_filler(spec, rng, 1, length)[0] if filler is None else filler.copy()
     answers = np.zeros(length, dtype=bool)
-    pool = spec.keys()[: key_pool or spec.n_keys]
+    pool = spec.keys()
     if recurrence is None:
         keys = rng.choice(pool, min(n_pairs, len(pool)), replace=False)
     else:
@@ -207,8 +199,8 @@ def short_document(spec, rng, length, filler=None, seen=None, recurrence=None):
         return filler, np.zeros(length, dtype=bool)
     n_pairs = max(1, length // spec.pair_every)
     distances = rng.integers(2, length - 2, n_pairs)
-    return kv_document(spec, rng, length, n_pairs, distances, key_pool=spec.key_pool, filler=filler, seen=seen,
-                       recurrence=recurrence, queries=spec.queries)
+    return kv_document(spec, rng, length, n_pairs, distances, filler=filler, seen=seen, recurrence=recurrence,
+                       queries=spec.queries)
 
 
 # ----------------------------------------------------------------------------- packing
@@ -319,16 +311,14 @@ class DataSource:
     """One stage's batches as a pure function of (seed, step): resuming at step s replays the same stream.
 
     make(rng) builds a whole global batch of `batch_size` windows of window + 1 tokens from a numpy Generator (a
-    task's batch, e.g. synthetic_batch with its settings bound); `asked`: records per window the stage asks for
-    (long documents; data.place_pairs drops the ones that find no free slot).
+    task's batch, e.g. synthetic_batch with its settings bound).
     """
 
-    def __init__(self, make, batch_size, seed, window, asked=None):
+    def __init__(self, make, batch_size, seed, window):
         self.make = make
         self.batch_size = batch_size
         self.seed = seed
         self.window = window
-        self.asked = asked
 
     def batch(self, step: int, rows: slice = slice(None)):
         """The step's batch of windows, or its `rows` (a rank's share, train.BatchShape): numpy (rows, L+1) arrays.

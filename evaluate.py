@@ -311,18 +311,16 @@ class KeyValueTask(Task):
         for i, (name, window, batch, n_pairs, steps) in enumerate(curriculum):
             make = functools.partial(synthetic_batch, self.spec, kind="long", batch_size=batch, window=window,
                                      n_pairs=n_pairs)
-            stages.append((name, DataSource(make, batch, seed(1 if i == 0 else 2 + i), window, n_pairs), steps,
+            stages.append((name, DataSource(make, batch, seed(1 if i == 0 else 2 + i), window), steps,
                            args.curriculum_target))
         if args.phase == "teacher":
-            n_pairs = args.long_pairs
             make = functools.partial(synthetic_batch, self.spec, kind="long", batch_size=args.batch_size,
-                                     window=args.window, n_pairs=n_pairs)
+                                     window=args.window, n_pairs=args.long_pairs)
         else:
-            n_pairs = None
             make = functools.partial(synthetic_batch, self.spec, kind="packed", batch_size=args.batch_size,
                                      window=args.window, max_doc_len=args.max_doc_len, min_doc_len=args.min_doc_len,
                                      reset_positions=args.reset_positions, recurrence=args.recurrence)
-        stages.append(("main", DataSource(make, args.batch_size, seed(2), args.window, n_pairs), args.steps, None))
+        stages.append(("main", DataSource(make, args.batch_size, seed(2), args.window), args.steps, None))
         return stages
 
     def evaluate(self, model, args, device, autocast, seeds):
@@ -436,20 +434,16 @@ def make_task(args) -> Task:
 START = "step 0"  # results key of a phase-2 student before its first step (phase 1 + the base switch)
 
 
-def report_speed(args, tokens, seconds, ranks=1, spread=0.0):
-    """tokens/s of the training steps (all ranks together, batches included); under torchrun also the ranks and how
-    far their weights differ (0.0). None when no step ran."""
+def report_speed(args, tokens, seconds, ranks=1):
+    """tokens/s of the training steps (all ranks together, batches included); None when no step ran."""
     if not tokens:
         return None
-    tok_s = tokens / seconds
     threads = torch.get_num_threads()
     where = f"{threads} thread{'s' if threads > 1 else ''}" if args.device == "cpu" else args.device
-    print(f"speed: {tok_s:,.0f} tokens/s over {seconds:.1f} s of steps (batches included, {args.autocast_dtype}, "
-          f"{where}" + (f" per rank, {ranks} ranks" if ranks > 1 else "") + ")")
-    if ranks > 1:
-        print(f"ranks: {ranks}, their weights " + ("identical" if spread == 0 else f"differ by up to {spread:.3g}"))
-    return {"tokens_per_s": tok_s, "train_seconds": seconds, "dtype": args.autocast_dtype, "ranks": ranks,
-            "grad_accum": args.grad_accum, "rank_weight_spread": spread}
+    print(f"speed: {tokens / seconds:,.0f} tokens/s over {seconds:.1f} s of steps (batches included, "
+          f"{args.autocast_dtype}, {where}" + (f" per rank, {ranks} ranks" if ranks > 1 else "") + ")")
+    return {"tokens_per_s": tokens / seconds, "train_seconds": seconds, "dtype": args.autocast_dtype, "ranks": ranks,
+            "grad_accum": args.grad_accum}
 
 
 def report(args, task, models, device, autocast, results_path, speed):

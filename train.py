@@ -146,9 +146,8 @@ def train(args, task, previous, lab):
                 raise SystemExit(130)
             finally:  # also on Ctrl-C / NaN exits: no stray progress bar
                 bar.close()
-    spread = weight_spread(model)  # DDP keeps the ranks' weights equal: 0.0
     save_run(model, opt, args, state, done=True)
-    speed = report_speed(args, clock["tokens"], clock["seconds"], world_size(), spread) if main_rank else None
+    speed = report_speed(args, clock["tokens"], clock["seconds"], world_size()) if main_rank else None
     return on_main(final_report, args, task, teacher, device, autocast, speed, lab, model)
 
 
@@ -672,20 +671,6 @@ def sum_across_ranks(t: torch.Tensor) -> torch.Tensor:
         t = t.clone()
         tdist.all_reduce(t)
     return t
-
-
-def weight_spread(model) -> float:
-    """max |w_rank - w_other rank| over every weight: 0.0 when the ranks hold the same model (as DDP must keep)."""
-    if world_size() == 1:
-        return 0.0
-    spread = 0.0
-    for p in model.parameters():
-        hi = p.detach().clone()
-        lo = p.detach().clone()
-        tdist.all_reduce(hi, tdist.ReduceOp.MAX)
-        tdist.all_reduce(lo, tdist.ReduceOp.MIN)
-        spread = max(spread, (hi - lo).abs().max().item())
-    return spread
 
 
 def barrier():

@@ -200,9 +200,9 @@ def test_bad_files_are_clear_errors(tmp_path):
             call()
 
 
-@pytest.mark.parametrize("order", [1, 2])
-def test_filler_follows_its_markov_chain(order):
-    spec = TaskSpec(order=order)
+def test_filler_follows_its_markov_chain():
+    order = 1
+    spec = TaskSpec()
     batch = synthetic_batch(spec, np.random.default_rng(3), "long", 2, 256, n_pairs=4)
     succ, f0 = spec.successors(), spec.filler_ids()[0]
     checked = 0

@@ -401,8 +401,9 @@ def test_the_twin_of_a_named_run_is_named_after_it(tmp_path):
 def records_placed(stages):
     """One line: per long-document stage, records asked for per window and placed on average in its first batch
     (data.place_pairs drops a record that finds no free slot); None when no stage asks for records."""
-    parts = [f"{name} {src.asked} -> {src.batch(0)['answers'].sum(1).mean():.1f}" for name, src, *_ in stages
-             if src.asked]
+    asked = {name: src.make.keywords.get("n_pairs") for name, src, *_ in stages}
+    parts = [f"{name} {asked[name]} -> {src.batch(0)['answers'].sum(1).mean():.1f}" for name, src, *_ in stages
+             if asked[name]]
     return "  records per window, asked -> placed: " + ", ".join(parts) if parts else None
 
 
