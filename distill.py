@@ -42,7 +42,11 @@ def plain_kd_loss(student_logits, teacher_logits, mask=None, temperature=1.0, to
                     teacher_logits.reshape(-1, V).detach().float() / temperature)  # (B*T,)
     if mask is not None:
         kl = kl[mask.reshape(-1)]
-    return temperature**2 * (kl.mean() if total is None else kl.sum() / total)
+    if total is not None:
+        return temperature**2 * (kl.sum() / total)
+    if kl.numel() == 0:  # nothing to learn from: 0 with a zero gradient, not the NaN of an empty mean
+        return temperature**2 * kl.sum()
+    return temperature**2 * kl.mean()
 
 
 def kd_loss(student_logits, teacher_logits, mask=None, temperature=1.0, total=None):

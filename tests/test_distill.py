@@ -1,6 +1,7 @@
 """KD loss: zero iff equal, chunking (variants/chunked.py, which computes distill.py's loss in chunks and with other
 divergences), temperature, masking, JSD endpoints, gradients; teacher loading."""
 import dataclasses
+import functools
 import math
 
 import pytest
@@ -97,6 +98,18 @@ def test_masking_ignores_masked_tokens():
     t2[1] = 0.0  # change only masked-out tokens
     assert kd_loss(s, t, mask)[0].item() == pytest.approx(kd_loss(s, t2, mask)[0].item())
     assert kd_loss(s, t, mask)[0].item() == pytest.approx(kd_loss(s[0, :3], t[0, :3])[0].item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("loss", [distill.kd_loss, functools.partial(kd_loss, chunk_size=4)], ids=["plain", "chunked"])
+def test_an_all_masked_batch_gives_zero_loss_and_zero_gradient(loss):
+    s = logits(0).requires_grad_(True)
+    t = logits(1)
+    mask = torch.zeros(2, 7, dtype=torch.bool)  # no position counts: e.g. a batch of the masked arm without a record
+    value, divergence = loss(s, t, mask)
+    value.backward()
+    assert value.item() == 0.0
+    assert divergence.item() == 0.0
+    assert torch.equal(s.grad, torch.zeros_like(s))
 
 
 def test_jsd_endpoints_approach_forward_and_reverse_kl():
