@@ -52,9 +52,10 @@ from rope import critical_dimension, spectrum_utilization
 TRAIN_PY = os.path.abspath(__file__)
 
 
-def main(argv=None, lab=None):
+def main(argv=None, lab=None, prerequisite=False):
     """Check every input, train what this phase starts from if missing, then the phase (phase 2: with its CE-only twin
-    side by side; phase 1 of a preset with an acceptance test, without --seed: students until one passes)."""
+    side by side; phase 1 of a preset with an acceptance test, without --seed: students until one passes).
+    prerequisite: another run asked for this one; a checkpoint of it found under the lock is used as it is."""
     argv = sys.argv[1:] if argv is None else list(argv)
     lab = lab or Lab()
     args = resolve(build_parser().parse_args(argv), lab)
@@ -66,6 +67,8 @@ def main(argv=None, lab=None):
     started = start_process_group(args)  # under torchrun: this rank's process group (not in a nested main)
     try:
         with RunLock(args):  # one process per run and output folder, before anything is read or trained
+            if prerequisite and os.path.isfile(run_path(args, ".pt")):  # another process made it since the look
+                return None
             task, previous = check_inputs(args, lab)  # bad input ends here in one line, before anything is written
             twin = plan_twin(args, argv, lab)  # phase 2's CE-only twin (its inputs checked too)
             train_prerequisites(args, lab)  # the teacher / phase-1 checkpoints, trained first if missing
@@ -452,7 +455,7 @@ def ensure(args, what, found, file_name, phase_argv, lab):
     if args.no_auto:
         fail(f"no {what} checkpoint at {own} (train it with: {command}, or drop --no-auto)")
     print(f"[auto] no {what} checkpoint at {own}: training it first ({command}); --no-auto stops instead", flush=True)
-    main(phase_argv, lab)
+    main(phase_argv, lab, prerequisite=True)
     return None
 
 

@@ -86,6 +86,20 @@ def test_the_run_lock_comes_before_any_input_is_read_or_any_prerequisite_trained
 
 
 
+def test_a_prerequisite_another_process_finished_after_the_look_is_used_not_refused(tmp_path, capsys):
+    """Phase 2 looks for its teacher, finds none, and trains it; if another process finished that teacher between
+    the look and this one's lock, the finished teacher is used as it is: no error, nothing retrained."""
+    out = str(tmp_path)
+    argv = ["--phase", "teacher", "--out-dir", out, "--steps", "2"] + TINY
+    train.main(argv)  # the other process's teacher, finished
+    path = os.path.join(out, "teacher.pt")
+    before = open(path, "rb").read()
+    args = config.resolve(config.build_parser().parse_args(["--phase", "2", "--out-dir", out] + TINY), train.Lab())
+    assert train.ensure(args, "teacher", None, "teacher.pt", argv, train.Lab()) is None  # the look found none
+    assert open(path, "rb").read() == before
+    assert "finished run" not in capsys.readouterr().err
+
+
 def test_every_promise_in_docs_checkpoints_names_a_test_that_exists():
     """docs/checkpoints.md's table of promises (Ctrl-C, SIGKILL, disk full, a second process): each row names
     tests, and each named test is defined in its file."""
