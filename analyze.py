@@ -5,14 +5,15 @@ long-context teacher's long-range retrieval through logit distillation (the clai
 the positions RoPE sees reaches the teacher's logits, so the KL carries positional information (finding 2):
 
 - retrieval  (the claim) key-value retrieval accuracy against distance, one line per model, the student's
-             longest document marked, the floor that needs no retrieval dashed; depth x distance heatmaps.
+             longest document marked, the floor that needs no retrieval dashed.
 - perturb    (finding 2) on repeated-token or packed windows, move the positions RoPE applies to the queries
              and/or keys of one layer; trace the relative change of every residual stream and the KL at the
              logits. A nonzero KL is positional signal in the logits.
 
 Only the model's `Inspect` hooks and the probes of data.py and evaluate.py are used, never a copy of the forward
 pass. Each subcommand writes PNGs and a JSON of its numbers into --out (default figures/). The other analyses
-(the RoPE spectrum, finding 3's query updates, a head's self-match, a phase alias) are `python -m interp`.
+(the RoPE spectrum, finding 3's query updates, a head's self-match, a phase alias, retrieval by the query's depth in
+the window) are `python -m interp`.
 
   python analyze.py retrieval --ckpt checkpoints/teacher.pt out/phase2-kd-b10000-b500000.pt
   python analyze.py perturb --ckpt checkpoints/teacher.pt --target q --layers 0 1 --shift 1 4 16
@@ -33,7 +34,7 @@ import torch  # noqa: E402
 from config import check_out_dir, fail  # noqa: E402
 from data import TaskSpec, to_device  # noqa: E402
 from distill import forward_kl  # noqa: E402
-from evaluate import depth_sweep, evaluate, format_table, heuristic_floors, packed_probe  # noqa: E402
+from evaluate import evaluate, format_table, heuristic_floors, packed_probe  # noqa: E402
 from evaluate import repeated_tokens_window  # noqa: E402
 from model import CheckpointError, Inspect, atomic_write, load_model  # noqa: E402
 
@@ -85,22 +86,20 @@ def save_figure(fig, out, name):
 # ----------------------------------------------------------------------------- retrieval (the claim)
 
 
-def retrieval_results(models, window, distances, depths, max_doc_len, device, n_windows=8, seed=0):
-    """{label: {"kv": {D: acc}, "in_doc": acc, "depth": {depth: {D: acc}}}} on the same probes."""
-    spec = TaskSpec()
+def retrieval_results(models, window, distances, max_doc_len, device, n_windows=8, seed=0):
+    """{label: {"kv": {D: acc}, "in_doc": acc, "max_seq_len": its window, "rope_base": its base}} on the same
+    probes."""
     out = {}
     for label, model in models.items():
-        r = evaluate(model, spec, window, distances, max_doc_len, device, nullcontext(), n_windows, seed=seed,
+        r = evaluate(model, TaskSpec(), window, distances, max_doc_len, device, nullcontext(), n_windows, seed=seed,
                      **getattr(model, "probe_conditions", {}))
-        depth = depth_sweep(model, spec, window, distances, depths, device, nullcontext(), max(1, n_windows // 2), seed)
         out[label] = {"kv": r["kv"], "in_doc": r["in_doc"], "max_seq_len": model.config.max_seq_len,
-                      "rope_base": model.config.rope_base, "depth": depth}
+                      "rope_base": model.config.rope_base}
     return out
 
 
-def plot_retrieval(res, window, distances, depths, max_doc_len, out, name, floor=None):
-    """Accuracy against distance, one line per model (floor: {D: acc} that needs no retrieval, dashed), and one
-    depth x distance heatmap per model."""
+def plot_retrieval(res, window, distances, max_doc_len, out, name, floor=None):
+    """Accuracy against distance, one line per model (floor: {D: acc} that needs no retrieval, dashed)."""
     fig, ax = plt.subplots(figsize=(7.5, 4.5), layout="constrained")
     if floor is not None:
         ax.plot(distances, [floor[d] for d in distances], color="0.5", ls="--",
@@ -115,20 +114,7 @@ def plot_retrieval(res, window, distances, depths, max_doc_len, out, name, floor
            ylabel="key-value retrieval accuracy (fraction)",
            title=f"Long-range retrieval on {window}-token windows (dotted: a model's training window)")
     ax.legend(fontsize=8)
-    paths = [save_figure(fig, out, f"{name}.png")]
-    fig, axes = plt.subplots(1, len(res), figsize=(3.4 * len(res) + 1.2, 3.8), squeeze=False, layout="constrained")
-    n_short = sum(d <= max_doc_len for d in distances)
-    for ax, (label, r) in zip(axes[0], res.items()):
-        grid = np.array([[r["depth"][dp][d] for d in distances] for dp in depths])  # (depths, distances)
-        im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")
-        if 0 < n_short < len(distances):
-            ax.axvline(n_short - 0.5, color="w", ls="--", label="longest student document")
-        ax.set_xticks(range(len(distances)), [str(d) for d in distances], rotation=60)
-        ax.set_yticks(range(len(depths)), [f"{dp:g}" for dp in depths])
-        ax.set(title=label, xlabel="distance D (tokens)", ylabel="query depth (fraction of window)")
-    fig.colorbar(im, ax=axes[0].tolist(), label="retrieval accuracy (fraction)")
-    fig.suptitle("Key-value retrieval: depth x distance")
-    return paths + [save_figure(fig, out, f"{name}_depth.png")]
+    return [save_figure(fig, out, f"{name}.png")]
 
 
 def run_retrieval(args):
@@ -138,14 +124,11 @@ def run_retrieval(args):
     distances = sorted(args.distances or {d for d in powers if 2 <= d < window - 2})  # the same for every model
     if distances[0] < 2 or distances[-1] >= window - 2:
         fail(f"--distances must lie in [2, {window - 3}] for a {window}-token window, got {distances}")
-    if not all(0 <= d <= 1 for d in args.depths):
-        fail(f"--depths must lie in [0, 1], got {args.depths}")
-    res = retrieval_results(models, window, distances, args.depths, args.max_doc_len, args.device, args.n_windows,
-                            args.seed)
+    res = retrieval_results(models, window, distances, args.max_doc_len, args.device, args.n_windows, args.seed)
     floors = heuristic_floors(TaskSpec(), window, distances, args.n_windows, args.seed)  # the same probes
-    paths = plot_retrieval(res, window, distances, args.depths, args.max_doc_len, args.out, args.name, floors["best"])
+    paths = plot_retrieval(res, window, distances, args.max_doc_len, args.out, args.name, floors["best"])
     paths.append(write_json(args.out, f"{args.name}.json", {
-        "window": window, "max_doc_len": args.max_doc_len, "distances": distances, "depths": args.depths,
+        "window": window, "max_doc_len": args.max_doc_len, "distances": distances,
         "n_windows": args.n_windows, "ckpts": dict(zip(res, args.ckpt)), "models": res, "floors": floors}))
     print(format_table(res, args.max_doc_len, floors["best"]))
     for label, r in res.items():
@@ -271,10 +254,9 @@ def add_command(sub, name, help, n_windows, ckpts=None):
 
 
 def add_commands(sub):
-    a = add_command(sub, "retrieval", "retrieval accuracy vs distance (and depth) of checkpoints on the same probes",
-                    8, "checkpoints to compare")
+    a = add_command(sub, "retrieval", "retrieval accuracy vs distance of checkpoints on the same probes", 8,
+                    "checkpoints to compare")
     a("--distances", type=int, nargs="+", help="record-query distances (tokens); default 16, 32, ... of the window")
-    a("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0], help="query depths in [0, 1]")
     a("--max-doc-len", type=int, default=128, help="the student's longest document (tokens), marked; default 128")
     a = add_command(sub, "perturb", "propagation of a RoPE position perturbation to the logits (finding 2)", 2,
                     "checkpoints (teacher, phase-2 students)")

@@ -5,7 +5,7 @@ distance: a KD student trained only on short documents should retrieve at distan
 a CE-only student should not. This file scores any model on fixed, seeded probes:
 
 - key-value retrieval with the record exactly D tokens before the query (data.kv_probe; argmax of the value token,
-  one token, so exact match = per-token accuracy), optionally at a depth;
+  one token, so exact match = per-token accuracy);
 - in-document accuracy on held-out packed windows of short documents;
 - the floors of those probes: what two heuristics that need no retrieval score on the same windows (chance, 1/64,
   is not the floor: at D=16 copying the last value scores 0.67).
@@ -142,15 +142,6 @@ def evaluate_heldout(model, spec, window, distances, max_doc_len, device, autoca
     for key in ("in_doc", "in_doc_fresh", "in_doc_recurring"):
         out[key] = mean_over_seeds([r[key] for r in runs])
     return out
-
-
-def depth_sweep(model, spec, window, distances, depths, device, autocast, n_windows=8, seed=0):
-    """{depth: {D: acc}}: key-value retrieval with the queries at a relative depth of the window."""
-    sweep = {}
-    for depth in depths:
-        probes = {d: kv_probe(spec, window, d, n_windows, depth=depth, seed=seed) for d in distances}
-        sweep[depth] = {d: probe_accuracy(model, p, device, autocast) for d, p in probes.items()}
-    return sweep
 
 
 # ----------------------------------------------------------------------------- floors

@@ -7,6 +7,7 @@ Llama folders:
              norms on a fixed probe, phase-1 -> phase-2 checkpoint (interp/qupdate.py).
 - match      (why a distance fails) a layer-0 head's score of a key against the same key D tokens back, from the
              weights, by slow and fast RoPE pairs (interp/match.py).
+- depth      retrieval by distance with the queries at a relative depth of the window: a heatmap per model.
 - alias      (a check of the baselines) retrieval by distance for records at the window's start, one checkpoint under
              several RoPE bases, beside the distances where one RoPE pair has turned a whole number of times.
 - retrieval, perturb: analyze.py's, here also on Hugging Face Llama folders (formats/hf.py).
@@ -34,15 +35,15 @@ import numpy as np
 import analyze
 from analyze import fail, load, load_all, write_json
 from data import TaskSpec, kv_probe
-from evaluate import HELDOUT_SEEDS
+from evaluate import HELDOUT_SEEDS, format_accuracy
 from formats.hf import load_pretrained
 from interp.match import match_results, record_attention
-from interp.probes import position_sweep
+from interp.probes import depth_sweep, position_sweep
 from interp.qupdate import qupdate_results
 from model import switch_rope
 from interp.spectrum import men_lower_bound, spectrum_summary, turn_distances
 from rope import critical_pair, default_inv_freq, rotations
-from viz.plots import plot_alias, plot_match, plot_qupdate, plot_spectrum
+from viz.plots import plot_alias, plot_depth, plot_match, plot_qupdate, plot_spectrum
 
 
 # ----------------------------------------------------------------------------- spectrum (finding 1)
@@ -102,6 +103,29 @@ def run_qupdate(args):
         print(f"  layer {layer}: W_q pair spans above the 75th percentile: "
               + (", ".join(f"{s['pairs'][0]}-{s['pairs'][1]} ({s['mean']:.3g})" for s in spans) or "none"))
     return paths
+
+
+# ----------------------------------------------------------------------------- depth
+
+
+def run_depth(args):
+    """Each checkpoint's retrieval at every (query depth, distance), on the probe seed --seed."""
+    models = load_all(args.ckpt, args.labels, args.device, args.reader)
+    window = args.window or max(m.config.max_seq_len for m in models.values())
+    distances = sorted(args.distances or [d for d in (2**k for k in range(4, 40)) if d < window - 2])
+    if not distances or distances[0] < 2 or distances[-1] >= window - 2:
+        fail(f"--distances must lie in [2, {window - 3}] for a {window}-token window, got {distances}")
+    if not all(0 <= d <= 1 for d in args.depths):
+        fail(f"--depths must lie in [0, 1], got {args.depths}")
+    res = {"window": window, "max_doc_len": args.max_doc_len, "distances": distances, "depths": args.depths,
+           "n_windows": args.n_windows, "probe_seed": args.seed, "ckpts": dict(zip(models, args.ckpt)), "models": {}}
+    for label, model in models.items():
+        sweep = depth_sweep(model, TaskSpec(), window, distances, args.depths, args.device, nullcontext(),
+                            args.n_windows, args.seed)
+        res["models"][label] = sweep
+        for depth, row in sweep.items():
+            print(f"{label}, depth {depth:g}: " + " ".join(format_accuracy(a) for a in row.values()))
+    return [plot_depth(res, args.out, args.name), write_json(args.out, f"{args.name}.json", res)]
 
 
 # ----------------------------------------------------------------------------- alias
@@ -234,6 +258,11 @@ def build_parser():
     a("--head", type=int, help="the layer-0 head; default: the one whose self-match beats other tokens by the most")
     a("--measure", type=int, nargs="*", default=[], help="distances where the head's attention to the record is "
       "measured on probe windows (data.kv_probe); default none")
+    a = command("depth", "retrieval by distance with the queries at a relative depth of the window", 4,
+                "checkpoints to compare")
+    a("--distances", type=int, nargs="+", help="record-query distances (tokens); default 16, 32, ... of the window")
+    a("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0], help="query depths in [0, 1]")
+    a("--max-doc-len", type=int, default=128, help="the student's longest document (tokens), marked; default 128")
     a = command("alias", "retrieval by distance of one checkpoint under several RoPE bases, with one pair's "
                 "whole turns marked: is a bump a phase alias?", 4, "the checkpoint (one)")
     a("--bases", type=float, nargs="+", default=[3e5, 5e5, 8e5], help="RoPE bases; default 300000 500000 800000")
@@ -254,8 +283,8 @@ CHECKS = [
     ("bases", lambda v: all(math.isfinite(b) and b > 1 for b in v), "must be finite numbers > 1"),
     ("windows", lambda v: all(w >= 1 for w in v), "must be >= 1 token"),
 ]
-COMMANDS = {**analyze.COMMANDS, "spectrum": run_spectrum, "qupdate": run_qupdate, "alias": run_alias,
-            "match": run_match, "all": run_all}
+COMMANDS = {**analyze.COMMANDS, "spectrum": run_spectrum, "qupdate": run_qupdate, "depth": run_depth,
+            "alias": run_alias, "match": run_match, "all": run_all}
 
 
 def main(argv=None):

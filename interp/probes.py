@@ -9,7 +9,7 @@ mean over the held-out probe seeds (evaluate.HELDOUT_SEEDS). research/robustness
 """
 import numpy as np
 
-from data import kv_document, pack_documents
+from data import kv_document, kv_probe, pack_documents
 from evaluate import HELDOUT_SEEDS, mean_over_seeds, packed_probe, predictions, probe_accuracy, ratio
 
 
@@ -66,6 +66,16 @@ def recurring_signal(model, spec, window, max_doc_len, device, autocast, n_windo
         res["far_back"].append(ratio((pred == far)[rec].sum(), rec.sum()))
         res["fresh"].append(ratio((pred == y)[ans & ~rec].sum(), (ans & ~rec).sum()))
     return {k: mean_over_seeds(v) for k, v in res.items()}
+
+
+def depth_sweep(model, spec, window, distances, depths, device, autocast, n_windows=8, seed=0) -> dict:
+    """{depth: {D: acc}}: key-value retrieval with the queries at a relative depth of the window (data.kv_probe's
+    depth), on one probe seed."""
+    sweep = {}
+    for depth in depths:
+        probes = {d: kv_probe(spec, window, d, n_windows, depth=depth, seed=seed) for d in distances}
+        sweep[depth] = {d: probe_accuracy(model, p, device, autocast) for d, p in probes.items()}
+    return sweep
 
 
 def position_sweep(model, spec, window, distances, starts, device, autocast, n_windows=8, seeds=HELDOUT_SEEDS,

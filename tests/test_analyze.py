@@ -94,19 +94,43 @@ def test_retrieval_same_probes_for_every_checkpoint(run_dir, tmp_path, monkeypat
     monkeypatch.setattr(evaluate, "answer_hits", recorded)
     ckpts = [str(run_dir / n) for n in ("teacher.pt", "phase1-b10000.pt", "phase2-kd-b10000-b500000.pt")]
     analyze.main(["retrieval", "--ckpt", *ckpts, "--labels", "T", "P1", "KD", "--distances", "4", "40",
-                  "--depths", "0", "1", "--n-windows", "2", "--max-doc-len", "16", "--out", str(tmp_path)])
+                  "--n-windows", "2", "--max-doc-len", "16", "--out", str(tmp_path)])
     res = outputs(tmp_path, "retrieval")
     assert res["window"] == 64  # the largest max_seq_len, although phase 1 trained on 32
     assert list(res["models"]) == ["T", "P1", "KD"]
     for r in res["models"].values():
-        assert set(r["kv"]) == {"4", "40"} and set(r["depth"]) == {"0.0", "1.0"}
+        assert set(r["kv"]) == {"4", "40"}
         assert all(0 <= a <= 1 for a in r["kv"].values())
     probes = list(seen.values())
-    assert len(probes) == 3 and len(probes[0]) == 2 + 1 + 2 * 2  # kv at 2 distances, in-doc, 2 depths x 2
+    assert len(probes) == 3 and len(probes[0]) == 2 + 1  # kv at 2 distances, in-doc
     assert all(len(p) == len(probes[0]) and all(np.array_equal(a, b) for a, b in zip(p, probes[0]))
                for p in probes[1:])
     floors = heuristic_floors(TaskSpec(), 64, [4, 40], n_windows=2)  # the floor line: on these very probes
     assert res["floors"]["best"] == {str(d): a for d, a in floors["best"].items()}
+
+
+def test_depth_sweeps_every_checkpoint_on_the_same_probes(run_dir, tmp_path, monkeypatch):
+    seen = {}  # model -> the probe windows it was scored on, in order
+    score = evaluate.answer_hits
+
+    def recorded(model, batch, *a, **k):
+        seen.setdefault(id(model), []).append(batch["tokens"].copy())
+        return score(model, batch, *a, **k)
+
+    monkeypatch.setattr(evaluate, "answer_hits", recorded)
+    ckpts = [str(run_dir / n) for n in ("teacher.pt", "phase2-kd-b10000-b500000.pt")]
+    interp.analyses.main(["depth", "--ckpt", *ckpts, "--labels", "T", "KD", "--distances", "4", "40", "--depths",
+                          "0", "1", "--n-windows", "2", "--out", str(tmp_path)])
+    res = outputs(tmp_path, "depth")
+    assert list(res["models"]) == ["T", "KD"] and res["depths"] == [0.0, 1.0]
+    for sweep in res["models"].values():
+        assert set(sweep) == {"0.0", "1.0"} and all(set(row) == {"4", "40"} for row in sweep.values())
+        assert all(0 <= a <= 1 for row in sweep.values() for a in row.values())
+    probes = list(seen.values())
+    assert len(probes) == 2 and len(probes[0]) == 2 * 2  # 2 depths x 2 distances
+    assert all(np.array_equal(a, b) for a, b in zip(probes[1], probes[0]))
+    deep = kv_probe(TaskSpec(), 64, 4, 2, depth=1.0)["tokens"]  # the depth reaches the probe
+    assert any(np.array_equal(p, deep) for p in probes[0])
 
 
 def test_retrieval_scores_in_document_under_the_checkpoints_own_mask(run_dir, tmp_path, monkeypatch):
@@ -120,7 +144,7 @@ def test_retrieval_scores_in_document_under_the_checkpoints_own_mask(run_dir, tm
         return score(model, batch, *a, doc_mask=doc_mask, **k)
 
     monkeypatch.setattr(evaluate, "answer_hits", recorded)
-    analyze.main(["retrieval", "--ckpt", str(run_dir / "teacher.pt"), masked, "--distances", "4", "--depths", "0",
+    analyze.main(["retrieval", "--ckpt", str(run_dir / "teacher.pt"), masked, "--distances", "4",
                   "--n-windows", "2", "--max-doc-len", "16", "--out", str(tmp_path)])
     assert calls == [(False, False), (True, True)]  # the teacher as it trained, the masked student as it trained
 
@@ -236,7 +260,7 @@ def test_an_hf_folder_is_analyzed_like_the_checkpoint_it_was_exported_from(run_d
     folder = str(tmp_path / "teacher-hf")
     hf.main(["export", str(run_dir / "teacher.pt"), folder])
     interp.analyses.main(["retrieval", "--ckpt", str(run_dir / "teacher.pt"), folder, "--distances", "4", "40",
-                          "--depths", "0", "--n-windows", "2", "--max-doc-len", "16", "--out", str(tmp_path)])
+                          "--n-windows", "2", "--max-doc-len", "16", "--out", str(tmp_path)])
     res = outputs(tmp_path, "retrieval")["models"]
     assert list(res) == ["teacher", "teacher-hf"] and res["teacher"]["kv"] == res["teacher-hf"]["kv"]
     assert res["teacher"]["in_doc"] == res["teacher-hf"]["in_doc"]

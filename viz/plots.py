@@ -125,6 +125,27 @@ def plot_alias(res, out, name):
     return save(fig, out, f"{name}.png")
 
 
+def plot_depth(res, out, name):
+    """One depth x distance heatmap of retrieval accuracy per model, the student's longest document dashed."""
+    distances = res["distances"]
+    depths = res["depths"]
+    models = res["models"]
+    fig, axes = plt.subplots(1, len(models), figsize=(3.4 * len(models) + 1.2, 3.8), squeeze=False,
+                             layout="constrained")
+    n_short = sum(d <= res["max_doc_len"] for d in distances)
+    for ax, (label, sweep) in zip(axes[0], models.items()):
+        grid = np.array([[np.nan if sweep[dp][d] is None else sweep[dp][d] for d in distances] for dp in depths])
+        im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="lower")  # (depths, distances)
+        if 0 < n_short < len(distances):
+            ax.axvline(n_short - 0.5, color="w", ls="--", label="longest student document")
+        ax.set_xticks(range(len(distances)), [str(d) for d in distances], rotation=60)
+        ax.set_yticks(range(len(depths)), [f"{dp:g}" for dp in depths])
+        ax.set(title=label, xlabel="distance D (tokens)", ylabel="query depth (fraction of window)")
+    fig.colorbar(im, ax=axes[0].tolist(), label="retrieval accuracy (fraction)")
+    fig.suptitle("Key-value retrieval: depth x distance")
+    return save(fig, out, f"{name}.png")
+
+
 def plot_match(res, out, name):
     """Per model: a layer-0 head's self-match score by distance, its slow- and fast-pair parts, the best other token,
     and (dots, right axis) the head's measured attention to the record."""
