@@ -90,12 +90,9 @@ def answer_hits(model, batch, device, autocast, chunk=4, doc_mask=False) -> np.n
     return (pred == batch["tokens"][:, 1:]) & batch["answers"][:, 1:]
 
 
-def probe_accuracy(model, batch, device, autocast, chunk=4, doc_mask=False, where=None) -> float | None:
-    """Argmax accuracy at the probe's answer positions, over windows in chunks of `chunk`; None if it has none.
-
-    where: (N, L + 1) bool aligned with batch["tokens"]: score only the answers it marks (e.g. batch["far_back"]).
-    """
-    answers = batch["answers"][:, 1:] if where is None else batch["answers"][:, 1:] & where[:, 1:]  # (N, L)
+def probe_accuracy(model, batch, device, autocast, chunk=4, doc_mask=False) -> float | None:
+    """Argmax accuracy at the probe's answer positions, over windows in chunks of `chunk`; None if it has none."""
+    answers = batch["answers"][:, 1:]  # (N, L)
     total = int(answers.sum())
     if not total:
         return None

@@ -12,8 +12,6 @@ It can also be looked inside (analyze.py needs this for findings 2 and 3): pass 
 `Inspect` object to `forward` to record residual streams and pre/post-RoPE queries and
 keys, or to override the positions that RoPE applies to the queries and/or keys of
 chosen layers. Without it, nothing extra runs.
-
-Run `python model.py` for the parameter count and FLOPs/token of the default config.
 """
 import math
 import os
@@ -402,7 +400,7 @@ def check_config(config, path: str):
 
 def load_model(path: str, device="cpu"):
     """(GPT with the checkpoint's weights on `device`, checkpoint dict). Every check runs before the model is
-    built: the config's types and sizes against bounds (formats/checkpoint.py), then against the shapes of the
+    built: the config's types and sizes against bounds (check_config), then against the shapes of the
     tensors the file holds, so a hostile config allocates nothing; each failure is one CheckpointError."""
     ckpt = load_checkpoint(path)
     check_config(ckpt["config"], path)
@@ -428,10 +426,3 @@ def load_model(path: str, device="cpu"):
     model = GPT(cfg)
     model.load_state_dict(weights)
     return model.to(device), ckpt
-
-
-if __name__ == "__main__":
-    cfg = GPTConfig()
-    model = GPT(cfg)
-    print(cfg)
-    print(f"parameters: {model.num_params():,}")
