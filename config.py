@@ -81,6 +81,7 @@ PHASE_SEED = {"teacher": 0, "1": 10, "2": 20}
 # evaluate.SELECTION_SEED), never on the held-out ones that report.
 ACCEPTANCE = {"stage_passed": True, "min_accuracy": 0.85, "probe_seed": 0}
 SIZES = ("d_model", "n_layer", "n_head", "n_kv_head", "d_ff")
+SIZE_TAGS = {"d_model": "d", "n_layer": "l", "n_head": "h", "n_kv_head": "kv", "d_ff": "ff"}  # in run names: -d48-l3
 # Phases that --dtype auto runs in bf16 on a CPU with native bf16. Phase 2 gave the same results in bf16 as in
 # float32 (3 seeds, docs/performance.md, "bf16 on CPU"); the teacher and phase 1 stay float32: a phase-1 student
 # trained in bf16 (same seed) came out one that phase 2 cannot extend, and the shipped checkpoints were trained in
@@ -303,11 +304,23 @@ def phase1_name(base, seed=0, window=None, preset="cpu"):
     return f"phase1-b{base:g}{w}" + (f"-s{seed}" if seed else "")
 
 
+def size_suffix(args) -> str:
+    """The model sizes asked for that differ from the preset's, as in a run name: -d48-l3 ("" for the preset's)."""
+    suffix = ""
+    for key, tag in SIZE_TAGS.items():
+        asked = args.explicit.get(key)
+        if asked is not None and asked != PRESETS[args.preset][key]:
+            suffix += f"-{tag}{asked}"
+    return suffix
+
+
 def run_name(args, lab=None):
     """The run's files' name: the data's, the phase, its bases, the phase-1 student it starts from, what it changes
-    (-T2: --temperature, -dm: --doc-mask, -rp: --reset-positions, -rec0.1: --recurrence, then the lab's), its seed."""
+    (-d48-l3: the model's sizes, -T2: --temperature, -dm: --doc-mask, -rp: --reset-positions, -rec0.1:
+    --recurrence, then the lab's), its seed."""
     seed = f"-s{args.seed}" if args.seed else ""  # (None: phase 1's acceptance walk, named as its record)
-    variant = f"-T{args.temperature:g}" if args.kd_weight > 0 and args.temperature != 1 else ""
+    variant = size_suffix(args)
+    variant += f"-T{args.temperature:g}" if args.kd_weight > 0 and args.temperature != 1 else ""
     variant += "-dm" if args.doc_mask else ""
     variant += "-rp" if args.reset_positions else ""
     variant += f"-rec{args.recurrence:g}" if args.recurrence is not None else ""
@@ -445,9 +458,11 @@ def teacher_path(args, lab):
 
 
 def phase1_file(args, lab):
-    """File name of the phase-1 run that phase 2 starts from (without --init); with --data, that data's."""
-    name = phase1_name(args.phase1_base, args.phase1_seed or 0, args.phase1_window, args.preset)
-    return args.data_name + name + lab.prerequisite("1").suffix(args) + ".pt"
+    """File name of the phase-1 run that phase 2 starts from (without --init): the one of the model sizes asked
+    for (train_prerequisites trains it at them); with --data, that data's. As run_name names that run."""
+    name = phase1_name(args.phase1_base, 0, args.phase1_window, args.preset) + size_suffix(args)
+    seed = f"-s{args.phase1_seed}" if args.phase1_seed else ""
+    return args.data_name + name + lab.prerequisite("1").suffix(args) + seed + ".pt"
 
 
 def phase1_path(args, lab):

@@ -369,9 +369,6 @@ class TextTask(Task):
     def table(self, rows, args, floors):
         lines = [f"{name}: cross-entropy {r['corpus_ce']:.3f} nats/token on held-out windows"
                  for name, r in rows.items()]
-        if args.preset == "tiny":
-            lines.append("(the tiny preset is a smoke test: its models are too small and too briefly trained for "
-                         "these numbers to mean anything)")
         return "\n".join(lines)
 
 
@@ -420,6 +417,7 @@ def make_task(args) -> Task:
 # ----------------------------------------------------------------------------- what a training run prints and saves
 
 START = "step 0"  # results key of a phase-2 student before its first step (phase 1 + the base switch)
+TINY_NOTE = "(the tiny preset is a smoke test: its models are too small and too briefly trained to mean anything)"
 
 
 def report_speed(args, tokens, seconds, ranks=1):
@@ -448,6 +446,8 @@ def report(args, task, models, device, autocast, results_path, speed):
     atomic_write(results_path, lambda f: json.dump(results, f, indent=1), "w")  # a kill leaves old or new
     print(task.table(rows, args, floors))
     print(f"(each value: the mean over the held-out probe seeds {list(HELDOUT_SEEDS)})")
+    if args.preset == "tiny":
+        print(TINY_NOTE)
     print(f"checkpoint: {os.path.join(args.out_dir, args.run_name + '.pt')}\nresults:    {results_path}")
     return results
 
@@ -461,6 +461,8 @@ def print_side_by_side(args, results, ce_name, task=None):
     print(f"\nShort documents (<= {args.max_doc_len} tokens) packed into {args.window}-token windows; "
           f"phase-1 base {args.phase1_base:g} -> phase-2 base {args.rope_base:g}:")
     print((task or make_task(args)).table(rows, args, results["floors"]))
+    if args.preset == "tiny":
+        print(TINY_NOTE)
 
 
 def source_commit(root=os.path.dirname(os.path.abspath(__file__))):

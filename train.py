@@ -38,7 +38,7 @@ import torch.distributed as tdist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from config import (ACCEPTANCE, PRESETS, BatchShape, RunLock, any_rank, build_parser, check_inputs,
+from config import (ACCEPTANCE, PRESETS, SIZES, BatchShape, RunLock, any_rank, build_parser, check_inputs,
                     curriculum_stages, fail, is_main, load_init, make_stages, one_line_errors, phase1_file,
                     phase1_path, phase_seed, pick_device, rank, record_step, resolve, resume_state, run_path,
                     save_run, stage_steps, student_config, teacher_file, teacher_path, world_size)
@@ -438,6 +438,9 @@ def train_prerequisites(args, lab):
         argv = ["--phase", "1", "--rope-base", f"{args.phase1_base:g}", "--window", str(args.phase1_window)]
         argv += ["--seed", str(args.phase1_seed)] if args.phase1_seed is not None else []  # else the recipe's test
         argv += ["--teacher", args.teacher] if args.teacher else []  # phase 1 learns from the same teacher
+        for key in SIZES:  # the student's sizes, asked for phase 2, are phase 1's (the teacher keeps its own)
+            if args.explicit[key] is not None:
+                argv += ["--" + key.replace("_", "-"), str(args.explicit[key])]
         ensure(args, "phase-1", phase1_path(args, lab), phase1_file(args, lab), argv + common_argv(args),
                lab.prerequisite("1"))
 

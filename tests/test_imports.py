@@ -22,7 +22,8 @@ LAB = [  # built on the core, in folders; the core imports none of them
     {"variants.train", "interp.analyses", "scale.bench"},  # the lab's entry points
     {"research.robustness", "research.screen", "research.overlap", "research.experiment", "research.finding1",
      "research.finding3", "research.realtext", "research.grid", "walkthrough.demos", "walkthrough.__main__",
-     "variants.__main__", "interp.__main__"},  # the research and the walkthrough, built on all of it
+     "variants.__main__", "interp.__main__", "docs.copy_task"},  # the research, the walkthrough and the example
+    # task file of docs/fork.md, built on all of it
 ]
 LAYERS = CORE + LAB
 
