@@ -36,7 +36,7 @@ from data import TaskSpec, to_device  # noqa: E402
 from distill import forward_kl  # noqa: E402
 from evaluate import evaluate, format_table, heuristic_floors, packed_probe  # noqa: E402
 from evaluate import repeated_tokens_window  # noqa: E402
-from model import CheckpointError, Inspect, atomic_write, load_model  # noqa: E402
+from model import CheckpointError, Inspect, atomic_write, first_line, load_model  # noqa: E402
 
 REACHES_LOGITS_KL = 1e-6  # nats; our choice: a mean KL above this is a real change, not float rounding
 
@@ -296,7 +296,7 @@ def run_command(args, commands, rules=RULES):
             fail(f"--device {args.device}: no CUDA device available")
         return commands[args.command](args)
     except (ValueError, RuntimeError, OSError) as e:  # CheckpointError is a ValueError
-        fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        fail(first_line(e))
 
 
 def main(argv=None):

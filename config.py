@@ -17,6 +17,7 @@ documents packed into it. Every knob of those phases is a flag here or a setting
 import argparse
 import dataclasses
 import fcntl
+import functools
 import json
 import math
 import os
@@ -30,7 +31,7 @@ import torch
 from data import DataError
 from distill import load_teacher
 from evaluate import make_task
-from model import CheckpointError, GPTConfig, atomic_write, load_checkpoint, save_checkpoint
+from model import CheckpointError, GPTConfig, atomic_write, first_line, load_checkpoint, save_checkpoint
 
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints")
 
@@ -281,8 +282,7 @@ def curriculum_stages(args):
 def make_stages(args, task, lab):
     """[(name, DataSource, steps, stop_at_accuracy)]: the task's stages (the synthetic language's curriculum first,
     config.curriculum_stages), as the lab changes them."""
-    def seed(k):
-        return phase_seed(args, k)
+    seed = functools.partial(phase_seed, args)  # seed(k): the phase's k-th stream
     if hasattr(task, "spec"):  # the synthetic language: its dense curriculum before the phase's own data
         stages = task.stages(args, seed, curriculum_stages(args))
     else:
@@ -695,10 +695,7 @@ def save_run(model, opt, args, state, done):
             save_checkpoint(checkpoint_dict(model, opt, args, state, done), path)
         except (OSError, RuntimeError) as e:  # torch.save reports a failed write as a RuntimeError
             kept = f"the previous {path} is kept" if os.path.exists(path) else "no checkpoint was written"
-            if isinstance(e, OSError):
-                why = f"{e.strerror or e} ({e.filename or path})"
-            else:
-                why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            why = f"{e.strerror or e} ({e.filename or path})" if isinstance(e, OSError) else first_line(e)
             problem = f"cannot save the checkpoint at step {state['step']}: {why}; {kept}"
     if any_rank(problem is not None):
         raise RunError(problem or f"rank 0 could not save the checkpoint at step {state['step']}")
@@ -717,7 +714,7 @@ def resume_state(args, previous, model, opt):
         model.load_state_dict(previous["model"])
         opt.load_state_dict(previous["optimizer"])
     except (RuntimeError, ValueError, KeyError) as e:
-        fail(f"--resume: {path} does not match this run's model: {str(e).splitlines()[0][:200]}")
+        fail(f"--resume: {path} does not match this run's model: {first_line(e)}")
     torch.set_rng_state(previous["rng"])
     if is_main():
         truncate_log(log_path, previous["step"])

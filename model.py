@@ -278,6 +278,13 @@ class CheckpointError(ValueError):
     """A checkpoint file that is missing, truncated, hostile or of the wrong kind."""
 
 
+def first_line(e: BaseException) -> str:
+    """An error's message in one line for a one-line report: its first line, at most 200 characters, or the
+    error's type when it says nothing."""
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
 CHECKPOINT_KEYS = ("model", "config", "step")
 
 
@@ -358,9 +365,9 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
         raise CheckpointError(f"{path} holds objects other than tensors and plain data{what}: refused for "
                               f"safety, nothing in it was run") from None
     except Exception as e:  # a sound archive that still does not load
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        raise CheckpointError(f"{path} is corrupt ({os.path.getsize(path):,} bytes): {type(e).__name__}"
-                              + (f": {first}" if first and "weights_only" not in first else "")) from None
+        said = str(e).strip() and "weights_only" not in str(e)  # torch's advice on weights_only misleads here
+        detail = f"{type(e).__name__}: {first_line(e)}" if said else type(e).__name__
+        raise CheckpointError(f"{path} is corrupt ({os.path.getsize(path):,} bytes): {detail}") from None
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in CHECKPOINT_KEYS):
         raise CheckpointError(f"{path} is not a checkpoint of this project (a torch.save file without the keys "
                               f"{', '.join(CHECKPOINT_KEYS)})")
@@ -408,8 +415,7 @@ def load_model(path: str, device="cpu"):
         cfg = GPTConfig(**ckpt["config"])
         rope_frequencies(cfg.head_dim, cfg.rope_base, cfg.rope_scaling, cfg.max_seq_len)  # a complete rope_scaling?
     except (TypeError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} does not hold a model of this project: its config {first[:200]}") from None
+        raise CheckpointError(f"{path} does not hold a model of this project: its config {first_line(e)}") from None
     weights = ckpt["model"]
     with torch.device("meta"):  # the shapes GPT(cfg) has, without allocating them
         expected = {k: tuple(v.shape) for k, v in GPT(cfg).state_dict().items()}

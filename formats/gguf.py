@@ -12,6 +12,7 @@ import os
 import torch
 
 from formats.files import FormatError
+from model import first_line
 
 GGUF_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head",
               "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
@@ -109,6 +110,6 @@ def open_gguf(path: str):
     try:
         return gguf.GGUFReader(path)
     except Exception as e:  # bad magic, truncated file, unknown version
-        raise FormatError(f"cannot read {path} as GGUF: {str(e).splitlines()[0][:200]}") from None
+        raise FormatError(f"cannot read {path} as GGUF: {first_line(e)}") from None
 
 

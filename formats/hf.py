@@ -31,7 +31,7 @@ import torch
 from formats.files import FormatError, atomic_folder
 from formats.gguf import gguf_config, gguf_field, gguf_hf_name, gguf_state_dict, open_gguf
 from formats.gguf import GGUF_NAMES, llama_cpp_permute, llama_cpp_unpermute  # noqa: F401 (formats.hf's names too)
-from model import GPT, CheckpointError, GPTConfig, atomic_write, load_model
+from model import GPT, CheckpointError, GPTConfig, atomic_write, first_line, load_model
 from rope import rope_frequencies, scaling_type
 import variants.rope_scaling  # noqa: F401 (real models may carry a rope_scaling: its variants registered)
 from formats.tokenizer import Tokenizer
@@ -249,7 +249,7 @@ def read_safetensors(path: str) -> dict:
     try:
         return load_file(path)
     except (OSError, SafetensorError, ValueError) as e:
-        raise FormatError(f"cannot read {path}: {str(e).splitlines()[0][:200]}") from None
+        raise FormatError(f"cannot read {path}: {first_line(e)}") from None
 
 
 def safetensors_shapes(path: str) -> dict:
@@ -259,7 +259,7 @@ def safetensors_shapes(path: str) -> dict:
         with safe_open(path, "pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except (OSError, SafetensorError, ValueError) as e:
-        raise FormatError(f"cannot read {path}: {str(e).splitlines()[0][:200]}") from None
+        raise FormatError(f"cannot read {path}: {first_line(e)}") from None
 
 
 def weight_files(folder: str) -> list:
@@ -392,7 +392,7 @@ def load_gguf(path: str, unpermute=True):
     try:
         sd = gguf_state_dict(reader, hf, unpermute)
     except (ValueError, NotImplementedError, RuntimeError) as e:
-        raise FormatError(f"cannot dequantize {path}: {str(e).splitlines()[0][:200]}") from None
+        raise FormatError(f"cannot dequantize {path}: {first_line(e)}") from None
     load_llama_state_dict(model, sd)
     return model, reader
 

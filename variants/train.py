@@ -34,7 +34,7 @@ import train
 from config import fail, phase_seed
 from data import DataSource, TaskSpec, synthetic_batch
 from evaluate import KeyValueTask, make_task
-from model import CheckpointError, load_checkpoint
+from model import CheckpointError, first_line, load_checkpoint
 from rope import rope_frequencies, scaling_type
 import variants.rope_scaling  # noqa: F401 (--rope-scaling's variants registered in rope.SCALINGS)
 from variants.arms import ARMS, CE_ARMS, ArmLoss
@@ -357,7 +357,7 @@ def load_moments(opt, path, device):
     try:
         opt.load_state_dict({"state": saved["state"], "param_groups": groups})
     except (ValueError, KeyError) as e:
-        fail(f"--init-optimizer: {path}'s optimizer does not match this model: {str(e).splitlines()[0][:200]}")
+        fail(f"--init-optimizer: {path}'s optimizer does not match this model: {first_line(e)}")
 
 
 def parse(argv):
