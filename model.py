@@ -8,10 +8,9 @@ residual), grouped-query attention, optional attention-only blocks (d_ff = 0),
 tied or untied LM head, no biases: the Llama architecture, so that formats/hf.py can load and
 write Hugging Face Llama and llama.cpp GGUF weights (this file knows only its own checkpoint).
 
-It can also be looked inside (analyze.py needs this for findings 2 and 3): pass an
-`Inspect` object to `forward` to record residual streams and pre/post-RoPE queries and
-keys, or to override the positions that RoPE applies to the queries and/or keys of
-chosen layers. Without it, nothing extra runs.
+It can also be looked inside (analyze.py needs this for finding 2): pass an `Inspect` object
+to `forward` to record the residual streams, or to override the positions that RoPE applies to
+the queries and/or keys of chosen layers. Without it, nothing extra runs.
 """
 import math
 import os
@@ -57,22 +56,17 @@ class GPTConfig:
 
 @dataclass
 class Inspect:
-    """Optional probe for `GPT.forward`: what to record and which RoPE positions to override.
+    """Optional probe for `GPT.forward`: which RoPE positions to override, and the residual streams it records.
 
     q_positions / k_positions: {layer: position ids (B, T)} used by RoPE for that layer's
     queries / keys instead of the model's positions (finding 2's perturbation).
-    After the forward pass, `residuals[l]` is the residual stream after block l (index 0 is
-    the embedding), and q_pre/q_post/k_pre/k_post[l] are the (B, H, T, hd) queries and keys
-    of block l before and after RoPE (only if `record` is True).
+    After the forward pass, `residuals[l]` is the residual stream after block l - 1 (index 0 is
+    the embedding), if `record` is True. (interp/qk.py reads the queries and keys themselves.)
     """
     record: bool = True
     q_positions: dict = field(default_factory=dict)
     k_positions: dict = field(default_factory=dict)
     residuals: list = field(default_factory=list)
-    q_pre: list = field(default_factory=list)
-    q_post: list = field(default_factory=list)
-    k_pre: list = field(default_factory=list)
-    k_post: list = field(default_factory=list)
 
 
 class Attention(nn.Module):
@@ -88,17 +82,12 @@ class Attention(nn.Module):
         self.wv = nn.Linear(cfg.d_model, cfg.n_kv_head * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=False)
 
-    def forward(self, x, rope_q, rope_k, attn_mask=None, inspect=None, kernel="sdpa"):
+    def forward(self, x, rope_q, rope_k, attn_mask=None, kernel="sdpa"):
         B, T, _ = x.shape
         q = self.wq(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
         k = self.wk(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         v = self.wv(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, Hkv, T, hd)
         q_rot, k_rot = apply_rope(q, *rope_q), apply_rope(k, *rope_k)  # position enters here, and only here
-        if inspect is not None and inspect.record:
-            inspect.q_pre.append(q.detach())
-            inspect.q_post.append(q_rot.detach())
-            inspect.k_pre.append(k.detach())
-            inspect.k_post.append(k_rot.detach())
         if kernel == "reference":
             y = reference_attention(q_rot, k_rot, v, attn_mask)  # (B, H, T, hd)
         elif kernel in KERNELS:
@@ -160,8 +149,8 @@ class Block(nn.Module):
         self.mlp_norm = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps) if cfg.d_ff else None
         self.mlp = SwiGLU(cfg) if cfg.d_ff else None
 
-    def forward(self, x, rope_q, rope_k, attn_mask=None, inspect=None, kernel="sdpa"):
-        x = x + self.attn(self.attn_norm(x), rope_q, rope_k, attn_mask, inspect, kernel)
+    def forward(self, x, rope_q, rope_k, attn_mask=None, kernel="sdpa"):
+        x = x + self.attn(self.attn_norm(x), rope_q, rope_k, attn_mask, kernel)
         if self.mlp is not None:
             x = x + self.mlp(self.mlp_norm(x))
         return x
@@ -245,7 +234,7 @@ class GPT(nn.Module):
                     rope_q = rope_cos_sin(inspect.q_positions[layer], self.inv_freq, self.attention_factor, x.dtype)
                 if layer in inspect.k_positions:
                     rope_k = rope_cos_sin(inspect.k_positions[layer], self.inv_freq, self.attention_factor, x.dtype)
-            x = block(x, rope_q, rope_k, attn_mask, inspect, kernel)
+            x = block(x, rope_q, rope_k, attn_mask, kernel)
             if inspect is not None and inspect.record:
                 inspect.residuals.append(x.detach())
         return self.lm_head(self.norm(x))

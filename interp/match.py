@@ -14,19 +14,18 @@ import math
 import torch
 
 from data import to_device
-from model import Inspect
+from interp.qk import queries_and_keys
 from rope import apply_rope, rope_cos_sin
 
 
 @torch.no_grad()
 def layer0_qk(model):
     """Pre-RoPE queries and keys of every vocabulary token for every layer-0 head: 2 x (V, H, hd), keys repeated over
-    a grouped-query group. Read from the forward pass (model.Inspect) on each token alone, all layer 0 sees of it."""
+    a grouped-query group. Read from the forward pass (interp/qk.py) on each token alone, all layer 0 sees of it."""
     cfg = model.config
-    probe = Inspect()
-    model(torch.arange(cfg.vocab_size, device=model.inv_freq.device)[:, None], inspect=probe)  # (V, 1): one token each
-    k = probe.k_pre[0][:, :, 0].float().cpu().repeat_interleave(cfg.n_head // cfg.n_kv_head, dim=1)
-    return probe.q_pre[0][:, :, 0].float().cpu(), k
+    _, qk = queries_and_keys(model, torch.arange(cfg.vocab_size, device=model.inv_freq.device)[:, None])  # (V, 1)
+    k = qk["k_pre"][0][:, :, 0].float().cpu().repeat_interleave(cfg.n_head // cfg.n_kv_head, dim=1)
+    return qk["q_pre"][0][:, :, 0].float().cpu(), k
 
 
 def rotate_to(model, x, distances):
@@ -94,10 +93,9 @@ def record_attention(model, batch, head: int, distance: int) -> float:
     """Mean attention weight of a layer-0 head from each query key to its record's key, `distance` tokens back, on a
     probe batch (data.kv_probe): what the weight-only profile above predicts, measured in the forward pass."""
     x, _, pos, _, ans = to_device(batch, model.inv_freq.device)
-    probe = Inspect()
-    model(x, pos, inspect=probe)
+    _, qk = queries_and_keys(model, x, pos)
     kv_head = head // (model.config.n_head // model.config.n_kv_head)
-    q, k = probe.q_post[0][:, head].float(), probe.k_post[0][:, kv_head].float()  # (B, T, hd)
+    q, k = qk["q_post"][0][:, head].float(), qk["k_post"][0][:, kv_head].float()  # (B, T, hd)
     scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, T, T)
     causal = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).tril()
     weights = scores.masked_fill(~causal, float("-inf")).softmax(-1)

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from data import to_device
-from model import Inspect
+from interp.qk import queries_and_keys
 from rope import critical_pair
 
 
@@ -32,9 +32,8 @@ def pair_update(w_before, w_after, n_heads):
 def query_pair_norms(model, batch, device):
     """Mean over windows and positions of ||q_pair|| (pre-RoPE), per layer, head and pair: (L, H, hd/2)."""
     x, _, pos, _, _ = to_device(batch, torch.device(device))
-    probe = Inspect()
-    model(x, pos, inspect=probe)
-    return torch.stack([q.float().unflatten(-1, (2, -1)).norm(dim=-2).mean(dim=(0, 2)) for q in probe.q_pre])
+    _, qk = queries_and_keys(model, x, pos)
+    return torch.stack([q.float().unflatten(-1, (2, -1)).norm(dim=-2).mean(dim=(0, 2)) for q in qk["q_pre"]])
 
 
 def above_percentile_spans(values, q=75):

@@ -15,7 +15,7 @@ CORE = [  # the card's files at the top level, and the two the core needs (confi
 ]
 LAB = [  # built on the core, in folders; the core imports none of them
     {"formats.tokenizer", "formats.files", "formats.gguf", "formats.text", "variants.rope_scaling",
-     "variants.divergences", "variants.flex", "variants.chunked", "interp.spectrum", "interp.match", "interp.qupdate", "interp.probes",
+     "variants.divergences", "variants.flex", "variants.chunked", "interp.spectrum", "interp.qk", "interp.match", "interp.qupdate", "interp.probes",
      "longctx.report", "scale.device", "scale.loss_memory", "viz.plots", "research.used_seeds"},  # pieces
     {"formats.hf", "longctx.text", "longctx.topk", "variants.arms"},  # real-model files; a real teacher's text and
     # its top-k cache; phase 2's arms

@@ -12,7 +12,8 @@ import torch
 import interp.analyses
 from data import TaskSpec
 from interp.match import layer0_qk, match_head, match_results, pair_terms, rotate_to, slow_pairs
-from model import GPT, GPTConfig, Inspect
+from interp.qk import queries_and_keys
+from model import GPT, GPTConfig
 
 from test_analyze import outputs, write_ckpt
 
@@ -31,12 +32,10 @@ def test_pairs_sum_to_the_forward_pass_logit():
     key, D = int(TaskSpec().keys()[3]), 77
     idx = torch.full((1, D + 1), int(TaskSpec().keys()[5]))
     idx[0, 0] = idx[0, D] = key
-    probe = Inspect()
-    with torch.no_grad():
-        model(idx, inspect=probe)
+    _, qk = queries_and_keys(model, idx)
     hd = model.config.head_dim
     for head in range(2):
-        logit = (probe.q_post[0][0, head, D] @ probe.k_post[0][0, head, 0]).item() / math.sqrt(hd)
+        logit = (qk["q_post"][0][0, head, D] @ qk["k_post"][0][0, head, 0]).item() / math.sqrt(hd)
         q, k = layer0_qk(model)
         terms = pair_terms(rotate_to(model, q[[key], head], [D]), rotate_to(model, k[[key], head], [0]))  # (1, 1, hd/2)
         assert terms.sum().item() == pytest.approx(logit, rel=1e-4, abs=1e-5)

@@ -125,7 +125,31 @@ def test_position_override_changes_only_later_layers():
         assert torch.equal(pert.residuals[j], clean.residuals[j])
     assert not torch.allclose(pert.residuals[2], clean.residuals[2])
     assert not torch.allclose(out, ref)
-    assert len(clean.q_pre) == 3 and clean.q_pre[0].shape == (1, 4, 16, 8)
+    assert len(clean.residuals) == 4 and clean.residuals[0].shape == (1, 16, 32)
+
+
+def test_the_queries_and_keys_read_off_a_forward_pass_are_those_attention_uses():
+    """interp/qk.py's hooks and RoPE give the queries and keys from which reference_attention rebuilds layer 0's
+    output exactly, and leave the logits as they were."""
+    from interp.qk import queries_and_keys
+    from model import reference_attention
+    m = tiny(n_layer=3, n_kv_head=2)
+    x = torch.randint(0, 50, (2, 16))
+    seen = []
+    handle = m.blocks[0].attn.wo.register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))
+    logits, qk = queries_and_keys(m, x)
+    handle.remove()
+    assert torch.equal(logits, m(x)) and len(qk["q_pre"]) == 3
+    assert qk["q_pre"][0].shape == (2, 4, 16, 8) and qk["k_post"][0].shape == (2, 2, 16, 8)
+    y = reference_attention(qk["q_post"][0], qk["k_post"][0], values(m, x))  # (B, H, T, hd)
+    assert torch.allclose(y.transpose(1, 2).reshape(2, 16, 32), seen[0], atol=1e-5)
+
+
+def values(m, x):
+    """Layer 0's values (B, Hkv, T, hd), as its attention computes them."""
+    attn = m.blocks[0].attn
+    v = attn.wv(m.blocks[0].attn_norm(m.tok_emb(x)))
+    return v.view(x.shape[0], x.shape[1], attn.n_kv_head, attn.head_dim).transpose(1, 2)
 
 
 def test_flops_per_token_counts_the_causal_half_of_attention():

@@ -30,7 +30,8 @@ from data import SEP, TaskSpec, kv_probe, synthetic_batch, to_device
 from research.overlap import key_recurrence
 from distill import kd_loss, load_teacher, teacher_logits
 from variants import chunked
-from model import Inspect, atomic_write, load_model, switch_rope
+from interp.qk import queries_and_keys
+from model import atomic_write, load_model, switch_rope
 from rope import (apply_rope, critical_dimension, critical_pair, default_inv_freq, rope_cos_sin, rotations,
                   spectrum_utilization)
 from evaluate import KeyValueTask
@@ -235,7 +236,7 @@ def run_rope(args):
 
 
 def attention_probs(q_rot, k_rot):
-    """Causal softmax(q k^T / sqrt(hd)) from the post-RoPE queries and keys an Inspect recorded: (B, H, T, T)."""
+    """Causal softmax(q k^T / sqrt(hd)) from the post-RoPE queries and keys of a forward pass: (B, H, T, T)."""
     k_rot = k_rot.repeat_interleave(q_rot.shape[1] // k_rot.shape[1], dim=1)  # GQA: each kv head serves a group
     scores = q_rot @ k_rot.transpose(-1, -2) / math.sqrt(q_rot.shape[-1])
     T = scores.shape[-1]
@@ -256,11 +257,10 @@ def run_attention(args):
     print(f"{'model':28s} {'accuracy':>8s} {'p(answer)':>10s}   layer-1 attention from the query key to the record's "
           f"value (best head)")
     for name, model in (("teacher", teacher), ("step 0 (phase 1, base 5e5)", step0)):
-        probe = Inspect()
-        logits = model.eval()(x, pos, inspect=probe)
+        logits, qk = queries_and_keys(model.eval(), x, pos)
         p = logits.softmax(-1)[0, queries, y[0, queries]]
         acc = (logits[0, queries].argmax(-1) == y[0, queries]).float().mean()
-        att = attention_probs(probe.q_post[1], probe.k_post[1])[0]  # (H, T, T)
+        att = attention_probs(qk["q_post"][1], qk["k_post"][1])[0]  # (H, T, T)
         on_value = att[:, queries, queries - D + 1].amax(0)  # the value follows the record's key: q - D + 1
         print(f"{name:28s} {acc:8.2f} {p.mean():10.2f}   {on_value.mean():.2f} (mean over the {len(queries)} queries)")
 
