@@ -351,26 +351,20 @@ def prefetch(make, steps):
 # ----------------------------------------------------------------------------- the retrieval probe
 
 
-def kv_probe(spec, window, distance, n_windows=16, n_pairs=16, depth=None, seed=0):
-    """Key-value retrieval with every record exactly `distance` tokens before its query.
+def kv_probe(spec, window, distance, n_windows=16, n_pairs=16, seed=0):
+    """Key-value retrieval with every record exactly `distance` tokens before its query, the queries spread over
+    the window (interp/probes.py adds probes with the records or the queries at a fixed place).
 
-    depth in [0, 1] puts the queries in a band of window/8 tokens at that relative depth
-    among the positions where a query at this distance can stand; None spreads them.
     Returns a batch (windows of L+1) whose `answers` mark the value after each query key.
     """
-    rng = np.random.default_rng([seed, distance, 1001 if depth is None else int(depth * 1000)])
+    rng = np.random.default_rng([seed, distance, 1001])
     body = window  # SEP + body = L + 1 tokens
     n_fit = max(1, (body - distance - 1) // 2 - 1)
-    lo, hi = distance, body - 2
-    if depth is not None:
-        band = max(4 * n_pairs, body // 8)
-        lo = distance + int(depth * max(0, hi - distance - band))
-        hi = min(hi, lo + band)
     docs = []
     answers = []
     for _ in range(n_windows):
         k = min(n_pairs, n_fit)
-        tok, ans = kv_document(spec, rng, body, k, np.full(k, distance), lo, hi)
+        tok, ans = kv_document(spec, rng, body, k, np.full(k, distance), distance, body - 2)
         docs.append(tok)
         answers.append(ans)
     return pack_documents(docs, window + 1, answers=answers)

@@ -9,7 +9,7 @@ mean over the held-out probe seeds (evaluate.HELDOUT_SEEDS). research/robustness
 """
 import numpy as np
 
-from data import kv_document, kv_probe, pack_documents
+from data import kv_document, pack_documents
 from evaluate import HELDOUT_SEEDS, mean_over_seeds, packed_probe, predictions, probe_accuracy, ratio
 
 
@@ -24,6 +24,19 @@ def position_probe(spec, window, distance, record_start, band=64, n_windows=8, n
     rng = np.random.default_rng([seed, distance, 2002, record_start, n_pairs])
     docs, answers = zip(*(kv_document(spec, rng, window, n_pairs, np.full(n_pairs, distance), record_start + distance,
                                       record_start + band - 1 + distance) for _ in range(n_windows)))  # bodies of L
+    return pack_documents(docs, window + 1, answers=answers)
+
+
+def depth_probe(spec, window, distance, depth, n_windows=8, n_pairs=16, seed=0):
+    """Key-value retrieval at `distance` with the queries in a band of window/8 tokens at a relative depth in [0, 1]
+    among the positions where a query at this distance can stand (data.kv_probe spreads them). A batch like
+    kv_probe's."""
+    rng = np.random.default_rng([seed, distance, int(depth * 1000)])
+    band = max(4 * n_pairs, window // 8)
+    lo = distance + int(depth * max(0, window - 2 - distance - band))  # the band's first query position
+    hi = min(window - 2, lo + band)
+    k = min(n_pairs, max(1, (window - distance - 1) // 2 - 1))  # as many as fit
+    docs, answers = zip(*(kv_document(spec, rng, window, k, np.full(k, distance), lo, hi) for _ in range(n_windows)))
     return pack_documents(docs, window + 1, answers=answers)
 
 
@@ -73,7 +86,7 @@ def depth_sweep(model, spec, window, distances, depths, device, autocast, n_wind
     depth), on one probe seed."""
     sweep = {}
     for depth in depths:
-        probes = {d: kv_probe(spec, window, d, n_windows, depth=depth, seed=seed) for d in distances}
+        probes = {d: depth_probe(spec, window, d, depth, n_windows, seed=seed) for d in distances}
         sweep[depth] = {d: probe_accuracy(model, p, device, autocast) for d, p in probes.items()}
     return sweep
 

@@ -18,7 +18,7 @@ import analyze
 import evaluate
 import interp.analyses
 from interp import qupdate as interp_qupdate
-from interp.probes import position_sweep
+from interp.probes import depth_probe, position_sweep
 from interp.spectrum import turn_distances
 from data import TaskSpec, kv_probe
 from evaluate import heuristic_floors
@@ -129,7 +129,7 @@ def test_depth_sweeps_every_checkpoint_on_the_same_probes(run_dir, tmp_path, mon
     probes = list(seen.values())
     assert len(probes) == 2 and len(probes[0]) == 2 * 2  # 2 depths x 2 distances
     assert all(np.array_equal(a, b) for a, b in zip(probes[1], probes[0]))
-    deep = kv_probe(TaskSpec(), 64, 4, 2, depth=1.0)["tokens"]  # the depth reaches the probe
+    deep = depth_probe(TaskSpec(), 64, 4, 1.0, 2)["tokens"]  # the depth reaches the probe
     assert any(np.array_equal(p, deep) for p in probes[0])
 
 

@@ -163,10 +163,16 @@ def test_kv_probe_record_exactly_d_before_query(distance):
     answers_are_retrievable(probe)
 
 
-def test_kv_probe_depth_moves_the_queries():
-    shallow = np.flatnonzero(kv_probe(SPEC, 1024, 64, 2, depth=0.0)["answers"]).mean()
-    deep = np.flatnonzero(kv_probe(SPEC, 1024, 64, 2, depth=1.0)["answers"]).mean()
-    assert deep > shallow + 300
+def test_the_depth_probe_moves_the_queries_and_keeps_the_distance():
+    from interp.probes import depth_probe
+    shallow = depth_probe(SPEC, 1024, 64, 0.0, 2)
+    deep = depth_probe(SPEC, 1024, 64, 1.0, 2)
+    assert np.flatnonzero(deep["answers"]).mean() > np.flatnonzero(shallow["answers"]).mean() + 300
+    for probe in (shallow, deep):
+        for tok, ans in zip(probe["tokens"], probe["answers"]):
+            for a in np.flatnonzero(ans):
+                assert tok[a - 1 - 64] == tok[a - 1] and tok[a - 64] == tok[a]  # record 64 tokens before its query
+    answers_are_retrievable(deep)
 
 
 def test_repeated_tokens_window_repeats_its_period():
