@@ -3,8 +3,9 @@
 Paper idea: "Short Data, Long Context" (arXiv 2604.06070) distils a long-context teacher's logits into the
 student. A real teacher (a pretrained LLM, formats/hf.py) costs far more than a small student, and its logits
 on a window never change: they are computed once per training window and kept as their k most likely tokens
-(distill.teacher_topk), in a safetensors file keyed by everything they depend on: the teacher's files, the
-device and dtype it ran in, k, and a hash of the exact windows (edited text gives other windows, another key).
+(`teacher_topk`), in a safetensors file keyed by everything they depend on: the teacher's files, the device
+type and dtype it ran in, k, and a hash of the exact windows (edited text gives other windows, another key); one
+file for every rank of a job.
 `CachedTopK` then stands in for the teacher in train.py's loop (train.Lab.teacher): called like a teacher on a
 batch of training windows it returns their cached top-k (`TopK`), and the KD term (`topk_kd_loss`, the KD term
 train.training_loss takes from the lab) is the forward KL over those k tokens plus one bucket for the rest
@@ -102,10 +103,12 @@ def windows_hash(windows) -> str:
 
 
 def cache_key(teacher_path, teacher, device, k, windows) -> str:
-    """The cache's key: the teacher's identity, the device and dtype it ran in, k, and a hash of the windows (which
-    covers the text and every setting that shaped them: window, document lengths, their number, the seed)."""
+    """The cache's key: the teacher's identity, the device type (cuda, cpu) and dtype it ran in, k, and a hash of the
+    windows (which covers the text and every setting that shaped them: window, document lengths, their number, the
+    seed). Not the device's index: under torchrun rank r runs on cuda:r, and every rank reads rank 0's file."""
+    device_type = torch.device(device).type
     dtype = str(next(teacher.parameters()).dtype)
-    return json.dumps([teacher_identity(teacher_path), str(device), dtype, k, windows_hash(windows)])
+    return json.dumps([teacher_identity(teacher_path), device_type, dtype, k, windows_hash(windows)])
 
 
 @torch.no_grad()

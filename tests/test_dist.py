@@ -267,6 +267,36 @@ def test_a_masked_arms_loss_over_ranks_and_micro_batches_is_the_one_batch_loss()
     mp.start_processes(check_masked_arms_across_ranks, args=(free_port(),), nprocs=2, start_method="fork")
 
 
+def check_one_topk_cache_for_every_rank(rank, port, out_dir):
+    """Each rank on its own device index (cpu:RANK, as cuda:LOCAL_RANK under torchrun): rank 0 runs the teacher on
+    the training windows and writes the cache; rank 1 reads it and never runs the teacher."""
+    from longctx.topk import topk_teacher
+    from model import GPT, GPTConfig
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        teacher = GPT(GPTConfig(vocab_size=40, n_layer=1, n_head=2, n_kv_head=2, d_model=16, max_seq_len=32)).eval()
+        forwards = []
+        teacher.register_forward_hook(lambda module, inputs, output: forwards.append(1))
+        windows = torch.randint(1, 40, (3, 17), generator=torch.Generator().manual_seed(0))
+        path = os.path.join(out_dir, "teacher.pt")
+        cached = topk_teacher(teacher, path, windows, 4, out_dir, torch.device(f"cpu:{rank}"))
+        ran = torch.tensor([float(len(forwards))])
+        every = [torch.zeros(1), torch.zeros(1)]
+        tdist.all_gather(every, ran)
+        assert [t.item() for t in every] == [3.0, 0.0], every  # one forward per window, on rank 0 alone
+        assert len([f for f in os.listdir(out_dir) if f.startswith("teacher-top4-")]) == 1
+        assert cached.ids.shape == (3, 16, 4)
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_every_rank_reads_the_one_top_k_cache_rank_0_wrote(tmp_path):
+    mp.start_processes(check_one_topk_cache_for_every_rank, args=(free_port(), str(tmp_path)), nprocs=2,
+                       start_method="fork")
+
+
 def test_bad_batch_shapes_fail_in_one_line_before_anything_is_written(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun --nproc_per_node 2, but
     monkeypatch.setattr(train, "start_process_group", lambda args: None)  # without joining a process group

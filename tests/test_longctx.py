@@ -284,3 +284,22 @@ def test_a_retrained_checkpoint_teacher_gets_another_cache_key(tmp_path):
     st = os.stat(path)
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
     assert lt.cache_key(str(path), teacher, "cpu", 4, w) != key
+
+
+def test_the_cache_key_keeps_the_device_type_and_dtype_but_not_the_ranks_device_index(tmp_path):
+    """cuda:0 and cuda:1 (two ranks of one job) name one cache; another device type, dtype, teacher, k or windows
+    names another."""
+    path = tmp_path / "corpus-teacher.pt"
+    path.write_bytes(b"x" * 10)
+    teacher, w = tiny_teacher(), torch.arange(34).reshape(2, 17)
+    key = lt.cache_key(str(path), teacher, torch.device("cuda:0"), 4, w)
+    assert lt.cache_key(str(path), teacher, torch.device("cuda:1"), 4, w) == key
+    assert lt.cache_key(str(path), teacher, "cuda", 4, w) == key
+    other = tmp_path / "other-teacher.pt"
+    other.write_bytes(b"x" * 10)
+    others = [lt.cache_key(str(path), teacher, torch.device("cpu"), 4, w),
+              lt.cache_key(str(path), tiny_teacher().to(torch.bfloat16), torch.device("cuda:0"), 4, w),
+              lt.cache_key(str(other), teacher, torch.device("cuda:0"), 4, w),
+              lt.cache_key(str(path), teacher, torch.device("cuda:0"), 5, w),
+              lt.cache_key(str(path), teacher, torch.device("cuda:0"), 4, w + 1)]
+    assert len({key, *others}) == 6
