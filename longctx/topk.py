@@ -71,11 +71,13 @@ class TopK(NamedTuple):
 
 def topk_kd_loss(student_logits, top, mask=None, temperature=1.0, total=None):
     """(loss, divergence): the mean over unmasked tokens of topk_forward_kl between the student's logits
-    (B, T, V) and a cached teacher's TopK (B, T, k); mask (B, T) bool, True = use. The KD term's signature
-    (distill.kd_loss, train.training_loss's kd); no temperature: the cache holds the teacher's probabilities at
-    T = 1 (variants checks that T is 1)."""
+    (B, T, V) and a cached teacher's TopK (B, T, k); mask (B, T) bool, True = use; total: the sum over the unmasked
+    tokens is divided by this count instead of their number (train.py: the count of a whole global batch that
+    arrives in micro-batches and ranks). The KD term's signature (distill.kd_loss, train.training_loss's kd); no
+    temperature: the cache holds the teacher's probabilities at T = 1 (variants checks that T is 1)."""
     kl = topk_forward_kl(F.log_softmax(student_logits.float(), -1), top.ids, top.logp)  # (B, T)
-    loss = kl.mean() if mask is None else (kl * mask).sum() / mask.sum().clamp(min=1)
+    kept = torch.ones_like(kl) if mask is None else mask.float()  # (B, T)
+    loss = (kl * kept).sum() / (kept.sum().clamp(min=1) if total is None else total)
     return loss, loss.detach()
 
 

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -224,7 +225,6 @@ def test_metrics_and_weight_check_across_two_processes():
 def check_masked_arms_across_ranks(rank, port):
     """On 2 ranks x 2 micro-batches of one window each: train_step's loss, CE, KL and gradients are those of the one
     4-window batch computed in this process, for masked arms whose windows keep different numbers of tokens."""
-    from contextlib import nullcontext
     from data import TaskSpec, synthetic_batch, to_device
     from distill import freeze_teacher
     from model import GPT, GPTConfig
@@ -265,6 +265,36 @@ def check_masked_arms_across_ranks(rank, port):
 
 def test_a_masked_arms_loss_over_ranks_and_micro_batches_is_the_one_batch_loss():
     mp.start_processes(check_masked_arms_across_ranks, args=(free_port(),), nprocs=2, start_method="fork")
+
+
+def check_topk_kd_across_ranks(rank, port, out_dir):
+    """On 2 ranks x 2 micro-batches of one window each: train_step's loss, CE, KL and gradients with a cached
+    teacher's top-k KD term are those of the one 4-window batch computed in this process, with every position counted
+    (--teacher-topk) and for a masked arm whose windows keep different numbers of tokens."""
+    from test_longctx import step_gradients, topk_arm_lab, topk_setup, topk_text_lab, uneven_far_back
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    try:
+        student, teacher, batch = topk_setup(os.path.join(out_dir, str(rank)))  # each rank's own cache file
+        masked = uneven_far_back(batch)
+        for args_lab, windows in ((topk_text_lab, batch), (lambda *f: topk_arm_lab("kd-masked", *f), masked)):
+            one, lab = args_lab()
+            whole = lab.loss(student, teacher, windows, one, nullcontext())  # one process, one batch
+            whole[0].backward()
+            g_whole = [p.grad.clone() for p in student.parameters()]
+            accum, lab = args_lab("--grad-accum", "2")
+            rows = tuple(t[train.BatchShape(4, 2, 2).rows(rank)] for t in windows)
+            got, g_got = step_gradients(train.wrap(student, torch.device("cpu")), teacher, rows, accum, lab)
+            assert got == pytest.approx([w.item() for w in whole[:3]], rel=1e-5), (got, whole)
+            assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(g_got, g_whole))
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_top_k_kd_over_ranks_and_micro_batches_is_the_one_batch_loss(tmp_path):
+    for rank in ("0", "1"):
+        os.makedirs(tmp_path / rank)
+    mp.start_processes(check_topk_kd_across_ranks, args=(free_port(), str(tmp_path)), nprocs=2, start_method="fork")
 
 
 def check_one_topk_cache_for_every_rank(rank, port, out_dir):

@@ -146,6 +146,73 @@ def test_train_loops_top_k_kd_equals_the_old_realtext_loss(tmp_path, kd_weight):
     assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(new_grad, old_grad))
 
 
+def topk_setup(out_dir, windows=4, length=32):
+    """(student, the cached top-5 teacher of a tiny teacher, a batch (x, y, pos, doc, ans) of `windows` training
+    windows of `length` tokens at a vocabulary of 40)."""
+    tokens = torch.randint(1, 40, (windows, length + 1), generator=torch.Generator().manual_seed(1))
+    ids, logp = lt.cached_teacher_topk(tiny_teacher(), tokens, 5, os.path.join(out_dir, "c"), "k", "cpu")
+    torch.manual_seed(1)  # not the teacher's init
+    student = GPT(GPTConfig(vocab_size=40, n_layer=1, n_head=2, n_kv_head=2, d_model=16, max_seq_len=length))
+    pos = torch.arange(length).expand(windows, length)
+    doc = torch.zeros(windows, length, dtype=torch.long)
+    batch = (tokens[:, :-1], tokens[:, 1:], pos, doc, torch.zeros(windows, length, dtype=torch.bool))
+    return student, lt.CachedTopK(tokens.numpy(), ids, logp), batch
+
+
+def topk_text_lab(*flags):
+    """(resolved args, lab) of python -m variants --teacher-topk 5 on a .bin text, phase 1 (0.5 CE + 0.5 KD)."""
+    opts, rest = variants.parse(["--phase", "1", "--data", "x.bin", "--eot-id", "0", "--teacher-topk", "5", "--window",
+                                 "32", "--vocab-size", "40", "--grad-clip", "0", *flags] + TINY)
+    lab = variants.Variants(opts)
+    return config.resolve(config.build_parser().parse_args(rest), lab), lab
+
+
+def topk_arm_lab(arm, *flags):
+    """(resolved args, lab) of phase 2's `arm` whose KD term is the cached teacher's top-k, as python -m variants
+    --teacher-topk builds it. No run combines the two (--teacher-topk needs --data, which the masked arms refuse):
+    the loss itself, on windows that keep different numbers of tokens, is what is tested."""
+    opts, rest = variants.parse(["--phase", "2", "--arm", arm, "--grad-clip", "0", *flags] + TINY)
+    args = config.resolve(config.build_parser().parse_args(rest), variants.Variants(opts))
+    opts.teacher_topk = 5
+    lab = variants.Variants(opts)
+    lab.configure(args)
+    return args, lab
+
+
+def step_gradients(student, teacher, batch, args, lab):
+    """((loss, ce, kl) of one train.train_step, the student's gradients after it), the weights left as they were."""
+    student.zero_grad(set_to_none=True)
+    opt = torch.optim.SGD(student.parameters(), lr=0.0)  # the gradients stay to be read
+    loss, ce, kl, _ = train.train_step(student, teacher, opt, batch, args, nullcontext(), lab)
+    grads = [p.grad.clone() for p in student.parameters()]
+    student.zero_grad(set_to_none=True)
+    return (loss, ce, kl), grads
+
+
+def uneven_far_back(batch):
+    """The batch with a far-back mask (its sixth tensor) under which each window keeps another number of tokens."""
+    far = torch.zeros(batch[1].shape, dtype=torch.bool)
+    for row, masked in enumerate((24, 3, 11, 0)[:len(far)]):
+        far[row, :masked] = True
+    return (*batch[:5], far)
+
+
+@pytest.mark.parametrize("grad_accum", [2, 4])
+def test_top_k_kd_over_micro_batches_is_the_whole_batch_loss(tmp_path, grad_accum):
+    """--grad-accum 2 and 4 with --teacher-topk: the loss, CE, KL and gradients of the one batch; also for a masked
+    arm's top-k KD term on windows that keep different numbers of tokens (each micro-batch's sum over the global
+    count, not its own mean)."""
+    student, teacher, batch = topk_setup(str(tmp_path))
+    masked = uneven_far_back(batch)
+    for args_lab, windows in ((topk_text_lab, batch), (lambda *f: topk_arm_lab("kd-masked", *f), masked)):
+        one, lab = args_lab()
+        whole, g_whole = step_gradients(student, teacher, windows, one, lab)
+        accum, lab = args_lab("--grad-accum", str(grad_accum))
+        got, g_got = step_gradients(student, teacher, windows, accum, lab)
+        assert got == pytest.approx(whole, rel=1e-5) and whole[2] > 0, (got, whole)
+        assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(g_got, g_whole))
+
+
 def hf_teacher(tmp_path):
     from formats import hf
     from test_tokenizer import make
