@@ -370,3 +370,40 @@ def test_the_cache_key_keeps_the_device_type_and_dtype_but_not_the_ranks_device_
               lt.cache_key(str(path), teacher, torch.device("cuda:0"), 5, w),
               lt.cache_key(str(path), teacher, torch.device("cuda:0"), 4, w + 1)]
     assert len({key, *others}) == 6
+
+
+def test_the_top_k_loss_in_chunks_is_the_same_value_and_gradient():
+    """topk_kd_loss in chunks of 7 tokens (ChunkedDivergence: one chunk of float32 log-probabilities at a time) gives
+    the unchunked loss and gradient, with a mask and with a global count, in float32 and from bf16 logits."""
+    torch.manual_seed(0)
+    V, k = 50, 6
+    teacher = torch.randn(3, 20, V) * 3
+    top = TopK(*reversed(torch.topk(F.log_softmax(teacher, -1), k, dim=-1)))
+    mask = torch.rand(3, 20) < 0.7
+    for dtype in (torch.float32, torch.bfloat16):
+        for kept, total in ((None, None), (mask, None), (mask, 100.0)):
+            student = (torch.randn(3, 20, V) * 2).to(dtype).requires_grad_()
+            plain = lt.topk_kd_loss(student, top, kept, 1.0, total)[0]
+            (g_plain,) = torch.autograd.grad(plain, student)
+            chunked = lt.topk_kd_loss(student, top, kept, 1.0, total, chunk_size=7)[0]
+            (g_chunked,) = torch.autograd.grad(chunked, student)
+            assert chunked.item() == pytest.approx(plain.item(), rel=1e-6) and plain.item() > 0
+            assert g_chunked.dtype == dtype and torch.allclose(g_chunked.float(), g_plain.float(), rtol=1e-5,
+                                                               atol=1e-7)
+
+
+def test_the_top_k_term_goes_in_chunks_above_the_size_the_chunked_losses_use(tmp_path, monkeypatch):
+    """python -m variants --teacher-topk: below variants.chunked.CHUNK_ABOVE floats of logits the top-k KD term runs
+    whole; above it, like the CE, in chunks of --kd-chunk tokens, to the same loss."""
+    from variants import chunked
+    student, teacher, batch = topk_setup(str(tmp_path))
+    args, lab = topk_text_lab()
+    calls = []
+    apply = chunked.ChunkedDivergence.apply
+    monkeypatch.setattr(chunked.ChunkedDivergence, "apply", lambda *a: calls.append(a[3]) or apply(*a))
+    whole = lab.loss(student, teacher, batch, args, nullcontext())
+    assert calls == []
+    monkeypatch.setattr(chunked, "CHUNK_ABOVE", 0)  # as for a real vocabulary on long windows
+    got = lab.loss(student, teacher, batch, args, nullcontext())
+    assert len(calls) == 2 and calls[1] is lt.topk_divergence  # the CE, then the top-k KD term
+    assert [c.item() for c in got[:3]] == pytest.approx([w.item() for w in whole[:3]], rel=1e-6)

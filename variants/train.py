@@ -126,10 +126,11 @@ class Variants(train.Lab):
         self.opts = opts
         self.scaling = json.loads(opts.rope_scaling) if opts.rope_scaling else None
         div = divergence_fn(opts.kd_loss, opts.jsd_beta) if 0 < opts.jsd_beta < 1 else None
-        self.kd, self.ce = terms(256 if opts.kd_chunk is None else opts.kd_chunk, div)  # chunked above CHUNK_ABOVE
+        chunk = 256 if opts.kd_chunk is None else opts.kd_chunk
+        self.kd, self.ce = terms(chunk, div)  # chunked above CHUNK_ABOVE
         if opts.teacher_topk:
-            from longctx.topk import topk_kd_loss
-            self.kd = topk_kd_loss
+            from longctx.topk import topk_term
+            self.kd = topk_term(chunk)
         self.arm = None
 
     # ------------------------------------------------------------------ what the run is
