@@ -407,3 +407,35 @@ def test_the_top_k_term_goes_in_chunks_above_the_size_the_chunked_losses_use(tmp
     got = lab.loss(student, teacher, batch, args, nullcontext())
     assert len(calls) == 2 and calls[1] is lt.topk_divergence  # the CE, then the top-k KD term
     assert [c.item() for c in got[:3]] == pytest.approx([w.item() for w in whole[:3]], rel=1e-6)
+
+
+def test_top_k_runs_and_the_phase_1_students_they_start_from_are_named_apart(tmp_path, capsys):
+    """--teacher-topk K adds -topK to a KD run's name and to the phase-1 student phase 2 starts from, so neither is
+    taken for a full-logit run's; the CE twin of a top-k KD student starts from the same top-k phase-1 student, named
+    apart from a full-logit run's twin; --resume of a full-logit run does not continue a top-k checkpoint."""
+    data = write_corpus(tmp_path / "corpus.txt")
+    out = str(tmp_path / "out")
+
+    def resolved(*flags):
+        opts, rest = variants.parse(["--data", data, "--out-dir", out, *flags] + TINY)
+        lab = variants.Variants(opts)
+        return config.resolve(config.build_parser().parse_args(rest), lab), lab, rest
+    names = {}
+    for topk in ([], ["--teacher-topk", "4"]):
+        phase1, _, _ = resolved("--phase", "1", *topk)
+        kd, lab, rest = resolved("--phase", "2", *topk)
+        twin = train.plan_twin(kd, rest, lab)
+        names[bool(topk)] = {"phase 1": phase1.run_name, "kd": kd.run_name, "kd from": config.phase1_file(kd, lab),
+                             "twin": twin.name, "twin from": config.phase1_file(twin.args, lab.twin()[0])}
+    assert names[False] == {"phase 1": "corpus-phase1-b10000", "kd": "corpus-phase2-kd-b10000-b500000",
+                            "kd from": "corpus-phase1-b10000.pt", "twin": "corpus-phase2-ce-b10000-b500000",
+                            "twin from": "corpus-phase1-b10000.pt"}
+    assert names[True] == {"phase 1": "corpus-phase1-b10000-top4", "kd": "corpus-phase2-kd-b10000-b500000-top4",
+                           "kd from": "corpus-phase1-b10000-top4.pt", "twin": "corpus-phase2-ce-b10000-b500000-top4",
+                           "twin from": "corpus-phase1-b10000-top4.pt"}
+    assert resolved("--phase", "1", "--teacher-topk", "4", "--kd-weight", "0")[0].run_name == "corpus-phase1-b10000"
+    os.makedirs(out)
+    open(os.path.join(out, names[True]["kd"] + ".pt"), "wb").close()  # a top-k run's checkpoint
+    with pytest.raises(SystemExit):
+        config.previous_checkpoint(resolved("--phase", "2", "--resume")[0])
+    assert "--resume: no checkpoint at" in capsys.readouterr().err
