@@ -320,21 +320,54 @@ def arm_setup():
     return student, teacher, batch
 
 
-def test_the_far_back_mask_of_a_window_is_the_datas_far_back_targets():
-    """far_back_mask on a batch's tensors (aligned with y) marks what data.far_back_targets marks on its tokens;
-    an arm's loss on a batch without the sixth tensor reads that mask."""
+def readable_by_hand(tokens, doc_ids):
+    """The reference, aligned with tokens: the value at p (after its key at p - 1) can be read from an earlier
+    document when that key stood at some j in one, followed by a value (whichever)."""
+    spec = TaskSpec()
+    out = np.zeros(tokens.shape, dtype=bool)
+    for r in range(len(tokens)):
+        for p in range(1, tokens.shape[1]):
+            k = tokens[r, p - 1]
+            if 1 <= k <= spec.n_keys and tokens[r, p] in spec.values():
+                out[r, p] = any(tokens[r, j] == k and doc_ids[r, j] < doc_ids[r, p - 1]
+                                and tokens[r, j + 1] in spec.values() for j in range(p - 1))
+    return out
+
+
+def test_the_far_back_mask_of_a_window_is_every_value_an_earlier_document_gave_its_key():
+    """far_back_mask on a batch's tensors (aligned with y) marks every value target whose key stood in an earlier
+    document (readable_by_hand): the data's far-back targets (data.far_back_targets: valued otherwise there) and the
+    same-value recurrences; an arm's loss on a batch without the sixth tensor reads that mask."""
     cpu = torch.device("cpu")
-    for seed, recurrence in [(0, None), (1, None), (2, 0.8)]:
+    same_value = 0
+    for seed, recurrence in [(0, None), (1, None), (3, 0.8)]:
         windows = packed_batch(4, 256, max_doc_len=32, min_doc_len=8, seed=seed, recurrence=recurrence)
         x, y, pos, doc, ans = to_device(windows, cpu)
-        want = far_back_targets(TaskSpec(), windows["tokens"], windows["doc_ids"])[:, 1:]
-        assert want.any() and not want.all()
+        want = readable_by_hand(windows["tokens"], windows["doc_ids"])[:, 1:]
+        conflicts = far_back_targets(TaskSpec(), windows["tokens"], windows["doc_ids"])[:, 1:]
+        assert conflicts.any() and not want.all()
         assert torch.equal(far_back_mask(x, y, doc), torch.from_numpy(want))
-        assert torch.equal(far_back_mask(x, y, doc), torch.from_numpy(windows["far_back"][:, 1:]))
+        assert not (conflicts & ~want).any()
+        same_value += (want & ~conflicts).sum()
+    assert same_value > 0  # seed 3 (recurrence 0.8) holds a key that recurs with its earlier value
     student, args = GPT(GPTConfig(d_model=32, n_head=2, n_kv_head=2, max_seq_len=256)), arm_args("ce-masked")
     given = (x, y, pos, doc, ans, torch.from_numpy(want))
     assert ArmLoss("ce-masked")(student, None, (x, y, pos, doc, ans), args, nullcontext())[0].item() == \
         ArmLoss("ce-masked")(student, None, given, args, nullcontext())[0].item()
+
+
+def test_the_far_back_mask_on_a_hand_made_window_leaves_out_the_same_value_recurrences_too():
+    """tests/test_data.py's hand-made window: besides the values whose key an earlier document valued otherwise (24,
+    27, 30, 32, 35, 37, 40, 47), k1's record and answer in document 2 (13, 19) and k3's in document 5 (42, 45), whose
+    earlier document gave the same value: there the label is this document's own draw, and a teacher that answers
+    it confidently reads the earlier document. Kept: the first documents' own values."""
+    from test_data import hand_made_window
+    packed = hand_made_window()
+    x, y, pos, doc, ans = to_device(packed, torch.device("cpu"))
+    masked = np.flatnonzero(far_back_mask(x, y, doc)[0].numpy()) + 1  # y[t] is token t + 1
+    assert masked.tolist() == [13, 19, 24, 27, 30, 32, 35, 37, 40, 42, 45, 47]
+    values = np.flatnonzero(np.isin(packed["tokens"][0], TaskSpec().values())).tolist()
+    assert [p for p in values if p not in masked] == [2, 5, 8, 10, 16, 21]
 
 
 def test_arm_flag_sets_the_loss_and_the_run_name():
