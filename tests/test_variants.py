@@ -118,6 +118,38 @@ def test_run_names_tell_variants_apart(flags, name, base):
     assert (args.run_name, args.rope_base) == (name, base)
 
 
+def stage_hashes(argv):
+    """{stage name: the first 16 hex digits of sha256 over its first two batches' tokens, positions, document ids and
+    answers} of a python -m variants command line."""
+    import hashlib
+    args, lab = lab_args(argv + ["--preset", "tiny", "--device", "cpu"])
+    out = {}
+    for name, src, _, _ in train.make_stages(args, lab.task(args), lab):
+        h = hashlib.sha256()
+        for step in range(2):
+            batch = src.batch(step)
+            for key in ("tokens", "positions", "doc_ids", "answers"):
+                a = np.ascontiguousarray(batch[key])
+                h.update(f"{key} {a.shape} {a.dtype}".encode() + a.tobytes())
+        out[name] = h.hexdigest()[:16]
+    return out
+
+
+# The hashes of the packer's batches before --queries existed (computed on that code, train.make_stages, tiny preset)
+BEFORE_QUERIES = {"1": {"curriculum-8": "20f916229e507781", "curriculum-16": "6590c9cb1b82e368",
+                        "main": "2e4712c924d89d03"},
+                  "2": {"main": "7d6919e3a2a9adfd"}}
+
+
+@pytest.mark.parametrize("phase", ["1", "2"])
+def test_queries_1_draws_the_batches_the_packer_drew_before_the_flag(phase):
+    """--queries 1 (TaskSpec(queries=1)) and no --queries draw, stage by stage, the very batches of the code before
+    the flag existed; --queries 2 draws other short documents."""
+    assert stage_hashes(["--phase", phase, "--queries", "1"]) == BEFORE_QUERIES[phase]
+    assert stage_hashes(["--phase", phase]) == BEFORE_QUERIES[phase]
+    assert stage_hashes(["--phase", phase, "--queries", "2"])["main"] != BEFORE_QUERIES[phase]["main"]
+
+
 def test_variant_twin_reuses_the_plain_ce_run(tmp_path):
     argv = ["--phase", "2", "--kd-loss", "reverse", "--out-dir", str(tmp_path)]
     opts, rest = vt.parse(argv)
