@@ -439,17 +439,33 @@ def test_ce_masked_loss_ignores_the_far_back_targets(arm_setup):
                                          .item(), abs=1e-4)  # the plain CE arm does see them
 
 
+def perturbed(teacher, where, scale=5.0):
+    """The teacher with Gaussian noise (seeded) added to its logits at the positions `where` (b, T) marks."""
+    def forward(x, position_ids=None, doc_ids=None):
+        logits = teacher(x, position_ids, doc_ids)  # (b, T, V)
+        noise = torch.randn(logits.shape, generator=torch.Generator().manual_seed(0)) * scale
+        return logits + noise * where[..., None]
+    return forward
+
+
 def test_kd_masked_kd_term_ignores_the_far_back_targets(arm_setup):
+    """The teacher's logits changed at every far-back target (the mask from the batch's own tokens) leave kd-masked's
+    loss where it was; changed at one kept position, they move it; and the kd arm, which keeps the far-back targets,
+    moves with them."""
     student, teacher, batch = arm_setup
-    x, y, pos, doc, ans, rec = batch
-    args = arm_args("kd-masked")
-    with torch.no_grad():
-        logits = student(x, pos)
-        t_logits = teacher(x, pos)
-    kd_keep = distill.kd_loss(logits, t_logits, mask=~rec)[0]
-    ce = distill.cross_entropy(logits, y)
-    loss = ArmLoss("kd-masked")(student, teacher, batch, args, nullcontext())[0]
-    assert loss.item() == pytest.approx((0.1 * ce + 0.9 * kd_keep).item(), rel=1e-5)
+    x, y, pos, doc, ans = batch[:5]  # no sixth tensor: the arm reads far_back_mask of these tokens
+    far = far_back_mask(x, y, doc)
+    one_kept = torch.zeros_like(far)
+    one_kept[(~far).nonzero()[0].unbind()] = True
+    assert far.any()
+    losses = {}
+    for arm in ("kd-masked", "kd"):
+        args = arm_args(arm)
+        losses[arm] = [ArmLoss(arm)(student, t, batch[:5], args, nullcontext())[0].item()
+                       for t in (teacher, perturbed(teacher, far), perturbed(teacher, one_kept))]
+    base, at_far, at_kept = losses["kd-masked"]
+    assert at_far == pytest.approx(base, abs=1e-7) and abs(at_kept - base) > 1e-5
+    assert abs(losses["kd"][1] - losses["kd"][0]) > 1e-3
 
 
 def test_ce_teacher_labels_targets_are_the_teachers_argmax(arm_setup):
