@@ -23,8 +23,8 @@ documents. No data set can be downloaded here, so this file generates both from 
 - `kv_probe` (fixed seeds): key-value retrieval at exact distance D and depth; evaluate.py builds the other
   probes' windows from the same documents (a fixed record position, a single needle, finding 2's repeats).
 - `far_back_targets`: the value targets of a packed window (records and answers) whose key stood in an earlier
-  document with another value (a packed batch carries them as `far_back`; the masked arms of train.py leave them
-  out of the loss).
+  document with another value (a packed batch carries them as `far_back`; the probes score the answers there
+  apart, as "recurring keys").
 - Real files (UTF-8 text, nanoGPT `.bin` token files) are read into documents for this packer by formats/text.py.
 
 `python -m walkthrough data` prints samples of each.
@@ -279,7 +279,8 @@ def far_back_targets(spec, tokens, doc_ids):
     tokens, doc_ids (N, L). Each value v at p follows its key k at p - 1, in a record "k v" or a query "k v" (then v is
     an answer). v is far-back when k stood in an earlier document of the window before another value: the data's
     label (this document's v) and far-back retrieval (k's earlier value) disagree, at the record as at the answer.
-    A key that recurs with the same value marks nothing. The masked arms of train.py leave these out of the loss.
+    A key that recurs with the same value marks nothing (a masking of what the teacher can read from an earlier
+    document leaves those out too: variants/arms.py).
     """
     is_key = (tokens >= 1) & (tokens <= spec.n_keys)
     is_value = (tokens > spec.n_keys) & (tokens <= spec.n_keys + spec.n_values)

@@ -3,12 +3,14 @@
 Paper idea: "Short Data, Long Context" (arXiv 2604.06070) distils a long-context teacher's logits into the
 student. A real teacher (a pretrained LLM, formats/hf.py) costs far more than a small student, and its logits
 on a window never change: they are computed once per training window and kept as their k most likely tokens
-(distill.teacher_topk), in a safetensors file keyed by everything they depend on: the teacher's files, the
-device and dtype it ran in, k, and a hash of the exact windows (edited text gives other windows, another key).
+(`teacher_topk`), in a safetensors file keyed by everything they depend on: the teacher's files, the device
+type and dtype it ran in, k, and a hash of the exact windows (edited text gives other windows, another key); one
+file for every rank of a job.
 `CachedTopK` then stands in for the teacher in train.py's loop (train.Lab.teacher): called like a teacher on a
 batch of training windows it returns their cached top-k (`TopK`), and the KD term (`topk_kd_loss`, the KD term
 train.training_loss takes from the lab) is the forward KL over those k tokens plus one bucket for the rest
-(`topk_forward_kl`).
+(`topk_forward_kl`), in chunks of tokens where the logits are large, as variants/chunked.py computes the CE
+(`topk_term`): a real teacher's vocabulary is where they are.
 """
 import hashlib
 import json
@@ -23,6 +25,7 @@ import torch.nn.functional as F
 
 from config import is_main
 from train import barrier
+from variants.chunked import ChunkedDivergence, chunk_for, token_weights, weighted_divergence
 
 
 # ----------------------------------------------------------------------------- the top-k KL
@@ -68,14 +71,45 @@ class TopK(NamedTuple):
         return TopK(self.ids.clone(), self.logp.clone())
 
 
-def topk_kd_loss(student_logits, top, mask=None, temperature=1.0, total=None):
+def packed_topk(top):
+    """(N, 2k) float32: a TopK's ids as floats (exact below 2^24), then its log-probs, one row per token: the teacher
+    that variants/chunked.py's divergences read, one tensor cut into chunks of tokens."""
+    k = top.ids.shape[-1]
+    return torch.cat([top.ids.reshape(-1, k).float(), top.logp.reshape(-1, k).float()], -1)
+
+
+def topk_divergence(s, t):
+    """topk_forward_kl per token (n,) of float32 student logits s (n, V) against packed_topk rows t (n, 2k)."""
+    k = t.shape[-1] // 2
+    return topk_forward_kl(F.log_softmax(s, -1), t[:, :k].long(), t[:, k:])
+
+
+def topk_kd_loss(student_logits, top, mask=None, temperature=1.0, total=None, chunk_size=0):
     """(loss, divergence): the mean over unmasked tokens of topk_forward_kl between the student's logits
-    (B, T, V) and a cached teacher's TopK (B, T, k); mask (B, T) bool, True = use. The KD term's signature
-    (distill.kd_loss, train.training_loss's kd); no temperature: the cache holds the teacher's probabilities at
-    T = 1 (variants checks that T is 1)."""
-    kl = topk_forward_kl(F.log_softmax(student_logits.float(), -1), top.ids, top.logp)  # (B, T)
-    loss = kl.mean() if mask is None else (kl * mask).sum() / mask.sum().clamp(min=1)
+    (B, T, V) and a cached teacher's TopK (B, T, k); mask (B, T) bool, True = use; total: the sum over the unmasked
+    tokens is divided by this count instead of their number (train.py: the count of a whole global batch that
+    arrives in micro-batches and ranks). chunk_size: tokens per float32 chunk (variants/chunked.py's
+    ChunkedDivergence: only one chunk's (n, V) log-probabilities at a time, in the forward and the backward pass);
+    0 = all at once. Both give the same value and gradient (tested). The KD term's signature (distill.kd_loss,
+    train.training_loss's kd) with chunk_size; no temperature: the cache holds the teacher's probabilities at T = 1
+    (variants checks that T is 1)."""
+    V = student_logits.shape[-1]
+    s = student_logits.reshape(-1, V)  # (N, V)
+    t = packed_topk(top)  # (N, 2k)
+    weights = token_weights(s.shape[0], mask, total, s.device)  # (N,): a mean over the unmasked tokens
+    if chunk_size:
+        loss = ChunkedDivergence.apply(s, t, weights, topk_divergence, 1.0, chunk_size)
+    else:
+        loss = weighted_divergence(s, t, weights, topk_divergence, 1.0)
     return loss, loss.detach()
+
+
+def topk_term(chunk_size=256):
+    """train.training_loss's KD term for a cached teacher (python -m variants --teacher-topk): topk_kd_loss, in chunks
+    of chunk_size tokens where the logits hold more than variants.chunked.CHUNK_ABOVE floats, as the CE."""
+    def kd(student_logits, top, mask=None, temperature=1.0, total=None):
+        return topk_kd_loss(student_logits, top, mask, temperature, total, chunk_for(student_logits, chunk_size))
+    return kd
 
 
 def topk_coverage(top_logp):
@@ -102,10 +136,12 @@ def windows_hash(windows) -> str:
 
 
 def cache_key(teacher_path, teacher, device, k, windows) -> str:
-    """The cache's key: the teacher's identity, the device and dtype it ran in, k, and a hash of the windows (which
-    covers the text and every setting that shaped them: window, document lengths, their number, the seed)."""
+    """The cache's key: the teacher's identity, the device type (cuda, cpu) and dtype it ran in, k, and a hash of the
+    windows (which covers the text and every setting that shaped them: window, document lengths, their number, the
+    seed). Not the device's index: under torchrun rank r runs on cuda:r, and every rank reads rank 0's file."""
+    device_type = torch.device(device).type
     dtype = str(next(teacher.parameters()).dtype)
-    return json.dumps([teacher_identity(teacher_path), str(device), dtype, k, windows_hash(windows)])
+    return json.dumps([teacher_identity(teacher_path), device_type, dtype, k, windows_hash(windows)])
 
 
 @torch.no_grad()

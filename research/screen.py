@@ -86,9 +86,11 @@ GRID_LABELS = {"step0": "step 0 (phase 1 + base 5e5)", "kd": "KD student (0.1 CE
 
 
 def within_bound(arms, arm) -> bool:
-    """Whether one combination's `arm` (step0, kd or ce) keeps its part of the band criterion: band_verdict names
-    no failure of it."""
-    return not any(why.startswith(arm + " ") for why in band_verdict(arms)[1])
+    """Whether one combination's `arm` (step0, kd or ce) keeps its part of the band criterion: measured at every band
+    distance (a None is outside the bound: band_verdict reports it for the CE twin only as "a band distance not
+    measured") and band_verdict names no failure of it."""
+    measured = None not in band_cells(arms[arm])
+    return measured and not any(why.startswith(arm + " ") for why in band_verdict(arms)[1])
 
 
 def grid_headline_markdown(screen) -> str:

@@ -243,20 +243,26 @@ def test_far_back_mask_marks_exactly_the_values_whose_key_an_earlier_document_va
     assert 0.5 < (far & ~ans).sum() / (far & ans).sum() < 2  # and about as many records as answers
 
 
-def test_far_back_mask_on_a_hand_made_window():
-    """Five documents: k1 recurs with its value, then with another; k2 recurs three times, each time valued
-    otherwise than before; k3 recurs with its value. Every masked and every kept position, records and answers."""
+def hand_made_window():
+    """One packed window of five documents: k1 recurs with its value, then with another; k2 recurs three times, each
+    time valued otherwise than before; k3 recurs with its value. The values' positions in the comments."""
     k1, k2, k3, f = 1, 2, 3, 150
     v10, v11, v20, v21, v22, v30 = 75, 76, 85, 86, 87, 95
     docs = [np.array([k1, v10, f, k2, v20, f, k1, v10, k2, v20]),  # at 0: values at 2, 5, 8, 10
-            np.array([k1, v10, f, k3, v30, f, k1, v10, k3, v30]),  # at 11: k1 with its value again: 13, 16, 19, 21
+            np.array([k1, v10, f, k3, v30, f, k1, v10, k3, v30]),  # at 11: k1 with its value again: 13, 19; k3 16, 21
             np.array([k2, v21, f, k2, v21]),  # at 22: k2 with another value: record 24, answer 27
             np.array([k2, v22, k1, v11, f, k2, v22, k1, v11]),  # at 28: both recur with another value: 30 32 35 37
             np.array([k2, v21, k3, v30, f, k3, v30, k2, v21])]  # at 38: k2's v21 differs from v20, v22: 40, 47;
-    packed = pack_documents(docs, 48)  # k3 keeps v30: 42, 45 kept
+    return pack_documents(docs, 48)  # k3 with its value again: 42, 45
+
+
+def test_far_back_mask_on_a_hand_made_window():
+    """On hand_made_window: the values whose key an earlier document valued otherwise, records and answers; a key
+    that recurs with its value (k1 in document 2, k3 in document 5) marks nothing. Every marked and kept position."""
+    packed = hand_made_window()
     from data import far_back_targets
     far = far_back_targets(SPEC, packed["tokens"], packed["doc_ids"])
-    assert far.shape == (1, 48) and packed["tokens"][0, [24, 30, 32, 40]].tolist() == [v21, v22, v11, v21]
+    assert far.shape == (1, 48) and packed["tokens"][0, [24, 30, 32, 40]].tolist() == [86, 87, 76, 86]
     assert np.flatnonzero(far[0]).tolist() == [24, 27, 30, 32, 35, 37, 40, 47]
     values = np.flatnonzero(np.isin(packed["tokens"][0], SPEC.values())).tolist()
     assert [p for p in values if not far[0, p]] == [2, 5, 8, 10, 13, 16, 19, 21, 42, 45]

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 
 import numpy as np
 import pytest
@@ -224,7 +225,6 @@ def test_metrics_and_weight_check_across_two_processes():
 def check_masked_arms_across_ranks(rank, port):
     """On 2 ranks x 2 micro-batches of one window each: train_step's loss, CE, KL and gradients are those of the one
     4-window batch computed in this process, for masked arms whose windows keep different numbers of tokens."""
-    from contextlib import nullcontext
     from data import TaskSpec, synthetic_batch, to_device
     from distill import freeze_teacher
     from model import GPT, GPTConfig
@@ -265,6 +265,66 @@ def check_masked_arms_across_ranks(rank, port):
 
 def test_a_masked_arms_loss_over_ranks_and_micro_batches_is_the_one_batch_loss():
     mp.start_processes(check_masked_arms_across_ranks, args=(free_port(),), nprocs=2, start_method="fork")
+
+
+def check_topk_kd_across_ranks(rank, port, out_dir):
+    """On 2 ranks x 2 micro-batches of one window each: train_step's loss, CE, KL and gradients with a cached
+    teacher's top-k KD term are those of the one 4-window batch computed in this process, with every position counted
+    (--teacher-topk) and for a masked arm whose windows keep different numbers of tokens."""
+    from test_longctx import step_gradients, topk_arm_lab, topk_setup, topk_text_lab, uneven_far_back
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    try:
+        student, teacher, batch = topk_setup(os.path.join(out_dir, str(rank)))  # each rank's own cache file
+        masked = uneven_far_back(batch)
+        for args_lab, windows in ((topk_text_lab, batch), (lambda *f: topk_arm_lab("kd-masked", *f), masked)):
+            one, lab = args_lab()
+            whole = lab.loss(student, teacher, windows, one, nullcontext())  # one process, one batch
+            whole[0].backward()
+            g_whole = [p.grad.clone() for p in student.parameters()]
+            accum, lab = args_lab("--grad-accum", "2")
+            rows = tuple(t[train.BatchShape(4, 2, 2).rows(rank)] for t in windows)
+            got, g_got = step_gradients(train.wrap(student, torch.device("cpu")), teacher, rows, accum, lab)
+            assert got == pytest.approx([w.item() for w in whole[:3]], rel=1e-5), (got, whole)
+            assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(g_got, g_whole))
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_top_k_kd_over_ranks_and_micro_batches_is_the_one_batch_loss(tmp_path):
+    for rank in ("0", "1"):
+        os.makedirs(tmp_path / rank)
+    mp.start_processes(check_topk_kd_across_ranks, args=(free_port(), str(tmp_path)), nprocs=2, start_method="fork")
+
+
+def check_one_topk_cache_for_every_rank(rank, port, out_dir):
+    """Each rank on its own device index (cpu:RANK, as cuda:LOCAL_RANK under torchrun): rank 0 runs the teacher on
+    the training windows and writes the cache; rank 1 reads it and never runs the teacher."""
+    from longctx.topk import topk_teacher
+    from model import GPT, GPTConfig
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        teacher = GPT(GPTConfig(vocab_size=40, n_layer=1, n_head=2, n_kv_head=2, d_model=16, max_seq_len=32)).eval()
+        forwards = []
+        teacher.register_forward_hook(lambda module, inputs, output: forwards.append(1))
+        windows = torch.randint(1, 40, (3, 17), generator=torch.Generator().manual_seed(0))
+        path = os.path.join(out_dir, "teacher.pt")
+        cached = topk_teacher(teacher, path, windows, 4, out_dir, torch.device(f"cpu:{rank}"))
+        ran = torch.tensor([float(len(forwards))])
+        every = [torch.zeros(1), torch.zeros(1)]
+        tdist.all_gather(every, ran)
+        assert [t.item() for t in every] == [3.0, 0.0], every  # one forward per window, on rank 0 alone
+        assert len([f for f in os.listdir(out_dir) if f.startswith("teacher-top4-")]) == 1
+        assert cached.ids.shape == (3, 16, 4)
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_every_rank_reads_the_one_top_k_cache_rank_0_wrote(tmp_path):
+    mp.start_processes(check_one_topk_cache_for_every_rank, args=(free_port(), str(tmp_path)), nprocs=2,
+                       start_method="fork")
 
 
 def test_bad_batch_shapes_fail_in_one_line_before_anything_is_written(tmp_path, capsys, monkeypatch):

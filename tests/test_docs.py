@@ -89,12 +89,14 @@ def test_the_project_speaks_of_itself_alone():
 
 @pytest.mark.parametrize("use_git", [True, False])
 def test_an_untracked_folder_inside_the_checkout_is_not_read(use_git):
-    """A venv (or any folder git does not track) inside the checkout: its .py and .md files are not the project's,
-    with git or with the fixed list that stands in for it."""
+    """A venv (or, with git, any folder git does not track) inside the checkout: its .py and .md files are not the
+    project's, with git or with the list that stands in for it (which knows a venv by its pyvenv.cfg)."""
     import shutil
     import tempfile
     folder = tempfile.mkdtemp(prefix="venv-", dir=ROOT)
     try:
+        with open(os.path.join(folder, "pyvenv.cfg"), "w", encoding="utf-8") as f:
+            f.write("home = /usr/bin\n")  # what python -m venv writes first
         for name in ("site.py", "notes.md"):
             with open(os.path.join(folder, name), "w", encoding="utf-8") as f:
                 f.write("this " + "session filed an " + "issue with the tracker\n")  # split: this file is read too
@@ -105,6 +107,18 @@ def test_an_untracked_folder_inside_the_checkout_is_not_read(use_git):
         assert not [f for f in files if f.startswith(os.path.basename(folder) + "/")]
     finally:
         shutil.rmtree(folder)
+
+
+def test_without_git_the_fallback_lists_every_file_git_tracks():
+    """The list that stands in for git (an unpacked archive) holds every tracked module and page, so the docs and
+    layer checks read all of them without git too."""
+    from tracked import fixed_list, git_files
+    tracked = git_files()
+    if tracked is None:
+        pytest.skip("no git here to compare the fallback with")
+    wanted = {f for f in tracked if f.endswith((".py", ".md"))}
+    missing = sorted(wanted - {f.replace(os.sep, "/") for f in fixed_list()})
+    assert wanted and not missing, missing
 
 
 def test_the_readme_headline_is_what_the_grid_json_gives():

@@ -15,10 +15,10 @@ CORE = [  # the card's files at the top level, and the two the core needs (confi
 ]
 LAB = [  # built on the core, in folders; the core imports none of them
     {"formats.tokenizer", "formats.files", "formats.gguf", "formats.text", "variants.rope_scaling",
-     "variants.divergences", "variants.flex", "variants.chunked", "interp.spectrum", "interp.qk", "interp.match", "interp.qupdate", "interp.probes",
-     "longctx.report", "scale.device", "scale.loss_memory", "viz.plots", "research.used_seeds"},  # pieces
-    {"formats.hf", "longctx.text", "longctx.topk", "variants.arms"},  # real-model files; a real teacher's text and
-    # its top-k cache; phase 2's arms
+     "variants.divergences", "variants.flex", "variants.chunked", "interp.spectrum", "interp.qk", "interp.match",
+     "interp.qupdate", "interp.probes", "longctx.report", "scale.device", "viz.plots", "research.used_seeds"},  # pieces
+    {"formats.hf", "longctx.text", "longctx.topk", "variants.arms", "scale.loss_memory"},  # real-model files; a real
+    # teacher's text and its top-k cache; phase 2's arms; the memory of the losses (the top-k one's too)
     {"variants.train", "interp.analyses", "scale.bench"},  # the lab's entry points
     {"research.robustness", "research.screen", "research.overlap", "research.experiment", "research.finding1",
      "research.finding3", "research.realtext", "research.grid", "walkthrough.demos", "walkthrough.__main__",

@@ -160,6 +160,23 @@ def test_the_band_criterion_on_hand_made_rows():
     assert band_verdict(high_start)[1] == ["step0 0.31 at D=512"]
 
 
+def test_a_missing_band_distance_is_outside_the_bound():
+    """research.screen.within_bound: an arm with a band distance not measured (None) does not keep its bound, for the
+    CE twin as for step 0 and KD; the arms that were measured in full keep theirs."""
+    from research.robustness import BAND_CRITERION
+    from research.screen import within_bound
+    band = BAND_CRITERION["band"]
+
+    def run(*values):
+        return {"distances": band, "kv": list(values)}
+    good = {"step0": run(*[0.05] * 7), "kd": run(*[1.0] * 7), "ce": run(*[0.1] * 7)}
+    assert all(within_bound(good, arm) for arm in ("step0", "kd", "ce"))
+    for arm in ("step0", "kd", "ce"):
+        holes = dict(good, **{arm: run(0.1, *[None] * 6)})  # measured at one band distance of seven
+        assert not within_bound(holes, arm), arm
+        assert all(within_bound(holes, other) for other in ("step0", "kd", "ce") if other != arm), arm
+
+
 def test_the_band_command_scores_three_checkpoints_and_says_its_verdict(tmp_path, capsys):
     """Tiny untrained checkpoints under the names a combination's runs have: every arm scored at every band
     distance (an untrained KD student fails the criterion, and says where), the rows written as JSON."""

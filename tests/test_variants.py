@@ -118,6 +118,38 @@ def test_run_names_tell_variants_apart(flags, name, base):
     assert (args.run_name, args.rope_base) == (name, base)
 
 
+def stage_hashes(argv):
+    """{stage name: the first 16 hex digits of sha256 over its first two batches' tokens, positions, document ids and
+    answers} of a python -m variants command line."""
+    import hashlib
+    args, lab = lab_args(argv + ["--preset", "tiny", "--device", "cpu"])
+    out = {}
+    for name, src, _, _ in train.make_stages(args, lab.task(args), lab):
+        h = hashlib.sha256()
+        for step in range(2):
+            batch = src.batch(step)
+            for key in ("tokens", "positions", "doc_ids", "answers"):
+                a = np.ascontiguousarray(batch[key])
+                h.update(f"{key} {a.shape} {a.dtype}".encode() + a.tobytes())
+        out[name] = h.hexdigest()[:16]
+    return out
+
+
+# The hashes of the packer's batches before --queries existed (computed on that code, train.make_stages, tiny preset)
+BEFORE_QUERIES = {"1": {"curriculum-8": "20f916229e507781", "curriculum-16": "6590c9cb1b82e368",
+                        "main": "2e4712c924d89d03"},
+                  "2": {"main": "7d6919e3a2a9adfd"}}
+
+
+@pytest.mark.parametrize("phase", ["1", "2"])
+def test_queries_1_draws_the_batches_the_packer_drew_before_the_flag(phase):
+    """--queries 1 (TaskSpec(queries=1)) and no --queries draw, stage by stage, the very batches of the code before
+    the flag existed; --queries 2 draws other short documents."""
+    assert stage_hashes(["--phase", phase, "--queries", "1"]) == BEFORE_QUERIES[phase]
+    assert stage_hashes(["--phase", phase]) == BEFORE_QUERIES[phase]
+    assert stage_hashes(["--phase", phase, "--queries", "2"])["main"] != BEFORE_QUERIES[phase]["main"]
+
+
 def test_variant_twin_reuses_the_plain_ce_run(tmp_path):
     argv = ["--phase", "2", "--kd-loss", "reverse", "--out-dir", str(tmp_path)]
     opts, rest = vt.parse(argv)
@@ -320,21 +352,54 @@ def arm_setup():
     return student, teacher, batch
 
 
-def test_the_far_back_mask_of_a_window_is_the_datas_far_back_targets():
-    """far_back_mask on a batch's tensors (aligned with y) marks what data.far_back_targets marks on its tokens;
-    an arm's loss on a batch without the sixth tensor reads that mask."""
+def readable_by_hand(tokens, doc_ids):
+    """The reference, aligned with tokens: the value at p (after its key at p - 1) can be read from an earlier
+    document when that key stood at some j in one, followed by a value (whichever)."""
+    spec = TaskSpec()
+    out = np.zeros(tokens.shape, dtype=bool)
+    for r in range(len(tokens)):
+        for p in range(1, tokens.shape[1]):
+            k = tokens[r, p - 1]
+            if 1 <= k <= spec.n_keys and tokens[r, p] in spec.values():
+                out[r, p] = any(tokens[r, j] == k and doc_ids[r, j] < doc_ids[r, p - 1]
+                                and tokens[r, j + 1] in spec.values() for j in range(p - 1))
+    return out
+
+
+def test_the_far_back_mask_of_a_window_is_every_value_an_earlier_document_gave_its_key():
+    """far_back_mask on a batch's tensors (aligned with y) marks every value target whose key stood in an earlier
+    document (readable_by_hand): the data's far-back targets (data.far_back_targets: valued otherwise there) and the
+    same-value recurrences; an arm's loss on a batch without the sixth tensor reads that mask."""
     cpu = torch.device("cpu")
-    for seed, recurrence in [(0, None), (1, None), (2, 0.8)]:
+    same_value = 0
+    for seed, recurrence in [(0, None), (1, None), (3, 0.8)]:
         windows = packed_batch(4, 256, max_doc_len=32, min_doc_len=8, seed=seed, recurrence=recurrence)
         x, y, pos, doc, ans = to_device(windows, cpu)
-        want = far_back_targets(TaskSpec(), windows["tokens"], windows["doc_ids"])[:, 1:]
-        assert want.any() and not want.all()
+        want = readable_by_hand(windows["tokens"], windows["doc_ids"])[:, 1:]
+        conflicts = far_back_targets(TaskSpec(), windows["tokens"], windows["doc_ids"])[:, 1:]
+        assert conflicts.any() and not want.all()
         assert torch.equal(far_back_mask(x, y, doc), torch.from_numpy(want))
-        assert torch.equal(far_back_mask(x, y, doc), torch.from_numpy(windows["far_back"][:, 1:]))
+        assert not (conflicts & ~want).any()
+        same_value += (want & ~conflicts).sum()
+    assert same_value > 0  # seed 3 (recurrence 0.8) holds a key that recurs with its earlier value
     student, args = GPT(GPTConfig(d_model=32, n_head=2, n_kv_head=2, max_seq_len=256)), arm_args("ce-masked")
     given = (x, y, pos, doc, ans, torch.from_numpy(want))
     assert ArmLoss("ce-masked")(student, None, (x, y, pos, doc, ans), args, nullcontext())[0].item() == \
         ArmLoss("ce-masked")(student, None, given, args, nullcontext())[0].item()
+
+
+def test_the_far_back_mask_on_a_hand_made_window_leaves_out_the_same_value_recurrences_too():
+    """tests/test_data.py's hand-made window: besides the values whose key an earlier document valued otherwise (24,
+    27, 30, 32, 35, 37, 40, 47), k1's record and answer in document 2 (13, 19) and k3's in document 5 (42, 45), whose
+    earlier document gave the same value: there the label is this document's own draw, and a teacher that answers
+    it confidently reads the earlier document. Kept: the first documents' own values."""
+    from test_data import hand_made_window
+    packed = hand_made_window()
+    x, y, pos, doc, ans = to_device(packed, torch.device("cpu"))
+    masked = np.flatnonzero(far_back_mask(x, y, doc)[0].numpy()) + 1  # y[t] is token t + 1
+    assert masked.tolist() == [13, 19, 24, 27, 30, 32, 35, 37, 40, 42, 45, 47]
+    values = np.flatnonzero(np.isin(packed["tokens"][0], TaskSpec().values())).tolist()
+    assert [p for p in values if p not in masked] == [2, 5, 8, 10, 16, 21]
 
 
 def test_arm_flag_sets_the_loss_and_the_run_name():
@@ -374,17 +439,33 @@ def test_ce_masked_loss_ignores_the_far_back_targets(arm_setup):
                                          .item(), abs=1e-4)  # the plain CE arm does see them
 
 
+def perturbed(teacher, where, scale=5.0):
+    """The teacher with Gaussian noise (seeded) added to its logits at the positions `where` (b, T) marks."""
+    def forward(x, position_ids=None, doc_ids=None):
+        logits = teacher(x, position_ids, doc_ids)  # (b, T, V)
+        noise = torch.randn(logits.shape, generator=torch.Generator().manual_seed(0)) * scale
+        return logits + noise * where[..., None]
+    return forward
+
+
 def test_kd_masked_kd_term_ignores_the_far_back_targets(arm_setup):
+    """The teacher's logits changed at every far-back target (the mask from the batch's own tokens) leave kd-masked's
+    loss where it was; changed at one kept position, they move it; and the kd arm, which keeps the far-back targets,
+    moves with them."""
     student, teacher, batch = arm_setup
-    x, y, pos, doc, ans, rec = batch
-    args = arm_args("kd-masked")
-    with torch.no_grad():
-        logits = student(x, pos)
-        t_logits = teacher(x, pos)
-    kd_keep = distill.kd_loss(logits, t_logits, mask=~rec)[0]
-    ce = distill.cross_entropy(logits, y)
-    loss = ArmLoss("kd-masked")(student, teacher, batch, args, nullcontext())[0]
-    assert loss.item() == pytest.approx((0.1 * ce + 0.9 * kd_keep).item(), rel=1e-5)
+    x, y, pos, doc, ans = batch[:5]  # no sixth tensor: the arm reads far_back_mask of these tokens
+    far = far_back_mask(x, y, doc)
+    one_kept = torch.zeros_like(far)
+    one_kept[(~far).nonzero()[0].unbind()] = True
+    assert far.any()
+    losses = {}
+    for arm in ("kd-masked", "kd"):
+        args = arm_args(arm)
+        losses[arm] = [ArmLoss(arm)(student, t, batch[:5], args, nullcontext())[0].item()
+                       for t in (teacher, perturbed(teacher, far), perturbed(teacher, one_kept))]
+    base, at_far, at_kept = losses["kd-masked"]
+    assert at_far == pytest.approx(base, abs=1e-7) and abs(at_kept - base) > 1e-5
+    assert abs(losses["kd"][1] - losses["kd"][0]) > 1e-3
 
 
 def test_ce_teacher_labels_targets_are_the_teachers_argmax(arm_setup):

@@ -5,9 +5,11 @@ Paper idea: "Short Data, Long Context" (arXiv 2604.06070) claims that the teache
 long-range information. In a packed window a key can recur in a later document with another value: the data's label
 there is the recent value, while a long-context teacher answers with the far-back one. These "far-back" targets (the
 value at the key's later record or at its query) are one way the teacher's logits can carry what the short
-documents cannot. Each arm takes one thing away:
+documents cannot; a key that recurs with its earlier value is another (the teacher can read it there too). Each arm
+takes one thing away:
 
-- ce-masked, kd-masked: every far-back target left out of the CE loss, or out of the KD term;
+- ce-masked, kd-masked: every far-back target, same-value recurrences included (`far_back_mask`), left out of the
+  CE loss, or out of the KD term;
 - ce-teacher-labels: CE on the teacher's argmax instead of its distribution (hard-label distillation);
 - kd-teacher-docmask: the teacher scored under the document mask, so it cannot see other documents.
 
@@ -49,14 +51,15 @@ CE_ARMS = tuple(k for k, a in ARMS.items() if a.kd_positions == "none")  # train
 
 
 def far_back_mask(x, y, doc, n_keys=64, n_values=64):
-    """(b, T) bool: the value targets y[t] (a key x[t] followed by its value) whose key stood in an earlier document
-    of the window before another value: the data's label and far-back retrieval disagree there. The same as
-    data.far_back_targets on the window's tokens (tested), aligned with y."""
+    """(b, T) bool, aligned with y: the value targets y[t] (a key x[t] followed by its value) whose key stood in an
+    earlier document of the window, followed by a value: a long-context teacher can read them there. Where that
+    value was another, the data's label and far-back retrieval disagree (data.far_back_targets, all inside this
+    mask, tested); where it was the same, the label is this document's own draw that repeats it, and a teacher
+    that answers it confidently still reads the earlier document. Both are left out."""
     is_pair = (x >= 1) & (x <= n_keys) & (y > n_keys) & (y <= n_keys + n_values)  # (b, T)
     same_key = x[:, :, None] == x[:, None, :]  # (b, T, T): target t against occurrence j
     earlier = doc[:, None, :] < doc[:, :, None]
-    other_value = y[:, None, :] != y[:, :, None]
-    return (same_key & earlier & other_value & is_pair[:, None, :]).any(-1) & is_pair
+    return (same_key & earlier & is_pair[:, None, :]).any(-1) & is_pair
 
 
 class ArmLoss:

@@ -19,6 +19,19 @@ from distill import forward_kl
 CHUNK_ABOVE = 2**26
 
 
+def chunk_for(logits, chunk_size):
+    """Tokens per chunk for a loss over these logits: chunk_size where they hold more than CHUNK_ABOVE floats, else 0
+    (the loss all at once)."""
+    return chunk_size if logits.numel() > CHUNK_ABOVE else 0
+
+
+def token_weights(n, mask, total, device):
+    """(n,) float32: each token's weight in the mean over the tokens `mask` keeps (any shape of n bools; None: every
+    one), or, with `total`, in their sum divided by total (the count of a whole global batch)."""
+    m = torch.ones(n, device=device) if mask is None else mask.reshape(-1).float()
+    return m / (m.sum().clamp(min=1) if total is None else total)
+
+
 def weighted_divergence(student, teacher, weights, div, temperature):
     """sum_n weights_n * div(student_n / T, teacher_n / T) in float32, by plain autograd: the reference."""
     return (div(student.float() / temperature, teacher.float() / temperature) * weights).sum()
@@ -80,8 +93,7 @@ def kd_loss(student_logits, teacher_logits, mask=None, temperature=1.0, chunk_si
     V = student_logits.shape[-1]
     s = student_logits.reshape(-1, V)  # (N, V)
     t = teacher_logits.reshape(-1, V).detach()  # (N, V)
-    m = torch.ones(s.shape[0], device=s.device) if mask is None else mask.reshape(-1).float()
-    weights = m / (m.sum().clamp(min=1) if total is None else total)  # (N,): a mean over the unmasked tokens
+    weights = token_weights(s.shape[0], mask, total, s.device)  # (N,): a mean over the unmasked tokens
     if chunk_size:
         div = ChunkedDivergence.apply(s, t, weights, div, float(temperature), chunk_size)
     else:
@@ -101,8 +113,7 @@ def chunked_cross_entropy(logits, targets, keep=None, chunk_size=256, total=None
     V = logits.shape[-1]
     s = logits.reshape(-1, V)  # (N, V)
     y = targets.reshape(-1, 1).float()  # (N, 1)
-    m = torch.ones(s.shape[0], device=s.device) if keep is None else keep.reshape(-1).float()
-    weights = m / (m.sum().clamp(min=1) if total is None else total)  # (N,): a mean over the kept tokens
+    weights = token_weights(s.shape[0], keep, total, s.device)  # (N,): a mean over the kept tokens
 
     def ce(chunk, ids):
         return F.cross_entropy(chunk, ids[:, 0].long(), reduction="none")  # (n,)
@@ -126,9 +137,9 @@ def terms(chunk_size=256, div=forward_kl):
     chunks of chunk_size tokens where the logits hold more than CHUNK_ABOVE floats, plain below; div: the KD
     term's divergence."""
     def kd(student_logits, teacher_logits, mask=None, temperature=1.0, total=None):
-        chunk = chunk_size if student_logits.numel() > CHUNK_ABOVE else 0
-        return kd_loss(student_logits, teacher_logits, mask, temperature, chunk, total, div)
+        return kd_loss(student_logits, teacher_logits, mask, temperature, chunk_for(student_logits, chunk_size), total,
+                       div)
 
     def ce(logits, targets, keep=None, total=None):
-        return cross_entropy(logits, targets, keep, total, chunk_size if logits.numel() > CHUNK_ABOVE else 0)
+        return cross_entropy(logits, targets, keep, total, chunk_for(logits, chunk_size))
     return kd, ce

@@ -126,10 +126,11 @@ class Variants(train.Lab):
         self.opts = opts
         self.scaling = json.loads(opts.rope_scaling) if opts.rope_scaling else None
         div = divergence_fn(opts.kd_loss, opts.jsd_beta) if 0 < opts.jsd_beta < 1 else None
-        self.kd, self.ce = terms(256 if opts.kd_chunk is None else opts.kd_chunk, div)  # chunked above CHUNK_ABOVE
+        chunk = 256 if opts.kd_chunk is None else opts.kd_chunk
+        self.kd, self.ce = terms(chunk, div)  # chunked above CHUNK_ABOVE
         if opts.teacher_topk:
-            from longctx.topk import topk_kd_loss
-            self.kd = topk_kd_loss
+            from longctx.topk import topk_term
+            self.kd = topk_term(chunk)
         self.arm = None
 
     # ------------------------------------------------------------------ what the run is
@@ -229,7 +230,8 @@ class Variants(train.Lab):
     def suffix(self, args):
         """-yarn4 (--rope-scaling), -rkl / -jsd0.5 (--kd-loss, with distillation only), -q2 (--queries), -ramp128.256x50
         (--ramp-windows), the arm's (-masked, -tlabels, -tdocmask), -p1opt (--init-optimizer), -jit1.25 (--rope-jitter),
-        -top32 (--teacher-topk)."""
+        -top32 (--teacher-topk: a run with a KD term, and every phase-2 run, the CE twin too, since its phase-1 student
+        learned from the top-k)."""
         o = self.opts
         s = ""
         rope_type = scaling_type(self.scaling)
@@ -244,7 +246,7 @@ class Variants(train.Lab):
         s += ARMS[self.arm].suffix if self.arm else ""
         s += "-p1opt" if o.init_optimizer else ""
         s += f"-jit{o.rope_jitter:g}" if o.rope_jitter else ""
-        s += f"-top{o.teacher_topk}" if o.teacher_topk and args.kd_weight > 0 else ""
+        s += f"-top{o.teacher_topk}" if o.teacher_topk and (args.kd_weight > 0 or args.phase == "2") else ""
         return s
 
     def task(self, args):
