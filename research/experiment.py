@@ -24,7 +24,7 @@ finding 3 over seeds (qupdate_seeds.png), then runs `analyze.py all`.
 `python -m research.experiment robustness` asks whether the claim holds and where its signal comes from
 (research/robustness.py): the (phase-1 seed, phase-2 seed, --arm) grid of the headline schedule, every number
 on the held-out probe seeds, a criterion fixed before the runs, the record-position x distance and
-single-needle probes of each model. It writes docs/robustness.json, robustness.md, probes.json and probes.png:
+single-needle probes of each model. It writes research/notes/robustness.json, robustness.md, probes.json and probes.png:
 
     python -m research.experiment robustness --phase1-seeds 0 --seeds 0 1 2
 """
@@ -140,7 +140,7 @@ def row(label, n, acc, in_doc):
 
 
 def grid_markdown(results) -> str:
-    """The grid's table from its JSON (docs/paper_results.json: the teacher, and per schedule the per-seed
+    """The grid's table from its JSON (research/notes/paper_results.json: the teacher, and per schedule the per-seed
     accuracies of step 0, KD and CE): one place that turns the numbers into the table the docs show."""
     teacher, table = results["teacher"], results["schedules"]
     dists = sorted(int(d) for d in teacher["kv"])
@@ -276,7 +276,7 @@ def main(argv=None):
                                 "(robustness) the seed x arm grid of the headline schedule on held-out probes.")
     p.add_argument("mode", nargs="?", default="grid", choices=["grid", "robustness"], help="grid: the schedule "
                    "comparison (default); robustness: phase-1 seeds x phase-2 seeds x --arms of the headline "
-                   "schedule, writing docs/robustness.json, robustness.md, probes.json, probes.png")
+                   "schedule, writing research/notes/robustness.json, robustness.md, probes.json, probes.png")
     p.add_argument("--preset", default="cpu", choices=list(PRESETS), help="train.py preset")
     p.add_argument("--out-dir", default="out", help="folder shared with train.py runs")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="phase-2 seeds of every schedule")
@@ -285,16 +285,17 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=2, help="runs side by side (on CPU each with --threads threads)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads of each run (robustness: e.g. --jobs 1 "
                    "--threads 2 on 2 cores)")
-    p.add_argument("--docs-dir", default=os.path.join(ROOT, "docs"), help="robustness: folder of its JSON, tables "
+    p.add_argument("--docs-dir", default=os.path.join(ROOT, "research", "notes"), help="robustness: folder of its JSON, tables "
                    "and figure")
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS), help="robustness: phase 2's --arm "
                    "values to train per seed combination (default: all)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="train.py's autocast "
-                   "dtype for every run (auto: bf16 on CUDA and on CPUs with native bf16; docs/results.md's grid: float32)")
+                   "dtype for every run (auto: bf16 on CUDA and on CPUs with native bf16; the grid of "
+                   "research/notes/results.md: float32)")
     p.add_argument("--steps", type=int, default=None, help="phase-2 steps (default: the preset's)")
     p.add_argument("--no-analysis", action="store_true", help="grid: skip analyze.py all; robustness: skip the "
-                   "position and needle probes (docs/probes.json)")
+                   "position and needle probes (research/notes/probes.json)")
     p.add_argument("--summary-only", action="store_true", help="train nothing: tabulate the runs that exist")
     args = p.parse_args(argv)
     check_flags(args)

@@ -2,7 +2,7 @@
 
 Paper idea (arXiv 2604.06070, finding 1): phase-wise base scaling works best, a small base while the
 window is short and a large one once it is long. The schedule grid of `research/experiment.py` compares four
-schedules over phase-2 seeds from ONE phase-1 student, and phase-1 students differ a lot (docs/seeds.md);
+schedules over phase-2 seeds from ONE phase-1 student, and phase-1 students differ a lot (research/notes/seeds.md);
 this script repeats the central contrast per phase-1 student, paired: for every phase-1 seed (base 1e4,
 32-token windows) that has both KD students,
 
@@ -24,7 +24,7 @@ seed at 5e5 and is in the one-student grid only.
 
   python train.py --phase 2 --rope-base 10000 --phase1-seed N --no-baseline    # the small-kept student
   python -m research.finding1 --out-dir out --phase1-seeds 0 1 3
-writes docs/finding1.json and docs/finding1.md (the table of docs/results.md).
+writes research/notes/finding1.json and research/notes/finding1.md (the table of research/notes/results.md).
 """
 import argparse
 import json
@@ -114,7 +114,7 @@ def main(argv=None):
                                 "against the small base kept (1e4 -> 1e4), end point and learning curve")
     p.add_argument("--out-dir", default="out", help="folder with the phase-2 runs' .json results and .jsonl logs")
     p.add_argument("--phase1-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="phase-1 seeds to use")
-    p.add_argument("--docs-dir", default=os.path.join(ROOT, "docs"), help="where finding1.{json,md} go")
+    p.add_argument("--docs-dir", default=os.path.join(ROOT, "research", "notes"), help="where finding1.{json,md} go")
     args = p.parse_args(argv)
     if not os.path.isdir(args.out_dir):
         fail(f"--out-dir {args.out_dir} is not a folder")

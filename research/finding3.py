@@ -20,7 +20,8 @@ The relative update ||dW|| / ||W_before|| used elsewhere divides by the phase-1 
 also tracks 1 / ||W_before||; the absolute and layer-normalised profiles here do not.
 
   python -m research.finding3 --out-dir out --phase1-seeds 0 1 2 3 4
-writes docs/finding3.json, docs/finding3.md (the table of docs/results.md) and docs/finding3.png.
+writes research/notes/finding3.json, research/notes/finding3.md (the table of research/notes/results.md) and
+research/notes/finding3.png.
 """
 import argparse
 import itertools
@@ -219,7 +220,7 @@ def main(argv=None):
     p.add_argument("--phase1-seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="phase-1 seeds to use")
     p.add_argument("--width", type=int, default=4, help="pairs per span in the span test")
     p.add_argument("--n-perm", type=int, default=10000, help="random permutations per span test")
-    p.add_argument("--docs-dir", default=os.path.join(ROOT, "docs"), help="where finding3.{json,md,png} go")
+    p.add_argument("--docs-dir", default=os.path.join(ROOT, "research", "notes"), help="where finding3.{json,md,png} go")
     args = p.parse_args(argv)
     if args.n_perm < 1 or args.width < 1:
         fail(f"--n-perm and --width must be >= 1, got {args.n_perm} and {args.width}")

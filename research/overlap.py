@@ -10,7 +10,8 @@ corpora overlap far less. This file tabulates phase 2 (the KD student and its CE
 
     python train.py --phase 2 --rope-base 500000 --recurrence 0 --out-dir out/overlap       # KD + its CE twin
     python -m research.robustness band --dir out/overlap --variant rec0 --arms kd ce        # held-out probes
-    python -m research.overlap out/overlap/band-p0-rec0-s0.json ... docs/leakfree.json --out docs/overlap.json
+    python -m research.overlap out/overlap/band-p0-rec0-s0.json ... research/notes/leakfree.json \
+        --out research/notes/overlap.json
 
 Each input is a list of band rows (research.robustness band) or a robustness-format JSON ({"runs": [...]}); a file
 named band-...-recR-... holds rate R, any other file the default (uniform keys), of which only the KD and CE rows
@@ -144,9 +145,10 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Tabulate and plot the overlap sweep (train.py --recurrence) from band "
                                 "files and the default runs' rows.")
     p.add_argument("inputs", nargs="+", help="band JSON files (…-recR-… in the name for rate R), JSON files with "
-                   "the default runs' rows (research.robustness band, or docs/leakfree.json), and an earlier sweep "
+                   "the default runs' rows (research.robustness band, or research/notes/leakfree.json), and an "
+                   "earlier sweep "
                    "(its --out) whose rows are kept as they are")
-    p.add_argument("--out", default="docs/overlap.json", help="the sweep's JSON; the figure goes next to it")
+    p.add_argument("--out", default="research/notes/overlap.json", help="the sweep's JSON; the figure goes next to it")
     args = p.parse_args(argv)
     from config import fail
     from evaluate import HELDOUT_SEEDS

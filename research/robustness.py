@@ -6,8 +6,9 @@ that question across students: the (phase-1 seed, phase-2 seed, --arm) grid of t
 student, its CE twin, and the baselines and ablations of train.py --arm), every number on the held-out probe
 seeds, a criterion fixed before the runs (CRITERION), the pass count with a Wilson 95% interval, the record-
 position x distance and single-needle probes of each model.
-It writes docs/robustness.json (one row per run), docs/robustness.md (its tables), docs/probes.json and
-docs/probes.png. Run it through research/experiment.py, which launches the runs:
+It writes research/notes/robustness.json (one row per run), research/notes/robustness.md (its tables),
+research/notes/probes.json and research/notes/probes.png. Run it through research/experiment.py, which launches the
+runs:
 
     python -m research.experiment robustness --phase1-seeds 0 --seeds 0 1 2
 """
@@ -64,7 +65,7 @@ def heldout_results(args, name):
 
 
 def schema_row(p1, seed, arm, result):
-    """One row of docs/robustness.json from a results entry {"kv": {D: acc}, "in_doc": acc}."""
+    """One row of research/notes/robustness.json from a results entry {"kv": {D: acc}, "in_doc": acc}."""
     dists = sorted(int(d) for d in result["kv"])
     return {"phase1_seed": p1, "phase2_seed": seed, "arm": arm, "distances": dists,
             "kv": [result["kv"][str(d)] for d in dists], "in_doc": result["in_doc"]}
@@ -156,7 +157,7 @@ TABLE_DISTANCES = (256, 512, 768, 900)
 
 
 def robustness_markdown(rows, teachers, verdict, steps):
-    """docs/robustness.md: the per-arm means over every seed combination, per-seed rows, and (for the
+    """research/notes/robustness.md: the per-arm means over every seed combination, per-seed rows, and (for the
     recipe's step count, not for a shorter screen) pass/fail per combination with the pass count."""
     from evaluate import HELDOUT_SEEDS
     head = "| {} | steps | runs | " + " | ".join(f"D={d}" for d in TABLE_DISTANCES) + " | in-doc |"
@@ -225,14 +226,14 @@ def probe_models(args, grid, done_names):
 
 
 def results_suffix(args):
-    """'' for the preset's phase-2 steps (docs/robustness.json), '-steps<N>' for a shorter screen (--steps N): the
-    criterion is the recipe's, so rows of another step budget go to their own files."""
+    """'' for the preset's phase-2 steps (research/notes/robustness.json), '-steps<N>' for a shorter screen
+    (--steps N): the criterion is the recipe's, so rows of another step budget go to their own files."""
     return "" if args.steps is None or args.steps == PRESETS[args.preset]["steps"]["2"] else f"-steps{args.steps}"
 
 
 def run_probes(args, grid, done_names):
-    """docs/probes.json: per model the record-position x distance grid and the single-needle accuracy (held-out
-    probe seeds), resumable (models already in the file are kept), and the needle probe's copy-the-value floor."""
+    """research/notes/probes.json: per model the record-position x distance grid and the single-needle accuracy
+    (held-out probe seeds), resumable (models already in the file are kept), and the needle probe's copy-the-value floor."""
     import torch
     from contextlib import nullcontext
     from data import TaskSpec
@@ -307,8 +308,9 @@ def plot_probes(probes, path):
 
 
 def robustness(args, run_all):
-    """Train (with research/experiment.py's run_all) what is missing of the (phase-1 seed, phase-2 seed, arm) grid, then write docs/robustness.json, .md,
-    docs/probes.json and docs/probes.png from the runs that finished."""
+    """Train (with research/experiment.py's run_all) what is missing of the (phase-1 seed, phase-2 seed, arm) grid,
+    then write research/notes/robustness.json, .md, research/notes/probes.json and research/notes/probes.png from
+    the runs that finished."""
     from evaluate import HELDOUT_SEEDS
     common = ["--preset", args.preset, "--out-dir", args.out_dir, "--device", args.device, "--dtype", args.dtype]
     grid = robustness_grid(args)
@@ -351,7 +353,8 @@ def robustness(args, run_all):
 
 
 def runs_markdown(rows) -> str:
-    """A row per run of a robustness-format JSON (docs/leakfree.json): student, arm, accuracy by distance, in-doc."""
+    """A row per run of a robustness-format JSON (research/notes/leakfree.json): student, arm, accuracy by distance,
+    in-doc."""
     dists = rows[0]["distances"]
     out = ["| phase-1 student | arm | " + " | ".join(f"D={d}" for d in dists) + " | in-doc | fresh keys | recurring "
            "keys |", "|" + " --- |" * (len(dists) + 5)]

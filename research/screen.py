@@ -3,14 +3,15 @@
 Paper idea: "Short Data, Long Context" (arXiv 2604.06070) distils long-range retrieval into a student that phase 1
 trained on short windows; at this scale whether that works depends on the phase-1 student. The acceptance test
 for a phase-1 student (ACCEPTANCE: its 16-token curriculum stage passed before its cap, D = 16 after phase
-1 at least 0.85, which the first recipe's --retries applied) was fixed before the screens that test it. This file gathers such a screen from its run folder: per student what phase 1 showed and, where it went
-on, its held-out band rows (research/robustness.py's `band`), judged by research.robustness.BAND_CRITERION,
-and with --positions where in the window its KD student and CE twin retrieve (record position x distance).
-It writes docs/acceptance.json-style files, whose tables docs/seeds.md shows; docs/grid-lr.json's is also the
-README's headline (grid_headline_markdown):
+1 at least 0.85, which the first recipe's --retries applied) was fixed before the screens that test it. This file
+gathers such a screen from its run folder: per student what phase 1 showed and, where it went on, its held-out
+band rows (research/robustness.py's `band`), judged by research.robustness.BAND_CRITERION, and with --positions
+where in the window its KD student and CE twin retrieve (record position x distance).
+It writes research/notes/acceptance.json-style files, whose tables research/notes/seeds.md shows;
+research/notes/grid-lr.json's was also the README's earlier headline (grid_headline_markdown):
 
-    python -m research.screen --dir out/p1-lr --phase1-seeds 0 1 2 3 4 5 --out docs/grid-lr.json
-    python -m research.screen --dir out/p1-lr-more --phase1-seeds 6 7 --out docs/grid-lr.json --update  # grow it
+    python -m research.screen --dir out/p1-lr --phase1-seeds 0 1 2 3 4 5 --out research/notes/grid-lr.json
+    python -m research.screen --dir out/p1-lr-more --phase1-seeds 6 7 --out research/notes/grid-lr.json --update
 """
 import argparse
 import hashlib
@@ -45,10 +46,10 @@ def band_cells(row) -> list:
 
 
 def acceptance_markdown(screen) -> str:
-    """The acceptance screen's table (docs/acceptance.json): per phase-1 student, what phase 1 showed (the step its
-    16-token stage passed, D = 16 after phase 1), whether ACCEPTANCE takes it, and phase 2's outcome on the band.
-    Where the screen measured the step-0 check (step 0's band max on the selection probe, before phase 2), two more
-    columns: that maximum, and whether the test with the check added (at most STEP0_CHECK) takes the student."""
+    """The acceptance screen's table (research/notes/acceptance.json): per phase-1 student, what phase 1 showed (the
+    step its 16-token stage passed, D = 16 after phase 1), whether ACCEPTANCE takes it, and phase 2's outcome on the
+    band. Where the screen measured the step-0 check (step 0's band max on the selection probe, before phase 2), two
+    more columns: that maximum, and whether the test with the check added (at most STEP0_CHECK) takes the student."""
     checked = any("step0_selection" in st for st in screen["students"])  # the step-0 check: its two columns
     head = ["phase-1 seed", "16-token stage passed at step", "after phase 1, D = 16", "accepted"]
     head += ["step 0, band max, selection probe", "accepted with the step-0 check"] if checked else []
@@ -94,10 +95,10 @@ def within_bound(arms, arm) -> bool:
 
 
 def grid_headline_markdown(screen) -> str:
-    """The README's headline from a grid in docs/grid-lr.json's format: for the students the acceptance test takes
-    (the recipe with its retrain rule), the mean of step 0, KD and the CE twin over every combination at D = 256
-    and on the band, and how many keep the criterion's bound; the ablation arms' means over their students; then
-    the pass count over students (phase-2 seed 0) with its Wilson 95% interval, and over combinations."""
+    """The README's headline from a grid in research/notes/grid-lr.json's format: for the students the acceptance test
+    takes (the recipe with its retrain rule), the mean of step 0, KD and the CE twin over every combination at D = 256
+    and on the band, and how many keep the criterion's bound; the ablation arms' means over their students; then the
+    pass count over students (phase-2 seed 0) with its Wilson 95% interval, and over combinations."""
     taken = {st["phase1_seed"] for st in screen["students"] if "stopped_at" not in st
              and accepted(st["stage16_step"], st["d16"])}
     combos = {}  # (phase-1 seed, phase-2 seed) -> {arm: row}
@@ -128,11 +129,11 @@ def grid_headline_markdown(screen) -> str:
 
 
 def screen_student(out_dir, phase1_seed, cap):
-    """What phase 1 showed for one student of a screen (docs/acceptance.json's "students"), from its run files:
-    the step its 16-token stage passed (None if it ran to its `cap`), D = 16 after phase 1, its minutes; a run
-    stopped inside that stage (no end-of-run JSON) gets stopped_at instead. Where `python -m research.robustness
-    band --arms step0 --probe-seeds 0` ran, step0_selection: the phase-1 student's band max after the base switch,
-    on the selection probe (measured before phase 2, so a candidate for the acceptance test)."""
+    """What phase 1 showed for one student of a screen (research/notes/acceptance.json's "students"), from its run
+    files: the step its 16-token stage passed (None if it ran to its `cap`), D = 16 after phase 1, its minutes; a run
+    stopped inside that stage (no end-of-run JSON) gets stopped_at instead. Where `python -m research.robustness band
+    --arms step0 --probe-seeds 0` ran, step0_selection: the phase-1 student's band max after the base switch, on the
+    selection probe (measured before phase 2, so a candidate for the acceptance test)."""
     base = os.path.join(out_dir, phase1_name(1e4, phase1_seed))
     stage16 = stage_steps(base + ".jsonl", "curriculum-16")
     st = {"phase1_seed": phase1_seed, "stage16_step": stage16 if 0 < stage16 < cap else None, "stage16_cap": cap}
@@ -150,7 +151,7 @@ def screen_student(out_dir, phase1_seed, cap):
 
 
 def screen_json(out_dir, phase1_seeds, what, commands, cap=8000):
-    """A screen of phase-1 students in one folder, in docs/acceptance.json's format: each student's phase 1
+    """A screen of phase-1 students in one folder, in research/notes/acceptance.json's format: each student's phase 1
     (screen_student) and, where it went on, its held-out band rows (the band-pN-sK.json files of
     research.robustness band, one per phase-2 seed K) and its position probe (positions-pN-s0.json, student_positions)."""
     from evaluate import HELDOUT_SEEDS
@@ -284,7 +285,7 @@ def main(argv=None):
                                 "rows of research.robustness band) into one JSON, and print its table.")
     p.add_argument("--dir", required=True, help="the folder the students' phase-1 and phase-2 runs were trained in")
     p.add_argument("--phase1-seeds", type=int, nargs="+", required=True, help="the students, in the order to report")
-    p.add_argument("--out", required=True, help="the JSON to write (docs/acceptance.json's format)")
+    p.add_argument("--out", required=True, help="the JSON to write (research/notes/acceptance.json's format)")
     p.add_argument("--what", default="", help="one sentence on what the students are")
     p.add_argument("--commands", nargs="+", default=[], help="the commands that trained and scored them")
     p.add_argument("--update", action="store_true", help="add these students to the screen already in --out (its "

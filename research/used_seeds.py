@@ -1,6 +1,7 @@
 """Every seed the repository records as used, so that a new protocol can draw seeds no earlier run touched.
 
-A seed counts as used when any of these names it: a key containing "seed" in a committed JSON (docs/, checkpoints/),
+A seed counts as used when any of these names it: a key containing "seed" in a committed JSON (docs/, research/notes/,
+checkpoints/),
 a `--seed N` / `--phase1-seed N` / `--phase1-seeds N M ...` flag or a "seed N" / "seeds N-M" phrase in the docs, the
 research scripts or a commit message. A phase-1 run with `--retries` retrained with --seed + 1000 k, so every used
 seed s also marks s + 1000 k (k = 1 .. 9) as used.
@@ -57,12 +58,13 @@ def commit_messages(root):
 def used_seeds(root=ROOT):
     """Sorted list of every seed the repository records as used, retry-derived seeds included."""
     seeds = set()
-    for path in glob.glob(os.path.join(root, "docs", "**", "*.json"), recursive=True) + \
-            glob.glob(os.path.join(root, "checkpoints", "*.json")):
+    folders = [os.path.join(root, "docs"), os.path.join(root, "research", "notes")]
+    jsons = [p for folder in folders for p in glob.glob(os.path.join(folder, "**", "*.json"), recursive=True)]
+    for path in jsons + glob.glob(os.path.join(root, "checkpoints", "*.json")):
         with open(path) as f:
             seeds |= json_seeds(json.load(f))
-    texts = glob.glob(os.path.join(root, "docs", "**", "*.md"), recursive=True) + \
-        glob.glob(os.path.join(root, "*.md")) + glob.glob(os.path.join(root, "research", "*.py"))
+    texts = [p for folder in folders for p in glob.glob(os.path.join(folder, "**", "*.md"), recursive=True)]
+    texts += glob.glob(os.path.join(root, "*.md")) + glob.glob(os.path.join(root, "research", "*.py"))
     for path in texts:
         if os.path.basename(path) in ("protocol.md", "used_seeds.py"):
             continue  # the protocol's own seeds are what is checked, not what was used

@@ -302,7 +302,7 @@ def test_all_passes_the_device_to_every_analysis(run_dir, tmp_path, monkeypatch)
 
 def test_turn_distances_are_whole_turns_of_the_pair():
     assert turn_distances(16, 1e4, 0, 20) == pytest.approx([2 * np.pi, 4 * np.pi, 6 * np.pi])
-    two_turns = turn_distances(32, 5e5, 5, 1024)[1]  # the CE students' bump near D = 768 (docs/causal.md)
+    two_turns = turn_distances(32, 5e5, 5, 1024)[1]  # the CE students' bump near D = 768 (research/notes/causal.md)
     assert two_turns == pytest.approx(4 * np.pi * 5e5 ** (10 / 32), rel=1e-6) and 740 < two_turns < 780
 
 

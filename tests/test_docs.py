@@ -9,7 +9,8 @@ import pytest
 from research import experiment
 from tracked import ROOT, project_files
 
-PAGES = ["README.md", "WALKTHROUGH.md"] + [f for f in project_files(".md") if re.fullmatch(r"docs/[^/]+\.md", f)]
+PAGES = ["README.md", "WALKTHROUGH.md"] + [f for f in project_files(".md")
+                                           if re.fullmatch(r"(docs|research/notes)/[^/]+\.md", f)]
 
 
 def read(path):
@@ -41,19 +42,20 @@ def test_every_relative_link_resolves(page):
 
 
 def test_the_grid_table_is_what_the_json_gives():
-    results = json.loads(read("docs/paper_results.json"))
-    assert block(read("docs/results.md"), "grid") == experiment.grid_markdown(results)
+    results = json.loads(read("research/notes/paper_results.json"))
+    assert block(read("research/notes/results.md"), "grid") == experiment.grid_markdown(results)
 
 
 def test_the_finding3_tables_are_what_its_json_gives():
     from research import finding3
-    res = json.loads(read("docs/finding3.json"))
-    assert block(read("docs/results.md"), "finding3").strip() == finding3.markdown(res, res["critical_pairs"]).strip()
+    res = json.loads(read("research/notes/finding3.json"))
+    page = read("research/notes/results.md")
+    assert block(page, "finding3").strip() == finding3.markdown(res, res["critical_pairs"]).strip()
 
 
 def test_the_alias_table_is_what_its_json_gives():
-    res = json.loads(read("docs/alias-ce.json"))
-    page = read("docs/causal.md")
+    res = json.loads(read("research/notes/alias-ce.json"))
+    page = read("research/notes/causal.md")
     for base, b in res["bases"].items():
         acc = dict(zip(res["distances"], b["acc"]))
         two_turns = b["turns"][1]  # rope.turn_distances: test_analyze.py checks the formula
@@ -123,7 +125,7 @@ def test_without_git_the_fallback_lists_every_file_git_tracks():
 
 def test_the_readme_headline_is_what_the_grid_json_gives():
     from research.screen import grid_headline_markdown
-    table = grid_headline_markdown(json.loads(read("docs/grid-lr.json")))
+    table = grid_headline_markdown(json.loads(read("research/notes/grid-lr.json")))
     assert block(read("README.md"), "grid-headline") == table
     passed, students = re.search(r"\*\*(\d+) of (\d+)\*\* accepted phase-1 students pass", table).groups()
     assert f"for {passed} of {students} phase-1 students" in read("README.md")  # the front page's first sentence
@@ -131,52 +133,52 @@ def test_the_readme_headline_is_what_the_grid_json_gives():
 
 def test_the_finding1_table_is_what_its_json_gives():
     from research import finding1
-    rows = json.loads(read("docs/finding1.json"))["rows"]
-    assert block(read("docs/results.md"), "finding1").strip() == finding1.markdown(rows).strip()
+    rows = json.loads(read("research/notes/finding1.json"))["rows"]
+    assert block(read("research/notes/results.md"), "finding1").strip() == finding1.markdown(rows).strip()
 
 
 def test_the_leak_free_table_is_what_its_json_gives():
     from research.robustness import runs_markdown
-    rows = json.loads(read("docs/leakfree.json"))["runs"]
+    rows = json.loads(read("research/notes/leakfree.json"))["runs"]
     assert {r["arm"] for r in rows} == {"step0", "kd", "ce", "kd-masked", "ce-masked", "ce-teacher-labels",
                                         "kd-teacher-docmask"}
-    assert block(read("docs/causal.md"), "leakfree").strip() == runs_markdown(rows).strip()
+    assert block(read("research/notes/causal.md"), "leakfree").strip() == runs_markdown(rows).strip()
 
 
 @pytest.mark.parametrize("name", ["acceptance", "grid-lr"])
 def test_the_acceptance_tables_are_what_their_json_gives(name):
     from research.screen import acceptance_markdown
-    screen = json.loads(read(f"docs/{name}.json"))
-    assert block(read("docs/seeds.md"), name).strip() == acceptance_markdown(screen).strip()
+    screen = json.loads(read(f"research/notes/{name}.json"))
+    assert block(read("research/notes/seeds.md"), name).strip() == acceptance_markdown(screen).strip()
 
 
 def test_the_grid_position_table_is_what_its_json_gives():
     from research.screen import positions_markdown
-    screen = json.loads(read("docs/grid-lr.json"))
+    screen = json.loads(read("research/notes/grid-lr.json"))
     assert {r["arm"] for r in screen["positions"]} == {"kd", "ce"}
-    assert block(read("docs/seeds.md"), "grid-lr-positions").strip() == positions_markdown(screen).strip()
+    assert block(read("research/notes/seeds.md"), "grid-lr-positions").strip() == positions_markdown(screen).strip()
 
 
 def test_the_grid_ablation_table_is_what_its_json_gives():
     from research.screen import ablations_markdown
-    screen = json.loads(read("docs/grid-lr.json"))
+    screen = json.loads(read("research/notes/grid-lr.json"))
     ablations = {"kd-masked", "ce-masked", "ce-teacher-labels", "kd-teacher-docmask"}
     assert {r["arm"] for r in screen["ablations"]} <= ablations
-    assert block(read("docs/causal.md"), "grid-lr-ablations").strip() == ablations_markdown(screen).strip()
+    assert block(read("research/notes/causal.md"), "grid-lr-ablations").strip() == ablations_markdown(screen).strip()
 
 
 def test_the_overlap_table_is_what_its_json_gives():
     from research.overlap import overlap_markdown
-    sweep = json.loads(read("docs/overlap.json"))
-    assert block(read("docs/overlap.md"), "overlap").strip() == overlap_markdown(sweep).strip()
+    sweep = json.loads(read("research/notes/overlap.json"))
+    assert block(read("research/notes/overlap.md"), "overlap").strip() == overlap_markdown(sweep).strip()
     assert {r["recurrence"] for r in sweep["rows"]} >= {0.0, None}  # the sweep holds rate 0 and the default
     assert len({r["phase1_seed"] for r in sweep["rows"]}) >= 2  # from two phase-1 students
 
 
 def test_the_match_hole_table_is_what_its_json_gives():
     from interp.match import match_markdown
-    res = json.loads(read("docs/match-hole.json"))
-    assert block(read("docs/seeds.md"), "match-hole").strip() == match_markdown(res).strip()
+    res = json.loads(read("research/notes/match-hole.json"))
+    assert block(read("research/notes/seeds.md"), "match-hole").strip() == match_markdown(res).strip()
     for r in res["models"].values():  # the page's reading: the hole sits where the fast pairs dip deepest
         fast = dict(zip(r["distances"], r["fast"]))
         worst = min(r["measured"], key=r["measured"].get)

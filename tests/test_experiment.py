@@ -13,7 +13,7 @@ def test_device_and_dtype_reach_every_training_run_and_the_analysis(tmp_path, mo
     phases = [argv[argv.index("--phase") + 1] for _, argv in jobs]
     assert phases.count("teacher") == 1 and "1" in phases and phases.count("2") >= 8
     assert all(argv[argv.index("--device") + 1] == "cuda" for _, argv in jobs)
-    assert all(argv[argv.index("--dtype") + 1] == "float32" for _, argv in jobs)  # the grid of docs/results.md pins it
+    assert all(argv[argv.index("--dtype") + 1] == "float32" for _, argv in jobs)  # as the notes' grid ran
     (cmd,) = commands
     assert cmd[cmd.index("all") - 2:cmd.index("all")] == ["-m", "interp"] and cmd[cmd.index("--device") + 1] == "cuda"
 

@@ -15,7 +15,7 @@ def band_file(path, seed, arms, value):
 def test_rates_come_from_the_file_names():
     assert rate_of("out/band-p0-rec0-s0.json") == 0.0
     assert rate_of("out/band-p9-rec0.25-s1.json") == 0.25
-    assert rate_of("out/band-p9-at1000-s0.json") is None and rate_of("docs/leakfree.json") is None
+    assert rate_of("out/band-p9-at1000-s0.json") is None and rate_of("research/notes/leakfree.json") is None
 
 
 def test_collect_keeps_the_swept_students_defaults_and_nothing_else(tmp_path):

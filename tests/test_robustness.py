@@ -1,6 +1,6 @@
-"""docs/robustness.json (what research/experiment.py robustness wrote) has its schema, and every number of the tables of
-docs/seeds.md and docs/causal.md is the JSON's value as printed (two decimals): the pages cannot drift from the
-measurements."""
+"""research/notes/robustness.json (what research/experiment.py robustness wrote) has its schema, and every number of
+the tables of research/notes/seeds.md and research/notes/causal.md is the JSON's value as printed (two decimals): the
+pages cannot drift from the measurements."""
 import json
 import os
 import re
@@ -12,7 +12,7 @@ from research import experiment
 from evaluate import HELDOUT_SEEDS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCS = os.path.join(ROOT, "docs")
+DOCS = os.path.join(ROOT, "research", "notes")
 PAGES = ("seeds.md", "causal.md")  # the pages whose tables come from docs/robustness*.json and probes*.json
 ARMS = {"step0", "ce", "ce-masked", "ce-teacher-labels", "kd", "kd-masked", "kd-teacher-docmask"}
 
