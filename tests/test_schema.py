@@ -1,0 +1,113 @@
+"""tests/schema.py: the schema of a JSON value on hand-made dicts, and its map of the lab's entry points to the
+committed JSON they write, which must cover every committed JSON under docs/ and every entry point of the lab."""
+import ast
+import json
+import os
+import re
+
+import pytest
+
+import interp.analyses
+from schema import (ANY_KEY, COMMITTED, NO_COMMITTED_JSON, NOT_WRITTEN, ROOT, assert_same_schema, difference,
+                    schema)
+from tracked import project_files
+
+COMMITTED_RUN = {  # a run as a committed file holds it: two models, three distances
+    "window": 1024,
+    "distances": [256, 512, 900],
+    "models": {
+        "teacher": {"kv": {"256": 1.0, "512": 0.98, "900": 0.97}, "in_doc": 0.99, "peak": 512},
+        "KD student (1e4 -> 5e5)": {"kv": {"256": 0.9, "512": 0.5, "900": 0.1}, "in_doc": 0.95, "peak": None},
+    },
+    "rows": [{"arm": "kd", "kv": [0.5, None]}, {"arm": "ce", "kv": [0.1, 0.2]}],
+}
+
+
+def written_run():
+    """What a tiny run writes: other labels, distances and numbers, one model, a null where nothing was measured."""
+    return {
+        "window": 64,
+        "distances": [4, 40],
+        "models": {"T": {"kv": {"4": 0.5, "40": 0.0}, "in_doc": 0.25, "peak": None}},
+        "rows": [{"arm": "kd", "kv": [0.5, 0.75]}],
+    }
+
+
+def test_schema_keeps_the_keys_and_types_and_drops_data_keys():
+    s = schema(COMMITTED_RUN)
+    assert s["window"] == "int" and s["distances"] == ["int"]
+    assert s["models"] == {ANY_KEY: [{"kv": {ANY_KEY: ["float"]}, "in_doc": "float", "peak": "int"},
+                                     {"kv": {ANY_KEY: ["float"]}, "in_doc": "float", "peak": "null"}]}
+    assert s["rows"] == [{"arm": "str", "kv": ["float", "null"]}, {"arm": "str", "kv": ["float"]}]
+    assert schema({"flag": True, "count": 3}) == {"flag": "bool", "count": "int"}  # a bool is not an int
+
+
+def test_a_tiny_run_with_other_labels_distances_and_numbers_has_the_committed_schema(tmp_path):
+    assert difference(schema(written_run()), schema(COMMITTED_RUN)) is None
+    committed = tmp_path / "committed.json"
+    committed.write_text(json.dumps(COMMITTED_RUN))
+    assert_same_schema(written_run(), committed)
+
+
+@pytest.mark.parametrize("change, path", [
+    (lambda r: r.pop("window"), "$.window"),  # a key missing
+    (lambda r: r.update(seed=0), "$.seed"),  # a key too many
+    (lambda r: r["models"]["T"].update(in_doc="0.25"), "$.models.*.in_doc"),  # another type
+    (lambda r: r["models"]["T"].update(kv=[0.5, 0.0]), "$.models.*.kv"),  # a list for a dict
+    (lambda r: r["rows"].append({"arm": "ce", "kv": [0.5], "steps": 4}), "$.rows[].steps"),  # another kind of row
+    (lambda r: r["distances"].append(900.0), "$.distances[]"),  # a float among ints
+])
+def test_a_differing_schema_fails_naming_the_first_differing_path(tmp_path, change, path):
+    run = written_run()
+    change(run)
+    committed = tmp_path / "committed.json"
+    committed.write_text(json.dumps(COMMITTED_RUN))
+    with pytest.raises(AssertionError, match="at " + re.escape(path) + ","):
+        assert_same_schema(run, committed)
+
+
+def mapped_paths():
+    """Every committed path the map names, with repeats."""
+    return [p for files in COMMITTED.values() for p in files]
+
+
+def test_every_committed_json_under_docs_is_written_by_an_entry_point_or_listed():
+    paths = mapped_paths()
+    assert len(paths) == len(set(paths)), "a committed file is named twice: a move would need two edits"
+    docs = {p for p in project_files(".json") if p.startswith("docs/")}
+    assert sorted(docs - set(paths) - set(NOT_WRITTEN)) == []
+    assert sorted((set(paths) | set(NOT_WRITTEN)) - docs) == []  # nothing named that is not committed
+    assert not set(paths) & set(NOT_WRITTEN)
+
+
+def lab_entry_points():
+    """{module: the entry point it is run as}: every lab file with a `__main__` (a package's __main__.py is the
+    package; a module that a package's __main__.py runs is that package)."""
+    out = {}
+    for path in project_files(".py"):
+        if "/" not in path or path.startswith("tests/"):
+            continue
+        text = open(os.path.join(ROOT, path), encoding="utf-8").read()
+        module = path[:-3].replace("/", ".")
+        if module.endswith(".__main__"):
+            package = module[: -len(".__main__")]
+            out[package] = package
+            out.update({node.module: package for node in ast.walk(ast.parse(text))
+                        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(package + ".")})
+        elif '__name__ == "__main__"' in text:
+            out.setdefault(module, module)
+    return out
+
+
+def test_every_lab_entry_point_is_mapped_or_listed():
+    entries = lab_entry_points()
+    assert {"interp", "variants", "walkthrough", "research.screen", "scale.bench", "formats.hf"} <= set(entries.values())
+    named = {e.split()[0] for e in list(COMMITTED) + list(NO_COMMITTED_JSON)}
+    assert sorted(set(entries.values()) - named) == []
+    assert sorted(named - set(entries.values())) == []  # no entry point named that the lab does not have
+    assert not set(COMMITTED) & set(NO_COMMITTED_JSON)
+
+
+def test_every_interp_subcommand_is_mapped_or_listed():
+    named = {e.split()[1] for e in list(COMMITTED) + list(NO_COMMITTED_JSON) if e.startswith("interp ")}
+    assert named == set(interp.analyses.COMMANDS)
