@@ -101,7 +101,7 @@ def lab_entry_points():
 
 def test_every_lab_entry_point_is_mapped_or_listed():
     entries = lab_entry_points()
-    assert {"interp", "variants", "walkthrough", "research.screen", "scale.bench", "formats.hf"} <= set(entries.values())
+    assert {"interp", "variants", "walkthrough", "research.screen", "scale.bench"} <= set(entries.values())
     named = {e.split()[0] for e in list(COMMITTED) + list(NO_COMMITTED_JSON)}
     assert sorted(set(entries.values()) - named) == []
     assert sorted(named - set(entries.values())) == []  # no entry point named that the lab does not have
