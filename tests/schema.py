@@ -46,6 +46,8 @@ DATA_KEYED = frozenset({
 })
 
 STALE_DEPTH = "retrieval by the query's depth moved to `interp depth`: retrieval writes no depths nor models.*.depth"
+STALE_TEACHER = ("its teacher row is an older train.py's results (a copy probe, no in_doc_fresh / in_doc_recurring); "
+                 "the teacher of a run now has these two and no copy")
 STALE_BENCH = "scale.bench now also writes dtype, threads, flops, batch_build_seconds and cpu_ranks_tokens_per_s"
 COMMITTED = {  # entry point -> {committed JSON it writes: None, or why its schema is not the one written now}
     "interp spectrum": {"docs/spectrum.json": None},
@@ -59,7 +61,7 @@ COMMITTED = {  # entry point -> {committed JSON it writes: None, or why its sche
     },
     "interp alias": {"docs/alias-ce.json": None},
     "interp match": {"docs/match-hole.json": None},
-    "research.experiment": {"docs/paper_results.json": None},
+    "research.experiment": {"docs/paper_results.json": STALE_TEACHER},
     "research.experiment robustness": {
         "docs/robustness.json": None,
         "docs/probes.json": None,
