@@ -1,5 +1,6 @@
 """tests/schema.py: the schema of a JSON value on hand-made dicts, and its map of the lab's entry points to the
-committed JSON they write, which must cover every committed JSON under docs/ and every entry point of the lab."""
+committed JSON they write, which must cover every committed JSON under docs/ (or beside a mapped file) and every entry
+point of the lab, each mapped one checked by a test."""
 import ast
 import json
 import os
@@ -71,10 +72,16 @@ def mapped_paths():
     return [p for files in COMMITTED.values() for p in files]
 
 
+def in_scope(path, folders) -> bool:
+    """Whether a committed JSON must be mapped or listed: under docs/, or in a folder that holds a mapped file."""
+    return path.startswith("docs/") or os.path.dirname(path) in folders
+
+
 def test_every_committed_json_under_docs_is_written_by_an_entry_point_or_listed():
     paths = mapped_paths()
     assert len(paths) == len(set(paths)), "a committed file is named twice: a move would need two edits"
-    docs = {p for p in project_files(".json") if p.startswith("docs/")}
+    folders = {os.path.dirname(p) for p in paths + list(NOT_WRITTEN)}
+    docs = {p for p in project_files(".json") if in_scope(p, folders)}
     assert sorted(docs - set(paths) - set(NOT_WRITTEN)) == []
     assert sorted((set(paths) | set(NOT_WRITTEN)) - docs) == []  # nothing named that is not committed
     assert not set(paths) & set(NOT_WRITTEN)
@@ -106,6 +113,15 @@ def test_every_lab_entry_point_is_mapped_or_listed():
     assert sorted(set(entries.values()) - named) == []
     assert sorted(named - set(entries.values())) == []  # no entry point named that the lab does not have
     assert not set(COMMITTED) & set(NO_COMMITTED_JSON)
+
+
+def test_every_mapped_entry_point_has_a_test_that_checks_its_schema():
+    """A test file names the entry point to assert_committed_schema or committed_params."""
+    tests = "".join(open(os.path.join(ROOT, f), encoding="utf-8").read() for f in project_files(".py")
+                    if f.startswith("tests/test_") and f != "tests/test_schema.py")
+    unchecked = [e for e in COMMITTED if f'assert_committed_schema("{e}"' not in tests
+                 and f'committed_params("{e}"' not in tests]
+    assert unchecked == []
 
 
 def test_every_interp_subcommand_is_mapped_or_listed():
