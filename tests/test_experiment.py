@@ -49,7 +49,9 @@ def tiny_robustness(tmp_path_factory):
 
 def test_robustness_writes_the_schema_from_finished_runs_and_resumes(tiny_robustness, monkeypatch):
     """The tiny preset end to end: the rows of every finished run and the probes; then nothing is retrained."""
-    argv, trained, docs = tiny_robustness.argv, tiny_robustness.trained, tiny_robustness.docs
+    argv = tiny_robustness.argv
+    trained = tiny_robustness.trained
+    docs = tiny_robustness.docs
     res = json.load(open(docs / "robustness.json"))
     assert res["criterion"] == {"min_distance": 512, "step0_max": 0.3, "kd_min": 0.9, "ce_max": 0.3}
     assert res["probe_seeds"] == [1, 2, 3]
