@@ -2,7 +2,8 @@
 
 Each subcommand must write non-empty PNGs and a JSON whose numbers have the properties the
 findings rest on: a zero perturbation changes nothing, a perturbation at layer l leaves the
-residual streams 0..l alone, and a W_q edit of one pair is found exactly where it was made.
+residual streams 0..l alone, and a W_q edit of one pair is found exactly where it was made;
+the JSON of `python -m interp` has the schema of its committed copy (tests/schema.py).
 """
 import argparse
 import dataclasses
@@ -24,6 +25,7 @@ from data import TaskSpec, kv_probe
 from evaluate import heuristic_floors
 from model import GPT, GPTConfig, save_checkpoint
 from rope import critical_dimension
+from schema import assert_committed_schema, assert_same_schema, committed_params
 
 torch.set_num_threads(1)
 HEAD_DIM, N_LAYER = 16, 3
@@ -81,6 +83,7 @@ def test_spectrum_critical_pair_is_first_pair_without_a_full_turn(tmp_path):
         assert crit == critical_dimension(HEAD_DIM, s["base"], s["window"]) // 2
         assert (turns[:crit] >= 1).all() and (turns[crit:] < 1).all()
         assert s["utilization"] == pytest.approx((turns >= 1).mean())
+    assert_committed_schema("interp spectrum", tmp_path / "spectrum.json")
 
 
 def test_retrieval_same_probes_for_every_checkpoint(run_dir, tmp_path, monkeypatch):
@@ -209,6 +212,7 @@ def test_qupdate_finds_the_one_edited_pair(run_dir, tmp_path):
     wq = np.array(res["wq"])
     assert (wq > 0).sum() == 1 and np.all(np.array(res["wk"]) == 0)
     assert res["spans_above_p75"]["wq"][str(layer)][0]["pairs"] == [pair, pair]
+    assert_committed_schema("interp qupdate", tmp_path / "qupdate.json")
 
 
 @pytest.mark.parametrize("case", ["missing", "garbage", "architecture", "pair", "same-name"])
@@ -253,17 +257,31 @@ def test_all_renders_every_figure_the_folder_allows(run_dir, tmp_path):
     for student in ("kd", "ce"):
         res = outputs(tmp_path, f"qupdate-phase2-{student}-b10000-b500000")
         assert res["before"].endswith("phase1-b10000.pt")
+        assert_committed_schema("interp qupdate", tmp_path / f"qupdate-phase2-{student}-b10000-b500000.json")
+    assert_committed_schema("interp spectrum", tmp_path / "spectrum.json")
 
 
-def test_an_hf_folder_is_analyzed_like_the_checkpoint_it_was_exported_from(run_dir, tmp_path):
+@pytest.fixture(scope="module")
+def hf_retrieval(run_dir, tmp_path_factory):
+    """`python -m interp retrieval` on the teacher and its Hugging Face export: the folder it wrote into."""
     from formats import hf
-    folder = str(tmp_path / "teacher-hf")
+    out = tmp_path_factory.mktemp("hf-retrieval")
+    folder = str(out / "teacher-hf")
     hf.main(["export", str(run_dir / "teacher.pt"), folder])
     interp.analyses.main(["retrieval", "--ckpt", str(run_dir / "teacher.pt"), folder, "--distances", "4", "40",
-                          "--n-windows", "2", "--max-doc-len", "16", "--out", str(tmp_path)])
-    res = outputs(tmp_path, "retrieval")["models"]
+                          "--n-windows", "2", "--max-doc-len", "16", "--out", str(out)])
+    return out
+
+
+def test_an_hf_folder_is_analyzed_like_the_checkpoint_it_was_exported_from(hf_retrieval):
+    res = outputs(hf_retrieval, "retrieval")["models"]
     assert list(res) == ["teacher", "teacher-hf"] and res["teacher"]["kv"] == res["teacher-hf"]["kv"]
     assert res["teacher"]["in_doc"] == res["teacher-hf"]["in_doc"]
+
+
+@pytest.mark.parametrize("committed", committed_params("interp retrieval"))
+def test_retrieval_json_has_the_schema_of_its_committed_copies(hf_retrieval, committed):
+    assert_same_schema(hf_retrieval / "retrieval.json", committed)
 
 
 class CudaLike(torch.Tensor):
@@ -321,3 +339,4 @@ def test_alias_probes_one_checkpoint_under_each_base(run_dir, tmp_path):
     direct = position_sweep(analyze.load(path, cpu)[0], TaskSpec(), 256, [96], [0], cpu,
                             __import__("contextlib").nullcontext(), 1, evaluate.HELDOUT_SEEDS)[0][96]
     assert res["bases"]["500000"]["acc"][1] == pytest.approx(direct)
+    assert_committed_schema("interp alias", tmp_path / "alias.json")

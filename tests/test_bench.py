@@ -1,12 +1,14 @@
 """scale/bench.py: the chunked KD loss really holds less memory than the unchunked one; a failed measurement is null;
-bf16-vs-float32 steps are timed side by side and their MFU taken against each dtype's peak."""
+bf16-vs-float32 steps are timed side by side and their MFU taken against each dtype's peak; a quick run and the
+targets write JSON with the schema of the committed docs/bench/*.json."""
 import json
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from scale import bench
+from scale import bench, loss_memory
+from schema import assert_committed_schema, assert_same_schema, committed_params
 
 
 def test_chunked_kd_loss_peak_memory_is_lower():
@@ -55,3 +57,44 @@ def test_targets_measure_mfu_against_the_peak_of_each_dtype(monkeypatch, tmp_pat
         op, threshold = t["threshold"].split()
         assert t["pass"] == (t["value"] >= float(threshold) if op == ">=" else t["value"] <= float(threshold))
     assert json.load(open(tmp_path / "t.json"))["targets"] == res["targets"]
+    assert_committed_schema("scale.bench --targets", tmp_path / "t.json")
+
+
+@pytest.fixture(scope="module")
+def quick_bench(tmp_path_factory):
+    """`python -m scale.bench --quick` at the smallest sizes without the data-parallel figure: (its results, its
+    JSON). The KD loss's memory comes from a stand-in: it is measured for real above, in processes of its own."""
+    path = tmp_path_factory.mktemp("bench") / "bench.json"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(loss_memory, "kd_peak_bytes", lambda vocab, tokens, chunk, device: 2**20 * (1 + (chunk == 0)))
+        res = bench.main(["--quick", "--device", "cpu", "--d-model", "32", "--n-layer", "1", "--window", "64",
+                          "--sweep", "32", "64", "--iters", "1", "--warmup", "0", "--cpu-ranks", "--json", str(path)])
+    return res, path
+
+
+def test_a_quick_run_writes_the_figures_it_measured(quick_bench):
+    res, path = quick_bench
+    assert json.load(open(path)) == json.loads(json.dumps(res))
+    assert set(res["window_sweep"]) == {32, 64} and res["kd_memory"]["unchunked_over_chunked"] == 2
+    assert res["ce_step_tokens_per_s"] > 0 and res["cpu_ranks_tokens_per_s"] == {}
+
+
+@pytest.mark.parametrize("committed", committed_params("scale.bench"))
+def test_a_quick_run_has_the_schema_of_the_committed_ones(quick_bench, committed):
+    assert_same_schema(quick_bench[1], committed)
+
+
+def test_the_loss_memory_command_prints_one_row_per_loss_in_chunks_and_at_once(monkeypatch, capsys):
+    """python -m scale.loss_memory: each loss measured in chunks and all at once (the measurement itself, a fresh
+    process per figure, is test_chunked_kd_loss_peak_memory_is_lower's); its flags checked."""
+    asked = []
+
+    def measured(loss, vocab, tokens, chunk, device, k):
+        asked.append((loss, chunk))
+        return 2**20 * (1 if chunk else 4)  # 1 MB in chunks, 4 MB at once
+    monkeypatch.setattr(loss_memory, "peak_bytes", measured)
+    table = loss_memory.main(["--vocab", "64", "--tokens", "32", "--chunk", "8", "--topk", "4"])
+    assert asked == [(loss, c) for loss in loss_memory.LOSSES for c in (8, 0)]
+    assert table.count("| 1.0 MB | 4.0 MB |") == len(loss_memory.LOSSES) and table in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        loss_memory.main(["--vocab", "8", "--topk", "9"])

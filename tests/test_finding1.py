@@ -1,4 +1,5 @@
-"""research/finding1.py: the learning-curve area and the paired phase-wise vs small-kept table."""
+"""research/finding1.py: the learning-curve area and the paired phase-wise vs small-kept table; its JSON has the schema
+of research/notes/finding1.json."""
 import json
 import os
 
@@ -6,6 +7,7 @@ import pytest
 
 from research import finding1
 from evaluate import HELDOUT_SEEDS
+from schema import assert_committed_schema
 
 
 def test_area_is_the_mean_accuracy_over_the_logged_span():
@@ -48,6 +50,7 @@ def test_end_to_end_pairs_the_two_schedules_per_phase1_seed(tmp_path):
     md = (docs / "finding1.md").read_text()
     assert md == finding1.markdown(rows)
     assert "seed 0: +0.33" in md and "in 1 of 1" in md
+    assert_committed_schema("research.finding1", docs / "finding1.json")
 
 
 def test_refuses_a_folder_without_pairs(tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""research/finding3.py: per-pair update norms and the permutation tests behind the finding-3 table."""
+"""research/finding3.py: per-pair update norms and the permutation tests behind the finding-3 table; its JSON has the
+schema of research/notes/finding3.json."""
 import dataclasses
 import json
 import os
@@ -10,6 +11,7 @@ import torch
 from research import finding3
 from interp.qupdate import pair_norm, pair_update
 from model import GPT, GPTConfig, save_checkpoint
+from schema import assert_committed_schema
 
 
 def test_pair_norm_groups_rows_i_and_i_plus_half():
@@ -101,6 +103,7 @@ def test_finding3_end_to_end_on_tiny_checkpoints(tmp_path):
     assert res["kd_vs_ce"]["seeds"] == [0, 1]
     assert (docs / "finding3.png").stat().st_size > 0
     assert "| W_q | 0 | kd | 2 |" in (docs / "finding3.md").read_text()
+    assert_committed_schema("research.finding3", docs / "finding3.json")
 
 
 def test_finding3_refuses_an_empty_folder(tmp_path, capsys):

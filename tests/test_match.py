@@ -15,6 +15,7 @@ from interp.match import layer0_qk, match_head, match_results, pair_terms, rotat
 from interp.qk import queries_and_keys
 from model import GPT, GPTConfig
 
+from schema import assert_committed_schema
 from test_analyze import outputs, write_ckpt
 
 torch.set_num_threads(1)
@@ -79,6 +80,7 @@ def test_record_attention_is_a_probability_and_analyze_match_writes_its_files(tm
     assert len(res["match"]) == 128 and set(res["measured"]) == {"40", "80"}
     assert all(0 <= w <= 1 for w in res["measured"].values()) and set(res["pairs"]) == {"40", "80"}
     assert res["match"] == pytest.approx([s + f for s, f in zip(res["slow"], res["fast"])], abs=3e-4)  # 4 decimals each
+    assert_committed_schema("interp match", tmp_path / "match.json")
     with pytest.raises(SystemExit) as e:
         interp.analyses.main(["match", "--ckpt", path, "--head", "7", "--out", str(tmp_path / "x")])
     assert e.value.code == 2

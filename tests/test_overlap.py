@@ -1,8 +1,11 @@
+"""research/overlap.py: the sweep's rows from band files and earlier sweeps, the rates from the file names, the
+measured overlap; the sweep's JSON (its --out) has the schema of research/notes/overlap.json."""
 import json
 
 import pytest
 
-from research.overlap import collect, long_range, overlap_markdown, overlap_stats, rate_of
+from research.overlap import collect, long_range, main, overlap_markdown, overlap_stats, rate_of
+from schema import assert_committed_schema
 
 
 def band_file(path, seed, arms, value):
@@ -35,10 +38,11 @@ def test_collect_keeps_the_swept_students_defaults_and_nothing_else(tmp_path):
 
 
 def test_an_earlier_sweep_grows_by_new_students_and_keeps_its_rows(tmp_path):
-    first = collect([band_file(tmp_path / "band-p0-rec0-s0.json", 0, ["kd", "ce"], 0.1),
-                     band_file(tmp_path / "band-p0-s0.json", 0, ["kd", "ce"], 0.9)])
     earlier = tmp_path / "overlap.json"
-    earlier.write_text(json.dumps({"rows": first}))
+    main([band_file(tmp_path / "band-p0-rec0-s0.json", 0, ["kd", "ce"], 0.1),
+          band_file(tmp_path / "band-p0-s0.json", 0, ["kd", "ce"], 0.9), "--out", str(earlier)])
+    assert_committed_schema("research.overlap", earlier)
+    assert (tmp_path / "overlap.png").stat().st_size > 0
     rows = collect([str(earlier), band_file(tmp_path / "band-p7-rec0-s0.json", 7, ["kd", "ce"], 0.3),
                     band_file(tmp_path / "band-p7-s0.json", 7, ["step0", "kd", "ce"], 0.8)])
     assert [(r["phase1_seed"], r["recurrence"], r["arm"]) for r in rows] == [

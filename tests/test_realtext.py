@@ -1,5 +1,5 @@
 """research/realtext.py: data, passkey prompts, the teacher cache (longctx/topk.py), scoring, students trained in
-train.py's loop, and a tiny end-to-end run."""
+train.py's loop, and a tiny end-to-end run whose results.json has the schema of docs/realtext/results.json."""
 import json
 import os
 
@@ -14,6 +14,7 @@ from evaluate import TextTask
 from research import realtext
 from model import GPT, GPTConfig
 from formats.tokenizer import Tokenizer
+from schema import assert_committed_schema
 from test_tokenizer import make
 
 WORDS = "the and then thee thou art a king of fools and the sea is calm tonight my lord".split()
@@ -111,6 +112,7 @@ def test_tiny_run_trains_both_students_and_reports_every_model(teacher_dir, play
     assert set(saved["results"]["teacher"]["passkey"]) == {"8", "20"}
     assert 0 < saved["teacher_topk_coverage"] <= 1 and saved["machine"]["torch"] == torch.__version__
     assert [h["step"] for h in saved["train_log"]["KD student"]] == [0, 2]
+    assert_committed_schema("research.realtext run", os.path.join(out, "results.json"))
 
 
 @pytest.mark.parametrize("case", ["no_plays", "no_tokenizer", "not_a_model"])

@@ -1,6 +1,7 @@
 """research/notes/robustness.json (what research/experiment.py robustness wrote) has its schema, and every number of
 the tables of research/notes/seeds.md and research/notes/causal.md is the JSON's value as printed (two decimals): the
-pages cannot drift from the measurements."""
+pages cannot drift from the measurements. research.robustness band and research.screen on tiny inputs; a screen has
+the schema of the committed ones (research/notes/acceptance.json, research/notes/grid-lr.json)."""
 import json
 import os
 import re
@@ -10,10 +11,11 @@ import pytest
 
 from research import experiment
 from evaluate import HELDOUT_SEEDS
+from schema import assert_committed_schema
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "research", "notes")
-PAGES = ("seeds.md", "causal.md")  # the pages whose tables come from docs/robustness*.json and probes*.json
+PAGES = ("seeds.md", "causal.md")  # the pages whose tables come from robustness*.json and probes*.json
 ARMS = {"step0", "ce", "ce-masked", "ce-teacher-labels", "kd", "kd-masked", "kd-teacher-docmask"}
 
 
@@ -372,6 +374,53 @@ def test_the_screen_grows_by_update_and_keeps_the_students_it_already_had(tmp_pa
     with pytest.raises(SystemExit):
         screen_module.main(["--dir", str(more), "--phase1-seeds", "7", "--out", str(out), "--update"])
     assert json.loads(out.read_text()) == other
+
+
+def write_phase1(folder, seed, stage16_steps, finished=True):
+    """A phase-1 student's run files as train.py leaves them: the step log (its 16-token stage took
+    `stage16_steps` steps) and, when it finished, the end-of-run JSON with D = 16."""
+    lines = [{"step": i + 1, "stage": "curriculum-16"} for i in range(stage16_steps)]
+    lines += [{"step": stage16_steps + 1, "stage": "main"}] if finished else []
+    (folder / f"phase1-b10000-s{seed}.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    if finished:
+        (folder / f"phase1-b10000-s{seed}.json").write_text(json.dumps({"run": f"phase1-b10000-s{seed}", "speed": {
+            "train_seconds": 60}, "results": {f"phase1-b10000-s{seed}": {"kv": {"16": 0.95}}}}))
+
+
+def write_band(path, seed, arms, value):
+    """Band rows of one student as research.robustness band writes them."""
+    from research.robustness import BAND_CRITERION
+    distances = sorted(BAND_CRITERION["band"] + [256, 900])
+    rows = [{"phase1_seed": seed, "phase2_seed": 0, "arm": a, "distances": distances, "kv": [value] * len(distances),
+             "in_doc": 0.5} for a in arms]
+    path.write_text(json.dumps(rows))
+
+
+def test_a_screen_has_the_schema_of_the_committed_screens(tmp_path, monkeypatch):
+    """A student with its band rows: the acceptance screen; then with the step-0 check, an ablation, a stopped
+    student and the position probe of tiny 1024-token checkpoints (fewer cells: quick): the grid's screen."""
+    import dataclasses
+    from data import TaskSpec
+    from model import GPT, GPTConfig, save_checkpoint
+    from research import robustness, screen
+    write_phase1(tmp_path, 5, 3)
+    write_band(tmp_path / "band-p5-s0.json", 5, ["step0", "kd", "ce"], 0.5)
+    screen.main(["--dir", str(tmp_path), "--phase1-seeds", "5", "--out", str(tmp_path / "acceptance.json")])
+    assert_committed_schema("research.screen", tmp_path / "acceptance.json", "acceptance")
+    write_phase1(tmp_path, 6, 7, finished=False)
+    write_band(tmp_path / "band-p5-s0-probe0.json", 5, ["step0"], 0.1)
+    write_band(tmp_path / "band-p5-s0-kd-masked.json", 5, ["kd-masked"], 0.3)
+    cfg = GPTConfig(vocab_size=TaskSpec().vocab_size, d_model=16, n_head=2, n_kv_head=2, n_layer=1, max_seq_len=1024)
+    for arm in ("kd", "ce"):
+        save_checkpoint({"model": GPT(cfg).state_dict(), "config": dataclasses.asdict(cfg), "step": 1, "done": True},
+                        robustness.student_paths(str(tmp_path), 5)[arm])
+    monkeypatch.setattr(robustness, "SWEEP_WINDOWS", 1)
+    monkeypatch.setattr(robustness, "SWEEP_STARTS", (0, 896))
+    monkeypatch.setattr(robustness, "SWEEP_DISTANCES", (16, 512))
+    out = tmp_path / "grid.json"
+    screen.main(["--dir", str(tmp_path), "--phase1-seeds", "5", "6", "--positions", "--out", str(out)])
+    assert {"positions", "ablations"} <= set(json.loads(out.read_text()))
+    assert_committed_schema("research.screen", out, "grid-lr")
 
 
 def test_the_band_finds_every_arms_run_under_the_name_train_py_gives_it():

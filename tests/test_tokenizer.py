@@ -117,3 +117,21 @@ def test_a_merge_outside_the_vocabulary_is_an_error():
 def test_a_byte_without_a_token_is_an_error_naming_it():
     with pytest.raises(ValueError, match="no token for 'b'"):
         Tokenizer({"a": 0}, []).encode("ab")
+
+
+def test_the_command_line_prints_a_folders_tokens_and_the_round_trip(tmp_path, monkeypatch, capsys):
+    """`python -m formats.tokenizer FOLDER TEXT` on the files a tokenizer writes: the ids, the pieces, the round trip;
+    a folder without a tokenizer is one error line, exit 2."""
+    from formats import tokenizer
+    tok = make()
+    for name, write in tok.files().items():
+        write(str(tmp_path / name))
+    monkeypatch.setattr("sys.argv", ["tokenizer", str(tmp_path), " the and 12"])
+    tokenizer.main()
+    ids, pieces, summary = capsys.readouterr().out.splitlines()
+    assert ids == str(tok.encode(" the and 12")) and pieces == " the |  and |   | 12"  # " 12": a space, then 12
+    assert summary == f"{len(tok.encode(' the and 12'))} tokens; round trip ok"
+    monkeypatch.setattr("sys.argv", ["tokenizer", str(tmp_path / "missing"), "text"])
+    with pytest.raises(SystemExit) as e:
+        tokenizer.main()
+    assert e.value.code == 2 and capsys.readouterr().err.startswith("error:")
