@@ -20,9 +20,8 @@ docs/): the same nested keys and value types, not the same numbers. `schema(obj)
 COMMITTED maps each lab entry point to the committed JSON files it writes (the only place their paths are named);
 NOT_WRITTEN lists the committed JSON files (docs/, research/notes/) that no entry point writes, NO_COMMITTED_JSON
 the entry points that write none; tests/test_schema.py checks that together they cover those folders and the lab's
-entry points, and that
-a test runs each mapped entry point and holds what it wrote against its files (assert_committed_schema, or
-committed_params where a committed file is stale: an expected failure, strict, with the reason in COMMITTED).
+entry points, and that a test runs each mapped entry point and holds what it wrote against its files
+(assert_committed_schema, or committed_params where a committed file is stale: an expected failure, strict, with the reason in COMMITTED).
 """
 import json
 import os
