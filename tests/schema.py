@@ -21,7 +21,8 @@ COMMITTED maps each lab entry point to the committed JSON files it writes (the o
 NOT_WRITTEN lists the committed JSON files (docs/, research/notes/) that no entry point writes, NO_COMMITTED_JSON
 the entry points that write none; tests/test_schema.py checks that together they cover those folders and the lab's
 entry points, and that a test runs each mapped entry point and holds what it wrote against its files
-(assert_committed_schema, or committed_params where a committed file is stale: an expected failure, strict, with the reason in COMMITTED).
+(assert_committed_schema, or committed_params where a committed file is stale: an expected failure, strict, with
+the reason in COMMITTED).
 """
 import json
 import os
