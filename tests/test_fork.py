@@ -76,3 +76,16 @@ def test_the_example_task_keeps_the_batch_contract_and_every_answer_is_readable_
             start = np.flatnonzero(tokens[:marker] == 0)[-1]  # the document's separator
             back = a - (marker - start)  # n + 1 tokens back, n = marker - start - 1
             assert tokens[back] == tokens[a] and doc[back] == doc[a]
+
+
+def test_the_lab_example_of_docs_fork_changes_a_setting_and_names_the_run(tmp_path):
+    """docs/fork.md's Warmer: a setting that is no flag, set by the lab's configure, and its suffix in the name."""
+    page = open(os.path.join(ROOT, "docs", "fork.md"), encoding="utf-8").read()
+    start = page.index("class Warmer")
+    code = page[start:page.index("\ntrain.main(", start)]
+    namespace = {"train": train}
+    exec(code, namespace)  # the page's own class
+    out = tmp_path / "out"
+    train.main(["--phase", "1", "--out-dir", str(out), "--steps", "2"] + TINY, namespace["Warmer"]())
+    ckpt = load_checkpoint(str(out / "phase1-b10000-warm200.pt"))
+    assert ckpt["args"]["warmup"] == 200
