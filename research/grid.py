@@ -11,10 +11,13 @@ any run, how that is asked over never-used phase-1 students; this file carries i
 - `measure`: one measurement, as a subprocess of `run` (the acceptance probe of a phase-1 student, or one
   model on the band).
 - `status`: what OUT holds, by the protocol's rules.
+- `report`: status with the cells the protocol reports (means and min-max over students per overlap, the small-base
+  control), as JSON, and the README's headline table (headline_markdown).
 
     python -m research.grid run --stage screen --out out/screen
     python -m research.grid run --stage grid --out out/grid --screen out/screen
     python -m research.grid status --stage grid --out out/grid --screen out/screen
+    python -m research.grid report --stage grid --out out/grid --screen out/screen   # research/notes/grid/grid.json
 """
 import argparse
 import fcntl
@@ -361,15 +364,94 @@ def screen_verdict(screen_out):
     return st["adopt_heads64"]
 
 
+# ----------------------------------------------------------------------------- the report
+
+
+ARMS = {"step 0": None, "KD student": "kd", "CE twin": "ce"}
+SHOWN = [128, 256, 900]  # short and past-the-band distances shown beside the band's mean
+
+
+def band_rows(out, seed, overlap="default", phase2_seed=0, base=500000):
+    """{"step 0", "KD student", "CE twin": band row or None} of one combination."""
+    rows = {}
+    for label, arm in ARMS.items():
+        model = f"s{seed}-step0" if arm is None else phase2_run(seed, arm, overlap, phase2_seed, base)
+        rows[label] = read_json(band_path(out, model))
+    return rows
+
+
+def band_mean(row):
+    kv = dict(zip(row["distances"], row["kv"]))
+    return sum(kv[d] for d in BAND) / len(BAND)
+
+
+def cell(rows):
+    """Mean, min and max over students of one model's band rows: per distance, the band's mean, in-doc."""
+    kvs = [dict(zip(r["distances"], r["kv"])) for r in rows]
+    per_d = {d: [kv[d] for kv in kvs] for d in DISTANCES}
+    means = [band_mean(r) for r in rows]
+    return {"students": len(rows), "kv": {d: sum(v) / len(v) for d, v in per_d.items()},
+            "kv_min": {d: min(v) for d, v in per_d.items()}, "kv_max": {d: max(v) for d, v in per_d.items()},
+            "band_mean": {"mean": sum(means) / len(means), "min": min(means), "max": max(means)},
+            "in_doc": sum(r["in_doc"] for r in rows) / len(rows)}
+
+
+def report(out, screen_out):
+    """The grid by the protocol's rules (status) with the cells it reports: per overlap, the mean (min-max) over the
+    accepted students whose combination is complete (phase-2 seed 0) of step 0, the KD student and the CE twin;
+    the second phase-2 seed's combinations; finding 3's control (KD with the base kept small) on the band."""
+    res = status("grid", out)
+    res["protocol"] = "research/protocol.md"
+    res["head_dim"] = 64 if screen_verdict(screen_out) else 32
+    res["screen"] = status("screen", screen_out)
+    res["criterion"] = CRITERION
+    res["cells"] = {}
+    for overlap in ("default", "0"):
+        complete = [band_rows(out, s, overlap) for s in res["accepted"]]
+        complete = [rows for rows in complete if all(r is not None for r in rows.values())]
+        res["cells"][overlap] = {label: cell([rows[label] for rows in complete]) for label in ARMS} if complete else {}
+    control = [read_json(band_path(out, phase2_run(s, "kd", base=10000))) for s in res["accepted"][:FINDING3]]
+    control = [r for r in control if r is not None]
+    res["control_small_base"] = cell(control) if control else None
+    return res
+
+
+def headline_markdown(res):
+    """The README's headline table from report(): per overlap, step 0, the KD student and the CE twin, mean over the
+    accepted students, the band's mean with its min-max over students; then the pass counts."""
+    head = ["| packer | model | students | " + " | ".join(f"D={d}" for d in SHOWN[:-1])
+            + f" | band D={BAND[0]}-{BAND[-1]}: mean (min-max over students) | D={SHOWN[-1]} | in-doc |"]
+    head.append("|" + " --- |" * (len(SHOWN) + 5))
+    packer = {"default": "keys drawn uniformly", "0": "no key recurs (`--recurrence 0`)"}
+    for overlap, cells in res["cells"].items():
+        for label, c in cells.items():
+            if overlap == "0" and label == "step 0":
+                continue  # the same student before phase 2: the default overlap's row
+            band = c["band_mean"]
+            head.append(f"| {packer[overlap]} | {label} | {c['students']} | "
+                        + " | ".join(f"{c['kv'][d]:.2f}" for d in SHOWN[:-1])
+                        + f" | {band['mean']:.2f} ({band['min']:.2f}-{band['max']:.2f}) | {c['kv'][SHOWN[-1]]:.2f} | "
+                        f"{c['in_doc']:.2f} |")
+    lines = ["\n".join(head), ""]
+    for overlap, p in res["passes"].items():
+        lo, hi = p["wilson95"]
+        lines.append(f"- {packer[overlap]}: **{p['passed']} of {p['decided']}** accepted students pass the criterion "
+                     f"(phase-2 seed 0; Wilson 95% interval [{lo:.2f}, {hi:.2f}])")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="The protocol's runs (research/protocol.md): the head-dimension screen "
                                 "and the grid.")
     sub = p.add_subparsers(dest="command", required=True)
-    for name in ("run", "status"):
+    for name in ("run", "status", "report"):
         a = sub.add_parser(name, help=f"{name} a stage").add_argument
         a("--stage", required=True, choices=["screen", "grid"], help="the screen (seeds 200-203) or the grid")
         a("--out", required=True, help="the stage's run folder")
         a("--screen", help="the grid: the screen's folder, whose verdict sets the head dimension")
+        if name == "report":
+            a("--json", default=os.path.join(ROOT, "research", "notes", "grid", "grid.json"), help="where the report "
+              "goes (default research/notes/grid/grid.json); its headline table is printed")
     a = sub.add_parser("measure", help="one measurement (run's subprocess)").add_argument
     a("--out", required=True, help="the stage's run folder")
     a("what", choices=["accept", "band"], help="accept: the selection probe at D = 16; band: one model")
@@ -385,6 +467,11 @@ def main(argv=None):
         heads64 = screen_verdict(args.screen)
     if args.command == "run":
         return run(args.stage, args.out, heads64)
+    if args.command == "report":
+        res = report(args.out, args.screen)
+        atomic_write(args.json, lambda f: json.dump(res, f, indent=1), mode="w")
+        print(headline_markdown(res))
+        return res
     print(json.dumps(status(args.stage, args.out), indent=1))
 
 

@@ -3,6 +3,8 @@ checkpoint, and `status`, which reads the protocol's verdicts from what the fold
 import dataclasses
 import json
 
+import pytest
+
 from data import TaskSpec
 from model import GPT, GPTConfig, save_checkpoint
 from research import grid
@@ -38,3 +40,45 @@ def test_measure_accept_then_status_judges_the_student(tmp_path, capsys):
     (student,) = status["students"]
     assert student["phase1_seed"] == 200 and student["stage16_step"] == 5 and student["accepted"] is False
     assert student["why"] == f"D=16 {row['kv']:.2f} < 0.85" and status["accepted"] == []
+
+
+def write_band(folder, model, seed, band, short=0.5, in_doc=0.6):
+    """A band row as `measure band` writes it: `short` at D < 512 and D = 900, `band` on the band."""
+    kv = [short if d < 512 or d == 900 else band for d in grid.DISTANCES]
+    (folder / f"band-{model}.json").write_text(json.dumps({"phase1_seed": seed, "model": model,
+                                                           "distances": grid.DISTANCES, "kv": kv,
+                                                           "in_doc": in_doc, "probe_seeds": grid.HELDOUT}))
+
+
+def accepted_student(folder, seed, kd_band, ce_band, step0_band=0.1):
+    """An accepted student (stage passed, D = 16 = 0.9) with its step 0, KD and CE rows at both overlaps."""
+    write_student(folder, seed, 5)
+    (folder / f"accept-s{seed}.json").write_text(json.dumps({"phase1_seed": seed, "probe_seed": 0, "kv": 0.9}))
+    write_band(folder, f"s{seed}-step0", seed, step0_band)
+    for overlap in grid.OVERLAPS:
+        for arm, band in (("kd", kd_band), ("ce", ce_band)):
+            name = grid.phase2_run(seed, arm, overlap)
+            (folder / f"{name}.json").write_text(json.dumps({"run": name}))
+            write_band(folder, name, seed, band)
+
+
+def test_the_report_counts_passes_by_the_criterion_and_averages_the_cells_over_students(tmp_path):
+    screen = tmp_path / "screen"
+    screen.mkdir()
+    for seed in grid.SCREEN_SEEDS:  # a decided screen: every student turned down
+        write_student(screen, seed, 5)
+        (screen / f"accept-s{seed}.json").write_text(json.dumps({"phase1_seed": seed, "probe_seed": 0, "kv": 0.1}))
+    out = tmp_path / "grid"
+    out.mkdir()
+    accepted_student(out, 100, kd_band=1.0, ce_band=0.2)  # passes
+    accepted_student(out, 101, kd_band=0.8, ce_band=0.2)  # KD below 0.9 on the band: fails
+    accepted_student(out, 102, kd_band=1.0, ce_band=0.9)  # the CE twin within 0.3 of KD: fails
+    res = grid.report(str(out), str(screen))
+    assert res["head_dim"] == 32 and res["accepted"] == [100, 101, 102]
+    assert res["passes"]["default"]["passed"] == 1 and res["passes"]["default"]["decided"] == 3
+    kd = res["cells"]["default"]["KD student"]
+    assert kd["students"] == 3 and abs(kd["band_mean"]["mean"] - 2.8 / 3) < 1e-9
+    assert [kd["band_mean"]["min"], kd["band_mean"]["max"]] == pytest.approx([0.8, 1.0]) and kd["kv"][900] == 0.5
+    table = grid.headline_markdown(res)
+    assert "| keys drawn uniformly | KD student | 3 | 0.50 | 0.50 | 0.93 (0.80-1.00) | 0.50 | 0.60 |" in table
+    assert "**1 of 3**" in table and table.count("| step 0 |") == 1  # step 0 once: the same student at both
