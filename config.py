@@ -47,24 +47,27 @@ PRESETS = {
                  max_doc_len=16, min_doc_len=8, long_pairs=4, batch_size=2, lr=2e-3, warmup=2,
                  curriculum_windows=[8, 16], curriculum_tokens=32, curriculum_steps=3,
                  steps={"teacher": 4, "1": 4, "2": 4}, eval_windows=2, eval_distances=[4, 12, 40],
-                 phase1_base=10000.0, save_interval=100, phase1_seeds=None),
+                 phase1_base=10000.0, save_interval=100, phase1_seeds=None, phase1={}),
     "cpu": dict(d_model=128, n_layer=2, n_head=4, n_kv_head=4, d_ff=0, long_window=1024, short_window=32,
                 max_doc_len=128, min_doc_len=32, long_pairs=48, batch_size=4, lr=2e-3, warmup=20,
                 curriculum_windows=[16, 32, 64, 128], curriculum_tokens=4096, curriculum_steps=3000,
                 steps={"teacher": 600, "1": 200, "2": 1000}, eval_windows=16,
                 eval_distances=[16, 32, 64, 128, 256, 512, 768, 900], phase1_base=10000.0, save_interval=100,
-                phase1_seeds=None),
+                phase1_seeds=list(range(100, 130)), phase1=dict(kd_weight=0.0, lr=1e-3, curriculum_steps=8000,
+                                                                    steps=1000)),
     "gpu": dict(d_model=512, n_layer=8, n_head=8, n_kv_head=8, d_ff=1408, long_window=4096, short_window=1024,
                 max_doc_len=512, min_doc_len=64, long_pairs=64, batch_size=16, lr=1e-3, warmup=100,
                 curriculum_windows=[16, 32, 64, 128, 256], curriculum_tokens=16384, curriculum_steps=5000,
                 steps={"teacher": 3000, "1": 1000, "2": 3000}, eval_windows=32,
                 eval_distances=[64, 256, 512, 1024, 2048, 3072, 4000], phase1_base=10000.0, save_interval=100,
-                phase1_seeds=None),
+                phase1_seeds=None, phase1={}),
 }
 # long_pairs <= TaskSpec.n_keys (64): keys are unique in a teacher's long document (the gpu preset asked for 192 and
 # silently got 64). Curriculum stages ask for 3 records per 16 tokens and place 80-87% of them (data.place_pairs).
-# phase1_seeds: phase 1 without --seed trains these students in order until one passes the acceptance test
-# (ACCEPTANCE; None: no test, seed 0).
+# phase1: the phase-1 recipe of the synthetic task where it differs from the preset's (cpu: no KD term, half the
+# learning rate, a 16-token stage of up to 8,000 steps, 1,000 steps; research/protocol.md, research/notes/grid.md).
+# phase1_seeds: phase 1 of the synthetic task at the preset's size, without --seed, trains these students in order
+# until one passes the acceptance test (ACCEPTANCE; None: no test, seed 0); the cpu preset's are the protocol's.
 # Settings every preset shares (train.Lab.configure may change them for a run):
 SETTINGS = dict(schedule="constant", weight_decay=0.1, grad_clip=1.0, curriculum_target=0.95, attention="sdpa",
                 scaling=None)
@@ -184,6 +187,9 @@ def resolve(args, lab=None):
     setdefault(args, "min_doc_len", max(2, min(pre["min_doc_len"], args.max_doc_len // 4)) if short
                else pre["min_doc_len"])
     setdefault(args, "batch_size", max(1, pre["batch_size"] * pre["long_window"] // max(1, args.window)))  # same tokens
+    if phase == "1" and not args.data:  # the preset's phase-1 recipe of the synthetic task
+        for key, value in pre["phase1"].items():
+            setdefault(args, key, value)
     # phase 2 switches the base to 500,000, unless a RoPE scaling extends phase 1's base
     extended = args.phase1_base if args.scaling else 500000.0
     setdefault(args, "rope_base", {"teacher": 10000.0, "1": args.phase1_base, "2": extended}[phase])
@@ -192,8 +198,9 @@ def resolve(args, lab=None):
     setdefault(args, "curriculum_steps", 0 if phase == "2" or args.data else pre["curriculum_steps"])
     setdefault(args, "eval_interval", 0 if args.data else 250)
     args.kd_weight = PHASE_KD[phase] if args.kd_weight is None or phase == "teacher" else args.kd_weight
-    if not (phase == "1" and pre["phase1_seeds"]):  # phase 1 with an acceptance test: main walks its students
-        setdefault(args, "seed", 0)
+    recipe = not args.data and not size_suffix(args) and args.window == pre["short_window"]
+    if not (phase == "1" and pre["phase1_seeds"] and recipe and args.rope_base == args.phase1_base):
+        setdefault(args, "seed", 0)  # (else main walks the acceptance test's students: the preset's phase 1 only)
     args.eval_distances = [d for d in pre["eval_distances"] if d < args.window]
     task = lab.task(args) if lab is not None else make_task(args)
     args.data_name = task.name  # in front of every run name on this data ("" for the synthetic language)
