@@ -109,7 +109,7 @@ def place_pairs(tokens, answers, rng, keys, distances, query_lo=0, query_hi=None
     position q in [query_lo, query_hi], its record key to q - D; `queries` > 1 asks the same record again at free
     places after it. Returns [(key, record_pos, (query_pos, ...))]; a pair that finds no free slot after 20 tries
     is dropped (a further query likewise): about 1% of a teacher window's 48 pairs, but 12-20% in the
-    curriculum's dense 16-128-token windows (train.py prints asked -> placed per stage).
+    curriculum's dense 16-128-token windows.
     """
     T = len(tokens)
     query_hi = T - 2 if query_hi is None else min(query_hi, T - 2)

@@ -16,7 +16,7 @@ Every phase-2 run records its starting point (`step 0`: phase 1 with the new bas
 any step). Independent runs go side by side (--jobs processes, 1 thread each on CPU); runs
 that already exist are reused and killed ones resumed. It writes OUT/paper_results.md and
 .json (every run, per seed, and mean / std over seeds), the query-update comparison of
-finding 3 over seeds (qupdate_seeds.png), then runs `analyze.py all`.
+finding 3 over seeds (qupdate_seeds.png), then runs `python -m interp all`.
 
     python -m research.experiment                      # cpu preset, seeds 0 1 2 (about 3 h on 2 cores)
     python -m research.experiment --preset gpu --jobs 1 --device cuda
@@ -294,7 +294,7 @@ def main(argv=None):
                    "dtype for every run (auto: bf16 on CUDA and on CPUs with native bf16; the grid of "
                    "research/notes/results.md: float32)")
     p.add_argument("--steps", type=int, default=None, help="phase-2 steps (default: the preset's)")
-    p.add_argument("--no-analysis", action="store_true", help="grid: skip analyze.py all; robustness: skip the "
+    p.add_argument("--no-analysis", action="store_true", help="grid: skip python -m interp all; robustness: skip the "
                    "position and needle probes (research/notes/probes.json)")
     p.add_argument("--summary-only", action="store_true", help="train nothing: tabulate the runs that exist")
     args = p.parse_args(argv)

@@ -16,7 +16,7 @@ one on CE alone. Then, on long held-out documents (whole stretches of unseen pla
 Both students train in train.py's loop (`train.train`, phase 1 with --data, --teacher-topk): the
 teacher's logits on the training windows are computed once and cached as their top-k
 (longctx/topk.py); KD is the forward KL over those k tokens plus one bucket for the rest of
-the vocabulary (distill.topk_forward_kl, a true divergence). What is this experiment's own: the
+the vocabulary (longctx.topk.topk_forward_kl, a true divergence). What is this experiment's own: the
 plays and their held-out ones, the evaluation below and the comparison table. `check` shows that the
 converted teacher is a working LM (loss on an English paragraph, a greedy continuation, and
 the same for llama.cpp's un-unpermuted weights when --gguf is given).
