@@ -440,6 +440,49 @@ def headline_markdown(res):
     return "\n".join(lines)
 
 
+def students_markdown(res):
+    """Every tried seed in list order: its 16-token stage, D = 16 on the selection probe, the verdict."""
+    lines = ["| phase-1 seed | 16-token stage passed at step | D=16 (selection probe) | phase 1 (min) | verdict |",
+             "| --- | --- | --- | --- | --- |"]
+    for st in res["students"]:
+        step = st.get("stage16_step")
+        d16 = st.get("d16_selection")
+        verdict = "accepted" if st["accepted"] else st["why"]
+        if st["accepted"] and st["phase1_seed"] not in res["accepted"]:
+            verdict = st["why"]  # accepted after the list was full
+        lines.append(f"| {st['phase1_seed']} | {'-' if step is None else step} | "
+                     f"{'-' if d16 is None else f'{d16:.2f}'} | {st.get('phase1_minutes', '-')} | {verdict} |")
+    return "\n".join(lines)
+
+
+def combinations_markdown(res):
+    """Each accepted student's combinations (overlap, phase-2 seed): passed, or what failed the criterion."""
+    lines = ["| phase-1 seed | packer | phase-2 seed | verdict |", "| --- | --- | --- | --- |"]
+    packer = {"default": "keys drawn uniformly", "0": "no key recurs"}
+    for key, c in res["combinations"].items():
+        seed, overlap, phase2_seed = key.split("/")
+        verdict = "not finished" if c is None else ("**passes**" if c["passed"] else c["why"])
+        lines.append(f"| {seed} | {packer[overlap]} | {phase2_seed} | {verdict} |")
+    return "\n".join(lines)
+
+
+def cells_markdown(res):
+    """Per overlap and model, the mean over students at every measured distance (min-max below the band's)."""
+    head = "| packer | model | students | " + " | ".join(f"D={d}" for d in SHORT) + " | band mean (min-max) | " \
+           f"D={DISTANCES[-1]} | in-doc |"
+    lines = [head, "|" + " --- |" * (len(SHORT) + 6)]
+    packer = {"default": "keys drawn uniformly", "0": "no key recurs"}
+    rows = [(packer[o], label, c) for o, cells in res["cells"].items() for label, c in cells.items()]
+    if res.get("control_small_base"):
+        rows.append(("keys drawn uniformly", "KD student, base kept at 1e4", res["control_small_base"]))
+    for where, label, c in rows:
+        band = c["band_mean"]
+        lines.append(f"| {where} | {label} | {c['students']} | " + " | ".join(f"{c['kv'][d]:.2f}" for d in SHORT)
+                     + f" | {band['mean']:.2f} ({band['min']:.2f}-{band['max']:.2f}) | {c['kv'][DISTANCES[-1]]:.2f} | "
+                     f"{c['in_doc']:.2f} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="The protocol's runs (research/protocol.md): the head-dimension screen "
                                 "and the grid.")

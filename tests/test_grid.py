@@ -82,3 +82,7 @@ def test_the_report_counts_passes_by_the_criterion_and_averages_the_cells_over_s
     table = grid.headline_markdown(res)
     assert "| keys drawn uniformly | KD student | 3 | 0.50 | 0.50 | 0.93 (0.80-1.00) | 0.50 | 0.60 |" in table
     assert "**1 of 3**" in table and table.count("| step 0 |") == 1  # step 0 once: the same student at both
+    assert "| 100 | 5 | 0.90 | 2.0 | accepted |" in grid.students_markdown(res)
+    combos = grid.combinations_markdown(res)
+    assert "| 100 | keys drawn uniformly | 0 | **passes** |" in combos and "| 101 | no key recurs | 0 | kd 0.80" in combos
+    assert "| keys drawn uniformly | CE twin | 3 | 0.50 |" in grid.cells_markdown(res)
