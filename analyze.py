@@ -19,7 +19,6 @@ the window) are `python -m interp`.
   python analyze.py perturb --ckpt checkpoints/teacher.pt --target q --layers 0 1 --shift 1 4 16
 """
 import argparse
-import json
 import math
 import os
 from contextlib import nullcontext
@@ -34,9 +33,9 @@ import torch  # noqa: E402
 from config import check_out_dir, fail  # noqa: E402
 from data import TaskSpec, to_device  # noqa: E402
 from distill import forward_kl  # noqa: E402
-from evaluate import evaluate, format_table, heuristic_floors, packed_probe  # noqa: E402
+from evaluate import evaluate, format_accuracy, format_table, heuristic_floors, packed_probe  # noqa: E402
 from evaluate import repeated_tokens_window  # noqa: E402
-from model import CheckpointError, Inspect, atomic_write, first_line, load_model  # noqa: E402
+from model import CheckpointError, Inspect, atomic_write, first_line, load_model, write_json  # noqa: E402
 
 REACHES_LOGITS_KL = 1e-6  # nats; our choice: a mean KL above this is a real change, not float rounding
 
@@ -67,10 +66,10 @@ def load_all(paths, labels, device, reader=load_model):
     return {label: load(p, device, reader)[0] for label, p in zip(labels, paths)}
 
 
-def write_json(out, name, obj):
+def save_json(out, name, obj):
     """OUT/name, written atomically (a kill leaves the old file or the new one)."""
     path = os.path.join(out, name)
-    atomic_write(path, lambda f: json.dump(obj, f, indent=1), mode="w")
+    write_json(path, obj)
     return path
 
 
@@ -106,7 +105,7 @@ def plot_retrieval(res, window, distances, max_doc_len, out, name, floor=None):
                 label="floor: copy the last value, or guess among the values seen")
     for label, r in res.items():
         line, = ax.plot(distances, [r["kv"][d] for d in distances], marker="o",
-                        label=f"{label} (base {r['rope_base']:g}, in-doc acc {r['in_doc']:.2f})")
+                        label=f"{label} (base {r['rope_base']:g}, in-doc acc {format_accuracy(r['in_doc'])})")
         if r["max_seq_len"] < window:  # dotted: the window this model was trained on
             ax.axvline(r["max_seq_len"], color=line.get_color(), ls=":", lw=1)
     ax.axvline(max_doc_len, color="k", ls="--", label=f"longest student document ({max_doc_len} tokens)")
@@ -127,14 +126,15 @@ def run_retrieval(args):
     res = retrieval_results(models, window, distances, args.max_doc_len, args.device, args.n_windows, args.seed)
     floors = heuristic_floors(TaskSpec(), window, distances, args.n_windows, args.seed)  # the same probes
     paths = plot_retrieval(res, window, distances, args.max_doc_len, args.out, args.name, floors["best"])
-    paths.append(write_json(args.out, f"{args.name}.json", {
+    paths.append(save_json(args.out, f"{args.name}.json", {
         "window": window, "max_doc_len": args.max_doc_len, "distances": distances,
         "n_windows": args.n_windows, "ckpts": dict(zip(res, args.ckpt)), "models": res, "floors": floors}))
     print(format_table(res, args.max_doc_len, floors["best"]))
     for label, r in res.items():
         far = [r["kv"][d] for d in distances if d > args.max_doc_len]
         print(f"{label}: retrieval {np.mean(list(r['kv'].values())):.2f} over all distances, "
-              f"{np.mean(far) if far else float('nan'):.2f} beyond {args.max_doc_len} tokens; in-doc {r['in_doc']:.2f}")
+              f"{np.mean(far) if far else float('nan'):.2f} beyond {args.max_doc_len} tokens; in-doc "
+              f"{format_accuracy(r['in_doc'])}")
     return paths
 
 
@@ -228,7 +228,7 @@ def run_perturb(args):
         print(f"{label}: the perturbation reaches the logits (mean KL > {REACHES_LOGITS_KL:g} nats) in "
               f"{sum(run['reaches_logits'] for run in runs)} of {len(runs)} runs")
     paths = plot_perturb(res, args.period if args.inputs == "repeated" else None, args.target, args.out, args.name)
-    return paths + [write_json(args.out, f"{args.name}.json", {
+    return paths + [save_json(args.out, f"{args.name}.json", {
         "window": window, "inputs": args.inputs, "period": args.period, "target": args.target,
         "n_windows": args.n_windows, "seed": args.seed, "reaches_logits_kl": REACHES_LOGITS_KL, "models": res})]
 

@@ -30,7 +30,7 @@ import torch
 
 from data import DataError
 from distill import load_teacher
-from evaluate import make_task
+from evaluate import SELECTION_SEED, make_task
 from model import CheckpointError, GPTConfig, atomic_write, first_line, load_checkpoint, save_checkpoint
 
 SHIPPED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "checkpoints")
@@ -65,7 +65,7 @@ PRESETS = {
 # long_pairs <= TaskSpec.n_keys (64): keys are unique in a teacher's long document (the gpu preset asked for 192 and
 # silently got 64). Curriculum stages ask for 3 records per 16 tokens and place 80-87% of them (data.place_pairs).
 # phase1: the phase-1 recipe of the synthetic task where it differs from the preset's (cpu: no KD term, half the
-# learning rate, a 16-token stage of up to 8,000 steps, 1,000 steps; research/protocol.md, research/notes/grid.md).
+# learning rate, a 16-token stage of up to 8,000 steps, 1,000 steps: research/protocol.md's recipe).
 # phase1_seeds: phase 1 of the synthetic task at the preset's size, without --seed, trains these students in order
 # until one passes the acceptance test (ACCEPTANCE; None: no test, seed 0); the cpu preset's are the protocol's.
 # Settings every preset shares (train.Lab.configure may change them for a run):
@@ -83,7 +83,7 @@ PHASE_SEED = {"teacher": 0, "1": 10, "2": 20}
 # first curriculum stage (16 tokens in the cpu preset) passed before its cap, and retrieval at the shortest probed
 # distance (D = 16 in the cpu preset) after phase 1 at least 0.85, read on the selection probe (probe seed 0,
 # evaluate.SELECTION_SEED), never on the held-out ones that report.
-ACCEPTANCE = {"stage_passed": True, "min_accuracy": 0.85, "probe_seed": 0}
+ACCEPTANCE = {"stage_passed": True, "min_accuracy": 0.85, "probe_seed": SELECTION_SEED}
 SIZES = ("d_model", "n_layer", "n_head", "n_kv_head", "d_ff")
 SIZE_TAGS = {"d_model": "d", "n_layer": "l", "n_head": "h", "n_kv_head": "kv", "d_ff": "ff"}  # in run names: -d48-l3
 # Phases that --dtype auto runs in bf16 on a CPU with native bf16. Phase 2 gave the same results in bf16 as in
@@ -149,7 +149,8 @@ def build_parser():
     g("--curriculum-steps", type=int, default=None, help="steps cap of the first warm-up stage, 1/6 of it for each "
       "later one (teacher and phase 1; 0 = no curriculum)")
     g = p.add_argument_group("distillation").add_argument
-    g("--kd-weight", type=float, default=None, help="loss = (1-w) CE + w KD; 0 = CE only (default: 1: 0.5, 2: 0.9)")
+    g("--kd-weight", type=float, default=None, help="loss = (1-w) CE + w KD; 0 = CE only (default: phase 1 0.5, "
+      "the cpu preset's 0; phase 2 0.9)")
     g("--temperature", type=float, default=1.0, help="KD temperature T (loss scaled by T^2)")
     g = p.add_argument_group("system").add_argument
     g("--device", default="auto", help="auto (cuda if present), cpu or cuda")
@@ -198,7 +199,7 @@ def resolve(args, lab=None):
     setdefault(args, "curriculum_steps", 0 if phase == "2" or args.data else pre["curriculum_steps"])
     setdefault(args, "eval_interval", 0 if args.data else 250)
     args.kd_weight = PHASE_KD[phase] if args.kd_weight is None or phase == "teacher" else args.kd_weight
-    recipe = not args.data and not size_suffix(args) and args.window == pre["short_window"]
+    recipe = not args.data and not size_suffix(args) and args.window == pre["short_window"] and args.curriculum_steps
     if not (phase == "1" and pre["phase1_seeds"] and recipe and args.rope_base == args.phase1_base):
         setdefault(args, "seed", 0)  # (else main walks the acceptance test's students: the preset's phase 1 only)
     args.eval_distances = [d for d in pre["eval_distances"] if d < args.window]
@@ -275,7 +276,7 @@ def curriculum_stages(args):
 
     Windows of the preset's curriculum shorter than the phase's, 3 records per 16 tokens and the same tokens per
     step at every window; the first stage runs up to --curriculum-steps, each later one a sixth of that (each
-    ends early once the running answer accuracy passes the curriculum target). None with --curriculum-steps 0.
+    ends early once the running answer accuracy passes the curriculum target). [] with --curriculum-steps 0.
     """
     pre = PRESETS[args.preset]
     windows = [w for w in pre["curriculum_windows"] if w < args.window] if args.curriculum_steps else []
@@ -289,12 +290,8 @@ def curriculum_stages(args):
 def make_stages(args, task, lab):
     """[(name, DataSource, steps, stop_at_accuracy)]: the task's stages (the synthetic language's curriculum first,
     config.curriculum_stages), as the lab changes them."""
-    seed = functools.partial(phase_seed, args)  # seed(k): the phase's k-th stream
-    if hasattr(task, "spec"):  # the synthetic language: its dense curriculum before the phase's own data
-        stages = task.stages(args, seed, curriculum_stages(args))
-    else:
-        stages = task.stages(args, seed)
-    return lab.stages(stages, args, task)
+    stream_seed = functools.partial(phase_seed, args)  # stream_seed(k): the phase's k-th random stream
+    return lab.stages(task.stages(args, stream_seed, curriculum_stages(args)), args, task)
 
 
 def phase_seed(args, k=0):
@@ -342,6 +339,11 @@ def run_name(args, lab=None):
     if args.phase1_seed:  # another phase-1 student
         name += f"-p{args.phase1_seed}"
     return name + variant + seed
+
+
+def needs_teacher(args) -> bool:
+    """A KD term, or phase 2 (whose report shows the teacher), needs the teacher."""
+    return args.kd_weight > 0 or args.phase == "2"
 
 
 def student_config(args, init_config=None):
@@ -399,6 +401,11 @@ def autocast_dtype(device, flag="auto", phase="2") -> torch.dtype:
         native = device.type == "cuda" or (cpu_has_native_bf16() and phase in CPU_BF16_PHASES)
         return torch.bfloat16 if native else torch.float32
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[flag]
+
+
+def launched_world_size() -> int:
+    """Processes torchrun started for this run (1 without torchrun); readable before the process group exists."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def rank() -> int:
@@ -496,7 +503,7 @@ def check_inputs(args, lab):
     check_batch_shapes(args, make_stages(args, task, lab))
     previous = previous_checkpoint(args)
     cpu = torch.device("cpu")
-    path = teacher_path(args, lab) if args.kd_weight > 0 or args.phase == "2" else None
+    path = teacher_path(args, lab) if needs_teacher(args) else None
     if path is not None:
         try:
             load_teacher(path, cpu, args.vocab_size, lab.load)
@@ -585,7 +592,7 @@ def check_batch_shapes(args, stages):
     """Every stage's batch must split into ranks x micro-batches; one error line before anything is written."""
     for name, src, _, _ in stages:
         try:
-            BatchShape(src.batch_size, int(os.environ.get("WORLD_SIZE", "1")), args.grad_accum)
+            BatchShape(src.batch_size, launched_world_size(), args.grad_accum)
         except ValueError as e:
             fail(f"--batch-size {src.batch_size}: {e}" if name == "main" else
                  f"the {name} stage (the preset's batch of {src.batch_size}; --curriculum-steps 0 skips it): {e}")
@@ -679,7 +686,7 @@ def one_line_errors(args, twin=None):
         if isinstance(e, RunError):
             fail(str(e))
         if isinstance(e, OSError):
-            fail(f"cannot write {e.filename or args.out_dir}: {e.strerror or e}")
+            fail(f"{e.filename or args.out_dir}: {e.strerror or e}")
         raise
 
 

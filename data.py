@@ -14,18 +14,19 @@ documents. No data set can be downloaded here, so this file generates both from 
 - Short documents (student): at most `max_doc_len` tokens (default 1/8 of the window), every query refers to a
   record in the same document. They draw keys from the same pool, so in a packed window a key recurs across
   documents. That recurrence is the long-range signal a long-context teacher's logits carry (it predicts the value
-  the key had in an earlier document); its rate is set by `key_pool` and the pair density (about 45% by default),
-  or asked for directly (`recurrence`, train.py --recurrence), and `python data.py [--recurrence R]` prints it.
+  the key had in an earlier document); its rate is set by the pair density (about 45% by default), or asked for
+  directly (`recurrence`, train.py --recurrence), and `python -m walkthrough data` prints it.
 - `pack_documents`: documents -> windows of exactly L tokens with position ids (continuous, or reset per document)
   and document ids (for the optional mask).
 - `DataSource`: a step's batch as a pure function of (seed, step), or one rank's rows of it (train.py under
   torchrun); `prefetch` builds the next one while a step trains.
-- `kv_probe` (fixed seeds): key-value retrieval at exact distance D and depth; evaluate.py builds the other
-  probes' windows from the same documents (a fixed record position, a single needle, finding 2's repeats).
+- `kv_probe` (fixed seeds): key-value retrieval at exact distance D; evaluate.py builds the in-document probe and
+  finding 2's repeated windows, interp/probes.py the probes at a fixed place in the window.
 - `far_back_targets`: the value targets of a packed window (records and answers) whose key stood in an earlier
   document with another value (a packed batch carries them as `far_back`; the probes score the answers there
   apart, as "recurring keys").
-- Real files (UTF-8 text, nanoGPT `.bin` token files) are read into documents for this packer by formats/text.py.
+- Your own text (`read_text_documents`, `build_corpus`): UTF-8 files as documents of byte tokens, the end held out,
+  the rest cut into short documents and packed (nanoGPT `.bin` token files: formats/text.py).
 
 `python -m walkthrough data` prints samples of each.
 """
@@ -322,7 +323,7 @@ class DataSource:
         self.window = window
 
     def batch(self, step: int, rows: slice = slice(None)):
-        """The step's batch of windows, or its `rows` (a rank's share, train.BatchShape): numpy (rows, L+1) arrays.
+        """The step's batch of windows, or its `rows` (a rank's share, config.BatchShape): numpy (rows, L+1) arrays.
 
         The rows are cut from the one global batch of the step, so 2 ranks x b rows see what 1 x 2b does.
         """
@@ -384,7 +385,7 @@ class Corpus(NamedTuple):
     long: np.ndarray  # (M, L + 1) the held-out text in order, whole documents behind their separators
 
 
-def read_text_documents(path, min_len=1, encode=None):
+def read_text_documents(path, encode=None):
     """UTF-8 text as bytes (token = byte + 1; 0 is SEP; vocabulary 257), or as the ids of `encode(text)`.
 
     A folder gives one document per file (sorted by name); a file gives one document per paragraph (split at
@@ -401,7 +402,7 @@ def read_text_documents(path, min_len=1, encode=None):
         except (OSError, UnicodeDecodeError) as e:
             raise DataError(f"cannot read {f} as UTF-8 text: {e}") from None
         parts = [text] if os.path.isdir(path) else text.split("\n\n")
-        for part in (p for p in parts if len(p.strip()) >= min_len):
+        for part in (p for p in parts if p.strip()):
             ids = encode(part) if encode else np.frombuffer(part.encode("utf-8"), dtype=np.uint8).astype(np.int64) + 1
             docs.append(np.asarray(ids, dtype=np.int64))
     if not docs:

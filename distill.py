@@ -63,6 +63,17 @@ def kd_loss(student_logits, teacher_logits, mask=None, temperature=1.0, total=No
     return loss, loss.detach() / temperature**2
 
 
+def cross_entropy(logits, targets, keep=None, total=None):
+    """Mean next-token cross-entropy over the positions `keep` (b, T) marks (all when None); with `total`, their sum
+    divided by total instead of their number (a global batch that arrives in micro-batches and ranks)."""
+    if keep is None and total is None:
+        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+    per_token = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")  # (b T,)
+    if keep is not None:
+        per_token = per_token[keep.flatten()]
+    return per_token.sum() / (max(1, per_token.numel()) if total is None else total)
+
+
 # ----------------------------------------------------------------------------- teacher
 
 
@@ -95,14 +106,3 @@ def teacher_logits(teacher, x, position_ids=None, doc_ids=None):
     with torch.inference_mode():
         logits = teacher(x, position_ids, doc_ids)
     return logits.clone()
-
-
-def cross_entropy(logits, targets, keep=None, total=None):
-    """Mean next-token cross-entropy over the positions `keep` (b, T) marks (all when None); with `total`, their sum
-    divided by total instead of their number (a global batch that arrives in micro-batches and ranks)."""
-    if keep is None and total is None:
-        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
-    per_token = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")  # (b T,)
-    if keep is not None:
-        per_token = per_token[keep.flatten()]
-    return per_token.sum() / (max(1, per_token.numel()) if total is None else total)

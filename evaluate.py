@@ -20,8 +20,8 @@ probes, floors). `KeyValueTask` is the synthetic language of data.py with its cu
 text (train.py --data corpus.txt), judged by its held-out loss; a task file (train.py --data my_task.py) defines
 its own (docs/fork.md). `make_task` picks one from the flags.
 
-What a training run tells about itself (the end of this file): `quick_eval` every --eval-interval steps on the
-selection probe; `report`, the probes of every model of the run (the student, its teacher and, in phase 2, its
+What a training run tells about itself (the end of this file; train.quick_eval calls a task's `quick` every
+--eval-interval steps, on the selection probe): `report`, the probes of every model of the run (the student, its teacher and, in phase 2, its
 starting point `step 0`) on the held-out probe seeds, printed and saved as OUT/<run>.json; `print_side_by_side`,
 phase 2's table of teacher, step 0, the KD student and its CE-only twin.
 """
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from data import (DataError, DataSource, TaskSpec, build_corpus, kv_probe, read_text_documents, synthetic_batch,
                   to_device)
-from model import atomic_write
+from model import write_json
 
 SELECTION_SEED = 0  # probe seed of the quick probes during training and of every choice of a setting
 HELDOUT_SEEDS = (1, 2, 3)  # probe seeds of every reported number (their mean); never used to choose anything
@@ -229,8 +229,8 @@ def generic_table(rows: dict, floors: dict | None = None) -> str:
 
 
 class Task:
-    """What a run trains on and how its models are judged. A new task is one file that defines a subclass as TASK
-    with a vocabulary size and three methods; `train.py --data my_task.py` takes it (docs/fork.md):
+    """What a run trains on and how its models are judged. A new task is one file that defines an instance of a
+    subclass as TASK, with a vocabulary size and three methods; `train.py --data my_task.py` takes it (docs/fork.md):
 
     - batch(kind, window, batch_size, rng): numpy windows of window + 1 tokens: "tokens" (B, L + 1) int64 ids below
       vocab_size, "positions", "doc_ids" (B, L + 1) and "answers" (B, L + 1) bool, the targets the probes score;
@@ -255,11 +255,13 @@ class Task:
     def prepare(self, args):
         """Read what the task needs from files, before anything is written (a bad file fails in one line)."""
 
-    def stages(self, args, seed):
-        """[(name, DataSource, steps, stop at running accuracy or None)]: the phase's own data."""
+    def stages(self, args, stream_seed, curriculum=()):
+        """[(name, DataSource, steps, stop at running accuracy or None)]: the phase's own data. stream_seed(k): the
+        seed of the phase's k-th random stream; curriculum: config.curriculum_stages, the synthetic language's
+        warm-up (empty with --data)."""
         kind = "long" if args.phase == "teacher" else "packed"
         source = DataSource(functools.partial(self.batch, kind, args.window, args.batch_size), args.batch_size,
-                            seed(2), args.window)
+                            stream_seed(2), args.window)
         return [("main", source, args.steps, None)]
 
     def evaluate(self, model, args, device, autocast, seeds):
@@ -292,14 +294,14 @@ class KeyValueTask(Task):
         self.spec = spec or TaskSpec()
         self.vocab_size = self.spec.vocab_size
 
-    def stages(self, args, seed, curriculum=()):
+    def stages(self, args, stream_seed, curriculum=()):
         """The curriculum's stages (config.curriculum_stages: long documents in short windows, up to a running
         accuracy), then the phase's own data: a long document per window (teacher) or short ones packed."""
         stages = []
         for i, (name, window, batch, n_pairs, steps) in enumerate(curriculum):
             make = functools.partial(synthetic_batch, self.spec, kind="long", batch_size=batch, window=window,
                                      n_pairs=n_pairs)
-            stages.append((name, DataSource(make, batch, seed(1 if i == 0 else 2 + i), window), steps,
+            stages.append((name, DataSource(make, batch, stream_seed(1 if i == 0 else 2 + i), window), steps,
                            args.curriculum_target))
         if args.phase == "teacher":
             make = functools.partial(synthetic_batch, self.spec, kind="long", batch_size=args.batch_size,
@@ -308,7 +310,7 @@ class KeyValueTask(Task):
             make = functools.partial(synthetic_batch, self.spec, kind="packed", batch_size=args.batch_size,
                                      window=args.window, max_doc_len=args.max_doc_len, min_doc_len=args.min_doc_len,
                                      reset_positions=args.reset_positions, recurrence=args.recurrence)
-        stages.append(("main", DataSource(make, args.batch_size, seed(2), args.window), args.steps, None))
+        stages.append(("main", DataSource(make, args.batch_size, stream_seed(2), args.window), args.steps, None))
         return stages
 
     def evaluate(self, model, args, device, autocast, seeds):
@@ -330,6 +332,9 @@ class KeyValueTask(Task):
                        reset_positions=args.reset_positions)
         line = ", ".join(f"D={d}: {format_accuracy(a)}" for d, a in row["kv"].items())
         return row, line + f", in-doc {format_accuracy(row['in_doc'])}"
+
+
+HELD_STEPS = 8  # the text task's report reads this many training batches' worth of held-out windows
 
 
 class TextTask(Task):
@@ -360,10 +365,11 @@ class TextTask(Task):
         return {k: v[idx] for k, v in windows.items()}
 
     def evaluate(self, model, args, device, autocast, seeds):
-        """{"corpus_ce": mean next-token cross-entropy on the held-out windows (under the run's document mask)}."""
-        held = self.corpus.held_out
-        tokens = held["tokens"][:8 * args.batch_size]
-        doc_ids = held["doc_ids"][:8 * args.batch_size] if args.doc_mask else None
+        """{"corpus_ce": mean next-token cross-entropy on the first HELD_STEPS batches' worth of held-out windows
+        (under the run's document mask). The held-out text is one: `seeds` draws nothing here."""
+        n = HELD_STEPS * args.batch_size
+        tokens = self.corpus.held_out["tokens"][:n]
+        doc_ids = self.corpus.held_out["doc_ids"][:n] if args.doc_mask else None
         return {"corpus_ce": token_losses(model, tokens, device, autocast, doc_ids).mean().item()}
 
     def table(self, rows, args, floors):
@@ -443,7 +449,7 @@ def report(args, task, models, device, autocast, results_path, speed):
                "probe_seeds": list(HELDOUT_SEEDS), "results": rows, "floors": floors, "speed": speed,
                "commit": getattr(args, "commit", None), "started": getattr(args, "started", None)}
     os.makedirs(args.out_dir, exist_ok=True)
-    atomic_write(results_path, lambda f: json.dump(results, f, indent=1), "w")  # a kill leaves old or new
+    write_json(results_path, results)  # a kill leaves the old file or the new one
     print(task.table(rows, args, floors))
     print(f"(each value: the mean over the held-out probe seeds {list(HELDOUT_SEEDS)})")
     if args.preset == "tiny":

@@ -12,6 +12,7 @@ It can also be looked inside (analyze.py needs this for finding 2): pass an `Ins
 to `forward` to record the residual streams, or to override the positions that RoPE applies to
 the queries and/or keys of chosen layers. Without it, nothing extra runs.
 """
+import json
 import math
 import os
 import pickle
@@ -61,9 +62,8 @@ class Inspect:
     q_positions / k_positions: {layer: position ids (B, T)} used by RoPE for that layer's
     queries / keys instead of the model's positions (finding 2's perturbation).
     After the forward pass, `residuals[l]` is the residual stream after block l - 1 (index 0 is
-    the embedding), if `record` is True. (interp/qk.py reads the queries and keys themselves.)
+    the embedding). (interp/qk.py reads the queries and keys themselves.)
     """
-    record: bool = True
     q_positions: dict = field(default_factory=dict)
     k_positions: dict = field(default_factory=dict)
     residuals: list = field(default_factory=list)
@@ -220,12 +220,14 @@ class GPT(nn.Module):
         x = self.tok_emb(idx)  # (B, T, C)
         rope = rope_cos_sin(position_ids, self.inv_freq, self.attention_factor, x.dtype)  # 2 x (B, T, hd)
         kernel = self.attention
+        if kernel not in ("sdpa", "reference", *KERNELS):  # a lab's kernel registers itself when imported
+            raise ValueError(f"unknown attention kernel {kernel!r}: sdpa, reference or one of {sorted(KERNELS)}")
         attn_mask = None
         if doc_ids is not None:
             attn_mask = KERNELS[kernel].mask(doc_ids) if kernel in KERNELS else document_mask(doc_ids)
         elif kernel in KERNELS:
             kernel = "sdpa"  # plain causal attention: flash is the fast path
-        if inspect is not None and inspect.record:
+        if inspect is not None:
             inspect.residuals.append(x.detach())
         for layer, block in enumerate(self.blocks):
             rope_q = rope_k = rope
@@ -235,13 +237,12 @@ class GPT(nn.Module):
                 if layer in inspect.k_positions:
                     rope_k = rope_cos_sin(inspect.k_positions[layer], self.inv_freq, self.attention_factor, x.dtype)
             x = block(x, rope_q, rope_k, attn_mask, kernel)
-            if inspect is not None and inspect.record:
+            if inspect is not None:
                 inspect.residuals.append(x.detach())
         return self.lm_head(self.norm(x))
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())  # tied weights are counted once
-
 
 
 def switch_rope(model: GPT, rope_base: float, rope_scaling: dict | None = None, max_seq_len: int | None = None) -> GPT:
@@ -299,6 +300,11 @@ def atomic_write(path: str, write, mode: str = "wb"):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def write_json(path: str, obj):
+    """`obj` as indented JSON at `path`, written atomically (atomic_write)."""
+    atomic_write(path, lambda f: json.dump(obj, f, indent=1), mode="w")
 
 
 def save_checkpoint(obj: dict, path: str):
@@ -390,8 +396,6 @@ def check_config(config, path: str):
         raise bad(f"has tie_embeddings {config['tie_embeddings']!r}: it must be true or false")
     if not isinstance(config.get("rope_scaling"), (dict, type(None))):
         raise bad(f"has rope_scaling {config['rope_scaling']!r}: it must be a dict or null")
-
-
 
 
 def load_model(path: str, device="cpu"):

@@ -5,7 +5,7 @@ end to end into a *long* window, inherits a long-context teacher's long-range re
 teacher's logits (KL), and the RoPE base should be small while the window is short and large once it is long:
 
   --phase teacher  the long-context teacher, on long documents (the preset's long window)
-  --phase 1        the student from scratch: short documents in a short window, small base, CE mixed with KD
+  --phase 1        the student from scratch: short documents in a short window, small base (the cpu preset: CE)
   --phase 2        the student from phase 1: the same short documents packed into the long window, the base given
                    by --rope-base (the paper's setting), 0.1 CE + 0.9 KD; its CE-only twin trains side by side in
                    a second process (--no-baseline: not) and the two are printed next to each other
@@ -39,17 +39,19 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from config import (ACCEPTANCE, PRESETS, SIZES, BatchShape, RunLock, any_rank, build_parser, check_inputs,
-                    curriculum_stages, fail, is_main, load_init, make_stages, one_line_errors, phase1_file,
-                    phase1_path, phase_seed, pick_device, rank, record_step, resolve, resume_state, run_path,
-                    save_run, stage_steps, student_config, teacher_file, teacher_path, world_size)
+                    curriculum_stages, fail, is_main, launched_world_size, load_init, make_stages, needs_teacher,
+                    one_line_errors, phase1_file, phase1_path, phase_seed, pick_device, rank, record_step, resolve,
+                    resume_state, run_path, save_run, stage_steps, student_config, teacher_file, teacher_path,
+                    world_size)
 from data import prefetch, to_device
 from distill import cross_entropy, kd_loss, load_teacher, teacher_logits
 from evaluate import (START, KeyValueTask, evaluate, format_accuracy, make_task, print_side_by_side, report,
                       report_speed, source_commit)
-from model import GPT, CheckpointError, atomic_write, load_model, switch_rope
+from model import GPT, CheckpointError, load_model, switch_rope, write_json
 from rope import critical_dimension, spectrum_utilization
 
 TRAIN_PY = os.path.abspath(__file__)
+MIN_STAGE_STEPS = 50  # a curriculum stage ends on its running accuracy only after this many steps (the EMA warms up)
 
 
 def main(argv=None, lab=None, prerequisite=False):
@@ -130,7 +132,7 @@ def train(args, task, previous, lab):
                     record_step(state, clock, metrics, name, src.batch_size * src.window, time.perf_counter() - t0,
                                 opt.param_groups[0]["lr"], bar, log)
                     done = local + 1
-                    if stop_at is not None and state["acc_ema"] >= stop_at and done >= 50:
+                    if stop_at is not None and state["acc_ema"] >= stop_at and done >= MIN_STAGE_STEPS:
                         bar.write(f"  {name}: answer accuracy {state['acc_ema']:.2f} >= {stop_at} at step {done}; "
                                   f"next stage")
                         break
@@ -255,7 +257,7 @@ class Lab:
         return Lab()
 
     def twin(self):
-        """(the Lab of phase 2's CE-only twin, the command that trains it, its train.py flags after it)."""
+        """(the Lab of phase 2's CE-only twin, the command that trains it; train.py's flags follow it)."""
         return Lab(), [sys.executable, TRAIN_PY]
 
 
@@ -266,10 +268,6 @@ def loss_name(args) -> str:
 
 
 # ----------------------------------------------------------------------------- models, optimizer, data
-
-
-def needs_teacher(args) -> bool:
-    return args.kd_weight > 0 or args.phase == "2"
 
 
 def build_student(args, device, lab):
@@ -304,7 +302,7 @@ def make_optimizer(model, args, device):
 
 
 def lr_at(step, steps, args):
-    """Linear warmup, then constant or cosine to 10% (per stage)."""
+    """Linear warmup, then constant or cosine to 10% (per stage; cosine: Loshchilov & Hutter 2017, SGDR)."""
     if step < args.warmup:
         return args.lr * (step + 1) / args.warmup
     if args.schedule == "cosine":
@@ -445,7 +443,6 @@ def train_prerequisites(args, lab):
                lab.prerequisite("1"))
 
 
-
 def ensure(args, what, found, file_name, phase_argv, lab):
     """A prerequisite's checkpoint `found` (its --teacher / --init, or the one in OUT or shipped) exists; else it is
     trained first with main(phase_argv) (with its own prerequisites and lock; --no-auto: refused)."""
@@ -486,7 +483,7 @@ def first_accepted(args, argv, lab):
         record["students"].append(verdict)
         if verdict["accepted"]:
             record.update(accepted_seed=seed, phase2_init=run_path(student, ".pt"))
-        atomic_write(record_path, lambda f: f.write(json.dumps(record, indent=1).encode()))
+        write_json(record_path, record)
         print(f"[acceptance] phase-1 student --seed {seed}: {verdict['why'] or 'accepted'}", flush=True)
         if verdict["accepted"]:
             return record["phase2_init"]
@@ -581,11 +578,6 @@ def finish_twin(args, twin, proc, results, task):
 
 
 # ----------------------------------------------------------------------------- data parallelism (torchrun)
-
-
-def launched_world_size() -> int:
-    """Processes torchrun started for this run (1 without torchrun); readable before the process group exists."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def start_process_group(args):

@@ -33,7 +33,7 @@ from contextlib import nullcontext
 import numpy as np
 
 import analyze
-from analyze import fail, load, load_all, write_json
+from analyze import fail, load, load_all, save_json
 from data import TaskSpec, kv_probe
 from evaluate import HELDOUT_SEEDS, format_accuracy
 from formats.hf import load_pretrained
@@ -68,7 +68,7 @@ def spectrum_results(head_dim, bases, windows):
 def run_spectrum(args):
     """Every (base, window) of --bases x --windows: the figure, the JSON, one line each."""
     res = spectrum_results(args.head_dim, args.bases, args.windows)
-    paths = plot_spectrum(res, args.out, args.name) + [write_json(args.out, f"{args.name}.json", res)]
+    paths = plot_spectrum(res, args.out, args.name) + [save_json(args.out, f"{args.name}.json", res)]
     for s in res["settings"]:
         print(f"base {s['base']:g}, window {s['window']}: critical dim {s['critical_dim']} (pair "
               f"{s['critical_pair']}), utilization {s['utilization']:.2f}, Men lower bound {s['men_lower_bound']:.3g}")
@@ -95,7 +95,7 @@ def run_qupdate(args):
     res.update(before=args.before, after=args.after, probe={"window": window, "distance": distance,
                                                             "n_windows": args.n_windows, "seed": args.seed})
     title = f"{os.path.basename(args.before)} -> {os.path.basename(args.after)}"
-    paths = plot_qupdate(res, title, args.out, args.name) + [write_json(args.out, f"{args.name}.json", res)]
+    paths = plot_qupdate(res, title, args.out, args.name) + [save_json(args.out, f"{args.name}.json", res)]
     m = res["wq_max"]
     print(f"{title}: largest W_q update {m['value']:.3g} at layer {m['layer']}, head {m['head']}, pair {m['pair']}; "
           f"critical pairs {res['critical_pairs']}")
@@ -125,7 +125,7 @@ def run_depth(args):
         res["models"][label] = sweep
         for depth, row in sweep.items():
             print(f"{label}, depth {depth:g}: " + " ".join(format_accuracy(a) for a in row.values()))
-    return [plot_depth(res, args.out, args.name), write_json(args.out, f"{args.name}.json", res)]
+    return [plot_depth(res, args.out, args.name), save_json(args.out, f"{args.name}.json", res)]
 
 
 # ----------------------------------------------------------------------------- alias
@@ -158,7 +158,7 @@ def run_alias(args):
         peak = f"D = {b['peak']} ({acc[b['peak']]:.2f})" if far else "none measured"
         print(f"base {base:g}: best from D = {args.peak_from} on at {peak}; pair {args.pair} turns whole at D = "
               + ", ".join(f"{t:.0f}" for t in b["turns"]))
-    return [plot_alias(res, args.out, args.name), write_json(args.out, f"{args.name}.json", res)]
+    return [plot_alias(res, args.out, args.name), save_json(args.out, f"{args.name}.json", res)]
 
 
 # ----------------------------------------------------------------------------- match
@@ -188,7 +188,7 @@ def run_match(args):
               + "; ".join(f"{h}: {z['slow']:.2f} / {z['fast']:.2f}" for h, z in enumerate(r["at_zero"])))
         for d, w in r["measured"].items():
             print(f"  D = {d}: fast pairs {fast[d]:+.2f}, attention to the record {w:.2f}")
-    return [plot_match(res, args.out, args.name), write_json(args.out, f"{args.name}.json", res)]
+    return [plot_match(res, args.out, args.name), save_json(args.out, f"{args.name}.json", res)]
 
 
 # ----------------------------------------------------------------------------- all

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 
+import config
 from model import atomic_write
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -117,8 +118,8 @@ def run_state(out, name):
 
 
 def stage_steps(out, name, stage="curriculum-16"):
-    with open(os.path.join(out, name + ".jsonl")) as f:
-        return sum(json.loads(line).get("stage") == stage for line in f)
+    """Steps the run spent in `stage`, from its step log (config.stage_steps)."""
+    return config.stage_steps(os.path.join(out, name + ".jsonl"), stage)
 
 
 def verdict_of(out, seed):

@@ -240,7 +240,7 @@ def run_experiment(args):
     segs = held_out_segments(held, tok, p["eval_docs"], p["window"])
     task = TextTask(args.plays, tok.encode, tok.eos_id, len(tok))  # the plays, read here: its corpus is set, not read
     task.corpus = Corpus(as_windows(windows, tok.eos_id), as_windows(segs[:1], tok.eos_id),
-                         segs.numpy())  # train.py's own end-of-run report reads the held-out stretches too
+                         segs.numpy())  # the held-out stretches in order, as build_corpus keeps them
     models, histories = {"teacher": teacher}, {}
     for name, w in (("KD student", 0.5), ("CE student", 0.0)):
         log(f"{name}: {GPT(cfg).num_params():,} parameters, loss {1 - w:g} CE + {w:g} KD, {p['steps']} steps")
