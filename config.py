@@ -481,13 +481,18 @@ def phase1_file(args, lab):
 
 def phase1_path(args, lab):
     """--init, else without --phase1-seed the student phase 1's acceptance test took (its record in OUT), else the
-    phase-1 run of --phase1-seed (or seed 0) in OUT, else the shipped one; None when none exists yet."""
+    one in OUT, else the shipped one; with --phase1-seed that seed's run in OUT. None when none exists yet."""
+    if args.init is not None:
+        return args.init
     name = phase1_file(args, lab)
     record = os.path.join(args.out_dir, name.removesuffix(".pt") + ".accept.json")
-    if args.init is None and args.phase1_seed is None and os.path.isfile(record):
+    if args.phase1_seed is None and os.path.isfile(record):
         with open(record) as f:
             return json.load(f)["phase2_init"]  # None while no student passed
-    return args.init or find_checkpoint(os.path.join(args.out_dir, name), name, args.preset)
+    own = os.path.join(args.out_dir, name)
+    if args.phase1_seed is not None:  # the student of that seed: the shipped one is the recipe's, not a seed's
+        return own if os.path.isfile(own) else None
+    return find_checkpoint(own, name, args.preset)
 
 
 def check_inputs(args, lab):

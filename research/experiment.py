@@ -42,7 +42,7 @@ from variants.arms import ARMS
 from model import atomic_write
 from interp.spectrum import men_lower_bound
 from rope import critical_pair
-from research.robustness import LARGE, robustness
+from research.robustness import LARGE, earlier_phase1, phase1_init, robustness, shipped_path
 from research.robustness import verdicts, wilson_interval  # noqa: F401 (experiment's names too)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -80,13 +80,10 @@ def launch(argv, log_path, threads):
 
 
 def results_path(args, name):
-    """OUT/<name>.json, else the shipped checkpoints/<name>.json (cpu preset only, as in train.py), else None."""
-    folders = [args.out_dir] + ([os.path.join(ROOT, "checkpoints")] if args.preset == "cpu" else [])
-    for folder in folders:
-        path = os.path.join(folder, name + ".json")
-        if os.path.isfile(path):
-            return path
-    return None
+    """OUT/<name>.json, else the shipped one (cpu preset only; research.robustness.shipped_path), else None."""
+    paths = [os.path.join(args.out_dir, name + ".json")]
+    paths += [shipped_path(name, ".json")] if args.preset == "cpu" else []
+    return next((path for path in paths if os.path.isfile(path)), None)
 
 
 def run_all(jobs, args, done=None):
@@ -204,9 +201,7 @@ def qupdate_seeds(args):
     from model import load_model
     from viz.plots import plot_qupdate_seeds
     _, b1, b2 = schedules(args.preset)[0]
-    p1 = os.path.join(args.out_dir, phase1_name(b1) + ".pt")
-    p1 = p1 if os.path.isfile(p1) else os.path.join(ROOT, "checkpoints", phase1_name(b1) + ".pt")
-    before, _ = load_model(p1, "cpu")
+    before, _ = load_model(phase1_init(args.out_dir, b1, 0, args.preset), "cpu")
     out, seeds = {}, [s for s in args.seeds if all(results_path(args, run_name(x, b1, b2, s)) for x in ("kd", "ce"))]
     for loss in ("kd", "ce"):
         per_seed = {"wq": [], "wk": []}
@@ -313,14 +308,15 @@ def main(argv=None):
     run_all([("teacher", ["--phase", "teacher"] + common)], args)
     print("2/4 phase 1 (short window) at each phase-1 base")
     p1_jobs = {(b1, p1) for _, b1, _, p1, _ in phase2_runs(args)}
-    run_all([(phase1_name(b, s), ["--phase", "1", "--rope-base", f"{b:g}", "--seed", str(s), "--no-auto"] + common)
-             for b, s in sorted(p1_jobs)], args)
+    run_all([(phase1_name(b, s), ["--phase", "1", "--rope-base", f"{b:g}", "--seed", str(s), "--no-auto"]
+              + earlier_phase1(args.preset) + common) for b, s in sorted(p1_jobs)], args)
     print("3/4 phase 2 (long window, packed short documents)")
     jobs = []
     for label, b1, b2, p1, seed in phase2_runs(args):
         for loss, w in (("kd", []), ("ce", ["--kd-weight", "0"])):  # KD: train.py's default weight
             argv = ["--phase", "2", "--phase1-base", f"{b1:g}", "--phase1-seed", str(p1), "--rope-base", f"{b2:g}",
-                    "--seed", str(seed), "--no-baseline", "--no-auto"] + w + common
+                    "--init", phase1_init(args.out_dir, b1, p1, args.preset), "--seed", str(seed), "--no-baseline",
+                    "--no-auto"] + w + common
             jobs.append((run_name(loss, b1, b2, seed, p1), argv + (["--steps", str(args.steps)] if args.steps else [])))
     run_all(jobs, args)
     print("4/4 results")

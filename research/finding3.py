@@ -32,6 +32,7 @@ import numpy as np
 
 from config import PRESETS, fail, phase1_name
 from research.experiment import LARGE, SMALL, run_name
+from research.robustness import shipped_path
 from model import atomic_write
 from rope import critical_pair
 
@@ -41,12 +42,9 @@ STUDENTS = {"kd": ("kd", LARGE), "ce": ("ce", LARGE),
 
 
 def checkpoint(out_dir, name):
-    """OUT/<name>.pt, else the shipped checkpoints/<name>.pt, else None."""
-    for folder in (out_dir, os.path.join(ROOT, "checkpoints")):
-        path = os.path.join(folder, name + ".pt")
-        if os.path.isfile(path):
-            return path
-    return None
+    """OUT/<name>.pt, else the shipped one (the earlier recipe's seed-0 phase-1 student: shipped_path), else None."""
+    paths = [os.path.join(out_dir, name + ".pt"), shipped_path(name)]
+    return next((path for path in paths if os.path.isfile(path)), None)
 
 
 def update_profiles(before, after):

@@ -19,13 +19,40 @@ import os
 
 import numpy as np
 
-from config import PRESETS, build_parser, fail, phase1_name, resolve
+from config import PHASE_KD, PHASE_LR, PRESETS, build_parser, fail, phase1_name, resolve
 from variants import train as variants
 from variants.arms import ARMS, CE_ARMS
 from model import atomic_write
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LARGE = 500000.0  # the paper's phase-2 base: the headline schedule's (research/experiment.py's grid uses it too)
+
+# These experiments ran before research/protocol.md made its recipe the cpu preset's phase 1: their phase-1 students
+# are the earlier recipe's (a KD term, the preset's learning rate, its curriculum and steps), whose seed-0 student is
+# shipped as checkpoints/phase1-b10000-kd0.5.pt (checkpoints/phase1-b10000.pt is the protocol's first accepted one).
+EARLIER_SHIPPED = {"phase1-b10000": "phase1-b10000-kd0.5"}
+
+
+def earlier_phase1(preset):
+    """train.py's flags for the earlier phase-1 recipe on `preset`: the values its phase-1 recipe replaced."""
+    pre = PRESETS[preset]
+    earlier = {"kd_weight": PHASE_KD["1"], "lr": pre["lr"] * PHASE_LR["1"], "curriculum_steps": pre["curriculum_steps"],
+               "steps": pre["steps"]["1"]}
+    return [x for key in pre["phase1"] for x in ("--" + key.replace("_", "-"), f"{earlier[key]:g}")]
+
+
+def shipped_path(name, ext=".pt"):
+    """checkpoints/<name><ext> of a run of these experiments (their seed-0 phase-1 student under its shipped name)."""
+    return os.path.join(ROOT, "checkpoints", EARLIER_SHIPPED.get(name, name) + ext)
+
+
+def phase1_init(out_dir, b1, p1, preset="cpu"):
+    """A phase-2 run's --init: the phase-1 student of seed p1 in OUT, else (the cpu preset's) the shipped earlier
+    one."""
+    path = os.path.join(out_dir, phase1_name(b1, p1) + ".pt")
+    shipped = shipped_path(phase1_name(b1, p1))
+    return shipped if preset == "cpu" and not os.path.isfile(path) and os.path.isfile(shipped) else path
+
 
 CRITERION = {"min_distance": 512, "step0_max": 0.3, "kd_min": 0.9, "ce_max": 0.3}  # fixed before any run
 CRITERION_ARMS = ("step0", "kd", "ce", "ce-masked")  # at every D >= min_distance: step0, ce, ce-masked <= max; kd >=
@@ -44,6 +71,7 @@ def robustness_grid(args):
         for seed in args.seeds:
             for arm in arms:
                 argv = ["--phase", "2", "--rope-base", f"{LARGE:g}", "--phase1-seed", str(p1), "--seed", str(seed),
+                        "--init", phase1_init(args.out_dir, PRESETS[args.preset]["phase1_base"], p1, args.preset),
                         "--arm", arm, "--no-baseline", "--no-auto", "--preset", args.preset, "--out-dir", args.out_dir,
                         "--device", args.device, "--dtype", args.dtype]
                 argv += ["--steps", str(args.steps)] if args.steps else []
@@ -212,8 +240,7 @@ def probe_models(args, grid, done_names):
     b1 = PRESETS[args.preset]["phase1_base"]
 
     def phase1(p1):
-        path = os.path.join(args.out_dir, phase1_name(b1, p1) + ".pt")
-        path = path if os.path.isfile(path) else os.path.join(ROOT, "checkpoints", phase1_name(b1, p1) + ".pt")
+        path = phase1_init(args.out_dir, b1, p1, args.preset)
         return switch_rope(load_model(path)[0], LARGE, None, window).eval()
 
     models = {"teacher": lambda: load_model(teacher)[0]}
@@ -319,7 +346,7 @@ def robustness(args, run_all):
         run_all([("teacher", ["--phase", "teacher"] + common)], args)
         b1 = PRESETS[args.preset]["phase1_base"]
         run_all([(phase1_name(b1, p), ["--phase", "1", "--rope-base", f"{b1:g}", "--seed", str(p), "--no-auto"]
-                  + common) for p in args.phase1_seeds], args)
+                  + earlier_phase1(args.preset) + common) for p in args.phase1_seeds], args)
         print(f"2/4 phase 2: {len(grid)} runs (phase-1 seeds {args.phase1_seeds} x phase-2 seeds {args.seeds} x "
               f"arms {args.arms})")
         run_all([(name, argv) for *_, name, argv in grid], args, done=lambda n: heldout_results(args, n) is not None)

@@ -1,8 +1,9 @@
 """The shipped checkpoints load safely and still retrieve as recorded (so code changes cannot break them).
 
 They are the main command's prerequisites: the teacher, the default phase-1 student (window 32, base 1e4) whose
-retrieval with the phase-2 base fails beyond its window (the starting point that phase 2 must *acquire* from),
-and the window-256 phase-1 student whose retrieval the base switch alone extends (the "keep" finding).
+retrieval with the phase-2 base fails beyond its window (the starting point that phase 2 must *acquire* from), the
+walkthrough's phase-1 student (the earlier recipe's seed 0), and the window-256 phase-1 student whose retrieval the
+base switch alone extends (the "keep" finding).
 """
 import json
 import os
@@ -36,7 +37,7 @@ def with_base(model, base, window=1024):
 
 
 @pytest.mark.parametrize("name, distances", [("teacher", [32, 512, 900]), ("phase1-b10000-w256", [16, 64]),
-                                             ("phase1-b10000", [16])])
+                                             ("phase1-b10000", [16]), ("phase1-b10000-kd0.5", [16])])
 def test_shipped_checkpoint_reproduces_its_recorded_accuracy(name, distances):
     model, ckpt = load_model(os.path.join(SHIPPED, name + ".pt"))
     assert ckpt["done"] and model.config.vocab_size == TaskSpec().vocab_size
@@ -55,8 +56,8 @@ def test_shipped_checkpoint_reproduces_its_recorded_accuracy(name, distances):
 def test_phase2_starting_points_fail_or_extrapolate_as_the_readme_says():
     """With base 5e5 in a 1024 window: the window-32 student cannot retrieve at D >= 512 (<= 0.3), the window-256
     student already can (>= 0.9)."""
-    short, _ = load_model(os.path.join(SHIPPED, "phase1-b10000.pt"))
-    long_, _ = load_model(os.path.join(SHIPPED, "phase1-b10000-w256.pt"))
-    short, long_ = with_base(short, 5e5), with_base(long_, 5e5)
-    for d in (512, 900):
-        assert kv(short, 1024, d) <= 0.3 and kv(long_, 1024, d) >= 0.9, d
+    long_ = with_base(load_model(os.path.join(SHIPPED, "phase1-b10000-w256.pt"))[0], 5e5)
+    for name in ("phase1-b10000", "phase1-b10000-kd0.5"):
+        short = with_base(load_model(os.path.join(SHIPPED, name + ".pt"))[0], 5e5)
+        for d in (512, 900):
+            assert kv(short, 1024, d) <= 0.3 and kv(long_, 1024, d) >= 0.9, (name, d)

@@ -364,6 +364,8 @@ def test_shipped_prerequisites_serve_only_the_cpu_preset(tmp_path):
     train.train_prerequisites(args, lab)  # --no-auto: it would refuse to train what it did not find
     assert (config.teacher_path(args, lab), config.phase1_path(args, lab)) == (
         os.path.join(config.SHIPPED, "teacher.pt"), os.path.join(config.SHIPPED, "phase1-b10000.pt"))
+    seeded = parse(["--phase", "2", "--out-dir", str(tmp_path), "--no-auto", "--phase1-seed", "0"])
+    assert config.phase1_path(seeded, lab) is None  # a seed's student is trained, never taken for the shipped one
     tiny = parse(["--phase", "2", "--out-dir", str(tmp_path), "--no-auto", "--preset", "tiny"])
     with pytest.raises(SystemExit):  # a tiny run must not pick up the cpu-preset teacher
         train.ensure(tiny, "teacher", config.teacher_path(tiny, lab), config.teacher_file(tiny, lab), [], lab)

@@ -86,10 +86,11 @@ def phase2_batch():
 
 
 def shipped_models():
-    """The shipped teacher and the step-0 student: phase 1's weights (window 32, base 1e4) under base 5e5."""
+    """The shipped teacher and the walkthrough's step-0 student: its phase-1 weights (window 32, base 1e4; the
+    earlier recipe's seed 0) under base 5e5."""
     spec = TaskSpec()
     teacher = load_teacher(os.path.join(SHIPPED, "teacher.pt"), CPU, spec.vocab_size)
-    phase1, _ = load_model(os.path.join(SHIPPED, "phase1-b10000.pt"))
+    phase1, _ = load_model(os.path.join(SHIPPED, "phase1-b10000-kd0.5.pt"))
     return teacher, switch_rope(phase1, 5e5, max_seq_len=1024)
 
 
