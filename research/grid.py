@@ -294,8 +294,16 @@ def band_verdict(step0, kd, ce, criterion=CRITERION):
     s, k, c = cells(step0), cells(kd), cells(ce)
     if any(v is None for v in s + k + c):
         return False, ["a band distance not measured"]
-    failed = [f"step0 {v:.2f} at D={d}" for d, v in zip(criterion["band"], s) if v > criterion["step0_max"]]
-    failed += [f"kd {v:.2f} at D={d}" for d, v in zip(criterion["band"], k) if v < criterion["kd_min"]]
+    failed = []
+    high = [(v, d) for d, v in zip(criterion["band"], s) if v > criterion["step0_max"]]
+    if high:
+        v, d = max(high)
+        failed.append(f"step0 above {criterion['step0_max']} at {len(high)} of {len(s)} band distances "
+                      f"(highest {v:.2f} at D={d})")
+    low = [(v, d) for d, v in zip(criterion["band"], k) if v < criterion["kd_min"]]
+    if low:
+        v, d = min(low)
+        failed.append(f"kd below {criterion['kd_min']} at {len(low)} of {len(k)} band distances (lowest {v:.2f} at D={d})")
     kd_mean, ce_mean = sum(k) / len(k), sum(c) / len(c)
     if ce_mean > kd_mean - criterion["ce_gap"]:
         failed.append(f"ce band mean {ce_mean:.2f} within {criterion['ce_gap']} of kd's {kd_mean:.2f}")
@@ -387,9 +395,10 @@ def band_mean(row):
 
 
 def cell(rows):
-    """Mean, min and max over students of one model's band rows: per distance, the band's mean, in-doc."""
+    """Mean, min and max over students of one model's band rows: per distance (keyed by str(d), as the JSON holds
+    them), the band's mean, in-doc."""
     kvs = [dict(zip(r["distances"], r["kv"])) for r in rows]
-    per_d = {d: [kv[d] for kv in kvs] for d in DISTANCES}
+    per_d = {str(d): [kv[d] for kv in kvs] for d in DISTANCES}
     means = [band_mean(r) for r in rows]
     return {"students": len(rows), "kv": {d: sum(v) / len(v) for d, v in per_d.items()},
             "kv_min": {d: min(v) for d, v in per_d.items()}, "kv_max": {d: max(v) for d, v in per_d.items()},
@@ -430,8 +439,8 @@ def headline_markdown(res):
                 continue  # the same student before phase 2: the default overlap's row
             band = c["band_mean"]
             head.append(f"| {packer[overlap]} | {label} | {c['students']} | "
-                        + " | ".join(f"{c['kv'][d]:.2f}" for d in SHOWN[:-1])
-                        + f" | {band['mean']:.2f} ({band['min']:.2f}-{band['max']:.2f}) | {c['kv'][SHOWN[-1]]:.2f} | "
+                        + " | ".join(f"{c['kv'][str(d)]:.2f}" for d in SHOWN[:-1])
+                        + f" | {band['mean']:.2f} ({band['min']:.2f}-{band['max']:.2f}) | {c['kv'][str(SHOWN[-1])]:.2f} | "
                         f"{c['in_doc']:.2f} |")
     lines = ["\n".join(head), ""]
     for overlap, p in res["passes"].items():
@@ -478,8 +487,8 @@ def cells_markdown(res):
         rows.append(("keys drawn uniformly", "KD student, base kept at 1e4", res["control_small_base"]))
     for where, label, c in rows:
         band = c["band_mean"]
-        lines.append(f"| {where} | {label} | {c['students']} | " + " | ".join(f"{c['kv'][d]:.2f}" for d in SHORT)
-                     + f" | {band['mean']:.2f} ({band['min']:.2f}-{band['max']:.2f}) | {c['kv'][DISTANCES[-1]]:.2f} | "
+        lines.append(f"| {where} | {label} | {c['students']} | " + " | ".join(f"{c['kv'][str(d)]:.2f}" for d in SHORT)
+                     + f" | {band['mean']:.2f} ({band['min']:.2f}-{band['max']:.2f}) | {c['kv'][str(DISTANCES[-1])]:.2f} | "
                      f"{c['in_doc']:.2f} |")
     return "\n".join(lines)
 
