@@ -21,9 +21,9 @@ text (train.py --data corpus.txt), judged by its held-out loss; a task file (tra
 its own (docs/fork.md). `make_task` picks one from the flags.
 
 What a training run tells about itself (the end of this file; train.quick_eval calls a task's `quick` every
---eval-interval steps, on the selection probe): `report`, the probes of every model of the run (the student, its teacher and, in phase 2, its
-starting point `step 0`) on the held-out probe seeds, printed and saved as OUT/<run>.json; `print_side_by_side`,
-phase 2's table of teacher, step 0, the KD student and its CE-only twin.
+--eval-interval steps, on the selection probe): `report`, the probes of every model of the run (the student, its
+teacher and, in phase 2, its starting point `step 0`) on the held-out probe seeds, printed and saved as
+OUT/<run>.json; `print_side_by_side`, phase 2's table of teacher, step 0, the KD student and its CE-only twin.
 """
 import functools
 import importlib.util

@@ -107,3 +107,27 @@ def test_the_top_level_holds_the_core_and_at_most_two_more_files():
     top = [f for f in project_files() if "/" not in f]
     assert {"data.py", "rope.py", "model.py", "distill.py", "train.py", "analyze.py"} <= set(top)
     assert len(top) <= 8, top
+
+
+def one_statement_per_line(source):
+    """The lines of `source` that start two statements (`a; b`, or `if x: y` on one line) or pass 120 characters."""
+    found = [(i, "over 120 characters") for i, line in enumerate(source.splitlines(), 1) if len(line) > 120]
+    starts = {}
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.stmt):
+            starts.setdefault(node.lineno, []).append(node)
+    for line, nodes in starts.items():
+        if len(nodes) > 1:  # a compound statement and its body on one line, or statements joined by ';'
+            found.append((line, "two statements"))
+    return sorted(found)
+
+
+def test_the_style_check_finds_joined_statements_and_long_lines():
+    source = "a = 1; b = 2\nif a: b = 3\nfor i in []:\n    pass\n" + "x = '" + "y" * 120 + "'\n"
+    assert one_statement_per_line(source) == [(1, "two statements"), (2, "two statements"), (5, "over 120 characters")]
+
+
+def test_every_core_line_holds_one_statement_and_at_most_120_characters():
+    core = sorted(f for f in project_files() if "/" not in f)
+    found = {f: one_statement_per_line(open(os.path.join(ROOT, f), encoding="utf-8").read()) for f in core}
+    assert {f: v for f, v in found.items() if v} == {}
