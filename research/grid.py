@@ -406,6 +406,16 @@ def cell(rows):
             "in_doc": sum(r["in_doc"] for r in rows) / len(rows)}
 
 
+def run_records(out):
+    """{run name: {"commit", "started"}} of every finished training run in OUT (its results JSON records both)."""
+    runs = {}
+    for name in sorted(os.listdir(out)):
+        if name.startswith(("phase1-", "phase2-")) and name.endswith(".json"):
+            res = read_json(os.path.join(out, name)) or {}
+            runs[name[:-5]] = {"commit": res.get("commit"), "started": res.get("started")}
+    return runs
+
+
 def report(out, screen_out):
     """The grid by the protocol's rules (status) with the cells it reports: per overlap, the mean (min-max) over the
     accepted students whose combination is complete (phase-2 seed 0) of step 0, the KD student and the CE twin;
@@ -414,6 +424,8 @@ def report(out, screen_out):
     res["protocol"] = "research/protocol.md"
     res["head_dim"] = 64 if screen_verdict(screen_out) else 32
     res["screen"] = status("screen", screen_out)
+    res["runs"] = run_records(out)
+    res["screen"]["runs"] = run_records(screen_out)
     res["criterion"] = CRITERION
     res["cells"] = {}
     for overlap in ("default", "0"):
@@ -429,10 +441,10 @@ def report(out, screen_out):
 def headline_markdown(res):
     """The README's headline table from report(): per overlap, step 0, the KD student and the CE twin, mean over the
     accepted students, the band's mean with its min-max over students; then the pass counts."""
-    head = ["| packer | model | students | " + " | ".join(f"D={d}" for d in SHOWN[:-1])
-            + f" | band D={BAND[0]}-{BAND[-1]}: mean (min-max over students) | D={SHOWN[-1]} | in-doc |"]
+    head = ["| keys | model | students | " + " | ".join(f"D={d}" for d in SHOWN[:-1])
+            + f" | band {BAND[0]}-{BAND[-1]}: mean (min-max) | D={SHOWN[-1]} | in-doc |"]
     head.append("|" + " --- |" * (len(SHOWN) + 5))
-    packer = {"default": "keys drawn uniformly", "0": "no key recurs (`--recurrence 0`)"}
+    packer = {"default": "drawn uniformly", "0": "none recurs"}
     for overlap, cells in res["cells"].items():
         for label, c in cells.items():
             if overlap == "0" and label == "step 0":
@@ -445,7 +457,8 @@ def headline_markdown(res):
     lines = ["\n".join(head), ""]
     for overlap, p in res["passes"].items():
         lo, hi = p["wilson95"]
-        lines.append(f"- {packer[overlap]}: **{p['passed']} of {p['decided']}** accepted students pass the criterion "
+        where = {"default": "keys drawn uniformly", "0": "no key recurring"}[overlap]
+        lines.append(f"- {where}: **{p['passed']} of {p['decided']}** accepted students pass the criterion "
                      f"(phase-2 seed 0; Wilson 95% interval [{lo:.2f}, {hi:.2f}])")
     return "\n".join(lines)
 

@@ -34,6 +34,8 @@ ANY_KEY = "*"
 NULL = "null"
 SCALARS = ((bool, "bool"), (int, "int"), (float, "float"), (str, "str"))  # bool first: it is an int too
 DATA_KEYED = frozenset({
+    "combinations",  # "seed/overlap/phase-2 seed" (research.grid report)
+    "runs",  # run names -> their commit and start (research.grid report)
     "models",  # model labels (interp retrieval and match, research.robustness's probes, scale.bench --targets)
     "ckpts",  # model label -> checkpoint path (interp retrieval)
     "teachers",  # run names (research.robustness's probes)
@@ -60,6 +62,7 @@ COMMITTED = {  # entry point -> {committed JSON it writes: None, or why its sche
     },
     "interp retrieval": {
         "research/notes/claim.json": STALE_DEPTH,
+        "research/notes/grid/claim-s101.json": None,
         "research/notes/schedules.json": STALE_DEPTH,
     },
     "interp alias": {"research/notes/alias-ce.json": None},
@@ -72,6 +75,7 @@ COMMITTED = {  # entry point -> {committed JSON it writes: None, or why its sche
         "research/notes/probes-steps250.json": None,
     },
     "research.finding1": {"research/notes/finding1.json": None},
+    "research.grid report": {"research/notes/grid/grid.json": None},
     "research.finding3": {"research/notes/finding3.json": None},
     "research.overlap": {"research/notes/overlap.json": None},
     "research.screen": {
@@ -97,7 +101,7 @@ NO_COMMITTED_JSON = {  # lab entry point -> why no committed JSON is held agains
     "interp depth": "its JSON has no committed copy",
     "interp all": "runs spectrum, retrieval, perturb and qupdate, whose files are checked as theirs",
     "research.robustness": "band rows go to the run folder; none is committed",
-    "research.grid": "its measurements and status go to the run folder and stdout; none is committed",
+    "research.grid run": "its runs and measurements go to the run folder; `research.grid report` gathers them",
     "research.used_seeds": "prints the used seeds, writes nothing",
     "research.realtext check": "prints what the converted teacher says, writes nothing",
     "variants": "a run's checkpoint and results, as train.py (the core) writes them; none is committed under docs/",

@@ -1,13 +1,17 @@
 """research/grid.py on the smallest inputs: a phase-1 student's acceptance measurement (`measure accept`) on a tiny
 checkpoint, and `status`, which reads the protocol's verdicts from what the folder holds (none is committed)."""
 import dataclasses
+import datetime
 import json
+import os
 
 import pytest
 
 from data import TaskSpec
 from model import GPT, GPTConfig, save_checkpoint
 from research import grid
+from schema import assert_committed_schema
+from tracked import ROOT
 
 
 def write_student(folder, seed, stage16_steps):
@@ -73,16 +77,47 @@ def test_the_report_counts_passes_by_the_criterion_and_averages_the_cells_over_s
     accepted_student(out, 100, kd_band=1.0, ce_band=0.2)  # passes
     accepted_student(out, 101, kd_band=0.8, ce_band=0.2)  # KD below 0.9 on the band: fails
     accepted_student(out, 102, kd_band=1.0, ce_band=0.9)  # the CE twin within 0.3 of KD: fails
-    res = json.loads(json.dumps(grid.report(str(out), str(screen))))  # the tables read what the JSON holds
+    grid.main(["report", "--stage", "grid", "--out", str(out), "--screen", str(screen), "--json",
+               str(tmp_path / "grid.json")])
+    assert_committed_schema("research.grid report", tmp_path / "grid.json")
+    res = json.loads((tmp_path / "grid.json").read_text())  # the tables read what the JSON holds
     assert res["head_dim"] == 32 and res["accepted"] == [100, 101, 102]
     assert res["passes"]["default"]["passed"] == 1 and res["passes"]["default"]["decided"] == 3
     kd = res["cells"]["default"]["KD student"]
     assert kd["students"] == 3 and abs(kd["band_mean"]["mean"] - 2.8 / 3) < 1e-9
     assert [kd["band_mean"]["min"], kd["band_mean"]["max"]] == pytest.approx([0.8, 1.0]) and kd["kv"]["900"] == 0.5
     table = grid.headline_markdown(res)
-    assert "| keys drawn uniformly | KD student | 3 | 0.50 | 0.50 | 0.93 (0.80-1.00) | 0.50 | 0.60 |" in table
+    assert "| drawn uniformly | KD student | 3 | 0.50 | 0.50 | 0.93 (0.80-1.00) | 0.50 | 0.60 |" in table
     assert "**1 of 3**" in table and table.count("| step 0 |") == 1  # step 0 once: the same student at both
     assert "| 100 | 5 | 0.90 | 2.0 | accepted |" in grid.students_markdown(res)
     combos = grid.combinations_markdown(res)
     assert "| 100 | keys drawn uniformly | 0 | **passes** |" in combos and "| 101 | no key recurs | 0 | kd below 0.9 at 25 of 25 band distances (lowest 0.80 at D=512)" in combos
     assert "| keys drawn uniformly | CE twin | 3 | 0.50 |" in grid.cells_markdown(res)
+
+
+def git(*argv):
+    """git's output in the repository, or None where git or the repository's history is not at hand."""
+    import subprocess
+    try:
+        done = subprocess.run(["git", *argv], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done
+
+
+def test_every_run_of_the_grid_ran_on_a_commit_after_the_protocol():
+    """research/protocol.md was committed before every run it governs: its first commit is an ancestor of the
+    commit each run of the grid and of the screen records (research/notes/grid/grid.json)."""
+    first = git("log", "--diff-filter=A", "--format=%H", "--", "research/protocol.md")
+    if first is None or first.returncode != 0 or not first.stdout.strip():
+        pytest.skip("no git history here")
+    protocol = first.stdout.split()[-1]
+    with open(os.path.join(ROOT, "research", "notes", "grid", "grid.json"), encoding="utf-8") as f:
+        res = json.load(f)
+    runs = {**res["runs"], **{"screen " + k: v for k, v in res["screen"]["runs"].items()}}
+    assert runs and all(r["commit"] and r["started"] for r in runs.values())
+    later = {name: git("merge-base", "--is-ancestor", protocol, r["commit"].removesuffix("+dirty")).returncode
+             for name, r in runs.items()}
+    assert {name: rc for name, rc in later.items() if rc != 0} == {}  # 0: the protocol's commit is an ancestor
+    committed = datetime.datetime.fromisoformat(git("show", "-s", "--format=%cI", protocol).stdout.strip())
+    assert min(datetime.datetime.fromisoformat(r["started"]) for r in runs.values()) > committed
