@@ -16,6 +16,7 @@ import torch
 import config
 import evaluate as report
 import train
+import tiny
 from config import build_parser, resolve
 from data import DataSource, TaskSpec, synthetic_batch, to_device
 import distill
@@ -473,21 +474,12 @@ def test_kd_reaches_the_gradient():
 
 @pytest.fixture(scope="module")
 def tiny_teacher(tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher")
-    run(["--phase", "teacher", "--out-dir", str(out), "--curriculum-steps", "0", "--steps", "3", "--eval-interval",
-         "0"])
-    return str(out / "teacher.pt")
+    return tiny.teacher(run, tmp_path_factory.mktemp("teacher"))
 
 
 def phase1(out, teacher, *flags, steps=4):
-    """A tiny phase-1 run (KD 0.5 from the shared teacher) with extra flags; returns (log records, out folder)."""
-    argv = ["--phase", "1", "--out-dir", str(out), "--teacher", teacher, "--curriculum-steps", "0", "--steps",
-            str(steps), "--eval-interval", "0", *flags]
-    run(argv)
-    name = parse(argv + TINY).run_name  # flags like --doc-mask name it
-    recs = [r for r in map(json.loads, open(os.path.join(out, name + ".jsonl"))) if "loss" in r]
-    assert len(recs) == steps and all(math.isfinite(r["loss"]) for r in recs)
-    return recs, out
+    """A tiny phase-1 run of this module's entry point (tests/tiny.py); returns (log records, out folder)."""
+    return tiny.phase1(run, lambda argv: parse(argv + TINY), out, teacher, *flags, steps=steps)
 
 
 @pytest.fixture(scope="module")
