@@ -147,14 +147,7 @@ def test_killed_run_resumes_to_identical_losses(tmp_path):
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, monkeypatch):
-    real, calls = train.train_step, []
-
-    def flaky(*a, **k):
-        calls.append(1)
-        loss, ce, kl, acc = real(*a, **k)
-        return (float("nan") if len(calls) == 7 else loss), ce, kl, acc
-
-    monkeypatch.setattr(train, "train_step", flaky)
+    tiny.nan_loss_at_step(monkeypatch, train, 7)
     with pytest.raises(SystemExit):
         run(["--phase", "teacher", "--out-dir", str(tmp_path), "--curriculum-steps", "0", "--steps", "20"], Saves(4))
     assert "at step 6" in capsys.readouterr().err
@@ -472,19 +465,7 @@ def test_kd_reaches_the_gradient():
 
 # ----------------------------------------------------------------------------- flags, each on a tiny phase 1
 
-@pytest.fixture(scope="module")
-def tiny_teacher(tmp_path_factory):
-    return tiny.teacher(run, tmp_path_factory.mktemp("teacher"))
-
-
-def phase1(out, teacher, *flags, steps=4):
-    """A tiny phase-1 run of this module's entry point (tests/tiny.py); returns (log records, out folder)."""
-    return tiny.phase1(run, lambda argv: parse(argv + TINY), out, teacher, *flags, steps=steps)
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_teacher, tmp_path_factory):
-    return phase1(tmp_path_factory.mktemp("ref"), tiny_teacher)[0]
+tiny_teacher, phase1, reference = tiny.fixtures(run, lambda argv: parse(argv + TINY))  # tests/tiny.py
 
 
 def test_bf16_autocast_changes_the_numbers_only_slightly(tiny_teacher, tmp_path):

@@ -186,14 +186,7 @@ def test_distills_an_hf_folder_teacher_on_text_in_its_own_tokens(tmp_path):
 
 def test_save_interval_sets_how_often_a_run_saves(tmp_path, capsys, monkeypatch):
     """--save-interval 3: a run stopped by a non-finite loss at step 7 keeps the checkpoint of step 6."""
-    real, calls = train.train_step, []
-
-    def flaky(*a, **k):
-        calls.append(1)
-        loss, ce, kl, acc = real(*a, **k)
-        return (float("nan") if len(calls) == 7 else loss), ce, kl, acc
-
-    monkeypatch.setattr(train, "train_step", flaky)
+    tiny.nan_loss_at_step(monkeypatch, train, 7)
     with pytest.raises(SystemExit):
         run(["--phase", "teacher", "--out-dir", str(tmp_path), "--curriculum-steps", "0", "--steps", "20",
              "--save-interval", "3"])
@@ -208,19 +201,7 @@ def test_save_interval_sets_how_often_a_run_saves(tmp_path, capsys, monkeypatch)
 
 # ----------------------------------------------------------------------------- flags, each on a tiny phase 1
 
-@pytest.fixture(scope="module")
-def tiny_teacher(tmp_path_factory):
-    return tiny.teacher(run, tmp_path_factory.mktemp("teacher"))
-
-
-def phase1(out, teacher, *flags, steps=4):
-    """A tiny phase-1 run of this module's entry point (tests/tiny.py); returns (log records, out folder)."""
-    return tiny.phase1(run, lambda argv: parse(argv + TINY), out, teacher, *flags, steps=steps)
-
-
-@pytest.fixture(scope="module")
-def reference(tiny_teacher, tmp_path_factory):
-    return phase1(tmp_path_factory.mktemp("ref"), tiny_teacher)[0]
+tiny_teacher, phase1, reference = tiny.fixtures(run, lambda argv: parse(argv + TINY))  # tests/tiny.py
 
 
 @pytest.mark.parametrize("kind", ["forward", "reverse", "jsd"])

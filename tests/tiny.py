@@ -5,6 +5,8 @@ import json
 import math
 import os
 
+import pytest
+
 
 def teacher(run, out):
     """A 3-step teacher in folder `out` (a pathlib.Path); returns its checkpoint's path."""
@@ -22,3 +24,33 @@ def phase1(run, parse, out, teacher_path, *flags, steps=4):
     recs = [r for r in map(json.loads, open(os.path.join(out, name + ".jsonl"))) if "loss" in r]
     assert len(recs) == steps and all(math.isfinite(r["loss"]) for r in recs)
     return recs, out
+
+
+def fixtures(run, parse):
+    """(tiny_teacher fixture, phase1(out, teacher, *flags, steps=4), reference fixture: a plain phase-1 run's
+    records) for a test module whose entry point is `run` / `parse`: assign them to those three names."""
+    @pytest.fixture(scope="module")
+    def tiny_teacher(tmp_path_factory):
+        return teacher(run, tmp_path_factory.mktemp("teacher"))
+
+    def run_phase1(out, teacher_path, *flags, steps=4):
+        return phase1(run, parse, out, teacher_path, *flags, steps=steps)
+
+    @pytest.fixture(scope="module")
+    def reference(tiny_teacher, tmp_path_factory):
+        return run_phase1(tmp_path_factory.mktemp("ref"), tiny_teacher)[0]
+
+    return tiny_teacher, run_phase1, reference
+
+
+def nan_loss_at_step(monkeypatch, train_module, step):
+    """Make train.train_step report a NaN loss at its `step`-th call (1-based): a run stopped by a non-finite loss."""
+    real = train_module.train_step
+    calls = []
+
+    def flaky(*a, **k):
+        calls.append(1)
+        loss, ce, kl, acc = real(*a, **k)
+        return (float("nan") if len(calls) == step else loss), ce, kl, acc
+
+    monkeypatch.setattr(train_module, "train_step", flaky)
