@@ -194,8 +194,11 @@ def jobs(stage, out, heads64):
                 phase2.append((name, "train", phase2_argv(seed, arm, out, overlap, p2)))
             elif state == "done" and not os.path.exists(band_path(out, name)):
                 measure.append((f"band-{name}", "measure", ["band", str(seed), name]))
-        if stage == "grid" and rank < FINDING3 and run_state(out, phase2_run(seed, "kd", base=10000)) is None:
-            control.append((phase2_run(seed, "kd", base=10000), "train", phase2_argv(seed, "kd", out, base=10000)))
+        small = phase2_run(seed, "kd", base=10000)  # finding 3's control
+        if stage == "grid" and rank < FINDING3 and run_state(out, small) is None:
+            control.append((small, "train", phase2_argv(seed, "kd", out, base=10000)))
+        elif stage == "grid" and run_state(out, small) == "done" and not os.path.exists(band_path(out, small)):
+            measure.append((f"band-{small}", "measure", ["band", str(seed), small]))
     started = [s for s in seeds if run_state(out, phase1_run(s)) is not None]
     undecided = [s for s in started if verdict_of(out, s) is None]
     for seed in seeds:

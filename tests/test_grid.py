@@ -121,3 +121,15 @@ def test_every_run_of_the_grid_ran_on_a_commit_after_the_protocol():
     assert {name: rc for name, rc in later.items() if rc != 0} == {}  # 0: the protocol's commit is an ancestor
     committed = datetime.datetime.fromisoformat(git("show", "-s", "--format=%cI", protocol).stdout.strip())
     assert min(datetime.datetime.fromisoformat(r["started"]) for r in runs.values()) > committed
+
+
+def test_a_finished_control_gets_its_band_measured(tmp_path):
+    """Finding 3's control (the KD student with the base kept small): once trained, the runner measures its band,
+    which the report's control row reads."""
+    accepted_student(tmp_path, 100, kd_band=1.0, ce_band=0.2)
+    control = grid.phase2_run(100, "kd", base=10000)
+    keys = [key for key, *_ in grid.jobs("grid", str(tmp_path), False)]
+    assert control in keys  # not trained yet: a training job
+    (tmp_path / f"{control}.json").write_text(json.dumps({"run": control}))
+    keys = [key for key, *_ in grid.jobs("grid", str(tmp_path), False)]
+    assert f"band-{control}" in keys and control not in keys
