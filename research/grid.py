@@ -343,14 +343,16 @@ def status(stage, out):
     the pass counts per overlap (phase-2 seed 0) with Wilson intervals; for the screen, its verdict."""
     seeds = SCREEN_SEEDS if stage == "screen" else GRID_SEEDS
     taken, _ = accepted_in_order(out, seeds, None if stage == "screen" else GRID_ACCEPTED)
+    full = stage == "grid" and len(taken) == GRID_ACCEPTED
     students = []
     for seed in seeds:
         state = run_state(out, phase1_run(seed))
         if state is None:
             continue
         v = verdict_of(out, seed) or {"phase1_seed": seed, "accepted": None, "why": "running"}
-        if v["accepted"] and seed not in taken:
-            v = {**v, "why": "not needed (after the 12th accepted)"}
+        if v["accepted"] and seed not in taken:  # after the 12th accepted, or after a seed not yet decided
+            why = "not needed (after the 12th accepted)" if full else "accepted; waits for an earlier seed's verdict"
+            v = {**v, "why": why}
         students.append(v)
     overlaps = ["default"] if stage == "screen" else ["default", "0"]
     combos = {f"{seed}/{o}/{p2}": combination(out, seed, o, p2) for seed in taken for o in overlaps
@@ -475,7 +477,7 @@ def students_markdown(res):
         d16 = st.get("d16_selection")
         verdict = "accepted" if st["accepted"] else st["why"]
         if st["accepted"] and st["phase1_seed"] not in res["accepted"]:
-            verdict = st["why"]  # accepted after the list was full
+            verdict = st["why"]  # accepted after the list was full, or before an earlier seed's verdict
         lines.append(f"| {st['phase1_seed']} | {'-' if step is None else step} | "
                      f"{'-' if d16 is None else f'{d16:.2f}'} | {st.get('phase1_minutes', '-')} | {verdict} |")
     return "\n".join(lines)

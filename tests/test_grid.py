@@ -133,3 +133,12 @@ def test_a_finished_control_gets_its_band_measured(tmp_path):
     (tmp_path / f"{control}.json").write_text(json.dumps({"run": control}))
     keys = [key for key, *_ in grid.jobs("grid", str(tmp_path), False)]
     assert f"band-{control}" in keys and control not in keys
+
+
+def test_a_student_accepted_before_an_earlier_verdict_waits_and_is_not_called_not_needed(tmp_path):
+    write_student(tmp_path, 100, 5)  # trained, its acceptance not measured yet: undecided
+    accepted_student(tmp_path, 101, kd_band=1.0, ce_band=0.2)
+    status = grid.status("grid", str(tmp_path))
+    assert status["accepted"] == []  # list order: 101 counts once 100 is decided
+    (later,) = [s for s in status["students"] if s["phase1_seed"] == 101]
+    assert later["why"] == "accepted; waits for an earlier seed's verdict"
