@@ -211,7 +211,8 @@ def resolve(args, lab=None):
             fail(msg)
     if lab is not None:
         lab.check(args)
-    setdefault(args, "run_name", run_name(args, lab))
+    args.settings_name = run_name(args, lab)  # what the settings call the run; --run-name may name it otherwise
+    setdefault(args, "run_name", args.settings_name)
     return args
 
 
@@ -507,6 +508,10 @@ def check_inputs(args, lab):
         fail(str(e))
     check_batch_shapes(args, make_stages(args, task, lab))
     previous = previous_checkpoint(args)
+    trained_as = (previous or {}).get("args", {}).get("settings_name", args.settings_name)
+    if args.resume and trained_as != args.settings_name:  # a --run-name kept, other settings (a lab's too)
+        fail(f"--resume: {run_path(args, '.pt')} was trained with the settings named {trained_as}, not "
+             f"{args.settings_name}: pass its own flags, or choose another --run-name")
     cpu = torch.device("cpu")
     path = teacher_path(args, lab) if needs_teacher(args) else None
     if path is not None:
