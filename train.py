@@ -90,8 +90,9 @@ def train(args, task, previous, lab):
     task: prepared by config.check_inputs; previous: this run's checkpoint or None. Under torchrun every rank trains
     the same steps on its rows of each batch; rank 0 alone logs, probes and saves."""
     device, autocast = pick_device(args)
-    args.started = datetime.now(timezone.utc).isoformat(timespec="seconds")  # saved with the results
-    args.commit = source_commit()
+    first = (previous or {}).get("args") or {} if args.resume else {}  # a resumed run keeps its first start's
+    args.started = first.get("started") or datetime.now(timezone.utc).isoformat(timespec="seconds")
+    args.commit = first.get("commit") or source_commit()  # both saved with the results
     teacher = frozen_teacher(args, device, lab) if needs_teacher(args) else None
     if args.resume and previous is not None and previous.get("done"):
         print(f"{run_path(args, '.pt')} already finished; its results:")

@@ -22,7 +22,7 @@ from data import DataSource, TaskSpec, synthetic_batch, to_device
 import distill
 from distill import freeze_teacher
 from evaluate import KeyValueTask, TextTask
-from model import GPT, GPTConfig, load_checkpoint
+from model import GPT, GPTConfig, load_checkpoint, save_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--preset", "tiny", "--threads", "1", "--device", "cpu"]
@@ -144,6 +144,24 @@ def test_killed_run_resumes_to_identical_losses(tmp_path):
     assert len(a) == len(b) == 300 and a == b  # bit-exact on CPU
     assert torch.equal(load_checkpoint(ckpt)["model"]["tok_emb.weight"],
                        load_checkpoint(os.path.join(full, "teacher.pt"))["model"]["tok_emb.weight"])
+
+
+def test_a_resumed_run_keeps_the_start_and_commit_of_its_first_start(tmp_path, monkeypatch):
+    """A run's results record when it started and on which commit (what a protocol's runs are checked against):
+    --resume keeps those of its first start, so a run started before a protocol cannot pass as one after it."""
+    argv = ["--phase", "teacher", "--out-dir", str(tmp_path), "--curriculum-steps", "0", "--steps", "8"]
+    tiny.nan_loss_at_step(monkeypatch, train, 5)
+    with pytest.raises(SystemExit):
+        run(argv, Saves(2))  # stopped after step 4's checkpoint
+    monkeypatch.undo()
+    path = str(tmp_path / "teacher.pt")
+    ckpt = load_checkpoint(path)
+    ckpt["args"].update(started="2026-01-01T00:00:00+00:00", commit="0" * 40)  # as if from another day and commit
+    save_checkpoint(ckpt, path)
+    run(argv + ["--resume"], Saves(2))
+    with open(tmp_path / "teacher.json") as f:
+        res = json.load(f)
+    assert (res["started"], res["commit"]) == ("2026-01-01T00:00:00+00:00", "0" * 40)
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, capsys, monkeypatch):
