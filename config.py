@@ -508,7 +508,7 @@ def check_inputs(args, lab):
         fail(str(e))
     check_batch_shapes(args, make_stages(args, task, lab))
     previous = previous_checkpoint(args)
-    trained_as = (previous or {}).get("args", {}).get("settings_name", args.settings_name)
+    trained_as = ((previous or {}).get("args") or {}).get("settings_name", args.settings_name)  # older: unchecked
     if args.resume and trained_as != args.settings_name:  # a --run-name kept, other settings (a lab's too)
         fail(f"--resume: {run_path(args, '.pt')} was trained with the settings named {trained_as}, not "
              f"{args.settings_name}: pass its own flags, or choose another --run-name")

@@ -556,13 +556,12 @@ def test_variants_chunk_only_large_logits_to_the_same_loss(monkeypatch):
 def test_resume_under_an_explicit_run_name_refuses_other_settings(tiny_teacher, tmp_path, capsys):
     """--run-name keeps the file name whatever the settings: --resume then checks the settings' own name (a lab's
     suffix too, such as -rkl here or -top32), so a run is never continued under another loss."""
-    base = ["--phase", "1", "--out-dir", str(tmp_path), "--teacher", tiny_teacher, "--curriculum-steps", "0",
-            "--steps", "2", "--eval-interval", "0", "--run-name", "mine"]
-    run(base + ["--kd-loss", "reverse"])
-    args, lab = lab_args(base + ["--resume"] + TINY)
+    phase1(tmp_path, tiny_teacher, "--run-name", "mine", "--kd-loss", "reverse", steps=2)
+    before = (tmp_path / "mine.pt").read_bytes()
+    capsys.readouterr()
     with pytest.raises(SystemExit) as e:
-        config.check_inputs(args, lab)
+        phase1(tmp_path, tiny_teacher, "--run-name", "mine", "--resume", steps=2)
     err = capsys.readouterr().err
     assert e.value.code == 2 and "--resume:" in err and "-rkl, not" in err
-    args, lab = lab_args(base + ["--kd-loss", "reverse", "--resume"] + TINY)
-    config.check_inputs(args, lab)  # its own settings: no complaint
+    assert (tmp_path / "mine.pt").read_bytes() == before  # nothing written
+    phase1(tmp_path, tiny_teacher, "--run-name", "mine", "--kd-loss", "reverse", "--resume", steps=2)  # its own
