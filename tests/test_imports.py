@@ -110,21 +110,21 @@ def test_the_top_level_holds_the_core_and_at_most_two_more_files():
 
 
 def one_statement_per_line(source):
-    """The lines of `source` that start two statements (`a; b`, or `if x: y` on one line) or pass 120 characters."""
-    found = [(i, "over 120 characters") for i, line in enumerate(source.splitlines(), 1) if len(line) > 120]
-    starts = {}
+    """The lines of `source` that hold a statement after other text (`a; b`, `if x: y`, `else: y`) or pass 120
+    characters."""
+    lines = source.splitlines()
+    found = [(i, "over 120 characters") for i, line in enumerate(lines, 1) if len(line) > 120]
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.stmt):
-            starts.setdefault(node.lineno, []).append(node)
-    for line, nodes in starts.items():
-        if len(nodes) > 1:  # a compound statement and its body on one line, or statements joined by ';'
-            found.append((line, "two statements"))
-    return sorted(found)
+        if isinstance(node, ast.stmt) and lines[node.lineno - 1].encode()[:node.col_offset].strip():
+            found.append((node.lineno, "two statements"))
+    return sorted(set(found))
 
 
 def test_the_style_check_finds_joined_statements_and_long_lines():
-    source = "a = 1; b = 2\nif a: b = 3\nfor i in []:\n    pass\n" + "x = '" + "y" * 120 + "'\n"
-    assert one_statement_per_line(source) == [(1, "two statements"), (2, "two statements"), (5, "over 120 characters")]
+    source = ("a = 1; b = 2\nif a: b = 3\nfor i in []:\n    pass\nif a:\n    pass\nelse: b = 4\ntry:\n    pass\n"
+              "except ValueError: pass\n" + "x = '" + "y" * 120 + "'\n")
+    assert one_statement_per_line(source) == [(1, "two statements"), (2, "two statements"), (7, "two statements"),
+                                              (10, "two statements"), (11, "over 120 characters")]
 
 
 def test_every_core_line_holds_one_statement_and_at_most_120_characters():
