@@ -306,7 +306,8 @@ def band_verdict(step0, kd, ce, criterion=CRITERION):
     low = [(v, d) for d, v in zip(criterion["band"], k) if v < criterion["kd_min"]]
     if low:
         v, d = min(low)
-        failed.append(f"kd below {criterion['kd_min']} at {len(low)} of {len(k)} band distances (lowest {v:.2f} at D={d})")
+        failed.append(f"kd below {criterion['kd_min']} at {len(low)} of {len(k)} band distances "
+                      f"(lowest {v:.2f} at D={d})")
     kd_mean, ce_mean = sum(k) / len(k), sum(c) / len(c)
     if ce_mean > kd_mean - criterion["ce_gap"]:
         failed.append(f"ce band mean {ce_mean:.2f} within {criterion['ce_gap']} of kd's {kd_mean:.2f}")
@@ -382,7 +383,8 @@ def screen_verdict(screen_out):
 
 
 ARMS = {"step 0": None, "KD student": "kd", "CE twin": "ce"}
-SHOWN = [128, 256, 900]  # short and past-the-band distances shown beside the band's mean
+PACKER = {"default": "keys drawn uniformly", "0": "no key recurs"}  # the two overlaps, as the tables name them
+SHOWN = [128, 256]  # the short distances the headline shows beside the band's mean (and D = 900)
 
 
 def band_rows(out, seed, overlap="default", phase2_seed=0, base=500000):
@@ -415,7 +417,7 @@ def run_records(out):
     """{run name: {"commit", "started"}} of every finished training run in OUT (its results JSON records both)."""
     runs = {}
     for name in sorted(os.listdir(out)):
-        if name.startswith(("phase1-", "phase2-")) and name.endswith(".json"):
+        if name.startswith(("phase1-", "phase2-")) and name.endswith(".json") and name.count(".") == 1:
             res = read_json(os.path.join(out, name)) or {}
             runs[name[:-5]] = {"commit": res.get("commit"), "started": res.get("started")}
     return runs
@@ -437,33 +439,38 @@ def report(out, screen_out):
         complete = [band_rows(out, s, overlap) for s in res["accepted"]]
         complete = [rows for rows in complete if all(r is not None for r in rows.values())]
         res["cells"][overlap] = {label: cell([rows[label] for rows in complete]) for label in ARMS} if complete else {}
-    control = [read_json(band_path(out, phase2_run(s, "kd", base=10000))) for s in res["accepted"][:FINDING3]]
+    controls = {seed: phase2_run(seed, "kd", base=10000) for seed in res["accepted"][:FINDING3]}
+    res["controls"] = {str(seed): run_state(out, name) for seed, name in controls.items()}  # None: not started
+    control = [read_json(band_path(out, name)) for name in controls.values()]
     control = [r for r in control if r is not None]
     res["control_small_base"] = cell(control) if control else None
     return res
 
 
+def cell_row(where, label, c, short):
+    """One table row of a cell: the mean over students at the `short` distances, the band's mean (min-max over
+    students), D = 900 (DISTANCES' last), in-doc."""
+    band = c["band_mean"]
+    shorts = " | ".join(f"{c['kv'][str(d)]:.2f}" for d in short)
+    return (f"| {where} | {label} | {c['students']} | {shorts} | {band['mean']:.2f} ({band['min']:.2f}-"
+            f"{band['max']:.2f}) | {c['kv'][str(DISTANCES[-1])]:.2f} | {c['in_doc']:.2f} |")
+
+
 def headline_markdown(res):
     """The README's headline table from report(): per overlap, step 0, the KD student and the CE twin, mean over the
     accepted students, the band's mean with its min-max over students; then the pass counts."""
-    head = ["| keys | model | students | " + " | ".join(f"D={d}" for d in SHOWN[:-1])
-            + f" | band {BAND[0]}-{BAND[-1]}: mean (min-max) | D={SHOWN[-1]} | in-doc |"]
-    head.append("|" + " --- |" * (len(SHOWN) + 5))
-    packer = {"default": "drawn uniformly", "0": "none recurs"}
+    head = ["| packer | model | students | " + " | ".join(f"D={d}" for d in SHOWN)
+            + f" | band {BAND[0]}-{BAND[-1]}: mean (min-max) | D={DISTANCES[-1]} | in-doc |"]
+    head.append("|" + " --- |" * (len(SHOWN) + 6))
     for overlap, cells in res["cells"].items():
         for label, c in cells.items():
             if overlap == "0" and label == "step 0":
                 continue  # the same student before phase 2: the default overlap's row
-            band = c["band_mean"]
-            head.append(f"| {packer[overlap]} | {label} | {c['students']} | "
-                        + " | ".join(f"{c['kv'][str(d)]:.2f}" for d in SHOWN[:-1])
-                        + f" | {band['mean']:.2f} ({band['min']:.2f}-{band['max']:.2f}) | {c['kv'][str(SHOWN[-1])]:.2f} | "
-                        f"{c['in_doc']:.2f} |")
+            head.append(cell_row(PACKER[overlap], label, c, SHOWN))
     lines = ["\n".join(head), ""]
     for overlap, p in res["passes"].items():
         lo, hi = p["wilson95"]
-        where = {"default": "keys drawn uniformly", "0": "no key recurring"}[overlap]
-        lines.append(f"- {where}: **{p['passed']} of {p['decided']}** accepted students pass the criterion "
+        lines.append(f"- {PACKER[overlap]}: **{p['passed']} of {p['decided']}** accepted students pass the criterion "
                      f"(phase-2 seed 0; Wilson 95% interval [{lo:.2f}, {hi:.2f}])")
     return "\n".join(lines)
 
@@ -486,11 +493,10 @@ def students_markdown(res):
 def combinations_markdown(res):
     """Each accepted student's combinations (overlap, phase-2 seed): passed, or what failed the criterion."""
     lines = ["| phase-1 seed | packer | phase-2 seed | verdict |", "| --- | --- | --- | --- |"]
-    packer = {"default": "keys drawn uniformly", "0": "no key recurs"}
     for key, c in res["combinations"].items():
         seed, overlap, phase2_seed = key.split("/")
         verdict = "not finished" if c is None else ("**passes**" if c["passed"] else c["why"])
-        lines.append(f"| {seed} | {packer[overlap]} | {phase2_seed} | {verdict} |")
+        lines.append(f"| {seed} | {PACKER[overlap]} | {phase2_seed} | {verdict} |")
     return "\n".join(lines)
 
 
@@ -499,15 +505,10 @@ def cells_markdown(res):
     head = "| packer | model | students | " + " | ".join(f"D={d}" for d in SHORT) + " | band mean (min-max) | " \
            f"D={DISTANCES[-1]} | in-doc |"
     lines = [head, "|" + " --- |" * (len(SHORT) + 6)]
-    packer = {"default": "keys drawn uniformly", "0": "no key recurs"}
-    rows = [(packer[o], label, c) for o, cells in res["cells"].items() for label, c in cells.items()]
+    rows = [(PACKER[o], label, c) for o, cells in res["cells"].items() for label, c in cells.items()]
     if res.get("control_small_base"):
-        rows.append(("keys drawn uniformly", "KD student, base kept at 1e4", res["control_small_base"]))
-    for where, label, c in rows:
-        band = c["band_mean"]
-        lines.append(f"| {where} | {label} | {c['students']} | " + " | ".join(f"{c['kv'][str(d)]:.2f}" for d in SHORT)
-                     + f" | {band['mean']:.2f} ({band['min']:.2f}-{band['max']:.2f}) | {c['kv'][str(DISTANCES[-1])]:.2f} | "
-                     f"{c['in_doc']:.2f} |")
+        rows.append((PACKER["default"], "KD student, base kept at 1e4", res["control_small_base"]))
+    lines += [cell_row(where, label, c, SHORT) for where, label, c in rows]
     return "\n".join(lines)
 
 

@@ -131,7 +131,7 @@ def test_the_readme_headline_is_what_the_grid_json_gives():
     res = json.loads(read("research/notes/grid/grid.json"))
     readme = read("README.md")
     assert block(readme, "grid-headline") == grid.headline_markdown(res)
-    assert f"{len(res['students'])} seeds tried, {len(res['accepted'])} accepted" in readme
+    assert f"{len(res['students'])} seeds started, {len(res['accepted'])} accepted" in readme
 
 
 def test_the_grid_page_is_what_the_grid_json_gives():
