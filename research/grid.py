@@ -39,6 +39,7 @@ SCREEN_SEEDS = [200, 201, 202, 203]
 GRID_ACCEPTED = 12  # students accepted before the grid stops
 SECOND_SEED = 4  # the first four accepted get phase-2 seed 1 (default overlap)
 FINDING3 = 5  # the first five accepted carry finding 3 (with the small-base control)
+CONTROL_BASE = 10000  # finding 3's control: the KD student with the base kept at phase 1's
 STAGE_CAP = 8000  # the 16-token stage's cap (--curriculum-steps)
 ACCEPT = {"probe_seed": 0, "distance": 16, "min": 0.85, "windows": 16}
 BAND = list(range(512, 897, 16))  # 25 distances
@@ -194,9 +195,9 @@ def jobs(stage, out, heads64):
                 phase2.append((name, "train", phase2_argv(seed, arm, out, overlap, p2)))
             elif state == "done" and not os.path.exists(band_path(out, name)):
                 measure.append((f"band-{name}", "measure", ["band", str(seed), name]))
-        small = phase2_run(seed, "kd", base=10000)  # finding 3's control
+        small = phase2_run(seed, "kd", base=CONTROL_BASE)  # finding 3's control
         if stage == "grid" and rank < FINDING3 and run_state(out, small) is None:
-            control.append((small, "train", phase2_argv(seed, "kd", out, base=10000)))
+            control.append((small, "train", phase2_argv(seed, "kd", out, base=CONTROL_BASE)))
         elif stage == "grid" and run_state(out, small) == "done" and not os.path.exists(band_path(out, small)):
             measure.append((f"band-{small}", "measure", ["band", str(seed), small]))
     started = [s for s in seeds if run_state(out, phase1_run(s)) is not None]
@@ -289,6 +290,16 @@ def measure(out, what, seed, model=None):
 # ----------------------------------------------------------------------------- verdicts
 
 
+def misses(what, values, band, outside, bound, worst, word):
+    """"<what> <bound> at n of N band distances (<word> v at D=d)" for the band values outside their bound, the worst
+    one named; None when every value keeps it."""
+    out = [(v, d) for d, v in zip(band, values) if outside(v)]
+    if not out:
+        return None
+    v, d = worst(out)
+    return f"{what} {bound} at {len(out)} of {len(values)} band distances ({word} {v:.2f} at D={d})"
+
+
 def band_verdict(step0, kd, ce, criterion=CRITERION):
     """(passed, [what failed]) of one combination from its three band rows."""
     def cells(row):
@@ -297,17 +308,10 @@ def band_verdict(step0, kd, ce, criterion=CRITERION):
     s, k, c = cells(step0), cells(kd), cells(ce)
     if any(v is None for v in s + k + c):
         return False, ["a band distance not measured"]
-    failed = []
-    high = [(v, d) for d, v in zip(criterion["band"], s) if v > criterion["step0_max"]]
-    if high:
-        v, d = max(high)
-        failed.append(f"step0 above {criterion['step0_max']} at {len(high)} of {len(s)} band distances "
-                      f"(highest {v:.2f} at D={d})")
-    low = [(v, d) for d, v in zip(criterion["band"], k) if v < criterion["kd_min"]]
-    if low:
-        v, d = min(low)
-        failed.append(f"kd below {criterion['kd_min']} at {len(low)} of {len(k)} band distances "
-                      f"(lowest {v:.2f} at D={d})")
+    failed = [m for m in (misses("step0 above", s, criterion["band"], lambda v: v > criterion["step0_max"],
+                                 criterion["step0_max"], max, "highest"),
+                          misses("kd below", k, criterion["band"], lambda v: v < criterion["kd_min"],
+                                 criterion["kd_min"], min, "lowest")) if m]
     kd_mean, ce_mean = sum(k) / len(k), sum(c) / len(c)
     if ce_mean > kd_mean - criterion["ce_gap"]:
         failed.append(f"ce band mean {ce_mean:.2f} within {criterion['ce_gap']} of kd's {kd_mean:.2f}")
@@ -439,7 +443,7 @@ def report(out, screen_out):
         complete = [band_rows(out, s, overlap) for s in res["accepted"]]
         complete = [rows for rows in complete if all(r is not None for r in rows.values())]
         res["cells"][overlap] = {label: cell([rows[label] for rows in complete]) for label in ARMS} if complete else {}
-    controls = {seed: phase2_run(seed, "kd", base=10000) for seed in res["accepted"][:FINDING3]}
+    controls = {seed: phase2_run(seed, "kd", base=CONTROL_BASE) for seed in res["accepted"][:FINDING3]}
     res["controls"] = {str(seed): run_state(out, name) for seed, name in controls.items()}  # None: not started
     control = [read_json(band_path(out, name)) for name in controls.values()]
     control = [r for r in control if r is not None]
